@@ -1,0 +1,1 @@
+"""Duet orchestrator: the uvloop session service, the embedded Triton launcher and the floor logic."""

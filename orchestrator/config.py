@@ -1,0 +1,169 @@
+"""One frozen settings tree, loaded from YAML and `DUET_*` environment variables, validated at start.
+
+Environment overrides use double underscores between levels: `DUET_TRITON__URL=host:8001`,
+`DUET_SERVER__PORT=50051`, `DUET_FLOOR__COMMIT_THRESHOLD=0.7`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import BadOption
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class TritonSettings:
+    url: str = ""  # gRPC host:port of an existing Triton; empty = launch the embedded one
+    model_repository: str = str(REPO_ROOT / "model_repository")
+    models: tuple[str, ...] = ("vad", "turn", "prosody", "floor_fusion", "floor")
+    http_port: int = 0  # 0 = pick a free loopback port
+    grpc_port: int = 0
+    metrics_port: int = 0
+    startup_timeout_s: float = 90.0
+    request_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_sessions: int = 64
+    max_message_bytes: int = 1 << 20  # one gRPC message; 20 ms of audio is 640 bytes
+    max_audio_chunk_ms: int = 200  # larger audio chunks are refused (clients send ~20 ms)
+    inbox_chunks: int = 256  # bounded per-session queue of pending audio chunks (~5 s)
+
+
+@dataclass(frozen=True)
+class FloorSettings:
+    """Thresholds of the floor state machine (orchestrator/turns/floor.py documents each)."""
+
+    vad_on: float = 0.5
+    vad_off: float = 0.35
+    speech_start_ms: int = 64  # voiced audio needed to declare speech_start
+    speech_end_ms: int = 64  # unvoiced audio needed to declare speech_end
+    tentative_threshold: float = 0.5
+    commit_threshold: float = 0.8
+    eval_interval_ms: int = 96  # re-evaluate the floor while a pause grows
+    max_pause_ms: int = 2400  # commit regardless after this much silence (safety net)
+    min_commit_pause_ms: int = 96  # never commit before this much silence
+    backchannel_max_ms: int = 600  # replica speaking: shorter user speech is a backchannel
+    barge_in_ms: int = 320  # replica speaking: sustained user speech beyond this is a barge-in
+
+
+@dataclass(frozen=True)
+class Settings:
+    triton: TritonSettings = field(default_factory=TritonSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    floor: FloorSettings = field(default_factory=FloorSettings)
+    log_level: str = "INFO"
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in {"1", "true", "yes", "on"}
+            return bool(value)
+        if typ in (int, float, str):
+            return typ(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+    except (TypeError, ValueError) as exc:
+        raise BadOption(f"{where}: cannot read {value!r} as {typ}") from exc
+    raise BadOption(f"{where}: unsupported type {typ}")
+
+
+def _build(cls: Any, data: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise BadOption(f"unknown setting(s) under {prefix or 'root'}: {sorted(unknown)}")
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        env_key = f"{prefix}{f.name}".upper()
+        if dataclasses.is_dataclass(typ):
+            sub = data.get(f.name) or {}
+            kwargs[f.name] = _build(typ, sub, env, f"{env_key}__")
+            continue
+        if env_key in env:
+            kwargs[f.name] = _coerce(env[env_key], typ, env_key)
+        elif f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], typ, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults, then the YAML file (`DUET_CONFIG` if no path), then `DUET_*` env vars."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    path = path or env.get("DUET_CONFIG")
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise BadOption(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise BadOption(f"config file {path} must hold a mapping")
+        data = loaded
+    settings: Settings = _build(Settings, data, env, "DUET_")
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    f = s.floor
+    if not 0.0 < f.vad_off <= f.vad_on < 1.0:
+        raise BadOption("floor: need 0 < vad_off <= vad_on < 1")
+    if not 0.0 < f.tentative_threshold <= f.commit_threshold <= 1.0:
+        raise BadOption("floor: need 0 < tentative_threshold <= commit_threshold <= 1")
+    if f.min_commit_pause_ms > f.max_pause_ms:
+        raise BadOption("floor: min_commit_pause_ms must not exceed max_pause_ms")
+    if not 0 < s.server.port < 65536:
+        raise BadOption("server.port out of range")
+    if s.server.max_sessions < 1 or s.server.inbox_chunks < 1:
+        raise BadOption("server: max_sessions and inbox_chunks must be positive")
+
+
+def with_floor_options(floor: FloorSettings, options: Mapping[str, str]) -> FloorSettings:
+    """Apply per-session `floor.*` options from `Start.options`; unknown keys are a typed error."""
+    updates: dict[str, Any] = {}
+    hints = typing.get_type_hints(FloorSettings)
+    for key, raw in options.items():
+        if not key.startswith("floor."):
+            raise BadOption(f"unknown session option {key!r}")
+        name = key.removeprefix("floor.")
+        if name not in hints:
+            raise BadOption(f"unknown floor option {name!r}")
+        updates[name] = _coerce(raw, hints[name], key)
+    out = dataclasses.replace(floor, **updates)
+    validate(Settings(floor=out))
+    return out
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+__all__ = [
+    "FloorSettings",
+    "ServerSettings",
+    "Settings",
+    "TritonSettings",
+    "as_dict",
+    "load_settings",
+    "with_floor_options",
+]

@@ -1,0 +1,246 @@
+"""Start and stop the real `tritonserver` that ships inside the `nvidia-pytriton` wheel.
+
+No Docker, no GPU needed. The wheel has the server binary, the Python backend and one backend stub per
+Python version; Triton needs them as one backend folder, so we build a symlink farm (symlinks, not copies:
+the stub finds its libraries relative to its real location). Before starting we run the stub once: a stub
+that cannot load its libraries would otherwise leave the server "loading" forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config import REPO_ROOT, TritonSettings
+from orchestrator.errors import TritonStartError
+
+log = logging.getLogger("duet.launcher")
+
+
+@dataclass(frozen=True)
+class TritonLayout:
+    """Where the pieces of the wheel's Triton live for this interpreter."""
+
+    server_root: Path
+    libs: Path
+    stub: Path
+    python_libdir: Path
+
+    @property
+    def binary(self) -> Path:
+        return self.server_root / "bin" / "tritonserver"
+
+    @staticmethod
+    def discover() -> TritonLayout:
+        purelib = Path(sysconfig.get_paths()["purelib"])
+        root = purelib / "pytriton" / "tritonserver"
+        ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+        layout = TritonLayout(
+            server_root=root,
+            libs=purelib / "nvidia_pytriton.libs",
+            stub=root / "python_backend_stubs" / ver / "triton_python_backend_stub",
+            python_libdir=Path(str(sysconfig.get_config_var("LIBDIR") or "")),
+        )
+        missing = [p for p in (layout.binary, layout.stub, layout.libs) if not p.exists()]
+        if missing:
+            raise TritonStartError(
+                f"the nvidia-pytriton wheel is not installed for Python {ver} (missing {missing[0]}); "
+                "run `make setup`"
+            )
+        if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+            raise TritonStartError("this Python is not a shared-library build; the Triton Python stub needs one")
+        return layout
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedTriton:
+    """A tritonserver child process on loopback. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, settings: TritonSettings, *, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.layout = TritonLayout.discover()
+        self.http_port = settings.http_port or free_port()
+        self.grpc_port = settings.grpc_port or free_port()
+        self.metrics_port = settings.metrics_port or free_port()
+        self._workdir = Path(tempfile.mkdtemp(prefix="duet-triton-"))
+        self.log_path = log_path or self._workdir / "tritonserver.log"
+        self._shm_prefix = f"duet_{uuid.uuid4().hex[:8]}_"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub takes `python3` from PATH as its interpreter, so our venv's bin must come first.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(self.layout.python_libdir), str(self.layout.libs), env.get("LD_LIBRARY_PATH")) if p
+        )
+        # model.py files import their logic from the repository's packages.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def _backend_farm(self) -> Path:
+        farm = self._workdir / "backends" / "python"
+        farm.mkdir(parents=True, exist_ok=True)
+        py_backend = self.layout.server_root / "backends" / "python"
+        for src in (
+            py_backend / "libtriton_python.so",
+            py_backend / "triton_python_backend_utils.py",
+            self.layout.stub,
+        ):
+            (farm / src.name).symlink_to(src)
+        return farm.parent
+
+    def preflight(self, env: dict[str, str]) -> None:
+        """Run the stub with no arguments: exit 1 = libraries load (it wants arguments), 127 = loader failed."""
+        proc = subprocess.run([str(self.layout.stub)], env=env, capture_output=True, timeout=30, check=False)
+        if proc.returncode == 127:
+            raise TritonStartError(
+                "the Triton Python backend stub cannot load its shared libraries: "
+                + proc.stderr.decode(errors="replace").strip()[-400:]
+            )
+
+    def command(self, backends: Path) -> list[str]:
+        cmd = [
+            str(self.layout.binary),
+            f"--model-repository={self.settings.model_repository}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={self.layout.server_root / 'caches'}",
+            "--disable-auto-complete-config",
+            "--model-control-mode=explicit",
+            "--exit-timeout-secs=5",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-config=summary_latencies=true",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--log-verbose=0",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+        ]
+        cmd += [f"--load-model={m}" for m in self.settings.models]
+        return cmd
+
+    def _clean_shm(self) -> None:
+        shm = Path("/dev/shm")
+        if shm.is_dir():
+            for p in shm.glob(f"{self._shm_prefix}*"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def start(self) -> EmbeddedTriton:
+        env = self._env()
+        self.preflight(env)
+        backends = self._backend_farm()
+        self._clean_shm()
+        cmd = self.command(backends)
+        log.info("starting tritonserver on %s (models: %s)", self.grpc_url, ", ".join(self.settings.models))
+        logf = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+        try:
+            self._proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
+        finally:
+            logf.close()
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise TritonStartError(
+                    f"tritonserver exited with code {self._proc.returncode} while starting:\n{self.log_tail()}"
+                )
+            if self._ready():
+                log.info("tritonserver ready after %.1fs", self.settings.startup_timeout_s - (deadline - time.monotonic()))
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise TritonStartError(
+            f"tritonserver not ready after {self.settings.startup_timeout_s:.0f}s:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self._clean_shm()
+        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def child_pids(self) -> Sequence[int]:
+        """PIDs of the Python stubs (children of tritonserver), for crash detection and tests."""
+        if self._proc is None:
+            return []
+        out = subprocess.run(
+            ["pgrep", "-P", str(self._proc.pid)], capture_output=True, text=True, check=False
+        ).stdout
+        return [int(x) for x in out.split()]
+
+    def __enter__(self) -> EmbeddedTriton:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def triton_for(settings: TritonSettings) -> Iterator[str]:
+    """Yield a gRPC URL: the configured one, or an embedded server's for the duration of the block."""
+    if settings.url:
+        yield settings.url
+        return
+    with EmbeddedTriton(settings) as server:
+        yield server.grpc_url

