@@ -196,7 +196,8 @@ class EmbeddedTriton:
                     f"tritonserver exited with code {self._proc.returncode} while starting:\n{self.log_tail()}"
                 )
             if self._ready():
-                log.info("tritonserver ready after %.1fs", self.settings.startup_timeout_s - (deadline - time.monotonic()))
+                waited = self.settings.startup_timeout_s - (deadline - time.monotonic())
+                log.info("tritonserver ready after %.1fs", waited)
                 return self
             time.sleep(0.1)
         self.stop()

@@ -1,0 +1,49 @@
+# Duet — every entry point the README names. `make help` lists them.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup:  ## create .venv, install Python + Debian packages, extract model files, generate gRPC code
+	@bash scripts/bootstrap.sh
+
+demo: setup  ## start the embedded stack and print floor events for the shipped sample conversation
+	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 0
+	@echo; echo "Same events as JSONL (the stable floor-event format):"
+	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 0 --jsonl
+
+test: setup lint typecheck unit integration e2e  ## lint, type-check, unit, integration and e2e tests
+
+lint: setup  ## ruff
+	@$(VENV)/bin/ruff check orchestrator clients perf tests
+
+typecheck: setup  ## mypy --strict on orchestrator/ and clients/
+	@$(VENV)/bin/mypy --strict orchestrator clients/duet perf/turns_eval.py
+
+unit: setup  ## pure logic, no server
+	@$(PY) -m pytest -q tests/unit
+
+integration: setup  ## real tritonserver, real models
+	@$(PY) -m pytest -q tests/integration
+
+e2e: setup  ## whole stack through the real CLI and SDK
+	@$(PY) -m pytest -q tests/e2e
+
+bench: setup bench-turns bench-pa  ## floor comparison table + perf_analyzer capacity summary
+
+bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
+	@$(PY) perf/bench_turns.py --split all
+
+bench-pa: setup  ## perf_analyzer on vad / turn / floor at concurrency 1..32
+	@bash perf/pa_floor.sh
+
+serve: setup  ## run the stack in the foreground
+	@$(VENV)/bin/duet serve
+
+clean:  ## remove the venv, caches and extracted model files
+	rm -rf $(VENV) .cache perf/out clients/duet/proto model_repository/*/1/*.onnx

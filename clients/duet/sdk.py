@@ -1,0 +1,175 @@
+"""Async SDK over the gRPC session stream.
+
+    async with duet.connect("127.0.0.1:50051") as session:
+        await session.send_audio(pcm_20ms)
+        ...
+        await session.end()
+        async for event in session.events():
+            print(event)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from duet.errors import DuetError, ServerUnavailable
+from duet.proto import session_pb2 as pb
+from duet.proto import session_pb2_grpc as pb_grpc
+from duet.wav import CHUNK_SAMPLES, SAMPLE_RATE, chunks, read_pcm16
+
+_CLOSE = object()
+
+
+class Session:
+    """One conversation. Sends are queued (bounded) and written by gRPC; events arrive via `events()`."""
+
+    def __init__(self, call: Any, outgoing: asyncio.Queue[Any]) -> None:
+        self._call = call
+        self._out = outgoing
+        self._seq = 0
+        self._ended = False
+
+    async def _send(self, msg: pb.ClientMessage) -> None:
+        if self._ended:
+            raise DuetError("protocol", "the session was already ended")
+        await self._out.put(msg)
+
+    async def send_audio(self, pcm: bytes) -> None:
+        await self._send(pb.ClientMessage(audio=pb.AudioChunk(pcm=pcm, seq=self._seq)))
+        self._seq += 1
+
+    async def send_text(self, text: str, *, replica: bool = False, final: bool = False, t: float = 0.0) -> None:
+        role = pb.TextInput.REPLICA_SAID if replica else (pb.TextInput.USER_FINAL if final else pb.TextInput.USER_PARTIAL)
+        await self._send(pb.ClientMessage(text=pb.TextInput(role=role, text=text, t=t)))
+
+    async def mark_replica(self, speaking: bool, t: float = 0.0) -> None:
+        """Tell the floor model the replica's audio is playing (until the reply loop produces real audio)."""
+        kind = pb.Control.REPLICA_SPEAKING_START if speaking else pb.Control.REPLICA_SPEAKING_STOP
+        await self._send(pb.ClientMessage(control=pb.Control(kind=kind, t=t)))
+
+    async def end(self) -> None:
+        """No more input: the server flushes its decisions and closes the stream."""
+        if not self._ended:
+            await self._out.put(pb.ClientMessage(control=pb.Control(kind=pb.Control.END)))
+            await self._out.put(_CLOSE)
+            self._ended = True
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Server events as dicts. A fatal server error raises `DuetError` with its code."""
+        try:
+            async for msg in self._call:
+                kind = msg.WhichOneof("kind")
+                if kind == "event":
+                    yield json.loads(msg.event.json)
+                elif kind == "error":
+                    if msg.error.fatal:
+                        raise DuetError(msg.error.code, msg.error.message)
+                    yield {"type": "error", "code": msg.error.code, "message": msg.error.message}
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise ServerUnavailable(f"session stream lost: {exc.details()}") from exc
+            raise DuetError(exc.code().name.lower(), str(exc.details())) from exc
+
+
+async def probe(server: str, timeout: float = 1.0) -> bool:
+    """Whether a Duet server answers at host:port."""
+    async with grpc.aio.insecure_channel(server) as ch:
+        try:
+            await asyncio.wait_for(ch.channel_ready(), timeout)
+            return True
+        except (TimeoutError, grpc.aio.AioRpcError):
+            return False
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    server: str,
+    *,
+    persona: str = "",
+    conversation_id: str = "",
+    options: Mapping[str, str] | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    channels: int = 1,
+    sample_width: int = 2,
+    connect_timeout: float = 5.0,
+) -> AsyncIterator[Session]:
+    channel = grpc.aio.insecure_channel(server)
+    try:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), connect_timeout)
+        except TimeoutError as exc:
+            raise ServerUnavailable(f"no Duet server at {server}") from exc
+        outgoing: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        start = pb.Start(
+            persona=persona,
+            conversation_id=conversation_id,
+            audio_format=pb.AudioFormat(sample_rate=sample_rate, channels=channels, sample_width=sample_width),
+            options=dict(options or {}),
+        )
+
+        async def requests() -> AsyncIterator[pb.ClientMessage]:
+            yield pb.ClientMessage(start=start)
+            while (msg := await outgoing.get()) is not _CLOSE:
+                yield msg
+
+        stub = pb_grpc.SessionStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Converse(requests())
+        session = Session(call, outgoing)
+        try:
+            yield session
+        finally:
+            call.cancel()
+    finally:
+        await channel.close()
+
+
+async def stream_file(
+    path: str | Path, server: str, *, speed: float = 1.0, options: Mapping[str, str] | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Stream a WAV file as 20 ms chunks (at `speed` x real time; 0 = as fast as possible) and yield events."""
+    pcm = read_pcm16(path)
+    async with connect(server, options=options) as session:
+        events: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+
+        async def collect() -> None:
+            try:
+                async for e in session.events():
+                    await events.put(e)
+            except BaseException as exc:  # handed to the consumer, not lost in the task
+                await events.put(exc)
+            finally:
+                await events.put(None)
+
+        async def send() -> None:
+            t0 = time.perf_counter()
+            for i, chunk in enumerate(chunks(pcm)):
+                if speed > 0:
+                    due = t0 + i * CHUNK_SAMPLES / SAMPLE_RATE / speed
+                    if (delay := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(delay)
+                await session.send_audio(chunk)
+            await session.end()
+
+        tasks = [
+            asyncio.create_task(collect(), name="duet-collect-events"),
+            asyncio.create_task(send(), name="duet-send-audio"),
+        ]
+        try:
+            while (item := await events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            if tasks[1].done() and not tasks[1].cancelled():
+                tasks[1].result()  # surfaces a send failure
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Network APIs: the gRPC session stream (REST control plane and WebRTC come later)."""

@@ -1,0 +1,165 @@
+"""gRPC `duet.v1.Session/Converse`: one bidirectional stream per conversation.
+
+Per stream: a reader task moves client messages into a bounded inbox (when it is full the reader stops
+reading, so gRPC flow control pushes back on the client instead of audio being dropped), a processor task
+runs the session pipeline, and the generator below writes events out. Errors are typed `Error` messages;
+a failure in one session never touches another. A client that disconnects cancels its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from duet.proto import session_pb2 as pb
+from duet.proto import session_pb2_grpc as pb_grpc
+from orchestrator.config import Settings, with_floor_options
+from orchestrator.errors import BadAudioFormat, DuetError, ProtocolError, ServerBusy
+from orchestrator.session import FloorSession
+from orchestrator.triton import FloorModels
+
+log = logging.getLogger("duet.session")
+
+START_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class _End:
+    """Sentinel in the inbox: the client said END or closed its side."""
+
+
+@dataclass(frozen=True)
+class _Stamped:
+    msg: pb.ClientMessage
+    arrival: float
+
+
+def check_audio_format(fmt: pb.AudioFormat) -> None:
+    problems = []
+    if fmt.sample_rate != 16000:
+        problems.append(f"sample_rate {fmt.sample_rate} Hz (need 16000)")
+    if fmt.channels != 1:
+        problems.append(f"{fmt.channels} channels (need mono)")
+    if fmt.sample_width != 2:
+        problems.append(f"sample width {fmt.sample_width} bytes (need 2, PCM16)")
+    if fmt.encoding not in ("", "pcm_s16le"):
+        problems.append(f"encoding {fmt.encoding!r} (need pcm_s16le)")
+    if problems:
+        raise BadAudioFormat("unsupported audio format: " + "; ".join(problems))
+
+
+def error_message(err: DuetError) -> pb.ServerMessage:
+    return pb.ServerMessage(error=pb.Error(code=err.code, message=err.message, fatal=err.fatal))
+
+
+def event_message(event: dict[str, Any]) -> pb.ServerMessage:
+    return pb.ServerMessage(event=pb.Event(type=str(event["type"]), json=json.dumps(event)))
+
+
+class SessionService(pb_grpc.SessionServicer):
+    def __init__(self, models: FloorModels, settings: Settings) -> None:
+        self.models = models
+        self.settings = settings
+        self.active = 0
+
+    async def Converse(  # noqa: N802 - name fixed by the proto
+        self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ServerMessage]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), START_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            yield error_message(ProtocolError("the stream must begin with a `start` message"))
+            return
+        try:
+            if first.WhichOneof("kind") != "start":
+                raise ProtocolError(f"the stream must begin with `start`, got `{first.WhichOneof('kind')}`")
+            check_audio_format(first.start.audio_format)
+            floor = with_floor_options(self.settings.floor, dict(first.start.options))
+            if self.active >= self.settings.server.max_sessions:
+                raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+        except DuetError as err:
+            yield error_message(err)
+            return
+
+        self.active += 1
+        outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
+        inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=self.settings.server.inbox_chunks)
+
+        async def emit(event: dict[str, Any]) -> None:
+            await outbox.put(event_message(event))
+
+        session = FloorSession(self.models, floor, emit, max_chunk_ms=self.settings.server.max_audio_chunk_ms)
+        sid = first.start.conversation_id or hex(id(session))
+        reader = asyncio.create_task(self._read(request_iterator, inbox), name=f"session-{sid}-reader")
+        worker = asyncio.create_task(self._process(session, inbox, outbox), name=f"session-{sid}-floor")
+        log.info("session %s started", sid)
+        try:
+            await outbox.put(event_message({"type": "session_started", "t": 0.0, "conversation_id": sid}))
+            while True:
+                msg = await outbox.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            for task in (reader, worker):
+                task.cancel()
+            await asyncio.gather(reader, worker, return_exceptions=True)
+            self.active -= 1
+            log.info("session %s ended (%d events)", sid, session.events_emitted)
+
+    async def _read(self, requests: AsyncIterator[pb.ClientMessage], inbox: asyncio.Queue[_Stamped | _End]) -> None:
+        try:
+            async for msg in requests:
+                await inbox.put(_Stamped(msg, time.perf_counter()))
+                if msg.WhichOneof("kind") == "control" and msg.control.kind == pb.Control.END:
+                    return
+        finally:
+            # The client half-closed (or said END): let the processor flush and finish.
+            await inbox.put(_End())
+
+    async def _process(
+        self, session: FloorSession, inbox: asyncio.Queue[_Stamped | _End], outbox: asyncio.Queue[pb.ServerMessage | None]
+    ) -> None:
+        try:
+            while True:
+                item = await inbox.get()
+                if isinstance(item, _End):
+                    await session.finish()
+                    await outbox.put(event_message({"type": "session_ended", "t": round(session.timeline.now, 4)}))
+                    return
+                try:
+                    await self._dispatch(session, item)
+                except DuetError as err:
+                    await outbox.put(error_message(err))
+                    if err.fatal:
+                        return
+        except Exception as exc:  # a bug must end this session with a typed error, not the server
+            log.exception("session failed")
+            await outbox.put(error_message(DuetError(f"internal error: {type(exc).__name__}: {exc}")))
+        finally:
+            await outbox.put(None)
+
+    async def _dispatch(self, session: FloorSession, item: _Stamped) -> None:
+        msg = item.msg
+        kind = msg.WhichOneof("kind")
+        if kind == "audio":
+            await session.audio(msg.audio.pcm, item.arrival)
+        elif kind == "text":
+            session.text(msg.text.text, replica=msg.text.role == pb.TextInput.REPLICA_SAID)
+        elif kind == "control":
+            c = msg.control.kind
+            if c in (pb.Control.REPLICA_SPEAKING_START, pb.Control.REPLICA_SPEAKING_STOP):
+                session.replica(c == pb.Control.REPLICA_SPEAKING_START)
+            elif c == pb.Control.INTERRUPT:
+                session.replica(False)
+        elif kind == "video":
+            pass  # perception lands in its own issue; frames are accepted and not queued
+        elif kind == "start":
+            raise ProtocolError("`start` may only be sent once")

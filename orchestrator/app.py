@@ -1,0 +1,82 @@
+"""The Duet service: Triton (embedded unless configured), the model client and the gRPC session server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from duet.proto import session_pb2_grpc as pb_grpc
+from orchestrator.api.session_service import SessionService
+from orchestrator.config import Settings
+from orchestrator.launcher import EmbeddedTriton
+from orchestrator.triton import TritonModels
+
+log = logging.getLogger("duet")
+
+
+@dataclass(frozen=True)
+class Running:
+    address: str  # host:port of the session service
+    triton_url: str
+    metrics_url: str | None  # Triton's Prometheus endpoint when embedded
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings) -> AsyncIterator[Running]:
+    """Start Triton if needed, then the session server; stop both on exit."""
+    embedded: EmbeddedTriton | None = None
+    url = settings.triton.url
+    if not url:
+        embedded = EmbeddedTriton(settings.triton)
+        await asyncio.to_thread(embedded.start)
+        url = embedded.grpc_url
+    models = TritonModels(url, timeout_s=settings.triton.request_timeout_s)
+    server: grpc.aio.Server | None = None
+    try:
+        await models.ready(("vad", "floor"))
+        limit = settings.server.max_message_bytes
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
+        )
+        service = SessionService(models, settings)
+        pb_grpc.add_SessionServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
+        await server.start()
+        yield Running(
+            address=f"{settings.server.host}:{port}",
+            triton_url=url,
+            metrics_url=embedded.metrics_url if embedded else None,
+        )
+    finally:
+        if server is not None:
+            await server.stop(grace=2.0)
+        await models.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def serve(settings: Settings, on_ready: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_stack(settings) as running:
+        log.info("duet serving sessions on %s (triton %s)", running.address, running.triton_url)
+        if on_ready:
+            on_ready(running)
+        await stop.wait()
+        log.info("shutting down")
+
+
+def run(coro_factory: Callable[[], object]) -> None:
+    """Run a coroutine on uvloop (the orchestrator's event loop)."""
+    import uvloop
+
+    uvloop.run(coro_factory())  # type: ignore[arg-type]

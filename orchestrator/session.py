@@ -1,0 +1,98 @@
+"""One conversation's pipeline: audio in, VAD and floor evaluations through Triton, floor events out.
+
+Processing is sequential per session and in audio-time order: a floor evaluation is awaited before later
+audio is analysed. Decisions therefore depend only on the audio, never on how fast the client sends it
+(a file streamed at 10x real time gets the same events as a live microphone), and each event's
+`compute_ms` honestly includes any queueing behind an evaluation. Sessions run concurrently with each
+other; Triton batches their requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from orchestrator.audio import SAMPLE_RATE, VAD_WINDOW, AudioTimeline
+from orchestrator.config import FloorSettings
+from orchestrator.triton import F32, FloorModels
+from orchestrator.turns.floor import Action, Emit, Evaluate, FloorMachine
+
+EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+Clock = Callable[[], float]
+
+WINDOW_MS = 1000.0 * VAD_WINDOW / SAMPLE_RATE
+
+
+class FloorSession:
+    """Feeds one user's audio through VAD and the floor model and reports floor events to `emit`."""
+
+    def __init__(
+        self,
+        models: FloorModels,
+        floor: FloorSettings,
+        emit: EventSink,
+        *,
+        max_chunk_ms: int = 200,
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.models = models
+        self.machine = FloorMachine(floor)
+        self.timeline = AudioTimeline(max_chunk_ms=max_chunk_ms)
+        self._emit = emit
+        self._clock = clock
+        self._vad_state: F32 = np.zeros((2, 128), dtype=np.float32)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (chunk end sample, wall arrival)
+        self.user_text = ""  # latest user transcript of the current turn (partial or final)
+        self.context = ""  # what the replica said last
+        self.events_emitted = 0
+
+    async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
+        """One audio chunk; `arrival` is the wall time it reached the server (defaults to now)."""
+        windows = self.timeline.push(pcm)  # raises BadAudioChunk before anything changes
+        self._arrivals.append((self.timeline.samples, self._clock() if arrival is None else arrival))
+        for w in windows:
+            prob, self._vad_state = await self.models.vad(w.audio, self._vad_state)
+            await self._run(self.machine.on_vad(w.end, prob, WINDOW_MS, w.t))
+
+    def text(self, text: str, *, replica: bool = False) -> None:
+        if replica:
+            self.context = text
+        else:
+            self.user_text = text
+
+    def replica(self, speaking: bool) -> None:
+        self.machine.on_replica(speaking)
+
+    async def finish(self) -> None:
+        await self._run(self.machine.finish(self.timeline.now))
+
+    async def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Emit):
+                await self._send(action)
+            elif isinstance(action, Evaluate):
+                await self._evaluate(action)
+
+    async def _evaluate(self, ev: Evaluate) -> None:
+        pause_samples = round(ev.pause_ms * SAMPLE_RATE / 1000)
+        est = await self.models.floor(self.timeline.window(ev.t), pause_samples, self.user_text, self.context)
+        await self._run(self.machine.on_estimate(ev.request_id, est.p_yield))
+
+    def _arrival_of(self, t: float) -> float:
+        """Wall arrival time of the chunk that ends at audio time `t` (or the first one ending after it)."""
+        sample = round(t * SAMPLE_RATE)
+        for end, arrived in reversed(self._arrivals):
+            if end <= sample:
+                return arrived
+        return self._arrivals[0][1] if self._arrivals else self._clock()
+
+    async def _send(self, e: Emit) -> None:
+        if e.type == "eot_commit":
+            self.user_text = ""
+        compute_ms = (self._clock() - self._arrival_of(e.t)) * 1000.0
+        self.events_emitted += 1
+        await self._emit({"type": e.type, "t": round(e.t, 4), "compute_ms": round(compute_ms, 2), **e.data})

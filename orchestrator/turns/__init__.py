@@ -1,0 +1,1 @@
+"""Turn-taking: floor fusion features, the floor state machine, (later) speculation."""

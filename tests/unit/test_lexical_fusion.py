@@ -1,0 +1,56 @@
+"""Lexical completeness and the fusion's logistic model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.turns.fusion import BASE_FEATURES, FusionWeights, feature_vector, fit_logistic
+from orchestrator.turns.lexical import completeness, lexical
+
+
+@pytest.mark.parametrize(
+    ("text", "complete"),
+    [
+        ("I'd like to book a flight to", False),
+        ("the problem is that", False),
+        ("I need eggs, milk, and", False),
+        ("so um", False),
+        ("I want to change my address, um", False),
+        ("Can you help me with my bill?", True),
+        ("yes", True),
+        ("No thanks.", True),
+        ("it was charged twice last month", True),
+    ],
+)
+def test_completeness(text: str, complete: bool) -> None:
+    assert (completeness(text) > 0.5) is complete
+
+
+def test_unknown_text_is_neutral_and_marked_absent() -> None:
+    lx = lexical("", "What is your date of birth?")
+    assert lx.present == 0.0 and lx.complete == 0.5 and lx.context_question == 1.0
+
+
+def test_feature_vector_layout() -> None:
+    x = feature_vector(0.9, [1.0, 2.0], 250.0, "yes", "")
+    assert x.shape == (len(BASE_FEATURES) + 2,)
+    assert x[BASE_FEATURES.index("pause_s")] == pytest.approx(0.25)
+    assert x[BASE_FEATURES.index("text_present")] == 1.0
+
+
+def test_fit_separates_and_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = (x[:, 0] - 0.5 * x[:, 2] > 0).astype(np.float64)
+    w = fit_logistic(x, y, ["a", "b", "c"], l2=0.1)
+    acc = float(((w.predict(x) > 0.5) == (y > 0.5)).mean())
+    assert acc > 0.95
+    assert w.coef[0] > 0 > w.coef[2]
+    w.save(tmp_path / "w.json")
+    again = FusionWeights.load(tmp_path / "w.json")
+    assert np.allclose(again.predict(x), w.predict(x))
+    with pytest.raises(ValueError, match="expects 3 features"):
+        w.predict(np.zeros((1, 5)))
