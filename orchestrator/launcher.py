@@ -59,8 +59,7 @@ class TritonLayout:
         missing = [p for p in (layout.binary, layout.stub, layout.libs) if not p.exists()]
         if missing:
             raise TritonStartError(
-                f"the nvidia-pytriton wheel is not installed for Python {ver} (missing {missing[0]}); "
-                "run `make setup`"
+                f"the nvidia-pytriton wheel is not installed for Python {ver} (missing {missing[0]}); run `make setup`"
             )
         if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
             raise TritonStartError("this Python is not a shared-library build; the Triton Python stub needs one")
@@ -225,9 +224,7 @@ class EmbeddedTriton:
         """PIDs of the Python stubs (children of tritonserver), for crash detection and tests."""
         if self._proc is None:
             return []
-        out = subprocess.run(
-            ["pgrep", "-P", str(self._proc.pid)], capture_output=True, text=True, check=False
-        ).stdout
+        out = subprocess.run(["pgrep", "-P", str(self._proc.pid)], capture_output=True, text=True, check=False).stdout
         return [int(x) for x in out.split()]
 
     def __enter__(self) -> EmbeddedTriton:

@@ -7,7 +7,6 @@ embedded stack (a real tritonserver on loopback plus the session service) for th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -41,7 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
     t.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
     t.add_argument("--all-events", action="store_true", help="also print session/error events")
-    t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="session option, e.g. floor.commit_threshold=0.8")
+    t.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="session option, e.g. floor.commit_threshold=0.8",
+    )
 
     sub.add_parser("config", help="print the effective settings")
     return p

@@ -1,11 +1,11 @@
 """Async SDK over the gRPC session stream.
 
-    async with duet.connect("127.0.0.1:50051") as session:
-        await session.send_audio(pcm_20ms)
-        ...
-        await session.end()
-        async for event in session.events():
-            print(event)
+async with duet.connect("127.0.0.1:50051") as session:
+    await session.send_audio(pcm_20ms)
+    ...
+    await session.end()
+    async for event in session.events():
+        print(event)
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class Session:
         self._seq += 1
 
     async def send_text(self, text: str, *, replica: bool = False, final: bool = False, t: float = 0.0) -> None:
-        role = pb.TextInput.REPLICA_SAID if replica else (pb.TextInput.USER_FINAL if final else pb.TextInput.USER_PARTIAL)
+        role = (
+            pb.TextInput.REPLICA_SAID if replica else (pb.TextInput.USER_FINAL if final else pb.TextInput.USER_PARTIAL)
+        )
         await self._send(pb.ClientMessage(text=pb.TextInput(role=role, text=text, t=t)))
 
     async def mark_replica(self, speaking: bool, t: float = 0.0) -> None:
@@ -79,11 +81,11 @@ class Session:
             raise DuetError(exc.code().name.lower(), str(exc.details())) from exc
 
 
-async def probe(server: str, timeout: float = 1.0) -> bool:
+async def probe(server: str, wait_s: float = 1.0) -> bool:
     """Whether a Duet server answers at host:port."""
     async with grpc.aio.insecure_channel(server) as ch:
         try:
-            await asyncio.wait_for(ch.channel_ready(), timeout)
+            await asyncio.wait_for(ch.channel_ready(), wait_s)
             return True
         except (TimeoutError, grpc.aio.AioRpcError):
             return False
@@ -128,7 +130,7 @@ async def connect(
         finally:
             call.cancel()
     finally:
-        await channel.close()
+        await channel.close(None)
 
 
 async def stream_file(

@@ -30,7 +30,9 @@ def read_pcm16(path: str | Path) -> bytes:
     if width != 2:
         problems.append(f"{8 * width}-bit samples (need 16-bit PCM)")
     if problems:
-        raise AudioFileError(f"{p}: " + "; ".join(problems) + " — convert with e.g. `sox in.wav -r 16000 -c 1 -b 16 out.wav`")
+        raise AudioFileError(
+            f"{p}: " + "; ".join(problems) + " — convert with e.g. `sox in.wav -r 16000 -c 1 -b 16 out.wav`"
+        )
     if len(frames) < n * 2:
         raise AudioFileError(f"{p}: truncated: header says {n} frames, file holds {len(frames) // 2}")
     if n == 0:

@@ -69,7 +69,7 @@ class SessionService(pb_grpc.SessionServicer):
         self.settings = settings
         self.active = 0
 
-    async def Converse(  # noqa: N802 - name fixed by the proto
+    async def Converse(
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ServerMessage]:
         try:
@@ -125,7 +125,10 @@ class SessionService(pb_grpc.SessionServicer):
             await inbox.put(_End())
 
     async def _process(
-        self, session: FloorSession, inbox: asyncio.Queue[_Stamped | _End], outbox: asyncio.Queue[pb.ServerMessage | None]
+        self,
+        session: FloorSession,
+        inbox: asyncio.Queue[_Stamped | _End],
+        outbox: asyncio.Queue[pb.ServerMessage | None],
     ) -> None:
         try:
             while True:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,15 @@ from orchestrator.turns.lexical import lexical
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-BASE_FEATURES = ("turn_logit", "pause_s", "log_pause", "turn_logit_x_pause", "text_present", "text_complete",
-                 "context_question")
+BASE_FEATURES = (
+    "turn_logit",
+    "pause_s",
+    "log_pause",
+    "turn_logit_x_pause",
+    "text_present",
+    "text_complete",
+    "context_question",
+)
 
 
 def _logit(p: float) -> float:
@@ -33,14 +40,20 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def feature_vector(p_turn: float, prosody: Sequence[float], pause_ms: float, text: str = "",
-                   context: str = "") -> F64:
+def feature_vector(p_turn: float, prosody: Sequence[float], pause_ms: float, text: str = "", context: str = "") -> F64:
     """Raw features in the order `BASE_FEATURES + prosody names`."""
     pause_s = max(pause_ms, 0.0) / 1000.0
     lx = lexical(text, context)
     tl = _logit(p_turn)
-    base = [tl, pause_s, math.log(0.02 + pause_s), tl * pause_s, lx.present,
-            (lx.complete - 0.5) * lx.present, lx.context_question]
+    base = [
+        tl,
+        pause_s,
+        math.log(0.02 + pause_s),
+        tl * pause_s,
+        lx.present,
+        (lx.complete - 0.5) * lx.present,
+        lx.context_question,
+    ]
     return np.asarray([*base, *(float(v) for v in prosody)], dtype=np.float64)
 
 
@@ -52,6 +65,7 @@ class FusionWeights:
     coef: tuple[float, ...]
     bias: float
     note: str = ""
+    stats: dict[str, float] = field(default_factory=dict)  # training facts, e.g. evaluations per audio second
 
     def predict(self, x: F64) -> F64:
         """P(yield) for rows of raw features [N, F]."""
@@ -68,12 +82,26 @@ class FusionWeights:
     @staticmethod
     def load(path: str | Path) -> FusionWeights:
         d = json.loads(Path(path).read_text())
-        return FusionWeights(names=tuple(d["names"]), mean=tuple(d["mean"]), scale=tuple(d["scale"]),
-                             coef=tuple(d["coef"]), bias=float(d["bias"]), note=str(d.get("note", "")))
+        return FusionWeights(
+            names=tuple(d["names"]),
+            mean=tuple(d["mean"]),
+            scale=tuple(d["scale"]),
+            coef=tuple(d["coef"]),
+            bias=float(d["bias"]),
+            note=str(d.get("note", "")),
+            stats={k: float(v) for k, v in d.get("stats", {}).items()},
+        )
 
 
-def fit_logistic(x: F64, y: F64, names: Sequence[str], l2: float = 1.0, sample_weight: F64 | None = None,
-                 iters: int = 200, note: str = "") -> FusionWeights:
+def fit_logistic(
+    x: F64,
+    y: F64,
+    names: Sequence[str],
+    l2: float = 1.0,
+    sample_weight: F64 | None = None,
+    iters: int = 200,
+    note: str = "",
+) -> FusionWeights:
     """L2-regularised logistic regression by Newton's method (small data: a few thousand rows)."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
@@ -91,5 +119,11 @@ def fit_logistic(x: F64, y: F64, names: Sequence[str], l2: float = 1.0, sample_w
         w -= step
         if np.max(np.abs(step)) < 1e-8:
             break
-    return FusionWeights(names=tuple(names), mean=tuple(mean.tolist()), scale=tuple(scale.tolist()),
-                         coef=tuple(w[:-1].tolist()), bias=float(w[-1]), note=note)
+    return FusionWeights(
+        names=tuple(names),
+        mean=tuple(mean.tolist()),
+        scale=tuple(scale.tolist()),
+        coef=tuple(w[:-1].tolist()),
+        bias=float(w[-1]),
+        note=note,
+    )

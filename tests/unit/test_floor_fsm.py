@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -106,7 +107,7 @@ def test_reevaluates_periodically_with_growing_pause() -> None:
 
     run([(0.5, 1.5)], 3.0, model)
     assert len(seen) >= 4
-    assert all(b > a for a, b in zip(seen, seen[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(seen))
     assert seen[1] - seen[0] >= FloorSettings().eval_interval_ms - 1
 
 
@@ -175,7 +176,7 @@ def test_random_scripts_keep_invariants(seed: int) -> None:
     # With answers in order (as the session guarantees) events are in audio-time order; a late answer is
     # stamped with the audio it used, which may precede a speech_end emitted meanwhile.
     if lag == 0:
-        assert all(a.t <= b.t + 1e-9 for a, b in zip(ev, ev[1:], strict=False))
+        assert all(a.t <= b.t + 1e-9 for a, b in itertools.pairwise(ev))
     # Commits are preceded by a tentative, cancels follow a tentative.
     open_tentative = False
     for name in seq:

@@ -28,7 +28,12 @@ def test_reads_good_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"rate": 8000}, "8000 Hz"), ({"channels": 2}, "2 channels"), ({"width": 1}, "8-bit"), ({"frames": 0}, "no audio")],
+    [
+        ({"rate": 8000}, "8000 Hz"),
+        ({"channels": 2}, "2 channels"),
+        ({"width": 1}, "8-bit"),
+        ({"frames": 0}, "no audio"),
+    ],
 )
 def test_wrong_formats(tmp_path: Path, kwargs: dict[str, int], needle: str) -> None:
     with pytest.raises(AudioFileError, match=needle):

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# perf_analyzer against vad, turn and the floor ensemble at rising concurrency, with and without dynamic
+# batching (a copy of the repository with the dynamic_batching blocks removed), then a summary of what
+# batching buys and how many real-time sessions this machine could hold.
+#   bash perf/pa_floor.sh            (make bench-pa)   — results in perf/out/pa/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+OUT=perf/out/pa
+mkdir -p "$OUT"
+SP=$($PY -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')
+
+# perf_analyzer (shipped in the tritonclient wheel) needs libb64 and libcudart; link the copies the
+# server wheel already carries so no CUDA install is needed.
+LIBS=$PWD/.cache/palibs
+mkdir -p "$LIBS"
+ln -sfn "$(ls "$SP"/nvidia_pytriton.libs/libb64-*.so.0d | head -n1)" "$LIBS/libb64.so.0d"
+ln -sfn "$(ls "$SP"/nvidia_pytriton.libs/libcudart-*.so.12* | head -n1)" "$LIBS/libcudart.so.12"
+export LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+PA=.venv/bin/perf_analyzer
+$PA --version >/dev/null 2>&1 || { echo "perf_analyzer cannot start: $($PA --version 2>&1 | tail -1)"; exit 1; }
+
+$PY perf/pa_inputs.py "$OUT"   # real speech inputs + the no-batching repository copy
+
+run_server() {  # repository -> sets URL, PID
+  $PY perf/triton_up.py --repository "$1" > "$OUT/ports.txt" &
+  PID=$!
+  for _ in $(seq 1 600); do [[ -s $OUT/ports.txt ]] && break; sleep 0.2; done
+  URL=$(cut -d' ' -f1 "$OUT/ports.txt")
+  [[ -n $URL ]] || { echo "triton did not start"; exit 1; }
+}
+
+profile() {  # label model concurrency-list
+  local label=$1 model=$2 levels=$3
+  for c in $levels; do
+    echo "  $label $model concurrency $c"
+    $PA -m "$model" -u "$URL" -i grpc --input-data "$OUT/$model.json" -b 1 \
+      --concurrency-range "$c" --measurement-interval 2500 --max-trials 5 -s 25 \
+      -f "$OUT/${label}_${model}_c${c}.csv" > "$OUT/${label}_${model}_c${c}.log" 2>&1 \
+      || echo "    (unstable at concurrency $c; see $OUT/${label}_${model}_c${c}.log)"
+  done
+}
+
+for mode in batched unbatched; do
+  repo=model_repository
+  [[ $mode == unbatched ]] && repo=$OUT/repo_unbatched
+  echo "[pa] $mode"
+  run_server "$repo"
+  trap 'kill $PID 2>/dev/null || true' EXIT
+  profile "$mode" vad "1 2 4 8 16 32"
+  profile "$mode" turn "1 2 4 8"
+  profile "$mode" floor "1 2 4 8"
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  trap - EXIT
+done
+$PY perf/pa_summary.py "$OUT"

@@ -1,0 +1,68 @@
+"""Every model folder has an explicit, complete config that agrees with the code that calls it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.audio import HISTORY, VAD_CONTEXT, VAD_WINDOW
+from orchestrator.config import TritonSettings
+
+REPO = Path(__file__).resolve().parents[2] / "model_repository"
+TENSOR = re.compile(r'\{\s*name:\s*"(\w+)"\s+data_type:\s*(\w+)\s+dims:\s*\[([^\]]*)\]')
+
+
+def parse(model: str) -> dict[str, object]:
+    text = (REPO / model / "config.pbtxt").read_text()
+
+    def block(key: str) -> dict[str, tuple[str, list[int]]]:
+        m = re.search(rf"^{key} \[(.*?)^\]", text, re.S | re.M)
+        assert m, f"{model}: no {key} block"
+        return {
+            n: (dt, [int(d) for d in dims.replace(" ", "").split(",") if d])
+            for n, dt, dims in TENSOR.findall(m.group(1))
+        }
+
+    name = re.search(r'^name:\s*"(\w+)"', text, re.M)
+    mbs = re.search(r"^max_batch_size:\s*(\d+)", text, re.M)
+    return {
+        "name": name.group(1) if name else None,
+        "max_batch_size": int(mbs.group(1)) if mbs else None,
+        "input": block("input"),
+        "output": block("output"),
+        "text": text,
+    }
+
+
+@pytest.mark.parametrize("model", TritonSettings().models)
+def test_config_is_explicit_and_named_after_its_folder(model: str) -> None:
+    cfg = parse(model)
+    assert cfg["name"] == model
+    assert cfg["max_batch_size"] and int(str(cfg["max_batch_size"])) > 0
+    text = str(cfg["text"])
+    if "ensemble" not in text:
+        assert 'backend: "python"' in text
+        assert "dynamic_batching" in text  # stateless models batch across sessions
+        assert "instance_group" in text
+        assert (REPO / model / "1" / "model.py").is_file()
+    else:
+        assert (REPO / model / "1").is_dir()
+
+
+def test_vad_and_floor_shapes_match_the_session_code() -> None:
+    vad = parse("vad")
+    assert vad["input"] == {"AUDIO": ("TYPE_INT16", [VAD_CONTEXT + VAD_WINDOW]), "STATE": ("TYPE_FP32", [2, 128])}
+    floor = parse("floor")
+    assert floor["input"]["AUDIO"] == ("TYPE_INT16", [HISTORY])  # type: ignore[index]
+    assert set(floor["output"]) == {"P_YIELD", "P_TURN"}  # type: ignore[arg-type]
+
+
+def test_ensemble_steps_exist_and_batch_limits_fit() -> None:
+    floor = parse("floor")
+    steps = re.findall(r'model_name:\s*"(\w+)"', str(floor["text"]))
+    assert steps == ["turn", "prosody", "floor_fusion"]
+    for s in steps:
+        assert int(str(parse(s)["max_batch_size"])) >= int(str(floor["max_batch_size"]))
+        assert s in TritonSettings().models
