@@ -4,8 +4,13 @@ Cues: the acoustic end-of-turn model (Smart Turn v3, as a logit), how long the p
 prosody at the end of the phrase (pitch fall, energy decay, final lengthening; orchestrator.signal.prosody),
 and the lexical completeness of the transcript when there is one. A logistic model, trained on our own
 labelled development set (perf/train_floor.py), weighs them; weights live next to the Triton model as JSON,
-so retraining never touches code. Interactions with the pause length let a cue matter more or less as the
-pause grows (a falling pitch is decisive at 100 ms; after 1.5 s of silence almost anything is a yield).
+so retraining never touches code.
+
+The pause length enters separately, as a hazard: past `pause_knee_s`, each second of silence adds
+`pause_gain_per_s` to the log-odds. The acoustic weights are fitted on early evaluation points only (where
+the decision matters), with every pause weighted equally; the hazard and the commit threshold are then
+chosen by simulating the floor state machine. Fitting pause length as an ordinary feature instead lets it
+dominate (most yield-labelled points sit late in long pauses) and leaves holds and yields inseparable early.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class FusionWeights:
     bias: float
     note: str = ""
     stats: dict[str, float] = field(default_factory=dict)  # training facts, e.g. evaluations per audio second
+    pause_knee_s: float = 0.0
+    pause_gain_per_s: float = 0.0  # log-odds added per second of pause beyond the knee
 
     def predict(self, x: F64) -> F64:
         """P(yield) for rows of raw features [N, F]."""
@@ -73,6 +80,8 @@ class FusionWeights:
             raise ValueError(f"fusion expects {len(self.coef)} features ({', '.join(self.names)}), got {x.shape[-1]}")
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
         s = z @ np.asarray(self.coef) + self.bias
+        if self.pause_gain_per_s:
+            s = s + self.pause_gain_per_s * np.maximum(0.0, x[..., self.names.index("pause_s")] - self.pause_knee_s)
         out: F64 = 1.0 / (1.0 + np.exp(-np.clip(s, -30, 30)))
         return out
 
@@ -90,6 +99,8 @@ class FusionWeights:
             bias=float(d["bias"]),
             note=str(d.get("note", "")),
             stats={k: float(v) for k, v in d.get("stats", {}).items()},
+            pause_knee_s=float(d.get("pause_knee_s", 0.0)),
+            pause_gain_per_s=float(d.get("pause_gain_per_s", 0.0)),
         )
 
 

@@ -54,3 +54,15 @@ def test_fit_separates_and_round_trips(tmp_path: Path) -> None:
     assert np.allclose(again.predict(x), w.predict(x))
     with pytest.raises(ValueError, match="expects 3 features"):
         w.predict(np.zeros((1, 5)))
+
+
+def test_pause_hazard_raises_p_yield_past_the_knee_and_survives_save_load(tmp_path: Path) -> None:
+    names = (*BASE_FEATURES, "f")
+    n = len(names)
+    w = FusionWeights(names=names, mean=(0.0,) * n, scale=(1.0,) * n, coef=(0.0,) * n, bias=-2.0,
+                      pause_knee_s=0.5, pause_gain_per_s=4.0, stats={"evals_per_audio_s": 3.0})
+    rows = np.stack([feature_vector(0.5, [0.0], ms) for ms in (100.0, 500.0, 1000.0, 1500.0)])
+    p = w.predict(rows)
+    assert p[0] == pytest.approx(p[1]) and p[1] < 0.2 < p[2] < p[3]
+    w.save(tmp_path / "w.json")
+    assert FusionWeights.load(tmp_path / "w.json") == w  # every field round-trips
