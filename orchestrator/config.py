@@ -54,6 +54,7 @@ class FloorSettings:
     tentative_threshold: float = 0.5
     commit_threshold: float = 0.8
     eval_interval_ms: int = 96  # re-evaluate the floor while a pause grows
+    acoustic_refresh_ms: int = 400  # later in a pause, reuse the last Smart Turn/prosody outputs (fusion only)
     max_pause_ms: int = 1800  # commit regardless after this much silence (safety net)
     min_commit_pause_ms: int = 0  # never commit on the model alone before this much silence
     backchannel_max_ms: int = 600  # replica speaking: shorter user speech is a backchannel

@@ -18,7 +18,7 @@ import numpy as np
 
 from orchestrator.audio import SAMPLE_RATE, VAD_WINDOW, AudioTimeline
 from orchestrator.config import FloorSettings
-from orchestrator.triton import F32, FloorModels
+from orchestrator.triton import F32, FloorEstimate, FloorModels
 from orchestrator.turns.floor import Action, Emit, Evaluate, FloorMachine
 
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
@@ -49,6 +49,8 @@ class FloorSession:
         self.user_text = ""  # latest user transcript of the current turn (partial or final)
         self.context = ""  # what the replica said last
         self.events_emitted = 0
+        self._acoustics: FloorEstimate | None = None  # last full evaluation (Smart Turn + prosody)
+        self.evaluations = [0, 0]  # [fusion only, full]
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         """One audio chunk; `arrival` is the wall time it reached the server (defaults to now)."""
@@ -79,7 +81,12 @@ class FloorSession:
 
     async def _evaluate(self, ev: Evaluate) -> None:
         pause_samples = round(ev.pause_ms * SAMPLE_RATE / 1000)
-        est = await self.models.floor(self.timeline.window(ev.t), pause_samples, self.user_text, self.context)
+        if ev.reuse_acoustics and self._acoustics is not None:
+            est = await self.models.fuse(self._acoustics, pause_samples, self.user_text, self.context)
+        else:
+            est = await self.models.floor(self.timeline.window(ev.t), pause_samples, self.user_text, self.context)
+            self._acoustics = est
+        self.evaluations[0 if ev.reuse_acoustics else 1] += 1
         await self._run(self.machine.on_estimate(ev.request_id, est.p_yield))
 
     def _arrival_of(self, t: float) -> float:

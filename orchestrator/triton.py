@@ -25,12 +25,15 @@ I16 = npt.NDArray[np.int16]
 class FloorEstimate:
     p_yield: float
     p_turn: float
+    prosody: F32  # the end-of-phrase prosody vector the fusion used
 
 
 class FloorModels(Protocol):
     async def vad(self, audio: I16, state: F32) -> tuple[float, F32]: ...
 
     async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate: ...
+
+    async def fuse(self, acoustics: FloorEstimate, pause_samples: int, text: str, context: str) -> FloorEstimate: ...
 
 
 class TritonModels:
@@ -72,17 +75,41 @@ class TritonModels:
         res = await self._infer("vad", [a, s], ["PROB", "STATE_OUT"])
         return float(res.as_numpy("PROB")[0, 0]), res.as_numpy("STATE_OUT")[0]
 
-    async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate:
-        a = grpcclient.InferInput("AUDIO", [1, audio.shape[0]], "INT16")
-        a.set_data_from_numpy(audio.reshape(1, -1))
+    @staticmethod
+    def _pause_and_text(pause_samples: int, text: str, context: str) -> list[Any]:
         p = grpcclient.InferInput("PAUSE_SAMPLES", [1, 1], "INT32")
         p.set_data_from_numpy(np.array([[pause_samples]], dtype=np.int32))
         tx = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
         tx.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
         cx = grpcclient.InferInput("CONTEXT", [1, 1], "BYTES")
         cx.set_data_from_numpy(np.array([[context.encode()]], dtype=np.object_))
-        res = await self._infer("floor", [a, p, tx, cx], ["P_YIELD", "P_TURN"])
-        return FloorEstimate(p_yield=float(res.as_numpy("P_YIELD")[0, 0]), p_turn=float(res.as_numpy("P_TURN")[0, 0]))
+        return [p, tx, cx]
+
+    async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate:
+        """The full `floor` ensemble: Smart Turn and prosody on the 8 s window, then the fusion."""
+        a = grpcclient.InferInput("AUDIO", [1, audio.shape[0]], "INT16")
+        a.set_data_from_numpy(audio.reshape(1, -1))
+        res = await self._infer(
+            "floor", [a, *self._pause_and_text(pause_samples, text, context)], ["P_YIELD", "P_TURN", "PROSODY"]
+        )
+        return FloorEstimate(
+            p_yield=float(res.as_numpy("P_YIELD")[0, 0]),
+            p_turn=float(res.as_numpy("P_TURN")[0, 0]),
+            prosody=res.as_numpy("PROSODY")[0],
+        )
+
+    async def fuse(self, acoustics: FloorEstimate, pause_samples: int, text: str, context: str) -> FloorEstimate:
+        """Only `floor_fusion`, reusing earlier acoustic outputs with a new pause length and text (~1 ms)."""
+        pt = grpcclient.InferInput("P_TURN", [1, 1], "FP32")
+        pt.set_data_from_numpy(np.array([[acoustics.p_turn]], dtype=np.float32))
+        pr = grpcclient.InferInput("PROSODY", [1, acoustics.prosody.shape[0]], "FP32")
+        pr.set_data_from_numpy(acoustics.prosody.reshape(1, -1).astype(np.float32))
+        res = await self._infer(
+            "floor_fusion", [pt, pr, *self._pause_and_text(pause_samples, text, context)], ["P_YIELD"]
+        )
+        return FloorEstimate(
+            p_yield=float(res.as_numpy("P_YIELD")[0, 0]), p_turn=acoustics.p_turn, prosody=acoustics.prosody
+        )
 
     async def metrics_text(self, metrics_url: str) -> str:
         """Prometheus text from Triton's metrics endpoint (used by benchmarks and the fault tests)."""

@@ -229,6 +229,22 @@ def with_text(x: F64, points: Sequence[Point], by_file: dict[str, dict[str, Any]
     return out
 
 
+def apply_reuse(points: Sequence[Point], names: Sequence[str], refresh_ms: float) -> None:
+    """Mirror the server: past `refresh_ms` of a pause, evaluations reuse the acoustic features (Smart Turn,
+    prosody) of the last full evaluation in that pause; only the pause length is new."""
+    acoustic = [i for i, n in enumerate(names) if n == "turn_logit" or n in PROSODY_FEATURES]
+    ipause, icross = names.index("pause_s"), names.index("turn_logit_x_pause")
+    last: dict[tuple[str, float], F64] = {}
+    for pt in points:
+        assert pt.features is not None
+        key = (pt.file, round(pt.t - pt.pause_ms / 1000, 4))  # same VAD speech end = same pause
+        if pt.pause_ms > refresh_ms and key in last:
+            pt.features[acoustic] = last[key][acoustic]
+            pt.features[icross] = pt.features[0] * pt.features[ipause]
+        else:
+            last[key] = pt.features.copy()
+
+
 @dataclass(frozen=True)
 class Policy:
     threshold: float
@@ -333,8 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pt.where, idx = locate(by_file[pt.file], pt.t, pt.pause_ms)
         pt.label = 1 if pt.where == "yield" else 0
         pt.pause_key = f"{pt.file}:{idx}" if idx >= 0 else ""
-    points = [pt for pt in points if pt.where != "onset"]
     names = (*BASE_FEATURES, *PROSODY_FEATURES)
+    apply_reuse(points, names, settings.acoustic_refresh_ms)
+    points = [pt for pt in points if pt.where != "onset"]
     x = np.stack([pt.features for pt in points if pt.features is not None])
     xt = with_text(x, points, by_file, names)
     y = np.asarray([pt.label for pt in points], dtype=np.float64)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +117,26 @@ async def connect(
             options=dict(options or {}),
         )
 
-        async def requests() -> AsyncIterator[pb.ClientMessage]:
+        async def requests() -> AsyncGenerator[pb.ClientMessage, None]:
             yield pb.ClientMessage(start=start)
             while (msg := await outgoing.get()) is not _CLOSE:
                 yield msg
 
         stub = pb_grpc.SessionStub(channel)  # type: ignore[no-untyped-call]
-        call = stub.Converse(requests())
+        gen = requests()
+        call = stub.Converse(gen)
         session = Session(call, outgoing)
         try:
             yield session
         finally:
             call.cancel()
+            # Let the request generator finish rather than leave it suspended in Queue.get.
+            while not outgoing.empty():
+                outgoing.get_nowait()
+            outgoing.put_nowait(_CLOSE)
+            await asyncio.sleep(0)
+            with contextlib.suppress(RuntimeError):
+                await gen.aclose()
     finally:
         await channel.close(None)
 

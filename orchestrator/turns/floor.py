@@ -50,6 +50,9 @@ class Evaluate:
     t: float
     pause_ms: float
     request_id: int
+    # Past `acoustic_refresh_ms` of pause the acoustic cues (Smart Turn, prosody) hardly change: the session
+    # may reuse the last ones it got in this pause and run only the fusion with the new pause length.
+    reuse_acoustics: bool = False
 
 
 Action = Emit | Evaluate
@@ -76,6 +79,7 @@ class FloorMachine:
         self._tentative = False
         self._pending: Evaluate | None = None  # the evaluation in flight
         self._last_eval_t: float | None = None  # in the current pause
+        self._fresh_in_pause = False  # a full (acoustic) evaluation was made in the current pause
         self._next_id = 0
         self._t = 0.0  # newest audio time seen
 
@@ -100,6 +104,7 @@ class FloorMachine:
             if voiced:
                 self._last_voiced_end = window_end
                 self._last_eval_t = None
+                self._fresh_in_pause = False
                 heard_ms = (window_end - self._segment_start) * 1000
                 if self._replica_segment and not self._barged_in and heard_ms >= self.s.barge_in_ms:
                     self._barged_in = True
@@ -161,6 +166,7 @@ class FloorMachine:
         self._tentative = False
         self._pending = None  # an answer about the old pause is now stale
         self._last_eval_t = None
+        self._fresh_in_pause = False
         if self.phase is not Phase.PAUSED:  # a new segment (not the same turn resuming)
             self._segment_start = window_end - self._run.voiced_ms / 1000
             self._replica_segment = self._replica_speaking
@@ -191,7 +197,10 @@ class FloorMachine:
             return []
         self._next_id += 1
         self._last_eval_t = t
-        self._pending = Evaluate(t=t, pause_ms=(t - self._last_voiced_end) * 1000, request_id=self._next_id)
+        pause_ms = (t - self._last_voiced_end) * 1000
+        reuse = self._fresh_in_pause and pause_ms > self.s.acoustic_refresh_ms
+        self._fresh_in_pause = self._fresh_in_pause or not reuse
+        self._pending = Evaluate(t=t, pause_ms=pause_ms, request_id=self._next_id, reuse_acoustics=reuse)
         return [self._pending]
 
     def _commit(self, t: float, reason: str, p_yield: float | None = None) -> list[Action]:

@@ -187,3 +187,21 @@ def test_random_scripts_keep_invariants(seed: int) -> None:
             assert open_tentative
             open_tentative = False
     assert seq.count("speech_start") >= seq.count("eot_commit")
+
+
+def test_late_evaluations_reuse_acoustics_and_reset_per_pause() -> None:
+    fsm = FloorMachine(FloorSettings())
+    evals: list[Evaluate] = []
+    for i in range(int(4.0 / WIN)):
+        end = (i + 1) * WIN
+        voiced = 0.3 < end < 1.0 or 1.8 < end < 2.4
+        for a in fsm.on_vad(end, 0.9 if voiced else 0.0, WIN * 1000, end):
+            if isinstance(a, Evaluate):
+                evals.append(a)
+                fsm.on_estimate(a.request_id, 0.0)  # never sure: the pause keeps being evaluated
+    first = [e for e in evals if e.t < 1.8]
+    second = [e for e in evals if e.t > 2.4]
+    for pause in (first, second):
+        assert not pause[0].reuse_acoustics
+        assert all(e.reuse_acoustics == (e.pause_ms > FloorSettings().acoustic_refresh_ms) for e in pause)
+        assert any(e.reuse_acoustics for e in pause)

@@ -56,7 +56,7 @@ def test_vad_and_floor_shapes_match_the_session_code() -> None:
     assert vad["input"] == {"AUDIO": ("TYPE_INT16", [VAD_CONTEXT + VAD_WINDOW]), "STATE": ("TYPE_FP32", [2, 128])}
     floor = parse("floor")
     assert floor["input"]["AUDIO"] == ("TYPE_INT16", [HISTORY])  # type: ignore[index]
-    assert set(floor["output"]) == {"P_YIELD", "P_TURN"}  # type: ignore[arg-type]
+    assert set(floor["output"]) == {"P_YIELD", "P_TURN", "PROSODY"}  # type: ignore[arg-type]
 
 
 def test_ensemble_steps_exist_and_batch_limits_fit() -> None:
