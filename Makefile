@@ -37,7 +37,8 @@ e2e: setup  ## whole stack through the real CLI and SDK
 bench: setup bench-turns bench-pa  ## floor comparison table + perf_analyzer capacity summary
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
-	@$(PY) perf/bench_turns.py --split all
+	@$(PY) perf/bench_turns.py --split check --out perf/out/bench_turns_check.json
+	@$(PY) perf/bench_turns.py --split dev --out perf/out/bench_turns_dev.json
 
 bench-pa: setup  ## perf_analyzer on vad / turn / floor at concurrency 1..32
 	@bash perf/pa_floor.sh
