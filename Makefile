@@ -13,8 +13,10 @@ setup:  ## create .venv, install Python + Debian packages, extract model files, 
 	@bash scripts/bootstrap.sh
 
 demo: setup  ## start the embedded stack and print floor events for the shipped sample conversation
-	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 0
-	@echo; echo "Same events as JSONL (the stable floor-event format):"
+	@echo "Streaming perf/data/samples/demo_user.wav at real time (labels: perf/data/samples/demo_user.json)"
+	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 1
+	@echo; echo "Same file as fast as possible, as JSONL (the stable floor-event format; identical decisions,"
+	@echo "compute_ms then includes the time chunks wait behind the server):"
 	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 0 --jsonl
 
 test: setup lint typecheck unit integration e2e  ## lint, type-check, unit, integration and e2e tests

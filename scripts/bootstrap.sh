@@ -39,8 +39,14 @@ if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
     sys.exit("[bootstrap] this Python is not a shared-library build; Triton's Python backend needs libpython3.11.so")
 PYEOF
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-"$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+mkdir -p "$CACHE"
+PIPLOG=$CACHE/pip-install.log
+if ! { "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip \
+       && "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dev]"; } > "$PIPLOG" 2>&1; then
+  grep -v '^WARNING: Location' "$PIPLOG" | tail -40 >&2
+  echo "[bootstrap] pip install failed (full log: $PIPLOG)" >&2
+  exit 1
+fi
 "$VENV/bin/python" -c "import tritonclient.grpc.aio, onnxruntime, uvloop, pytriton" \
   || { echo "[bootstrap] python packages failed to install" >&2; exit 1; }
 
