@@ -110,13 +110,3 @@ class TritonModels:
         return FloorEstimate(
             p_yield=float(res.as_numpy("P_YIELD")[0, 0]), p_turn=acoustics.p_turn, prosody=acoustics.prosody
         )
-
-    async def metrics_text(self, metrics_url: str) -> str:
-        """Prometheus text from Triton's metrics endpoint (used by benchmarks and the fault tests)."""
-        import urllib.request
-
-        def fetch() -> str:
-            with urllib.request.urlopen(metrics_url, timeout=5) as r:
-                return str(r.read().decode())
-
-        return await asyncio.to_thread(fetch)

@@ -33,12 +33,10 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +47,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
+from duet.wav import read_pcm16
+from orchestrator.inference.vad import onnx_session
+from orchestrator.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -72,19 +74,11 @@ Event = dict[str, Any]
 
 
 def one_thread_session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return onnx_session(path, threads=1)
 
 
 def read_wav(path: Path) -> Audio:
-    with wave.open(str(path)) as w:
-        if w.getframerate() != SR or w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16 kHz mono PCM16")
-        raw = w.readframes(w.getnframes())
-    return (np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
+    return (np.frombuffer(read_pcm16(path), dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- VAD trace
@@ -244,13 +238,6 @@ def run_duet(cli: str, server: str, wav: Path, speed: float = 1.0, timeout_s: fl
             if "type" in obj and "t" in obj:
                 events.append(obj)
     return events
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start_server(cli: str, probe_wav: Path, wait_s: float = 180.0) -> tuple[subprocess.Popen[bytes], str]:

@@ -6,17 +6,17 @@ import json
 import re
 import shutil
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from duet.wav import read_pcm16
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(out: Path) -> None:
-    with wave.open(str(ROOT / "perf/data/samples/demo_user.wav"), "rb") as w:
-        audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+    audio = np.frombuffer(read_pcm16(ROOT / "perf/data/samples/demo_user.wav"), dtype="<i2").astype(np.int16)
     window = np.zeros(128000, np.int16)
     window[-min(audio.shape[0], 128000) :] = audio[-128000:]
     vad = [

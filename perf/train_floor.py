@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "clients"))
 
+from duet.wav import read_pcm16  # noqa: E402
 from orchestrator.audio import SAMPLE_RATE, AudioTimeline  # noqa: E402
 from orchestrator.config import FloorSettings  # noqa: E402
 from orchestrator.inference.turn import SmartTurn, pcm_to_float  # noqa: E402
@@ -63,10 +64,7 @@ class Point:
 
 
 def read_wav(path: Path) -> npt.NDArray[np.int16]:
-    import wave
-
-    with wave.open(str(path), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+    return np.frombuffer(read_pcm16(path), dtype="<i2").astype(np.int16)
 
 
 def locate(label: dict[str, object], t: float, pause_ms: float) -> tuple[str, int]:

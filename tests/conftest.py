@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,14 +10,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from duet.wav import read_pcm16
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "perf" / "data" / "samples" / "demo_user.wav"
 SAMPLE_LABEL = ROOT / "perf" / "data" / "samples" / "demo_user.json"
 
 
 def read_wav(path: Path) -> npt.NDArray[np.int16]:
-    with wave.open(str(path), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+    return np.frombuffer(read_pcm16(path), dtype="<i2").astype(np.int16)
 
 
 @pytest.fixture(scope="session")
