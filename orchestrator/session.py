@@ -50,7 +50,6 @@ class FloorSession:
         self.context = ""  # what the replica said last
         self.events_emitted = 0
         self._acoustics: FloorEstimate | None = None  # last full evaluation (Smart Turn + prosody)
-        self.evaluations = [0, 0]  # [fusion only, full]
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         """One audio chunk; `arrival` is the wall time it reached the server (defaults to now)."""
@@ -86,11 +85,11 @@ class FloorSession:
         else:
             est = await self.models.floor(self.timeline.window(ev.t), pause_samples, self.user_text, self.context)
             self._acoustics = est
-        self.evaluations[0 if ev.reuse_acoustics else 1] += 1
         await self._run(self.machine.on_estimate(ev.request_id, est.p_yield))
 
     def _arrival_of(self, t: float) -> float:
-        """Wall arrival time of the chunk that ends at audio time `t` (or the first one ending after it)."""
+        """Wall arrival time of the latest chunk ending at or before audio time `t` (events are stamped with
+        chunk ends, so this is the chunk whose arrival the decision waited for)."""
         sample = round(t * SAMPLE_RATE)
         for end, arrived in reversed(self._arrivals):
             if end <= sample:

@@ -119,10 +119,12 @@ class SessionService(pb_grpc.SessionServicer):
             async for msg in requests:
                 await inbox.put(_Stamped(msg, time.perf_counter()))
                 if msg.WhichOneof("kind") == "control" and msg.control.kind == pb.Control.END:
-                    return
-        finally:
-            # The client half-closed (or said END): let the processor flush and finish.
-            await inbox.put(_End())
+                    break
+        except Exception:  # the request stream broke: still finish what has arrived
+            log.info("request stream ended abruptly", exc_info=True)
+        # Not in a `finally`: when the session is torn down (cancellation) nobody reads the inbox any more,
+        # and waiting to put into a full one would hang the teardown.
+        await inbox.put(_End())
 
     async def _process(
         self,
