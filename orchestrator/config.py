@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class TritonSettings:
     url: str = ""  # gRPC host:port of an existing Triton; empty = launch the embedded one
     model_repository: str = str(REPO_ROOT / "model_repository")
-    models: tuple[str, ...] = ("vad", "turn", "prosody", "floor_fusion", "floor")
+    models: tuple[str, ...] = ("vad", "turn", "prosody", "floor_fusion", "floor", "asr", "llm", "tts")
     http_port: int = 0  # 0 = pick a free loopback port
     grpc_port: int = 0
     metrics_port: int = 0
@@ -62,10 +62,52 @@ class FloorSettings:
 
 
 @dataclass(frozen=True)
+class AsrSettings:
+    """Streaming transcription: re-decode the growing utterance and keep what two decodes agree on."""
+
+    partial_interval_ms: int = 480  # re-decode the current utterance this often while the user speaks
+    max_utterance_s: float = 28.0  # Whisper's window; longer utterances are decoded in their last 28 s
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    backend: str = "triton"  # "triton" (the local `llm` model) or "openai" (any OpenAI-compatible endpoint)
+    openai_base_url: str = ""  # e.g. http://127.0.0.1:8000/v1 (the endpoint's /chat/completions is used)
+    openai_model: str = ""
+    openai_api_key_env: str = "OPENAI_API_KEY"  # the name of the env var holding the key, never the key
+    max_tokens: int = 96
+    temperature: float = 0.3
+    stop: tuple[str, ...] = ()
+    history_turns: int = 12  # user+replica messages kept in the prompt
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class TtsSettings:
+    voice: str = "en_US-joe-medium"
+    first_clause_min_chars: int = 12  # split the reply at the first clause boundary past this many chars
+    clause_max_chars: int = 160
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    persona: str = "default"  # persona used when `start.persona` is empty
+    personas_dir: str = str(REPO_ROOT / "personas")
+    speculation: bool = True  # start the reply on eot_tentative (a persona may turn it off)
+    playback_lead_ms: int = 120  # send replica audio this far ahead of the session clock
+    echo_suppression: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     floor: FloorSettings = field(default_factory=FloorSettings)
+    asr: AsrSettings = field(default_factory=AsrSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
+    tts: TtsSettings = field(default_factory=TtsSettings)
+    conversation: ConversationSettings = field(default_factory=ConversationSettings)
     log_level: str = "INFO"
 
 
@@ -135,6 +177,12 @@ def validate(s: Settings) -> None:
         raise BadOption("floor: min_commit_pause_ms must not exceed max_pause_ms")
     if not 0 < s.server.port < 65536:
         raise BadOption("server.port out of range")
+    if s.llm.backend not in ("triton", "openai"):
+        raise BadOption(f"llm.backend must be 'triton' or 'openai', not {s.llm.backend!r}")
+    if s.llm.backend == "openai" and not s.llm.openai_base_url:
+        raise BadOption("llm.backend 'openai' needs llm.openai_base_url")
+    if s.llm.max_tokens < 1:
+        raise BadOption("llm.max_tokens must be positive")
     if s.server.max_sessions < 1 or s.server.inbox_chunks < 1:
         raise BadOption("server: max_sessions and inbox_chunks must be positive")
 
@@ -160,10 +208,14 @@ def as_dict(settings: Settings) -> dict[str, Any]:
 
 
 __all__ = [
+    "AsrSettings",
+    "ConversationSettings",
     "FloorSettings",
+    "LlmSettings",
     "ServerSettings",
     "Settings",
     "TritonSettings",
+    "TtsSettings",
     "as_dict",
     "load_settings",
     "with_floor_options",

