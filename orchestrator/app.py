@@ -15,9 +15,20 @@ from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.api.session_service import SessionService
 from orchestrator.config import Settings
 from orchestrator.launcher import EmbeddedTriton
-from orchestrator.triton import TritonModels
+from orchestrator.triton import LanguageModel, TritonModels
 
 log = logging.getLogger("duet")
+
+SERVED_MODELS = ("vad", "floor", "asr", "llm", "tts")  # what sessions call directly (others are ensemble steps)
+
+
+def language_model(settings: Settings, models: TritonModels) -> LanguageModel | None:
+    """The LLM replies come from: the local `llm` model in Triton, or an OpenAI-compatible endpoint."""
+    if settings.llm.backend == "openai":
+        from orchestrator.openai_llm import OpenAIChat
+
+        return OpenAIChat(settings.llm)
+    return models if "llm" in settings.triton.models else None
 
 
 @dataclass(frozen=True)
@@ -39,12 +50,12 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
     models = TritonModels(url, timeout_s=settings.triton.request_timeout_s)
     server: grpc.aio.Server | None = None
     try:
-        await models.ready(("vad", "floor"))
+        await models.ready(tuple(m for m in settings.triton.models if m in SERVED_MODELS))
         limit = settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
         )
-        service = SessionService(models, settings)
+        service = SessionService(models, settings, llm=language_model(settings, models))
         pb_grpc.add_SessionServicer_to_server(service, server)  # type: ignore[no-untyped-call]
         port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
         await server.start()

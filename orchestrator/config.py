@@ -111,6 +111,15 @@ class Settings:
     log_level: str = "INFO"
 
 
+def coerce_bool(value: Any, where: str) -> bool:
+    v = str(value).strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off"}:
+        return False
+    raise BadOption(f"{where}: {value!r} is not a boolean (true/false)")
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
     try:
@@ -217,6 +226,7 @@ __all__ = [
     "TritonSettings",
     "TtsSettings",
     "as_dict",
+    "coerce_bool",
     "load_settings",
     "with_floor_options",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.audio import SAMPLE_RATE, VAD_WINDOW, AudioTimeline
+from orchestrator.audio import HISTORY, SAMPLE_RATE, VAD_WINDOW, AudioTimeline
 from orchestrator.config import FloorSettings
 from orchestrator.triton import F32, FloorEstimate, FloorModels
 from orchestrator.turns.floor import Action, Emit, Evaluate, FloorMachine
@@ -38,10 +38,11 @@ class FloorSession:
         *,
         max_chunk_ms: int = 200,
         clock: Clock = time.perf_counter,
+        history: int = HISTORY,
     ) -> None:
         self.models = models
         self.machine = FloorMachine(floor)
-        self.timeline = AudioTimeline(max_chunk_ms=max_chunk_ms)
+        self.timeline = AudioTimeline(max_chunk_ms=max_chunk_ms, history=max(history, HISTORY))
         self._emit = emit
         self._clock = clock
         self._vad_state: F32 = np.zeros((2, 128), dtype=np.float32)

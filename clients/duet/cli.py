@@ -1,4 +1,4 @@
-"""The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet config`.
+"""The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet talk --audio IN.wav`, `duet config`.
 
 Client commands take `--server HOST:PORT` (or `DUET_SERVER`); with no server reachable they start the
 embedded stack (a real tritonserver on loopback plus the session service) for the duration of the call.
@@ -48,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
         help="session option, e.g. floor.commit_threshold=0.8",
     )
 
+    k = sub.add_parser(
+        "talk", help="a recorded user talks to the replica; writes reply.wav, events.jsonl, transcript.json"
+    )
+    k.add_argument("--audio", required=True, help="the user's recording (16 kHz mono PCM16 WAV)")
+    k.add_argument("--persona", default="", help="persona name (default: the server's)")
+    k.add_argument("--out", default="talk-out", help="output folder (default: ./talk-out)")
+    k.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
+    k.add_argument("--speed", type=float, default=1.0, help="x real time (1 = a live user; 0 = as fast as possible)")
+    k.add_argument("--jsonl", action="store_true", help="print every event as JSON lines while talking")
+    k.add_argument("--echo-gain", type=float, default=0.0, help="simulate speaker bleed at this gain (e.g. 0.3)")
+    k.add_argument("--echo-delay-ms", type=float, default=120.0, help="speaker-to-mic delay of the bleed")
+    k.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="session option")
+
     sub.add_parser("config", help="print the effective settings")
     return p
 
@@ -82,7 +95,7 @@ async def _turns(args: argparse.Namespace) -> int:
     from duet.wav import read_pcm16
 
     read_pcm16(args.file)  # fail fast on a bad file, before starting anything
-    options = dict(o.split("=", 1) for o in args.option if "=" in o)
+    options = {"mode": "floor", **_options(args.option)}
     async with _server_for(args) as server:
         async for event in stream_file(args.file, server, speed=args.speed, options=options):
             if not args.all_events and event.get("type") not in FLOOR_TYPES:
@@ -94,6 +107,47 @@ async def _turns(args: argparse.Namespace) -> int:
             else:
                 extra = {k: v for k, v in event.items() if k not in ("type", "t", "compute_ms")}
                 print(f"{event['t']:8.3f}s  {event['type']:<14} {event.get('compute_ms', 0):7.1f} ms  {extra or ''}")
+    return 0
+
+
+def _options(raw: list[str]) -> dict[str, str]:
+    bad = [o for o in raw if "=" not in o]
+    if bad:
+        raise DuetError("bad_option", f"options must be KEY=VALUE, got {bad}")
+    return dict(o.split("=", 1) for o in raw)
+
+
+async def _talk(args: argparse.Namespace) -> int:
+    from duet.talk import talk
+    from duet.wav import read_pcm16
+
+    read_pcm16(args.audio)  # fail fast on a bad file, before starting anything
+    options = _options(args.option)
+
+    def show(event: dict[str, Any]) -> None:
+        if args.jsonl:
+            print(json.dumps(event), flush=True)
+        elif event.get("type") in ("user_turn", "replica_turn"):
+            who = "user   " if event["type"] == "user_turn" else "replica"
+            cut = " [interrupted]" if event.get("interrupted") else ""
+            print(f"{event['t']:8.2f}s  {who}  {event['text']}{cut}", flush=True)
+        elif event.get("type") == "error":
+            print(f"duet: {event.get('code')}: {event.get('message')}", file=sys.stderr)
+
+    async with _server_for(args) as server:
+        await talk(
+            args.audio,
+            server,
+            args.out,
+            persona=args.persona,
+            options=options,
+            speed=args.speed,
+            echo_gain=args.echo_gain,
+            echo_delay_ms=args.echo_delay_ms,
+            on_event=show,
+        )
+    if not args.jsonl:
+        print(f"duet: wrote {args.out}/reply.wav, events.jsonl, transcript.json", file=sys.stderr)
     return 0
 
 
@@ -131,10 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(json.dumps(as_dict(_settings(args)), indent=2))
             return 0
-        if args.command == "turns":
+        if args.command in ("turns", "talk"):
             import uvloop
 
-            return uvloop.run(_turns(args))
+            return uvloop.run(_turns(args) if args.command == "turns" else _talk(args))
     except DuetError as err:
         print(f"duet: {err.code}: {err.message}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ from duet.proto import session_pb2_grpc as pb_grpc
 from duet.wav import CHUNK_SAMPLES, SAMPLE_RATE, chunks, read_pcm16
 
 _CLOSE = object()
+
+
+@dataclass(frozen=True)
+class ReplyAudio:
+    """A chunk of the replica's voice: PCM16 mono at `sample_rate`, first sample at `t` on the session clock."""
+
+    pcm: bytes
+    reply_id: int
+    t: float
+    sample_rate: int = SAMPLE_RATE
+
+
+Item = dict[str, Any] | ReplyAudio
 
 
 class Session:
@@ -64,13 +78,31 @@ class Session:
             await self._out.put(_CLOSE)
             self._ended = True
 
+    async def interrupt(self) -> None:
+        """Stop the replica now (a barge-in the client decided, e.g. a button)."""
+        await self._send(pb.ClientMessage(control=pb.Control(kind=pb.Control.INTERRUPT)))
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Server events as dicts. A fatal server error raises `DuetError` with its code."""
+        """Server events as dicts (replica audio is skipped: see `items()`)."""
+        async for item in self.items():
+            if isinstance(item, dict):
+                yield item
+
+    async def items(self) -> AsyncIterator[Item]:
+        """Server events as dicts and the replica's audio as `ReplyAudio`, in stream order. A fatal server
+        error raises `DuetError` with its code."""
         try:
             async for msg in self._call:
                 kind = msg.WhichOneof("kind")
                 if kind == "event":
                     yield json.loads(msg.event.json)
+                elif kind == "audio":
+                    yield ReplyAudio(
+                        msg.audio.pcm,
+                        int(msg.audio.utterance_id or 0),
+                        msg.audio.t,
+                        msg.audio.sample_rate or SAMPLE_RATE,
+                    )
                 elif kind == "error":
                     if msg.error.fatal:
                         raise DuetError(msg.error.code, msg.error.message)
@@ -141,18 +173,31 @@ async def connect(
         await channel.close(None)
 
 
+MicFilter = Callable[[int, bytes], bytes]  # (first sample index, chunk) -> chunk actually sent
+
+
 async def stream_file(
-    path: str | Path, server: str, *, speed: float = 1.0, options: Mapping[str, str] | None = None
-) -> AsyncIterator[dict[str, Any]]:
-    """Stream a WAV file as 20 ms chunks (at `speed` x real time; 0 = as fast as possible) and yield events."""
+    path: str | Path,
+    server: str,
+    *,
+    speed: float = 1.0,
+    options: Mapping[str, str] | None = None,
+    persona: str = "",
+    audio: bool = False,
+    mic: MicFilter | None = None,
+) -> AsyncIterator[Any]:
+    """Stream a WAV file as 20 ms chunks (at `speed` x real time; 0 = as fast as possible) and yield events,
+    and with `audio=True` the replica's audio (`ReplyAudio`) too. `mic` may alter each chunk before it is
+    sent (e.g. to add the replica's voice as speaker bleed)."""
     pcm = read_pcm16(path)
-    async with connect(server, options=options) as session:
-        events: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+    async with connect(server, options=options, persona=persona) as session:
+        events: asyncio.Queue[Item | BaseException | None] = asyncio.Queue()
 
         async def collect() -> None:
             try:
-                async for e in session.events():
-                    await events.put(e)
+                async for e in session.items():
+                    if audio or isinstance(e, dict):
+                        await events.put(e)
             except BaseException as exc:  # handed to the consumer, not lost in the task
                 await events.put(exc)
             finally:
@@ -165,7 +210,7 @@ async def stream_file(
                     due = t0 + i * CHUNK_SAMPLES / SAMPLE_RATE / speed
                     if (delay := due - time.perf_counter()) > 0:
                         await asyncio.sleep(delay)
-                await session.send_audio(chunk)
+                await session.send_audio(mic(i * CHUNK_SAMPLES, chunk) if mic else chunk)
             await session.end()
 
         tasks = [

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,12 @@ import grpc
 
 from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
-from orchestrator.config import Settings, with_floor_options
-from orchestrator.errors import BadAudioFormat, DuetError, ProtocolError, ServerBusy
+from orchestrator.config import FloorSettings, Settings, coerce_bool, with_floor_options
+from orchestrator.conversation import ConversationModels, ConversationSession
+from orchestrator.errors import BadAudioFormat, BadOption, DuetError, ProtocolError, ServerBusy
+from orchestrator.persona import load_persona
 from orchestrator.session import FloorSession
-from orchestrator.triton import FloorModels
+from orchestrator.triton import FloorModels, LanguageModel
 
 log = logging.getLogger("duet.session")
 
@@ -55,6 +58,35 @@ def check_audio_format(fmt: pb.AudioFormat) -> None:
         raise BadAudioFormat("unsupported audio format: " + "; ".join(problems))
 
 
+@dataclass(frozen=True)
+class SessionOptions:
+    """`Start.options`, validated: `mode` is "conversation" (default: ASR, replies, playback) or "floor"
+    (floor events only, for `duet turns` and clients that run their own dialogue)."""
+
+    floor: FloorSettings
+    mode: str = "conversation"
+    speculation: bool | None = None  # None: the persona's and the server's setting
+    echo_suppression: bool | None = None
+
+
+def parse_options(settings: Settings, options: dict[str, str]) -> SessionOptions:
+    floor_opts = {k: v for k, v in options.items() if k.startswith("floor.")}
+    rest = {k: v for k, v in options.items() if not k.startswith("floor.")}
+    floor = with_floor_options(settings.floor, floor_opts)
+    mode = rest.pop("mode", "conversation")
+    if mode not in ("conversation", "floor"):
+        raise BadOption(f"option mode must be 'conversation' or 'floor', not {mode!r}")
+    spec = coerce_bool(rest.pop("speculation"), "speculation") if "speculation" in rest else None
+    echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
+    if rest:
+        raise BadOption(f"unknown session option(s) {sorted(rest)}")
+    return SessionOptions(floor=floor, mode=mode, speculation=spec, echo_suppression=echo)
+
+
+def audio_message(pcm: bytes, reply_id: int, t: float) -> pb.ServerMessage:
+    return pb.ServerMessage(audio=pb.AudioOut(pcm=pcm, utterance_id=str(reply_id), t=t, sample_rate=16000))
+
+
 def error_message(err: DuetError) -> pb.ServerMessage:
     return pb.ServerMessage(error=pb.Error(code=err.code, message=err.message, fatal=err.fatal))
 
@@ -63,10 +95,14 @@ def event_message(event: dict[str, Any]) -> pb.ServerMessage:
     return pb.ServerMessage(event=pb.Event(type=str(event["type"]), json=json.dumps(event)))
 
 
+Session = FloorSession | ConversationSession
+
+
 class SessionService(pb_grpc.SessionServicer):
-    def __init__(self, models: FloorModels, settings: Settings) -> None:
+    def __init__(self, models: FloorModels, settings: Settings, llm: LanguageModel | None = None) -> None:
         self.models = models
         self.settings = settings
+        self.llm = llm
         self.active = 0
 
     async def Converse(
@@ -81,7 +117,14 @@ class SessionService(pb_grpc.SessionServicer):
             if first.WhichOneof("kind") != "start":
                 raise ProtocolError(f"the stream must begin with `start`, got `{first.WhichOneof('kind')}`")
             check_audio_format(first.start.audio_format)
-            floor = with_floor_options(self.settings.floor, dict(first.start.options))
+            opts = parse_options(self.settings, dict(first.start.options))
+            persona = None
+            if opts.mode == "conversation":
+                if self.llm is None:
+                    raise BadOption("this server runs floor-only sessions (no LLM configured); use mode=floor")
+                persona = load_persona(
+                    self.settings.conversation.personas_dir, first.start.persona or self.settings.conversation.persona
+                )
             if self.active >= self.settings.server.max_sessions:
                 raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
         except DuetError as err:
@@ -95,8 +138,26 @@ class SessionService(pb_grpc.SessionServicer):
         async def emit(event: dict[str, Any]) -> None:
             await outbox.put(event_message(event))
 
-        session = FloorSession(self.models, floor, emit, max_chunk_ms=self.settings.server.max_audio_chunk_ms)
-        sid = first.start.conversation_id or hex(id(session))
+        async def send_audio(pcm: bytes, reply_id: int, t: float) -> None:
+            await outbox.put(audio_message(pcm, reply_id, round(t, 4)))
+
+        sid = first.start.conversation_id or f"s{id(outbox):x}"
+        session: Session
+        if persona is not None and self.llm is not None:
+            session = ConversationSession(
+                typing.cast(ConversationModels, self.models),
+                self.llm,
+                self.settings,
+                persona,
+                emit,
+                send_audio,
+                floor=opts.floor,
+                speculation=opts.speculation,
+                echo_suppression=opts.echo_suppression,
+                name=f"session-{sid}",
+            )
+        else:
+            session = FloorSession(self.models, opts.floor, emit, max_chunk_ms=self.settings.server.max_audio_chunk_ms)
         reader = asyncio.create_task(self._read(request_iterator, inbox), name=f"session-{sid}-reader")
         worker = asyncio.create_task(self._process(session, inbox, outbox), name=f"session-{sid}-floor")
         log.info("session %s started", sid)
@@ -111,8 +172,10 @@ class SessionService(pb_grpc.SessionServicer):
             for task in (reader, worker):
                 task.cancel()
             await asyncio.gather(reader, worker, return_exceptions=True)
+            if isinstance(session, ConversationSession):
+                await session.close()
             self.active -= 1
-            log.info("session %s ended (%d events)", sid, session.events_emitted)
+            log.info("session %s ended", sid)
 
     async def _read(self, requests: AsyncIterator[pb.ClientMessage], inbox: asyncio.Queue[_Stamped | _End]) -> None:
         try:
@@ -128,7 +191,7 @@ class SessionService(pb_grpc.SessionServicer):
 
     async def _process(
         self,
-        session: FloorSession,
+        session: Session,
         inbox: asyncio.Queue[_Stamped | _End],
         outbox: asyncio.Queue[pb.ServerMessage | None],
     ) -> None:
@@ -137,7 +200,8 @@ class SessionService(pb_grpc.SessionServicer):
                 item = await inbox.get()
                 if isinstance(item, _End):
                     await session.finish()
-                    await outbox.put(event_message({"type": "session_ended", "t": round(session.timeline.now, 4)}))
+                    now = session.now if isinstance(session, ConversationSession) else session.timeline.now
+                    await outbox.put(event_message({"type": "session_ended", "t": round(now, 4)}))
                     return
                 try:
                     await self._dispatch(session, item)
@@ -151,7 +215,7 @@ class SessionService(pb_grpc.SessionServicer):
         finally:
             await outbox.put(None)
 
-    async def _dispatch(self, session: FloorSession, item: _Stamped) -> None:
+    async def _dispatch(self, session: Session, item: _Stamped) -> None:
         msg = item.msg
         kind = msg.WhichOneof("kind")
         if kind == "audio":
@@ -160,7 +224,11 @@ class SessionService(pb_grpc.SessionServicer):
             session.text(msg.text.text, replica=msg.text.role == pb.TextInput.REPLICA_SAID)
         elif kind == "control":
             c = msg.control.kind
-            if c in (pb.Control.REPLICA_SPEAKING_START, pb.Control.REPLICA_SPEAKING_STOP):
+            if isinstance(session, ConversationSession):
+                if c == pb.Control.INTERRUPT:
+                    await session.interrupt()
+                # replica-speaking marks are for floor-only sessions: here the server knows when it speaks
+            elif c in (pb.Control.REPLICA_SPEAKING_START, pb.Control.REPLICA_SPEAKING_STOP):
                 session.replica(c == pb.Control.REPLICA_SPEAKING_START)
             elif c == pb.Control.INTERRUPT:
                 session.replica(False)

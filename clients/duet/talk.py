@@ -1,0 +1,134 @@
+"""`duet talk`: a recorded user talks to the replica; the session's outputs are written to a folder.
+
+Outputs (the session-output contract of DESIGN.md):
+- `reply.wav`: the replica's audio on the session timeline (sample 0 = the first input sample; silence
+  where the replica is quiet), exactly as a client would have played it: when the server pauses or
+  stops the replica at `t`, the audio this client held beyond `t` is dropped.
+- `events.jsonl`: every event, `t` on the same clock.
+- `transcript.json`: the committed conversation (user and replica turns, interruptions marked).
+
+`--echo-gain/--echo-delay-ms` simulate speaker bleed: the replica audio this client "plays" is mixed back
+into the microphone signal it sends, delayed and softened, as a laptop without headphones would.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from duet.sdk import ReplyAudio, stream_file
+from duet.wav import SAMPLE_RATE, read_pcm16
+
+
+@dataclass
+class Speaker:
+    """The client's loudspeaker: replica audio placed on the session timeline."""
+
+    samples: npt.NDArray[np.int16] = field(default_factory=lambda: np.zeros(SAMPLE_RATE * 60, dtype=np.int16))
+    end: int = 0  # one past the last sample written
+
+    def _grow(self, n: int) -> None:
+        if n > self.samples.shape[0]:
+            bigger = np.zeros(max(n, 2 * self.samples.shape[0]), dtype=np.int16)
+            bigger[: self.samples.shape[0]] = self.samples
+            self.samples = bigger
+
+    def place(self, t: float, pcm: bytes) -> None:
+        x = np.frombuffer(pcm, dtype="<i2")
+        start = round(t * SAMPLE_RATE)
+        self._grow(start + x.shape[0])
+        self.samples[start : start + x.shape[0]] = x
+        self.end = max(self.end, start + x.shape[0])
+
+    def drop_after(self, t: float) -> None:
+        """The server paused/stopped the replica at `t`: what was buffered beyond it is never played."""
+        start = round(t * SAMPLE_RATE)
+        if start < self.end:
+            self.samples[start : self.end] = 0
+            self.end = start
+
+    def window(self, start: int, n: int) -> npt.NDArray[np.int16]:
+        out = np.zeros(n, dtype=np.int16)
+        lo, hi = max(start, 0), min(start + n, self.samples.shape[0])
+        if lo < hi:
+            out[lo - start : hi - start] = self.samples[lo:hi]
+        return out
+
+
+@dataclass
+class Bleed:
+    """Speaker-to-microphone leakage: delayed, low-passed, scaled replica audio added to the mic."""
+
+    speaker: Speaker
+    gain: float
+    delay: int  # samples
+
+    def __call__(self, start: int, chunk: bytes) -> bytes:
+        mic = np.frombuffer(chunk, dtype="<i2").astype(np.float32)
+        if self.gain <= 0:
+            return chunk
+        far = self.speaker.window(start - self.delay - 1, mic.shape[0] + 1).astype(np.float32)
+        echo = 0.5 * (far[1:] + far[:-1])  # a small speaker's low-pass
+        out = np.clip(mic + self.gain * echo, -32768, 32767).astype("<i2")
+        return out.tobytes()
+
+
+def write_wav(path: Path, samples: npt.NDArray[np.int16]) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
+
+
+async def talk(
+    audio: str | Path,
+    server: str,
+    out: str | Path,
+    *,
+    persona: str = "",
+    options: dict[str, str] | None = None,
+    speed: float = 1.0,
+    echo_gain: float = 0.0,
+    echo_delay_ms: float = 120.0,
+    on_event: Any = None,
+) -> dict[str, Any]:
+    """Run one session from a recorded user and write the outputs to `out`; returns the transcript."""
+    n_in = len(read_pcm16(audio)) // 2
+    speaker = Speaker()
+    bleed = Bleed(speaker, echo_gain, round(echo_delay_ms * SAMPLE_RATE / 1000)) if echo_gain > 0 else None
+    events: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    stream = stream_file(audio, server, speed=speed, options=options, persona=persona, audio=True, mic=bleed)
+    async for item in stream:
+        if isinstance(item, ReplyAudio):
+            speaker.place(item.t, item.pcm)
+            continue
+        events.append(item)
+        kind = item.get("type")
+        if kind in ("replica_paused", "replica_speaking_stop") and item.get("interrupted", True):
+            speaker.drop_after(float(item["t"]))
+        elif kind == "user_turn":
+            turns.append({"role": "user", "t": item["t"], "text": item["text"]})
+        elif kind == "replica_turn":
+            turns.append({"role": "replica", "t": item["t"], "text": item["text"], "interrupted": item["interrupted"]})
+        if on_event is not None:
+            on_event(item)
+    transcript = {"audio": str(audio), "persona": persona or "default", "turns": turns}
+    write_outputs(Path(out), speaker.window(0, max(n_in, speaker.end)), events, transcript)
+    return transcript
+
+
+def write_outputs(
+    folder: Path, reply: npt.NDArray[np.int16], events: list[dict[str, Any]], transcript: dict[str, Any]
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_wav(folder / "reply.wav", reply)
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (folder / "transcript.json").write_text(json.dumps(transcript, indent=2) + "\n")

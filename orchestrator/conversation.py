@@ -1,0 +1,477 @@
+"""One spoken conversation: the floor model, streaming ASR, speculative replies, playback and barge-in.
+
+The pieces and who owns what:
+- `FloorSession` runs VAD and the floor model on the (echo-reduced) user audio and reports floor events.
+- Streaming ASR re-decodes the user's current turn while they speak (partials feed the floor model's
+  lexical input) and once more at each speech end (the transcript replies are built from).
+- `ReplyMachine` (pure, `turns/speculation.py`) decides when to start, release, cancel, pause, resume and
+  stop replies and when history is written; this class only executes its actions.
+- Each reply runs as one owned task: LLM tokens → clause splitter → TTS, its audio buffered in a
+  `ReplyAudio`. Cancelling the task closes the model streams, which cancels the Triton requests.
+- `Playback` puts the released reply on the session timeline; audio is sent a small lead ahead of the
+  input clock, so the timeline (and `reply.wav` on the client) is the session's own clock.
+
+All `t` values are seconds on the session audio clock (the user's input). Floor events reach the reply
+machine in order; while the final transcript of a turn is being decoded, later floor events wait for it,
+so a reply is never built from a stale transcript by accident (and if it was started from a partial one,
+the machine cancels it when the final one differs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from orchestrator.audio import SAMPLE_RATE
+from orchestrator.config import Settings
+from orchestrator.dialogue import Dialogue
+from orchestrator.errors import DuetError
+from orchestrator.persona import Persona
+from orchestrator.playback import Playback, ReplyAudio, Segment
+from orchestrator.session import FloorSession
+from orchestrator.signal.echo import EchoCanceller
+from orchestrator.speech.clauses import ClauseSplitter
+from orchestrator.speech.transcript import StreamingTranscript
+from orchestrator.triton import FloorModels, LanguageModel, SpeechRecognizer, SpeechSynthesizer
+from orchestrator.turns import speculation as sp
+
+log = logging.getLogger("duet.conversation")
+
+EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+AudioSink = Callable[[bytes, int, float], Awaitable[None]]  # pcm, reply id, t (timeline seconds)
+Clock = Callable[[], float]
+
+TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
+FINAL_PAD_S = 0.10  # and after speech end, for the final decode
+END_OF_STREAM_WAIT_S = 60.0  # at END, how long a reply still generating may take to finish
+
+
+class ConversationModels(FloorModels, SpeechRecognizer, SpeechSynthesizer, Protocol):
+    """What a conversation needs from the serving layer (`TritonModels` provides all of it)."""
+
+
+@dataclass
+class _Reply:
+    audio: ReplyAudio
+    task: asyncio.Task[None] | None = None
+    started_wall: float = 0.0
+    speculative: bool = False
+    tokens: int = 0
+    latency: dict[str, float] = field(default_factory=dict)
+
+
+class ConversationSession:
+    def __init__(
+        self,
+        models: ConversationModels,
+        llm: LanguageModel,
+        settings: Settings,
+        persona: Persona,
+        emit: EventSink,
+        send_audio: AudioSink,
+        *,
+        floor: Any = None,
+        speculation: bool | None = None,
+        echo_suppression: bool | None = None,
+        name: str = "session",
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.models = models
+        self.llm = llm
+        self.settings = settings
+        self.persona = persona
+        self.name = name
+        self._emit = emit
+        self._send_audio = send_audio
+        self._clock = clock
+        history = int((settings.asr.max_utterance_s + 2) * SAMPLE_RATE)
+        self.floor = FloorSession(
+            models,
+            floor or settings.floor,
+            self._on_floor_event,
+            max_chunk_ms=settings.server.max_audio_chunk_ms,
+            clock=clock,
+            history=history,
+        )
+        spec = settings.conversation.speculation and persona.speculation if speculation is None else speculation
+        self.machine = sp.ReplyMachine(speculation=spec)
+        self.dialogue = Dialogue(persona, history_turns=settings.llm.history_turns, stop=settings.llm.stop)
+        use_echo = settings.conversation.echo_suppression if echo_suppression is None else echo_suppression
+        self.echo = EchoCanceller(SAMPLE_RATE) if use_echo else None
+        self._lead = settings.conversation.playback_lead_ms * SAMPLE_RATE // 1000
+        self._replies: dict[int, _Reply] = {}
+        self._playback: Playback | None = None
+        # streaming ASR state for the current user turn
+        self._turn_start: int | None = None  # sample where the current user turn's audio begins
+        self._transcript = StreamingTranscript()
+        self._asr_task: asyncio.Task[None] | None = None
+        self._asr_last_partial = 0  # sample position of the last partial decode
+        self._final_wanted: int | None = None  # decode up to this sample as soon as possible
+        self._final_done: int = -1  # the last final decode covered audio up to here
+        self._asr_final_ms = 0.0
+        self._held: list[tuple[str, float]] = []  # floor events waiting for the final transcript
+        self._last_speech_end = 0.0
+        self._commit_t = 0.0
+        self._closed = False
+
+    # ---- clock ----------------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        return self.floor.timeline.now
+
+    @property
+    def samples(self) -> int:
+        return self.floor.timeline.samples
+
+    # ---- inputs ---------------------------------------------------------------------------------------
+
+    async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
+        start = self.samples
+        if self.echo is not None and len(pcm) and len(pcm) % 2 == 0:
+            mic = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
+            pcm = self.echo.process(start, mic).astype("<i2").tobytes()
+        await self.floor.audio(pcm, arrival)
+        self._maybe_partial()
+        await self._advance_playback()
+
+    def text(self, text: str, *, replica: bool = False) -> None:
+        """Typed text from the client (a text-only user, or a transcript from the client's own ASR)."""
+        self.floor.text(text, replica=replica)
+
+    async def interrupt(self) -> None:
+        """The client asked the replica to stop now (e.g. a push-to-talk button)."""
+        if self._playback is not None:
+            await self._apply(self.machine.on_floor("barge_in", self.now))
+
+    async def finish(self) -> None:
+        """End of the client's audio: settle the last turn, let a reply finish generating, and send the rest
+        of its audio straight after what was sent (there is no input clock any more to pace it)."""
+        await self.floor.finish()
+        if self._asr_task is not None:
+            await asyncio.gather(self._asr_task, return_exceptions=True)
+        await self._release_held()
+        deadline = self._clock() + END_OF_STREAM_WAIT_S
+        while self._clock() < deadline:
+            pending = [r.task for r in self._replies.values() if r.task is not None and not r.task.done()]
+            if not pending:
+                break
+            await asyncio.wait(pending, timeout=max(deadline - self._clock(), 0.01))
+        await self._apply(self.machine.finish(self.now))
+        if self._playback is not None:
+            for seg in self._playback.flush():
+                await self._send(seg)
+            pb = self._playback
+            if pb.reply.done:
+                await self._apply(self.machine.on_playback_end(pb.reply.reply_id, pb.end / SAMPLE_RATE))
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel everything this session owns (idempotent)."""
+        self._closed = True
+        tasks = [r.task for r in self._replies.values() if r.task is not None and not r.task.done()]
+        if self._asr_task is not None and not self._asr_task.done():
+            tasks.append(self._asr_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- floor events -----------------------------------------------------------------------------------
+
+    async def _on_floor_event(self, event: dict[str, Any]) -> None:
+        await self._emit(event)
+        kind, t = str(event["type"]), float(event["t"])
+        if kind == "speech_start" and self._turn_start is None and not self.floor.machine.replica_speaking:
+            self._begin_turn(t)
+        elif kind == "barge_in":
+            self._begin_turn(t - self.settings.floor.barge_in_ms / 1000)
+        elif kind == "speech_end" and self._turn_start is not None:
+            self._last_speech_end = t
+            self._request_final(round((t + FINAL_PAD_S) * SAMPLE_RATE))
+        elif kind == "backchannel" and self._turn_start is not None and not self._held:
+            self._turn_start = None  # a backchannel is not a user turn
+        if kind == "eot_commit":
+            self._commit_t = t
+        if self._final_pending() or self._held:
+            self._held.append((kind, t))  # wait for the final transcript, keep the order
+            return
+        await self._floor_to_machine(kind, t)
+
+    async def _floor_to_machine(self, kind: str, t: float) -> None:
+        await self._apply(self.machine.on_floor(kind, t))
+        if kind == "eot_commit":
+            self._end_turn()
+
+    def _begin_turn(self, t: float) -> None:
+        self._turn_start = max(round((t - TURN_PAD_S - self.settings.floor.speech_start_ms / 1000) * SAMPLE_RATE), 0)
+        self._transcript = StreamingTranscript()
+        self._asr_last_partial = self.samples
+        self._final_wanted = None
+        self._final_done = -1
+
+    def _end_turn(self) -> None:
+        self._turn_start = None
+        self.floor.text("")
+
+    # ---- streaming ASR ----------------------------------------------------------------------------------
+
+    def _final_pending(self) -> bool:
+        return self._final_wanted is not None and self._final_done < self._final_wanted
+
+    def _maybe_partial(self) -> None:
+        if self._turn_start is None or self._closed:
+            return
+        from orchestrator.turns.floor import Phase
+
+        if self.floor.machine.phase is not Phase.SPEAKING:
+            return
+        interval = self.settings.asr.partial_interval_ms * SAMPLE_RATE // 1000
+        if self.samples - self._asr_last_partial >= interval:
+            self._start_decode(self.samples, final=False)
+
+    def _request_final(self, upto: int) -> None:
+        self._final_wanted = min(upto, self.samples)
+        if self._asr_task is None or self._asr_task.done():
+            self._start_decode(self._final_wanted, final=True)
+
+    def _start_decode(self, upto: int, *, final: bool) -> None:
+        if self._turn_start is None or (self._asr_task is not None and not self._asr_task.done()):
+            return
+        self._asr_last_partial = upto
+        longest = int(self.settings.asr.max_utterance_s * SAMPLE_RATE)
+        start = max(self._turn_start, upto - longest)
+        audio = self.floor.timeline.span(start, upto)
+        self._asr_task = asyncio.create_task(
+            self._decode(audio, upto, final), name=f"{self.name}-asr-{'final' if final else 'partial'}"
+        )
+
+    async def _decode(self, audio: Any, upto: int, final: bool) -> None:
+        t0 = self._clock()
+        try:
+            result = await self.models.transcribe(audio, prompt=self.dialogue.last_replica_text)
+        except DuetError as err:
+            await self._emit({"type": "error", "t": self.now, "code": err.code, "message": err.message})
+            result = None
+        ms = (self._clock() - t0) * 1000
+        if result is not None and self._turn_start is not None:
+            text = self._transcript.update(result.text, final=final)
+            self.floor.text(text)
+            await self._emit({"type": "transcript", "t": round(upto / SAMPLE_RATE, 4), "text": text, "final": final})
+            await self._apply(self.machine.on_transcript(text, final, self.now))
+        if final:
+            self._final_done = upto
+            self._asr_final_ms = ms
+        # a final decode asked for while this one ran
+        if self._final_wanted is not None and self._final_done < self._final_wanted and not self._closed:
+            if self._turn_start is not None:
+                self._asr_task = None
+                self._start_decode(self._final_wanted, final=True)
+                return
+            self._final_done = self._final_wanted
+        if not self._final_pending():
+            await self._release_held()
+
+    async def _release_held(self) -> None:
+        while self._held and not self._final_pending():
+            kind, t = self._held.pop(0)
+            await self._floor_to_machine(kind, t)
+
+    # ---- actions ----------------------------------------------------------------------------------------
+
+    async def _apply(self, actions: list[sp.Action]) -> None:
+        for a in actions:
+            if isinstance(a, sp.StartReply):
+                await self._start_reply(a)
+            elif isinstance(a, sp.CancelReply):
+                await self._cancel_reply(a)
+            elif isinstance(a, sp.ReleaseReply):
+                await self._release(a)
+            elif isinstance(a, sp.PausePlayback):
+                await self._pause(a)
+            elif isinstance(a, sp.ResumePlayback):
+                if self._playback is not None and self._playback.reply.reply_id == a.reply_id:
+                    self._playback.resume(self.samples)
+                    await self._emit({"type": "replica_resumed", "t": round(self.now, 4), "reply_id": a.reply_id})
+            elif isinstance(a, sp.StopPlayback):
+                await self._stop(a)
+            elif isinstance(a, sp.CommitUserTurn):
+                self.dialogue.commit_user(a.text, a.t)
+                await self._emit({"type": "user_turn", "t": round(a.t, 4), "turn": a.turn, "text": a.text})
+            elif isinstance(a, sp.CommitReplicaTurn):
+                self.dialogue.commit_replica(a.text, a.t, interrupted=a.interrupted)
+                self._replies.pop(a.reply_id, None)
+                await self._emit(
+                    {
+                        "type": "replica_turn",
+                        "t": round(a.t, 4),
+                        "reply_id": a.reply_id,
+                        "text": a.text,
+                        "interrupted": a.interrupted,
+                    }
+                )
+
+    async def _start_reply(self, a: sp.StartReply) -> None:
+        reply = _Reply(ReplyAudio(a.reply_id), started_wall=self._clock(), speculative=a.speculative)
+        reply.latency["asr_final_ms"] = round(self._asr_final_ms, 1)
+        self._replies[a.reply_id] = reply
+        request = self.dialogue.request(a.snapshot.transcript, request_id=f"{self.name}-{a.reply_id}")
+        reply.task = asyncio.create_task(self._generate(reply, request), name=f"{self.name}-reply-{a.reply_id}")
+        await self._emit(
+            {
+                "type": "reply_started",
+                "t": round(self.now, 4),
+                "reply_id": a.reply_id,
+                "speculative": a.speculative,
+                "transcript": a.snapshot.transcript,
+            }
+        )
+
+    async def _generate(self, reply: _Reply, request: Any) -> None:
+        rid = reply.audio.reply_id
+        splitter = ClauseSplitter(
+            first_min_chars=self.settings.tts.first_clause_min_chars, max_chars=self.settings.tts.clause_max_chars
+        )
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
+        text_parts: list[str] = []
+
+        async def think() -> None:
+            try:
+                async for piece in self.llm.generate(request):
+                    if reply.tokens == 0:
+                        reply.latency["llm_first_token_ms"] = round((self._clock() - reply.started_wall) * 1000, 1)
+                    reply.tokens += 1
+                    text_parts.append(piece)
+                    for clause in splitter.feed(piece):
+                        await clauses.put(clause)
+                for clause in splitter.flush():
+                    await clauses.put(clause)
+            finally:
+                await clauses.put(None)
+
+        async def speak() -> None:
+            first = True
+            while (clause := await clauses.get()) is not None:
+                t0 = self._clock()
+                async for chunk in self.models.synthesize(clause, self.persona.voice):
+                    reply.audio.chunks.append(chunk)
+                    if first:
+                        first = False
+                        reply.latency["tts_first_chunk_ms"] = round((self._clock() - t0) * 1000, 1)
+                        await self._apply(self.machine.on_reply_audio(rid, self.now))
+
+        failure: DuetError | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(think(), name=f"{self.name}-reply-{rid}-llm")
+                tg.create_task(speak(), name=f"{self.name}-reply-{rid}-tts")
+        except* DuetError as group:
+            first = group.exceptions[0]
+            failure = first if isinstance(first, DuetError) else DuetError(str(first))
+        if failure is not None:
+            await self._emit(
+                {"type": "error", "t": round(self.now, 4), "code": failure.code, "message": failure.message}
+            )
+            await self._apply(self.machine.on_reply_failed(rid, failure.message, self.now))
+            return
+        reply.audio.text = " ".join("".join(text_parts).split())
+        reply.audio.done = True
+        await self._apply(self.machine.on_reply_done(rid, reply.audio.text, self.now))
+
+    async def _cancel_reply(self, a: sp.CancelReply) -> None:
+        reply = self._replies.pop(a.reply_id, None)
+        if reply is None:
+            return
+        if reply.task is not None and not reply.task.done() and reply.task is not asyncio.current_task():
+            reply.task.cancel()
+            await asyncio.gather(reply.task, return_exceptions=True)
+        await self._emit(
+            {
+                "type": "reply_cancelled",
+                "t": round(self.now, 4),
+                "reply_id": a.reply_id,
+                "reason": a.reason,
+                "tokens": reply.tokens,
+            }
+        )
+
+    async def _release(self, a: sp.ReleaseReply) -> None:
+        reply = self._replies.get(a.reply_id)
+        if reply is None:
+            return
+        self._playback = Playback(reply.audio, self.samples, self._lead)
+        self.floor.replica(True)
+        latency = dict(reply.latency)
+        latency["floor_ms"] = round(max(self._commit_t - self._last_speech_end, 0.0) * 1000, 1)
+        await self._emit(
+            {
+                "type": "replica_speaking_start",
+                "t": round(self.now, 4),
+                "reply_id": a.reply_id,
+                "from_speculation": reply.speculative,
+                "latency": latency,
+            }
+        )
+        await self._advance_playback()
+
+    async def _pause(self, a: sp.PausePlayback) -> None:
+        pb = self._playback
+        if pb is None or pb.reply.reply_id != a.reply_id:
+            return
+        at = pb.pause(self.samples)
+        if self.echo is not None:
+            self.echo.play(at, np.zeros(self._lead + SAMPLE_RATE // 10, dtype=np.int16))
+        await self._emit({"type": "replica_paused", "t": round(at / SAMPLE_RATE, 4), "reply_id": a.reply_id})
+
+    async def _stop(self, a: sp.StopPlayback) -> None:
+        pb = self._playback
+        if pb is None or pb.reply.reply_id != a.reply_id:
+            return
+        at = pb.pause(self.samples)
+        spoken = pb.stop(at)
+        self._playback = None
+        self.floor.replica(False)
+        if self.echo is not None:
+            self.echo.play(at, np.zeros(self._lead + SAMPLE_RATE // 10, dtype=np.int16))
+        await self._emit(
+            {
+                "type": "replica_speaking_stop",
+                "t": round(at / SAMPLE_RATE, 4),
+                "reply_id": a.reply_id,
+                "interrupted": True,
+                "spoken_text": spoken,
+            }
+        )
+        await self._apply(self.machine.on_playback_stopped(a.reply_id, spoken, at / SAMPLE_RATE))
+
+    async def _advance_playback(self) -> None:
+        pb = self._playback
+        if pb is None:
+            return
+        for seg in pb.due(self.samples):
+            await self._send(seg)
+        if pb.finished(self.samples):
+            self._playback = None
+            self.floor.replica(False)
+            t_end = pb.end / SAMPLE_RATE
+            await self._emit(
+                {
+                    "type": "replica_speaking_stop",
+                    "t": round(t_end, 4),
+                    "reply_id": pb.reply.reply_id,
+                    "interrupted": False,
+                    "spoken_text": pb.reply.text,
+                }
+            )
+            await self._apply(self.machine.on_playback_end(pb.reply.reply_id, t_end))
+
+    async def _send(self, seg: Segment) -> None:
+        if self.echo is not None:
+            self.echo.play(seg.start, seg.pcm)
+        assert self._playback is not None
+        await self._send_audio(seg.pcm.astype("<i2").tobytes(), self._playback.reply.reply_id, seg.start / SAMPLE_RATE)

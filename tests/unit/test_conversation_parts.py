@@ -1,0 +1,174 @@
+"""Pure parts of the conversation loop: personas, history/prompt, playback on the timeline, client outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from duet.talk import Bleed, Speaker
+from orchestrator.api.session_service import parse_options
+from orchestrator.config import Settings
+from orchestrator.dialogue import Dialogue
+from orchestrator.errors import BadOption
+from orchestrator.persona import Persona, load_persona
+from orchestrator.playback import Playback, ReplyAudio
+from orchestrator.triton import SpeechChunk
+
+PERSONAS = Path(__file__).resolve().parents[2] / "personas"
+
+
+def chunk(n: int, text: str, value: int = 1000) -> SpeechChunk:
+    return SpeechChunk(pcm=np.full(n, value, dtype=np.int16), text=text)
+
+
+# ---- personas -----------------------------------------------------------------------------------------
+
+
+def test_default_persona_loads() -> None:
+    p = load_persona(PERSONAS, "default")
+    assert p.system_prompt and p.max_tokens > 0 and p.speculation
+
+
+@pytest.mark.parametrize("name", ["nobody", "../default", "a/b", ""])
+def test_unknown_or_unsafe_persona_is_a_typed_error(name: str) -> None:
+    with pytest.raises(BadOption):
+        load_persona(PERSONAS, name)
+
+
+def test_malformed_persona_files(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "extra.yaml").write_text("system_prompt: hi\nvoice_speed: 2\n")
+    (tmp_path / "empty.yaml").write_text("name: x\n")
+    (tmp_path / "broken.yaml").write_text("system_prompt: [unclosed\n")
+    (tmp_path / "tokens.yaml").write_text("system_prompt: hi\nmax_tokens: 0\n")
+    for name in ("list", "extra", "empty", "broken", "tokens"):
+        with pytest.raises(BadOption):
+            load_persona(tmp_path, name)
+
+
+# ---- dialogue -----------------------------------------------------------------------------------------
+
+
+def persona() -> Persona:
+    return Persona(id="t", name="T", system_prompt="Be brief.", max_tokens=32)
+
+
+def test_speculative_request_does_not_touch_history() -> None:
+    d = Dialogue(persona())
+    req = d.request("hello there")
+    assert [m.role for m in req.messages] == ["system", "user"]
+    assert req.messages[-1].content == "hello there" and req.max_tokens == 32
+    assert d.turns == []
+
+
+def test_committed_turns_enter_the_prompt_once_and_alternate() -> None:
+    d = Dialogue(persona())
+    d.commit_user("my bill is wrong", 1.0)
+    d.commit_replica("Sorry to hear that. Which", 3.0, interrupted=True)
+    d.commit_user("the March one", 4.0)
+    req = d.request("the March one")
+    assert [m.role for m in req.messages] == ["system", "user", "assistant", "user"]
+    assert req.messages[2].content.endswith("—")  # marked as cut off
+    d.commit_user("and April", 6.0)  # no reply in between: merged for the chat template
+    req = d.request("and April")
+    assert req.messages[-1].content == "the March one and April"
+    assert d.last_replica_text.startswith("Sorry")
+
+
+def test_history_is_bounded() -> None:
+    d = Dialogue(persona(), history_turns=4)
+    for i in range(10):
+        d.commit_user(f"u{i}", i)
+        d.commit_replica(f"r{i}", i + 0.5, interrupted=False)
+    req = d.request("now")
+    assert len(req.messages) == 1 + 4 + 1
+
+
+# ---- playback -----------------------------------------------------------------------------------------
+
+
+def test_playback_sends_only_a_lead_ahead_and_places_audio_at_release() -> None:
+    r = ReplyAudio(1, [chunk(1600, "Hello there,"), chunk(3200, "how can I help?")])
+    pb = Playback(r, at=16000, lead=320)
+    seg = pb.due(16000)
+    assert len(seg) == 1 and seg[0].start == 16000 and seg[0].pcm.shape[0] == 320
+    seg = pb.due(16000 + 1000)
+    assert seg[0].start == 16320 and seg[0].pcm.shape[0] == 1000
+    assert not pb.finished(10**6)  # generation not done yet
+    r.done = True
+    pb.due(30000)
+    assert pb.sent == 4800 and pb.finished(30000) and pb.end == 16000 + 4800
+
+
+def test_pause_rewinds_to_what_was_heard_and_resume_continues_later() -> None:
+    r = ReplyAudio(1, [chunk(8000, "one two three four"), chunk(8000, "five six seven eight")], done=True)
+    pb = Playback(r, at=0, lead=1600)
+    pb.due(4000)  # sent up to 5600
+    at = pb.pause(4000)
+    assert at == 4000 and pb.sent == 4000 and pb.due(9000) == []
+    assert r.text_heard(pb.sent) == "one two"
+    pb.resume(9000)
+    seg = pb.due(9000)
+    assert seg[0].start == 9000 and seg[0].pcm.shape[0] == 1600
+    spoken = pb.stop(10000)  # heard 4000 before the pause and 1000 after the resume
+    assert pb.sent == 5000 and spoken == "one two"
+
+
+def test_stop_reports_whole_clauses_then_a_share_of_the_next() -> None:
+    r = ReplyAudio(1, [chunk(1000, "First clause,"), chunk(1000, "a b c d")], done=True)
+    pb = Playback(r, at=0, lead=2000)
+    pb.due(0)
+    assert pb.stop(1500) == "First clause, a b"
+
+
+def test_underrun_continues_from_the_present() -> None:
+    r = ReplyAudio(1, [chunk(800, "a")])
+    pb = Playback(r, at=0, lead=100)
+    pb.due(800)
+    assert pb.due(1200) == []  # synthesis has not caught up: the client's buffer runs dry
+    r.chunks.append(chunk(800, "b"))
+    seg = pb.due(2000)  # the second chunk arrived late: placed now, not in the past
+    assert seg[0].start == 2000
+
+
+def test_flush_places_the_rest_contiguously() -> None:
+    r = ReplyAudio(1, [chunk(1000, "a"), chunk(1000, "b")], done=True)
+    pb = Playback(r, at=500, lead=100)
+    pb.due(500)
+    seg = pb.flush()
+    assert seg[0].start == 600 and seg[0].pcm.shape[0] == 1900 and pb.finished(pb.end)
+
+
+# ---- options ------------------------------------------------------------------------------------------
+
+
+def test_session_options() -> None:
+    s = Settings()
+    o = parse_options(s, {"mode": "floor", "speculation": "false", "floor.commit_threshold": "0.9"})
+    assert o.mode == "floor" and o.speculation is False and o.floor.commit_threshold == 0.9
+    assert parse_options(s, {}).mode == "conversation"
+    for bad in ({"mode": "chat"}, {"speculation": "maybe"}, {"volume": "11"}, {"floor.nope": "1"}):
+        with pytest.raises(BadOption):
+            parse_options(s, bad)
+
+
+# ---- client outputs -----------------------------------------------------------------------------------
+
+
+def test_speaker_drops_what_it_held_beyond_a_pause() -> None:
+    sp = Speaker()
+    sp.place(1.0, np.full(3200, 7, dtype="<i2").tobytes())
+    sp.drop_after(1.1)
+    assert sp.end == 17600 and sp.window(16000, 3200)[:1600].min() == 7 and not sp.window(17600, 1600).any()
+
+
+def test_bleed_adds_delayed_replica_audio_to_the_mic() -> None:
+    sp = Speaker()
+    sp.place(0.0, np.full(1600, 10000, dtype="<i2").tobytes())
+    bleed = Bleed(sp, gain=0.5, delay=160)
+    quiet = np.zeros(320, dtype="<i2").tobytes()
+    out = np.frombuffer(bleed(0, quiet), dtype="<i2")
+    assert out[:160].max() == 0 and abs(int(out[200]) - 5000) <= 1
+    assert np.frombuffer(bleed(1800, quiet), dtype="<i2").max() == 0  # past the replica audio
