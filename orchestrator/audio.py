@@ -49,14 +49,7 @@ class AudioTimeline:
 
     def push(self, pcm: bytes) -> list[VadWindow]:
         """Append one chunk of PCM16 little-endian mono; return the VAD windows it completes."""
-        if len(pcm) == 0:
-            raise BadAudioChunk("empty audio chunk")
-        if len(pcm) % 2:
-            raise BadAudioChunk(f"audio chunk of {len(pcm)} bytes is not whole 16-bit samples")
-        if len(pcm) > self.max_chunk_bytes:
-            raise BadAudioChunk(
-                f"audio chunk of {len(pcm)} bytes exceeds {self.max_chunk_bytes} bytes; send ~20 ms (640 bytes)"
-            )
+        self.check(pcm)
         x = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
         self._write(x)
         t = self._n / SAMPLE_RATE
@@ -66,6 +59,17 @@ class AudioTimeline:
             out.append(VadWindow(audio=self.span(end - VAD_WINDOW - VAD_CONTEXT, end), end=end / SAMPLE_RATE, t=t))
             self._next_window_end += VAD_WINDOW
         return out
+
+    def check(self, pcm: bytes) -> None:
+        """Raise `BadAudioChunk` (nothing changes) unless `pcm` is a whole, non-empty chunk within bounds."""
+        if len(pcm) == 0:
+            raise BadAudioChunk("empty audio chunk")
+        if len(pcm) % 2:
+            raise BadAudioChunk(f"audio chunk of {len(pcm)} bytes is not whole 16-bit samples")
+        if len(pcm) > self.max_chunk_bytes:
+            raise BadAudioChunk(
+                f"audio chunk of {len(pcm)} bytes exceeds {self.max_chunk_bytes} bytes; send ~20 ms (640 bytes)"
+            )
 
     def _write(self, x: I16) -> None:
         cap = self._hist.shape[0]

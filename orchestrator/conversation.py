@@ -49,7 +49,8 @@ Clock = Callable[[], float]
 
 TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
 FINAL_PAD_S = 0.10  # and after speech end, for the final decode
-END_OF_STREAM_WAIT_S = 60.0  # at END, how long a reply still generating may take to finish
+END_OF_STREAM_WAIT_S = 60.0
+STARTUP_GATE = 16  # -24 dB on the mic while the echo canceller is still locating the echo  # at END, how long a reply still generating may take to finish
 
 
 class ConversationModels(FloorModels, SpeechRecognizer, SpeechSynthesizer, Protocol):
@@ -70,7 +71,7 @@ class ConversationSession:
     def __init__(
         self,
         models: ConversationModels,
-        llm: LanguageModel,
+        llm: LanguageModel | None,
         settings: Settings,
         persona: Persona,
         emit: EventSink,
@@ -79,6 +80,7 @@ class ConversationSession:
         floor: Any = None,
         speculation: bool | None = None,
         echo_suppression: bool | None = None,
+        replies: bool = True,
         name: str = "session",
         clock: Clock = time.perf_counter,
     ) -> None:
@@ -87,6 +89,7 @@ class ConversationSession:
         self.settings = settings
         self.persona = persona
         self.name = name
+        self.replies = replies  # False: floor events and transcripts only (`mode=floor`)
         self._emit = emit
         self._send_audio = send_audio
         self._clock = clock
@@ -103,7 +106,8 @@ class ConversationSession:
         self.machine = sp.ReplyMachine(speculation=spec)
         self.dialogue = Dialogue(persona, history_turns=settings.llm.history_turns, stop=settings.llm.stop)
         use_echo = settings.conversation.echo_suppression if echo_suppression is None else echo_suppression
-        self.echo = EchoCanceller(SAMPLE_RATE) if use_echo else None
+        max_chunk = settings.server.max_audio_chunk_ms * SAMPLE_RATE // 1000
+        self.echo = EchoCanceller(SAMPLE_RATE, max_chunk=max_chunk) if use_echo else None
         self._lead = settings.conversation.playback_lead_ms * SAMPLE_RATE // 1000
         self._replies: dict[int, _Reply] = {}
         self._playback: Playback | None = None
@@ -133,10 +137,16 @@ class ConversationSession:
     # ---- inputs ---------------------------------------------------------------------------------------
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
-        start = self.samples
-        if self.echo is not None and len(pcm) and len(pcm) % 2 == 0:
+        if self.echo is not None:
+            self.floor.timeline.check(pcm)  # a bad chunk is refused before anything sees it
             mic = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
-            pcm = self.echo.process(start, mic).astype("<i2").tobytes()
+            clean = self.echo.process(self.samples, mic)
+            stats = self.echo.stats
+            if stats.far_active and stats.delay is None:
+                # The canceller has not located the echo yet (the first ~0.5 s the replica ever plays in this
+                # session): gate the mic rather than let its own voice reach the VAD as a barge-in.
+                clean = (clean.astype(np.int32) // STARTUP_GATE).astype(np.int16)
+            pcm = clean.astype("<i2").tobytes()
         await self.floor.audio(pcm, arrival)
         self._maybe_partial()
         await self._advance_playback()
@@ -204,7 +214,8 @@ class ConversationSession:
         await self._floor_to_machine(kind, t)
 
     async def _floor_to_machine(self, kind: str, t: float) -> None:
-        await self._apply(self.machine.on_floor(kind, t))
+        if self.replies:
+            await self._apply(self.machine.on_floor(kind, t))
         if kind == "eot_commit":
             self._end_turn()
 
@@ -263,7 +274,8 @@ class ConversationSession:
             text = self._transcript.update(result.text, final=final)
             self.floor.text(text)
             await self._emit({"type": "transcript", "t": round(upto / SAMPLE_RATE, 4), "text": text, "final": final})
-            await self._apply(self.machine.on_transcript(text, final, self.now))
+            if self.replies:
+                await self._apply(self.machine.on_transcript(text, final, self.now))
         if final:
             self._final_done = upto
             self._asr_final_ms = ms
@@ -305,6 +317,7 @@ class ConversationSession:
                 await self._emit({"type": "user_turn", "t": round(a.t, 4), "turn": a.turn, "text": a.text})
             elif isinstance(a, sp.CommitReplicaTurn):
                 self.dialogue.commit_replica(a.text, a.t, interrupted=a.interrupted)
+                self.floor.text(a.text, replica=True)  # the floor model's context: what the replica last said
                 self._replies.pop(a.reply_id, None)
                 await self._emit(
                     {
@@ -341,6 +354,8 @@ class ConversationSession:
         text_parts: list[str] = []
 
         async def think() -> None:
+            if self.llm is None:
+                raise DuetError("no LLM is configured for replies")
             try:
                 async for piece in self.llm.generate(request):
                     if reply.tokens == 0:

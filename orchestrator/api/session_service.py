@@ -58,10 +58,14 @@ def check_audio_format(fmt: pb.AudioFormat) -> None:
         raise BadAudioFormat("unsupported audio format: " + "; ".join(problems))
 
 
+MODES = ("conversation", "floor", "acoustic")
+
+
 @dataclass(frozen=True)
 class SessionOptions:
-    """`Start.options`, validated: `mode` is "conversation" (default: ASR, replies, playback) or "floor"
-    (floor events only, for `duet turns` and clients that run their own dialogue)."""
+    """`Start.options`, validated. `mode`: "conversation" (default: ASR, replies, playback), "floor" (floor
+    events and transcripts, no replies: `duet turns`, clients that run their own dialogue) or "acoustic"
+    (floor events from audio alone, no ASR: the cheapest, and decisions independent of send speed)."""
 
     floor: FloorSettings
     mode: str = "conversation"
@@ -74,8 +78,8 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionOptions
     rest = {k: v for k, v in options.items() if not k.startswith("floor.")}
     floor = with_floor_options(settings.floor, floor_opts)
     mode = rest.pop("mode", "conversation")
-    if mode not in ("conversation", "floor"):
-        raise BadOption(f"option mode must be 'conversation' or 'floor', not {mode!r}")
+    if mode not in MODES:
+        raise BadOption(f"option mode must be one of {', '.join(MODES)}; not {mode!r}")
     spec = coerce_bool(rest.pop("speculation"), "speculation") if "speculation" in rest else None
     echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
     if rest:
@@ -119,9 +123,9 @@ class SessionService(pb_grpc.SessionServicer):
             check_audio_format(first.start.audio_format)
             opts = parse_options(self.settings, dict(first.start.options))
             persona = None
-            if opts.mode == "conversation":
-                if self.llm is None:
-                    raise BadOption("this server runs floor-only sessions (no LLM configured); use mode=floor")
+            if opts.mode == "conversation" and self.llm is None:
+                raise BadOption("this server has no LLM configured; use mode=floor")
+            if opts.mode != "acoustic":
                 persona = load_persona(
                     self.settings.conversation.personas_dir, first.start.persona or self.settings.conversation.persona
                 )
@@ -143,7 +147,7 @@ class SessionService(pb_grpc.SessionServicer):
 
         sid = first.start.conversation_id or f"s{id(outbox):x}"
         session: Session
-        if persona is not None and self.llm is not None:
+        if persona is not None:
             session = ConversationSession(
                 typing.cast(ConversationModels, self.models),
                 self.llm,
@@ -154,6 +158,7 @@ class SessionService(pb_grpc.SessionServicer):
                 floor=opts.floor,
                 speculation=opts.speculation,
                 echo_suppression=opts.echo_suppression,
+                replies=opts.mode == "conversation",
                 name=f"session-{sid}",
             )
         else:

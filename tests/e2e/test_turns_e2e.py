@@ -34,12 +34,16 @@ def cli_turns(server: str, *extra: str, path: Path = SAMPLE) -> subprocess.Compl
     )
 
 
+FLOOR_ONLY = {"mode": "acoustic"}  # these tests are about the floor model; tests/e2e/test_talk_e2e.py covers replies
+
+
 def floor_events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
 async def collect(server: str, pcm: bytes, **kw: Any) -> list[dict[str, Any]]:
     out = []
+    kw.setdefault("options", FLOOR_ONLY)
     async with duet.connect(server, **kw) as session:
 
         async def send() -> None:
@@ -76,8 +80,9 @@ def test_cli_prints_the_floor_event_contract(server: str, sample_label: dict[str
 
 
 def test_decisions_do_not_depend_on_send_speed(server: str) -> None:
-    fast = floor_events(cli_turns(server, "--speed", "0").stdout)
-    paced = floor_events(cli_turns(server, "--speed", "4").stdout)
+    # from audio alone (no ASR, whose timing would feed the lexical cue at different points)
+    fast = floor_events(cli_turns(server, "--speed", "0", "--option", "mode=acoustic").stdout)
+    paced = floor_events(cli_turns(server, "--speed", "4", "--option", "mode=acoustic").stdout)
     assert [(e["type"], e["t"]) for e in fast] == [(e["type"], e["t"]) for e in paced]
 
 
@@ -101,7 +106,7 @@ async def test_bad_chunk_is_reported_and_the_session_continues(
     server: str, sample_audio: npt.NDArray[np.int16]
 ) -> None:
     events = []
-    async with duet.connect(server) as session:
+    async with duet.connect(server, options=FLOOR_ONLY) as session:
         await session.send_audio(b"\x01\x02\x03")  # not whole samples
         for c in chunks(sample_audio.tobytes()):
             await session.send_audio(c)
@@ -118,13 +123,13 @@ async def test_oversized_message_is_refused_and_server_keeps_serving(
     server: str, sample_audio: npt.NDArray[np.int16]
 ) -> None:
     with pytest.raises(duet.DuetError) as err:
-        async with duet.connect(server) as session:
+        async with duet.connect(server, options=FLOOR_ONLY) as session:
             await session.send_audio(b"\x00" * (2 << 20))
             async for _ in session.events():
                 pass
     assert err.value.code in {"resource_exhausted", "bad_audio_chunk"}
     with pytest.raises(duet.DuetError) as err2:
-        async with duet.connect(server) as session:
+        async with duet.connect(server, options=FLOOR_ONLY) as session:
             await session.send_audio(b"\x00" * 64000)  # 2 s in one chunk: over the per-chunk bound
             await session.end()
             async for e in session.events():
@@ -148,7 +153,7 @@ async def test_start_must_come_first(server: str) -> None:
 
 async def test_client_disconnect_and_truncated_stream(server: str, sample_audio: npt.NDArray[np.int16]) -> None:
     # A client vanishes mid-stream...
-    async with duet.connect(server) as session:
+    async with duet.connect(server, options=FLOOR_ONLY) as session:
         for c in chunks(sample_audio[:16000].tobytes()):
             await session.send_audio(c)
     # ...another stops sending without END (a truncated stream): the server flushes and closes cleanly.
