@@ -44,6 +44,11 @@ class AudioTimeline:
         return self._n
 
     @property
+    def capacity(self) -> int:
+        """How many recent samples are kept."""
+        return int(self._hist.shape[0])
+
+    @property
     def now(self) -> float:
         return self._n / SAMPLE_RATE
 

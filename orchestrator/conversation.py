@@ -37,7 +37,7 @@ from orchestrator.playback import Playback, ReplyAudio, Segment
 from orchestrator.session import FloorSession
 from orchestrator.signal.echo import EchoCanceller
 from orchestrator.speech.clauses import ClauseSplitter
-from orchestrator.speech.transcript import StreamingTranscript
+from orchestrator.speech.transcript import DecodeWindow, PartialSchedule, StreamingTranscript
 from orchestrator.triton import FloorModels, LanguageModel, SpeechRecognizer, SpeechSynthesizer
 from orchestrator.turns import speculation as sp
 
@@ -49,8 +49,8 @@ Clock = Callable[[], float]
 
 TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
 FINAL_PAD_S = 0.10  # and after speech end, for the final decode
-END_OF_STREAM_WAIT_S = 60.0
-STARTUP_GATE = 16  # -24 dB on the mic while the echo canceller is still locating the echo  # at END, how long a reply still generating may take to finish
+END_OF_STREAM_WAIT_S = 60.0  # at END, how long a reply still generating may take to finish
+STARTUP_GATE = 16  # -24 dB on the mic while the echo canceller is still locating the echo
 
 
 class ConversationModels(FloorModels, SpeechRecognizer, SpeechSynthesizer, Protocol):
@@ -111,13 +111,13 @@ class ConversationSession:
         self._lead = settings.conversation.playback_lead_ms * SAMPLE_RATE // 1000
         self._replies: dict[int, _Reply] = {}
         self._playback: Playback | None = None
-        # streaming ASR state for the current user turn
-        self._turn_start: int | None = None  # sample where the current user turn's audio begins
+        # streaming ASR of the current user turn (schedule and agreement are pure, in speech/transcript.py)
+        self._schedule = PartialSchedule(
+            settings.asr.partial_interval_ms, settings.asr.max_utterance_s, pad_s=TURN_PAD_S
+        )
         self._transcript = StreamingTranscript()
         self._asr_task: asyncio.Task[None] | None = None
-        self._asr_last_partial = 0  # sample position of the last partial decode
-        self._final_wanted: int | None = None  # decode up to this sample as soon as possible
-        self._final_done: int = -1  # the last final decode covered audio up to here
+        self._awaiting_final = False  # a speech-end decode is due: floor events wait for its transcript
         self._asr_final_ms = 0.0
         self._held: list[tuple[str, float]] = []  # floor events waiting for the final transcript
         self._last_speech_end = 0.0
@@ -164,8 +164,9 @@ class ConversationSession:
         """End of the client's audio: settle the last turn, let a reply finish generating, and send the rest
         of its audio straight after what was sent (there is no input clock any more to pace it)."""
         await self.floor.finish()
-        if self._asr_task is not None:
+        while self._asr_task is not None and not self._asr_task.done():  # a decode may chain the final one
             await asyncio.gather(self._asr_task, return_exceptions=True)
+        self._awaiting_final = False
         await self._release_held()
         deadline = self._clock() + END_OF_STREAM_WAIT_S
         while self._clock() < deadline:
@@ -197,18 +198,17 @@ class ConversationSession:
     async def _on_floor_event(self, event: dict[str, Any]) -> None:
         await self._emit(event)
         kind, t = str(event["type"]), float(event["t"])
-        if kind == "speech_start" and self._turn_start is None and not self.floor.machine.replica_speaking:
-            self._begin_turn(t)
-        elif kind == "barge_in":
-            self._begin_turn(t - self.settings.floor.barge_in_ms / 1000)
-        elif kind == "speech_end" and self._turn_start is not None:
-            self._last_speech_end = t
-            self._request_final(round((t + FINAL_PAD_S) * SAMPLE_RATE))
-        elif kind == "backchannel" and self._turn_start is not None and not self._held:
-            self._turn_start = None  # a backchannel is not a user turn
-        if kind == "eot_commit":
-            self._commit_t = t
-        if self._final_pending() or self._held:
+        onset = t - self.settings.floor.speech_start_ms / 1000  # speech_start is confirmed this late
+        if kind == "speech_start" and not self.floor.machine.replica_speaking:
+            self._schedule.speech_start(onset)
+        elif kind == "barge_in":  # speech over the replica became a real turn: transcribe from its onset
+            self._schedule.speech_start(t - self.settings.floor.barge_in_ms / 1000)
+        elif kind == "speech_end":
+            window = self._schedule.speech_end(t + FINAL_PAD_S)
+            self._awaiting_final = window is not None or self._schedule.in_flight is not None
+            if window is not None:
+                self._decode_window(window)
+        if self._awaiting_final or self._held:
             self._held.append((kind, t))  # wait for the final transcript, keep the order
             return
         await self._floor_to_machine(kind, t)
@@ -217,80 +217,50 @@ class ConversationSession:
         if self.replies:
             await self._apply(self.machine.on_floor(kind, t))
         if kind == "eot_commit":
-            self._end_turn()
-
-    def _begin_turn(self, t: float) -> None:
-        self._turn_start = max(round((t - TURN_PAD_S - self.settings.floor.speech_start_ms / 1000) * SAMPLE_RATE), 0)
-        self._transcript = StreamingTranscript()
-        self._asr_last_partial = self.samples
-        self._final_wanted = None
-        self._final_done = -1
-
-    def _end_turn(self) -> None:
-        self._turn_start = None
-        self.floor.text("")
+            self._schedule.end_turn()
+            self._transcript.reset()
+            self._awaiting_final = False
+            self.floor.text("")
 
     # ---- streaming ASR ----------------------------------------------------------------------------------
 
-    def _final_pending(self) -> bool:
-        return self._final_wanted is not None and self._final_done < self._final_wanted
-
     def _maybe_partial(self) -> None:
-        if self._turn_start is None or self._closed:
-            return
-        from orchestrator.turns.floor import Phase
+        if not self._closed and (window := self._schedule.poll(self.now)) is not None:
+            self._decode_window(window)
 
-        if self.floor.machine.phase is not Phase.SPEAKING:
-            return
-        interval = self.settings.asr.partial_interval_ms * SAMPLE_RATE // 1000
-        if self.samples - self._asr_last_partial >= interval:
-            self._start_decode(self.samples, final=False)
+    def _decode_window(self, window: DecodeWindow) -> None:
+        start = max(round(window.start_s * SAMPLE_RATE), 0)
+        end = min(round(window.end_s * SAMPLE_RATE), self.samples)
+        audio = self.floor.timeline.span(max(start, end - self.floor.timeline.capacity), end)
+        name = f"{self.name}-asr-{'final' if window.final else 'partial'}"
+        self._asr_task = asyncio.create_task(self._decode(window, audio), name=name)
 
-    def _request_final(self, upto: int) -> None:
-        self._final_wanted = min(upto, self.samples)
-        if self._asr_task is None or self._asr_task.done():
-            self._start_decode(self._final_wanted, final=True)
-
-    def _start_decode(self, upto: int, *, final: bool) -> None:
-        if self._turn_start is None or (self._asr_task is not None and not self._asr_task.done()):
-            return
-        self._asr_last_partial = upto
-        longest = int(self.settings.asr.max_utterance_s * SAMPLE_RATE)
-        start = max(self._turn_start, upto - longest)
-        audio = self.floor.timeline.span(start, upto)
-        self._asr_task = asyncio.create_task(
-            self._decode(audio, upto, final), name=f"{self.name}-asr-{'final' if final else 'partial'}"
-        )
-
-    async def _decode(self, audio: Any, upto: int, final: bool) -> None:
+    async def _decode(self, window: DecodeWindow, audio: Any) -> None:
         t0 = self._clock()
+        result = None
         try:
             result = await self.models.transcribe(audio, prompt=self.dialogue.last_replica_text)
-        except DuetError as err:
-            await self._emit({"type": "error", "t": self.now, "code": err.code, "message": err.message})
-            result = None
-        ms = (self._clock() - t0) * 1000
-        if result is not None and self._turn_start is not None:
-            text = self._transcript.update(result.text, final=final)
-            self.floor.text(text)
-            await self._emit({"type": "transcript", "t": round(upto / SAMPLE_RATE, 4), "text": text, "final": final})
+        except DuetError as err:  # the turn goes on without this transcript; the client is told why
+            await self._emit({"type": "error", "t": round(self.now, 4), "code": err.code, "message": err.message})
+        if window.final:
+            self._asr_final_ms = (self._clock() - t0) * 1000
+        if result is not None and self._schedule.is_current(window):
+            part = self._transcript.finalize(result) if window.final else self._transcript.update(result)
+            self.floor.text(part.text)
+            await self._emit(
+                {"type": "transcript", "t": round(window.end_s, 4), "text": part.text, "final": window.final}
+            )
             if self.replies:
-                await self._apply(self.machine.on_transcript(text, final, self.now))
-        if final:
-            self._final_done = upto
-            self._asr_final_ms = ms
-        # a final decode asked for while this one ran
-        if self._final_wanted is not None and self._final_done < self._final_wanted and not self._closed:
-            if self._turn_start is not None:
-                self._asr_task = None
-                self._start_decode(self._final_wanted, final=True)
-                return
-            self._final_done = self._final_wanted
-        if not self._final_pending():
+                await self._apply(self.machine.on_transcript(part.text, window.final, self.now))
+        nxt = self._schedule.decoded(window)
+        if nxt is not None and not self._closed:
+            self._decode_window(nxt)
+        elif self._schedule.in_flight is None:
+            self._awaiting_final = False
             await self._release_held()
 
     async def _release_held(self) -> None:
-        while self._held and not self._final_pending():
+        while self._held and not self._awaiting_final:
             kind, t = self._held.pop(0)
             await self._floor_to_machine(kind, t)
 
@@ -348,7 +318,8 @@ class ConversationSession:
     async def _generate(self, reply: _Reply, request: Any) -> None:
         rid = reply.audio.reply_id
         splitter = ClauseSplitter(
-            first_min_chars=self.settings.tts.first_clause_min_chars, max_chars=self.settings.tts.clause_max_chars
+            first_clause_min_chars=self.settings.tts.first_clause_min_chars,
+            clause_max_chars=self.settings.tts.clause_max_chars,
         )
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
         text_parts: list[str] = []
