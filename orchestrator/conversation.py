@@ -204,10 +204,13 @@ class ConversationSession:
         elif kind == "barge_in":  # speech over the replica became a real turn: transcribe from its onset
             self._schedule.speech_start(t - self.settings.floor.barge_in_ms / 1000)
         elif kind == "speech_end":
+            self._last_speech_end = t - self.settings.floor.speech_end_ms / 1000  # the last voiced audio
             window = self._schedule.speech_end(t + FINAL_PAD_S)
             self._awaiting_final = window is not None or self._schedule.in_flight is not None
             if window is not None:
                 self._decode_window(window)
+        elif kind == "eot_commit":
+            self._commit_t = t
         if self._awaiting_final or self._held:
             self._held.append((kind, t))  # wait for the final transcript, keep the order
             return

@@ -1,0 +1,1 @@
+"""Speech-side conversation logic that needs no I/O: streaming transcripts of the user's turn."""

@@ -1,0 +1,155 @@
+"""Incremental clause splitter: turns streamed LLM text into pieces the TTS can start speaking early.
+
+Pure and synchronous: `feed()` takes whatever the LLM produced next and returns the segments that are now
+complete, `flush()` returns the rest at the end of the reply. The first segment is cut at the first clause
+boundary (, ; : – — . ! ? …) once `first_clause_min_chars` are buffered, so the first audio starts after a few
+words instead of a whole sentence; later segments are cut at sentence boundaries, or at a clause boundary once
+the buffer is over `clause_max_chars` (long sentences would delay audio and make big TTS requests).
+
+A boundary is a punctuation mark followed by whitespace, so numbers ("3.5", "1,000", "10:30"), emails and URLs
+never split; abbreviations ("Dr.", "e.g.", "U.S.", initials) are recognised before a ".". Bare "and"/"but" are
+not boundaries: piper speaks every segment as a whole utterance, and a cut with no punctuation would put a
+sentence-final fall in the middle of a phrase, where a speaker would not pause.
+
+Text is normalised on the way in: markdown symbols (* # `) and emoji are dropped (TTS would read them or
+stumble), whitespace runs become one space. Segments are stripped, and `" ".join(segments) == normalize(text)`
+holds for any way the text is cut into pieces.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Final, Literal
+
+MARKDOWN: Final = frozenset("*#`")
+SENTENCE_END: Final = frozenset(".!?…")
+CLAUSE_END: Final = frozenset(",;:–—")  # en/em dash only when spaced ("yes — but"), never inside "10–20"
+CLOSERS: Final = frozenset("\"')]}’”»")  # may follow the punctuation: 'He said "no." Then'
+# Words that end in "." without ending the sentence. Ambiguous ones that often end a sentence ("etc", "Inc",
+# "no") are left out: a missed split only merges two sentences, a wrong one breaks "Dr. | Smith".
+ABBREVIATIONS: Final = frozenset(
+    "mr mrs ms dr prof st sr jr vs cf al approx fig vol dept mt ft gen gov sen rep capt lt col sgt ave blvd".split()
+)
+SAFETY_FACTOR: Final = 2  # no boundary at all for this many times clause_max_chars: cut at a word
+
+Boundary = Literal["sentence", "clause", "word"]
+
+
+def is_dropped(ch: str) -> bool:
+    """Characters TTS should not see: markdown symbols, emoji and their joiners/variation selectors."""
+    if ch in MARKDOWN:
+        return True
+    cp = ord(ch)
+    if cp in (0x200D, 0xFE0E, 0xFE0F, 0x20E3) or 0xE0020 <= cp <= 0xE007F or 0x1F3FB <= cp <= 0x1F3FF:
+        return True
+    # "So" from U+2190 on covers arrows, dingbats, pictographs and emoji, but keeps ©, ®, ° that TTS can say.
+    return cp >= 0x2190 and unicodedata.category(ch) == "So"
+
+
+def normalize(text: str) -> str:
+    """The text the segments add up to: dropped characters removed, whitespace collapsed, ends stripped."""
+    return " ".join("".join(ch for ch in text if not is_dropped(ch)).split())
+
+
+def _is_abbreviation(word: str) -> bool:
+    """`word` is the token before a "." (without it): "Dr", "e.g", "U.S", "J" are; "2024", "example.com" not."""
+    word = word.lstrip("\"'([{‘“«").lower()
+    if word in ABBREVIATIONS:
+        return True
+    parts = word.split(".")
+    # Initials and dotted abbreviations: every part one or two letters ("j", "e.g", "u.s", "p.m").
+    return all(1 <= len(p) <= 2 and p.isalpha() for p in parts) and (len(parts) > 1 or len(word) == 1)
+
+
+def boundary_before_space(text: str, newline: bool) -> Boundary | None:
+    """What kind of boundary the end of `text` (no trailing space) is, if a space (or newline) follows it."""
+    if newline:
+        return "sentence"  # paragraph or list item: the LLM ended a line
+    end = len(text)
+    while end > 0 and text[end - 1] in CLOSERS:
+        end -= 1
+    if end == 0:
+        return None
+    mark = text[end - 1]
+    if mark in "!?…":
+        return "sentence"
+    if mark == ".":
+        word = text[: end - 1].rsplit(" ", 1)[-1]
+        if word.endswith(".") or not word:  # "..." (an ellipsis) ends a sentence
+            return "sentence"
+        return None if _is_abbreviation(word) else "sentence"
+    if mark in CLAUSE_END:
+        return "clause" if end - 1 > 0 else None
+    return None
+
+
+class ClauseSplitter:
+    """Stateful splitter for one reply. Not thread-safe; create one per reply."""
+
+    def __init__(self, first_clause_min_chars: int | None = 12, clause_max_chars: int = 160) -> None:
+        """`first_clause_min_chars=None` turns off the early first clause (plain sentence splitting)."""
+        if clause_max_chars < 1:
+            raise ValueError("clause_max_chars must be positive")
+        self.first_clause_min_chars = first_clause_min_chars
+        self.clause_max_chars = clause_max_chars
+        self._buf: list[str] = []  # normalised text not yet emitted; a single " " separates words
+        self._emitted = 0
+        self._newline = False  # the pending whitespace run contains a line break
+        self._space = False  # whitespace seen after the last kept character, not yet written
+
+    def feed(self, piece: str) -> list[str]:
+        """Add the next piece of text; return the segments it completed (possibly none)."""
+        out: list[str] = []
+        for ch in piece:
+            if is_dropped(ch):
+                continue
+            if ch.isspace():
+                self._space = True
+                self._newline |= ch in "\n\r\u2028\u2029"
+                continue
+            if self._space:
+                self._on_space(out)
+            self._buf.append(ch)
+        return out
+
+    def flush(self) -> list[str]:
+        """End of the reply: return what is left (nothing if it holds no speakable text)."""
+        rest = "".join(self._buf).strip()
+        self._buf.clear()
+        self._space = self._newline = False
+        if not rest:
+            return []
+        self._emitted += 1
+        return [rest]
+
+    def _on_space(self, out: list[str]) -> None:
+        """A word just ended and another starts: cut here if the text so far ends at a boundary that counts."""
+        text = "".join(self._buf)
+        newline, self._space, self._newline = self._newline, False, False
+        if not text:
+            return  # leading whitespace
+        kind = boundary_before_space(text, newline)
+        too_long = len(text) >= SAFETY_FACTOR * self.clause_max_chars
+        if (kind is not None and self._cut(text, kind)) or (too_long and self._cut(text, "word")):
+            out.append(text)
+            self._emitted += 1
+            self._buf.clear()
+        else:
+            self._buf.append(" ")
+
+    def _cut(self, text: str, kind: Boundary) -> bool:
+        if not any(c.isalnum() for c in text):
+            return False  # a lone "—" or "..." is no segment of its own
+        if kind in ("sentence", "word"):
+            return True
+        if len(text) >= self.clause_max_chars:
+            return True
+        return (
+            self._emitted == 0 and self.first_clause_min_chars is not None and len(text) >= self.first_clause_min_chars
+        )
+
+
+def split_text(text: str, first_clause_min_chars: int | None = None, clause_max_chars: int = 160) -> list[str]:
+    """Split a whole text at once (the TTS model's sentence split uses the same rules as the streaming one)."""
+    splitter = ClauseSplitter(first_clause_min_chars, clause_max_chars)
+    return splitter.feed(text) + splitter.flush()
