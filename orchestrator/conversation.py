@@ -38,7 +38,7 @@ from orchestrator.session import FloorSession
 from orchestrator.signal.echo import EchoCanceller
 from orchestrator.speech.clauses import ClauseSplitter
 from orchestrator.speech.transcript import DecodeWindow, PartialSchedule, StreamingTranscript
-from orchestrator.triton import FloorModels, LanguageModel, SpeechRecognizer, SpeechSynthesizer
+from orchestrator.triton import I16, FloorModels, LanguageModel, SpeechSynthesizer, Transcript
 from orchestrator.turns import speculation as sp
 
 log = logging.getLogger("duet.conversation")
@@ -53,8 +53,10 @@ END_OF_STREAM_WAIT_S = 60.0  # at END, how long a reply still generating may tak
 STARTUP_GATE = 16  # -24 dB on the mic while the echo canceller is still locating the echo
 
 
-class ConversationModels(FloorModels, SpeechRecognizer, SpeechSynthesizer, Protocol):
+class ConversationModels(FloorModels, SpeechSynthesizer, Protocol):
     """What a conversation needs from the serving layer (`TritonModels` provides all of it)."""
+
+    async def transcribe(self, audio: I16, prompt: str = "", *, word_timings: bool = True) -> Transcript: ...
 
 
 @dataclass
@@ -242,7 +244,10 @@ class ConversationSession:
         t0 = self._clock()
         result = None
         try:
-            result = await self.models.transcribe(audio, prompt=self.dialogue.last_replica_text)
+            # partials only compare words; word timings are worth their alignment pass on the final only
+            result = await self.models.transcribe(
+                audio, prompt=self.dialogue.last_replica_text, word_timings=window.final
+            )
         except DuetError as err:  # the turn goes on without this transcript; the client is told why
             await self._emit({"type": "error", "t": round(self.now, 4), "code": err.code, "message": err.message})
         if window.final:

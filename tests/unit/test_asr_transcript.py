@@ -1,0 +1,237 @@
+"""Streaming partials (LocalAgreement-2, never retracting) and the re-decode schedule, on virtual time; plus the
+pure helpers of the Whisper decoder (encoder window, end-of-audio cut, input checks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from orchestrator.inference.asr import (
+    DecodeOptions,
+    check_audio,
+    cut_at_audio_end,
+    encoder_frames,
+    is_silent,
+    merge_punctuation,
+)
+from orchestrator.speech.transcript import (
+    DecodeWindow,
+    PartialSchedule,
+    StreamingTranscript,
+    common_prefix,
+    normalise,
+)
+
+
+@dataclass(frozen=True)
+class W:
+    text: str
+
+
+@dataclass(frozen=True)
+class Hyp:
+    text: str
+    words: tuple[W, ...] = ()
+
+
+def hyp(text: str, with_words: bool = False) -> Hyp:
+    return Hyp(text, tuple(W(w) for w in text.split()) if with_words else ())
+
+
+# --- LocalAgreement ---
+
+
+def test_normalise_ignores_case_and_punctuation() -> None:
+    assert normalise("Bill,") == normalise("bill") == "bill"
+    assert normalise("I'm") == "i'm"
+    assert common_prefix(["Hi,", "I'm", "calling"], ["hi", "I'm", "called"]) == 2
+
+
+def test_first_hypothesis_is_all_unstable_then_agreement_becomes_stable() -> None:
+    t = StreamingTranscript()
+    p = t.update(hyp("Hi, I'm"))
+    assert (p.stable, p.unstable) == ("", "Hi, I'm")
+    p = t.update(hyp("Hi, I'm calling a"))
+    assert (p.stable, p.unstable) == ("Hi, I'm", "calling a")
+    p = t.update(hyp("hi I'm calling about my"))
+    assert (p.stable, p.unstable) == ("Hi, I'm calling", "about my")
+    assert p.text == "Hi, I'm calling about my"
+
+
+def test_stable_words_are_never_retracted() -> None:
+    t = StreamingTranscript()
+    t.update(hyp("I already paid the bill"))
+    p = t.update(hyp("I already paid the bill last"))
+    assert p.stable == "I already paid the bill"
+    # The decoder changes its mind about a committed word: stable text stays, the new words follow it.
+    p = t.update(hyp("I already paid the spill last month"))
+    assert p.stable.startswith("I already paid the bill")
+    assert p.unstable.endswith("month")
+    p = t.update(hyp("I already paid the spill last month."))
+    assert p.stable == "I already paid the bill last month."
+    assert p.unstable == ""
+
+
+def test_words_are_used_when_given_and_empty_ones_dropped() -> None:
+    t = StreamingTranscript()
+    t.update(Hyp("ignored", (W(" Can"), W("you"), W("..."), W("check"))))
+    p = t.update(hyp("Can you check that", with_words=True))
+    assert p.stable == "Can you check"
+
+
+def test_final_decode_replaces_the_tail_and_the_turn_can_go_on() -> None:
+    t = StreamingTranscript()
+    t.update(hyp("it looks like I was"))
+    t.update(hyp("it looks like I was charged"))
+    p = t.finalize(hyp("It looks like I was charged twice this month."))
+    assert p.final and p.unstable == ""
+    assert p.stable == "it looks like I was charged twice this month."
+    # A hold pause, then the user continues: later decodes of the whole turn only add after the final.
+    t.update(hyp("It looks like I was charged twice this month. Can you"))
+    p = t.update(hyp("It looks like I was charged twice this month. Can you check"))
+    assert p.stable == "it looks like I was charged twice this month. Can you"
+    assert p.unstable == "check"
+    t.reset()
+    assert t.update(hyp("New turn")).stable == ""
+
+
+def test_a_window_that_no_longer_starts_at_the_turn_start_still_aligns() -> None:
+    """Past max_utterance_s the decoded window drops the turn's first words."""
+    t = StreamingTranscript()
+    t.finalize(hyp("one two three four five"))
+    t.update(hyp("three four five six seven"))
+    p = t.update(hyp("four five six seven eight"))
+    assert p.stable == "one two three four five six seven"
+    assert p.unstable == "eight"
+
+
+def test_random_hypothesis_streams_never_shrink_the_stable_text() -> None:
+    rng = np.random.default_rng(1)
+    vocab = ["yes", "no", "the", "bill", "was", "paid", "twice", "Bill,", "Paid."]
+    for _ in range(200):
+        t = StreamingTranscript()
+        truth = list(rng.choice(vocab, size=12))
+        stable: list[str] = []
+        for n in range(1, 13):
+            words = truth[:n]
+            if rng.random() < 0.4:  # a wrong last word, as a cut-off word often is
+                words = [*words[:-1], str(rng.choice(vocab))]
+            p = t.update(hyp(" ".join(words)))
+            now = p.stable.split()
+            assert now[: len(stable)] == stable
+            stable = now
+        assert t.finalize(hyp(" ".join(truth))).stable.split()[: len(stable)] == stable
+
+
+# --- the schedule ---
+
+
+def test_partials_are_due_every_interval_while_speaking_one_in_flight() -> None:
+    s = PartialSchedule(interval_ms=480, max_utterance_s=28.0, pad_s=0.2)
+    assert s.poll(1.0) is None  # no speech yet
+    s.speech_start(1.0)
+    assert s.poll(1.2) is None  # too little audio
+    assert s.poll(1.46) is None  # interval not reached
+    w = s.poll(1.48)
+    assert w == DecodeWindow(start_s=0.8, end_s=1.48, final=False, turn=0)
+    assert s.poll(2.5) is None  # one in flight
+    assert s.decoded(w) is None
+    w2 = s.poll(2.5)  # more than an interval of audio since the last decode's end: due at once
+    assert w2 is not None and w2.end_s == 2.5 and not w2.final
+    s.decoded(w2)
+    assert s.poll(2.9) is None and s.poll(2.98) is not None
+
+
+def test_speech_end_gives_a_final_decode_now_or_after_the_one_in_flight() -> None:
+    s = PartialSchedule(interval_ms=480, max_utterance_s=28.0)
+    s.speech_start(0.5)
+    f = s.speech_end(0.9)
+    assert f is not None and f.final and f.end_s == 0.9
+    s.decoded(f)
+    assert s.poll(2.0) is None  # not speaking: no partials
+    s.speech_start(1.5)  # same turn (a hold pause): window still starts at the turn start
+    w = s.poll(2.0)
+    assert w is not None and w.start_s == pytest.approx(0.3)
+    assert s.speech_end(2.1) is None  # a partial is in flight: the final waits
+    f = s.decoded(w)
+    assert f is not None and f.final and f.end_s == 2.1 and f.start_s == pytest.approx(0.3)
+
+
+def test_windows_are_capped_and_turn_end_makes_results_stale() -> None:
+    s = PartialSchedule(interval_ms=480, max_utterance_s=28.0)
+    s.speech_start(10.0)
+    w = s.poll(45.0)
+    assert w is not None and w.start_s == pytest.approx(17.0) and w.end_s - w.start_s == pytest.approx(28.0)
+    s.end_turn()
+    assert not s.is_current(w)
+    assert s.decoded(w) is None and s.in_flight is None
+    s.speech_start(50.0)
+    w2 = s.poll(50.5)
+    assert w2 is not None and w2.turn == 1 and s.is_current(w2) and w2.start_s == pytest.approx(49.8)
+    assert s.speech_end(50.6) is None  # w2 in flight
+    assert s.decoded(w) is None  # the old one finishing late changes nothing
+    assert s.decoded(w2) is not None
+
+
+def test_window_never_starts_before_the_stream() -> None:
+    s = PartialSchedule(interval_ms=480, max_utterance_s=28.0, pad_s=0.2)
+    s.speech_start(0.05)
+    w = s.speech_end(0.5)
+    assert w is not None and w.start_s == 0.0
+
+
+# --- decoder helpers ---
+
+
+def test_encoder_window_is_utterance_plus_margin_rounded_to_the_bucket() -> None:
+    o = DecodeOptions(margin_s=1.0, bucket_s=1.0, min_window_s=2.0)
+    assert encoder_frames(16000, o) == 200
+    assert encoder_frames(16001, o) == 300
+    assert encoder_frames(0, o) == 200
+    assert encoder_frames(28 * 16000, o) == 2900
+    assert encoder_frames(30 * 16000, o) == 3000  # never more than Whisper's window
+    assert encoder_frames(3 * 16000, DecodeOptions(margin_s=0.5, bucket_s=0.5, min_window_s=1.0)) == 350
+    assert encoder_frames(16000, DecodeOptions(min_window_s=4.0)) == 400  # short answers get a longer window
+
+
+def test_text_is_cut_where_a_segment_starts_after_the_audio() -> None:
+    ts, eot = 50364, 50257  # Whisper's <|0.00|> and <|endoftext|>
+    tokens = [ts, 10, 11, ts + 50, ts + 50, 12, ts + 90, ts + 150, 10, 11, ts + 200]
+    assert cut_at_audio_end(tokens, ts, eot, audio_s=2.0, tolerance_s=0.3) == [10, 11, 12]
+    assert cut_at_audio_end(tokens, ts, eot, audio_s=4.0, tolerance_s=0.3) == [10, 11, 12, 10, 11]
+    assert cut_at_audio_end([ts, 10, eot, 11], ts, eot, audio_s=4.0, tolerance_s=0.3) == [10]
+
+
+def test_a_segment_repeating_the_one_before_ends_the_text() -> None:
+    ts, eot = 50364, 50257
+    loop = [ts, 10, 11, ts + 50, ts + 50, 10, 11, ts + 100, ts + 100, 10]  # "A B. A B. A" (hit the length cap)
+    assert cut_at_audio_end(loop, ts, eot, audio_s=9.0, tolerance_s=0.1) == [10, 11]
+    # Different text in the next segment is kept, and a segment that merely starts like the last one too.
+    assert cut_at_audio_end([ts, 10, ts + 50, ts + 50, 10, 12, eot], ts, eot, 9.0, 0.1) == [10, 10, 12]
+
+
+def test_audio_checks() -> None:
+    check_audio(np.zeros(16000, np.int16))
+    with pytest.raises(ValueError, match="int16"):
+        check_audio(np.zeros(16000, np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        check_audio(np.zeros((2, 16000), np.int16))
+    with pytest.raises(ValueError, match="at most 28 s"):
+        check_audio(np.zeros(29 * 16000, np.int16))
+    o = DecodeOptions()
+    assert is_silent(np.zeros(16000, np.int16), o)
+    assert is_silent(np.full(800, 3000, np.int16), o)  # 50 ms: too short for a word
+    assert not is_silent((np.sin(np.arange(16000) / 5) * 3000).astype(np.int16), o)
+
+
+def test_punctuation_joins_its_word() -> None:
+    raw = [
+        {"word": " Hi", "probs": [0.9]},
+        {"word": ",", "probs": [0.5]},
+        {"word": ' "', "probs": [0.4]},
+        {"word": "yes", "probs": [0.8]},
+        {"word": '".', "probs": [0.7]},
+    ]
+    assert [w["word"] for w in merge_punctuation(raw)] == [" Hi,", ' "yes".']
