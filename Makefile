@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa serve clean
+.PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
+	bench-echo bench-load bench-pa-speech serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,7 +36,7 @@ integration: setup  ## real tritonserver, real models
 e2e: setup  ## whole stack through the real CLI and SDK
 	@$(PY) -m pytest -q tests/e2e
 
-bench: setup bench-turns bench-pa  ## floor comparison table + perf_analyzer capacity summary
+bench: setup bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
 	@$(PY) perf/bench_turns.py --split check --out perf/out/bench_turns_check.json
@@ -43,6 +44,21 @@ bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alon
 
 bench-pa: setup  ## perf_analyzer on vad / turn / floor at concurrency 1..32
 	@bash perf/pa_floor.sh
+
+bench-conversation: setup  ## response latency, speculation, barge-in: speculation on vs off, held-out calls
+	@$(PY) perf/bench_conversation.py --split check --systems duet,duet-nospec
+	@$(PY) perf/bench_conversation.py --split check --systems duet --echo
+
+bench-echo: setup  ## echo canceller vs muting the mic vs nothing, on simulated speaker bleed
+	@$(PY) perf/bench_echo.py
+
+bench-load: setup  ## how many simultaneous real-time conversations one machine carries
+	@$(PY) perf/session_load.py
+
+bench-pa-speech: setup  ## perf_analyzer on asr, and streaming llm / tts
+	@bash perf/pa_asr.sh
+	@bash perf/pa_llm.sh
+	@bash perf/pa_tts.sh
 
 serve: setup  ## run the stack in the foreground
 	@$(VENV)/bin/duet serve

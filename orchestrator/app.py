@@ -48,6 +48,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         await asyncio.to_thread(embedded.start)
         url = embedded.grpc_url
     models = TritonModels(url, timeout_s=settings.triton.request_timeout_s)
+    models.llm_timeout_s = settings.llm.timeout_s
     server: grpc.aio.Server | None = None
     try:
         await models.ready(tuple(m for m in settings.triton.models if m in SERVED_MODELS))

@@ -7,10 +7,12 @@ transport stays replaceable. Failures become `ModelUnavailable` with the model's
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
@@ -176,6 +178,142 @@ class TritonModels:
 
     # --- asr (model `asr`) ---
 
+    async def transcribe(self, audio: I16, prompt: str = "", *, word_timings: bool = True) -> Transcript:
+        """One utterance (16 kHz int16, ≤ 28 s) -> text and word timings; the server batches across sessions.
+
+        `word_timings=False` leaves `words` empty and saves the alignment pass (up to ~30 % of the time): enough for
+        streaming partials, which compare text only. Silence or audio under 0.1 s gives an empty transcript;
+        audio over 28 s fails with ModelUnavailable carrying the model's message.
+        """
+        if audio.dtype != np.int16 or audio.ndim != 1:
+            raise ValueError(f"transcribe needs 1-D int16 PCM, got {audio.dtype} {list(audio.shape)}")
+        a = grpcclient.InferInput("AUDIO", [1, audio.shape[0]], "INT16")
+        a.set_data_from_numpy(audio.reshape(1, -1))
+        p = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
+        p.set_data_from_numpy(np.array([[prompt.encode()]], dtype=np.object_))
+        wt = grpcclient.InferInput("WORD_TIMESTAMPS", [1, 1], "BOOL")
+        wt.set_data_from_numpy(np.array([[word_timings]], dtype=np.bool_))
+        res = await self._infer("asr", [a, p, wt], ["TEXT", "WORDS"])
+        words = json.loads(res.as_numpy("WORDS").reshape(-1)[0])
+        return Transcript(
+            text=res.as_numpy("TEXT").reshape(-1)[0].decode(),
+            words=tuple(Word(w["w"], float(w["s"]), float(w["e"]), float(w["p"])) for w in words),
+        )
+
     # --- llm (model `llm`, decoupled) ---
 
+    # Longest wait for the next piece of a reply. Longer than `timeout_s`: the first piece waits for a free
+    # instance and the prompt's evaluation (seconds on a loaded CPU). Set it from `LlmSettings.timeout_s`.
+    llm_timeout_s: float = 30.0
+
+    @staticmethod
+    def _llm_inputs(request: LlmRequest) -> list[Any]:
+        def tensor(name: str, dtype: str, value: npt.NDArray[Any]) -> Any:
+            t = grpcclient.InferInput(name, [1, 1], dtype)
+            t.set_data_from_numpy(value.reshape(1, 1))
+            return t
+
+        messages = json.dumps([{"role": m.role, "content": m.content} for m in request.messages])
+        return [
+            tensor("MESSAGES", "BYTES", np.array([messages.encode()], dtype=np.object_)),
+            tensor("MAX_TOKENS", "INT32", np.array([request.max_tokens], dtype=np.int32)),
+            tensor("TEMPERATURE", "FP32", np.array([request.temperature], dtype=np.float32)),
+            tensor("STOP", "BYTES", np.array([json.dumps(list(request.stop)).encode()], dtype=np.object_)),
+        ]
+
+    async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
+        """Stream the reply's text pieces from the decoupled `llm` model over one gRPC stream.
+
+        Closing this generator early (`aclose()`, or cancelling the task that iterates it) cancels the gRPC
+        call; Triton then marks the request cancelled and the model stops generating at the next token.
+        `llm_timeout_s` bounds the wait for each piece, not the whole reply.
+        """
+        inputs = self._llm_inputs(request)
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": "llm",
+                "inputs": inputs,
+                "outputs": [grpcclient.InferRequestedOutput("TEXT")],
+                "request_id": request.request_id,
+                # Triton then sends the FINAL flag as its own (empty) response: the end of this reply.
+                "parameters": {"triton_enable_empty_final_response": True},
+            }
+
+        stream = self._client.stream_infer(inputs_iterator=one_request())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.llm_timeout_s):
+                        result, error = await anext(stream)
+                except StopAsyncIteration:
+                    raise ModelUnavailable("model 'llm' closed the stream before its final response") from None
+                except TimeoutError as exc:
+                    raise ModelUnavailable(f"model 'llm' sent nothing for {self.llm_timeout_s:.0f}s") from exc
+                except grpc.RpcError as exc:
+                    raise ModelUnavailable(f"model 'llm' is not reachable at {self.url}: {exc}") from exc
+                if error is not None:
+                    raise ModelUnavailable(f"model 'llm' failed: {error.message()}")
+                response = result.get_response()
+                if result.as_numpy("TEXT") is not None:
+                    piece = result.as_numpy("TEXT").reshape(-1)[0]
+                    if piece:
+                        yield piece.decode() if isinstance(piece, bytes) else str(piece)
+                if response.parameters["triton_final_response"].bool_param:
+                    return
+        finally:
+            # A no-op once the call has finished; otherwise this is what cancels the request in Triton.
+            stream.cancel()
+
     # --- tts (model `tts`, decoupled) ---
+
+    async def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
+        """Stream `text` as speech from the decoupled `tts` model, one chunk per sentence, as each is ready.
+
+        Closing this generator early (`aclose()`, or cancelling the task that iterates it) cancels the gRPC
+        call; Triton marks the request cancelled and the model stops before its next sentence.
+        `timeout_s` bounds the wait for each sentence, not the whole text.
+        """
+        inputs = []
+        for name, value in (("TEXT", text), ("VOICE", voice)):
+            t = grpcclient.InferInput(name, [1, 1], "BYTES")
+            t.set_data_from_numpy(np.array([[value.encode()]], dtype=np.object_))
+            inputs.append(t)
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": "tts",
+                "inputs": inputs,
+                "outputs": [grpcclient.InferRequestedOutput(o) for o in ("AUDIO", "TEXT", "PHONEMES")],
+                # Triton then sends the FINAL flag as its own (empty) response: the end of this text.
+                "parameters": {"triton_enable_empty_final_response": True},
+            }
+
+        stream = self._client.stream_infer(inputs_iterator=one_request())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        result, error = await anext(stream)
+                except StopAsyncIteration:
+                    raise ModelUnavailable("model 'tts' closed the stream before its final response") from None
+                except TimeoutError as exc:
+                    raise ModelUnavailable(f"model 'tts' sent nothing for {self.timeout_s:.0f}s") from exc
+                except grpc.RpcError as exc:
+                    raise ModelUnavailable(f"model 'tts' is not reachable at {self.url}: {exc}") from exc
+                if error is not None:
+                    raise ModelUnavailable(f"model 'tts' failed: {error.message()}")
+                pcm = result.as_numpy("AUDIO")
+                if pcm is not None:
+                    spoken = result.as_numpy("TEXT").reshape(-1)[0]
+                    timings = json.loads(result.as_numpy("PHONEMES").reshape(-1)[0])
+                    yield SpeechChunk(
+                        pcm=pcm.reshape(-1).astype(np.int16, copy=False),
+                        text=spoken.decode() if isinstance(spoken, bytes) else str(spoken),
+                        phonemes=tuple(Phoneme(p["p"], float(p["s"]), float(p["e"])) for p in timings),
+                    )
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    return
+        finally:
+            # A no-op once the call has finished; otherwise this is what cancels the request in Triton.
+            stream.cancel()

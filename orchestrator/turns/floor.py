@@ -136,7 +136,10 @@ class FloorMachine:
         commit = p_yield >= self.s.commit_threshold and ev.pause_ms >= self.s.min_commit_pause_ms
         if commit and self.phase is Phase.SPEAKING:
             out.append(Emit("speech_end", ev.t))  # committed from the fast path: close the segment first
-        if p_yield >= self.s.tentative_threshold and not self._tentative:
+        # Tentative only once speech_end is confirmed (or together with a commit): a fast-path estimate inside
+        # a short dip in speech would start speculation the next words make stale at once.
+        paused = self.phase is Phase.PAUSED or commit
+        if p_yield >= self.s.tentative_threshold and not self._tentative and paused:
             self._tentative = True
             out.append(Emit("eot_tentative", ev.t, {"p_yield": round(p_yield, 4)}))
         if commit:

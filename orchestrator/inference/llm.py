@@ -1,0 +1,345 @@
+"""The local language model: a GGUF run by llama.cpp, streamed token by token with a cancellation check.
+
+The Triton `llm` model is thin glue around `LlamaEngine`. One engine owns one llama.cpp context, which is
+not thread safe, so a Triton instance holds one engine and serves one request at a time. The engine keeps
+its context between requests: llama.cpp then reuses the KV cache for the prompt prefix it already holds
+(the system prompt and earlier turns of a growing conversation) and only evaluates the new suffix.
+
+Text is streamed as it is generated, except what might be the start of a stop sequence: that is held back
+until the next tokens show whether it is one (`StopMatcher`), so a stop string split across tokens never
+reaches the caller.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+MAX_STOPS = 8
+MAX_STOP_CHARS = 64
+
+
+class LlmInputError(ValueError):
+    """A request the model cannot serve (bad JSON, unknown role, too long); the message says which input."""
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+def parse_messages(raw: str | bytes) -> list[Message]:
+    """MESSAGES: a JSON list of {"role": "system"|"user"|"assistant", "content": str}, ending with a user turn."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LlmInputError(f"MESSAGES is not valid JSON: {exc}") from exc
+    if not isinstance(data, list) or not data:
+        raise LlmInputError('MESSAGES must be a non-empty JSON list of {"role", "content"} objects')
+    out = []
+    for i, m in enumerate(data):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise LlmInputError(f'MESSAGES[{i}] must be an object with string "role" and "content"')
+        if m["role"] not in ROLES:
+            raise LlmInputError(f"MESSAGES[{i}].role is {m['role']!r}; expected one of {', '.join(ROLES)}")
+        out.append(Message(m["role"], m["content"]))
+    if out[-1].role == "assistant":
+        raise LlmInputError("MESSAGES must not end with an assistant turn: the model writes the next one")
+    return out
+
+
+def parse_stop(raw: str | bytes) -> tuple[str, ...]:
+    """STOP: a JSON list of up to 8 non-empty strings (empty input = no stop sequences)."""
+    if not raw or (isinstance(raw, bytes) and not raw.strip()) or (isinstance(raw, str) and not raw.strip()):
+        return ()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LlmInputError(f"STOP is not valid JSON: {exc}") from exc
+    if not isinstance(data, list) or not all(isinstance(s, str) and s for s in data):
+        raise LlmInputError("STOP must be a JSON list of non-empty strings")
+    if len(data) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in data):
+        raise LlmInputError(f"STOP allows at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters")
+    return tuple(data)
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, even when one is split across tokens.
+
+    `feed` returns the text that is safe to emit now: everything before a stop string, or, while none is
+    found, everything except the longest tail that could still grow into one.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.stopped = False
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        buf = self._pending + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._pending = ""
+            return buf[: min(hits)]
+        hold = self._partial_tail(buf)
+        self._pending = buf[len(buf) - hold :] if hold else ""
+        return buf[: len(buf) - hold]
+
+    def flush(self) -> str:
+        """At the end of generation the held tail was not a stop string after all: release it."""
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+    def _partial_tail(self, buf: str) -> int:
+        """Length of the longest suffix of `buf` that is a proper prefix of some stop string."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(buf)), best, -1):
+                if buf.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token: `text` is what may be emitted now (often "", while a stop string is pending)."""
+
+    text: str
+    token: int
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV entries were reused from the previous request
+    generated_tokens: int = 0
+    finish_reason: str = ""  # "stop" (end of turn or stop string), "length", "cancelled"
+
+
+class LlamaEngine:
+    """One llama.cpp context over a chat GGUF; `stream` generates for one request at a time."""
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, n_threads: int = 1, seed: int = 0) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._llama = Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_batch=256,
+            seed=seed,
+            verbose=False,
+        )
+        self.n_ctx = n_ctx
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{model_path} has no chat template (tokenizer.chat_template)")
+        self._eos = self._llama.token_eos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._piece(self._eos),
+            bos_token=self._piece(self._llama.token_bos()),
+        )
+
+    def _piece(self, token: int) -> str:
+        return self._llama.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        """The conversation in the GGUF's own chat template, ending with the assistant's turn opener."""
+        chat: Any = [{"role": m.role, "content": m.content} for m in messages]
+        rendered = self._formatter(messages=chat)
+        return list(self._llama.tokenize(rendered.prompt.encode(), add_bos=False, special=True))
+
+    def _is_end_of_turn(self, token: int) -> bool:
+        import llama_cpp
+
+        return token == self._eos or bool(llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token))
+
+    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+        held = list(self._llama._input_ids[: self._llama.n_tokens])
+        n = 0
+        for a, b in zip(held, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(tokens) - 1)  # llama.cpp re-evaluates at least one token to get fresh logits
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] = (),
+        cancelled: Callable[[], bool] = lambda: False,
+        stats: GenerationStats | None = None,
+    ) -> Iterator[Step]:
+        """Generate the assistant's reply, one `Step` per token. `cancelled` is polled before each token;
+        when it turns true generation stops at once. `stats` (if given) is filled in as it goes."""
+        stats = stats if stats is not None else GenerationStats()
+        if max_tokens < 1:
+            raise LlmInputError(f"MAX_TOKENS must be positive, got {max_tokens}")
+        if not 0.0 <= temperature <= 2.0:
+            raise LlmInputError(f"TEMPERATURE must be within [0, 2], got {temperature}")
+        tokens = self.prompt_tokens(messages)
+        if len(tokens) >= self.n_ctx:
+            raise LlmInputError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
+        max_tokens = min(max_tokens, self.n_ctx - len(tokens))
+        stats.prompt_tokens = len(tokens)
+        stats.cached_tokens = self._cached_prefix(tokens)
+        matcher = StopMatcher(stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+        if cancelled():
+            stats.finish_reason = "cancelled"
+            return
+        gen = self._llama.generate(tokens, temp=temperature, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
+        try:
+            for token in gen:
+                if self._is_end_of_turn(token):
+                    stats.finish_reason = "stop"
+                    break
+                stats.generated_tokens += 1
+                text = matcher.feed(decoder.decode(self._llama.detokenize([token])))
+                if matcher.stopped:
+                    stats.finish_reason = "stop"
+                    yield Step(text, token)
+                    return
+                if stats.generated_tokens >= max_tokens:
+                    stats.finish_reason = "length"
+                    yield Step(text + matcher.feed(decoder.decode(b"", final=True)) + matcher.flush(), token)
+                    return
+                yield Step(text, token)
+                if cancelled():
+                    stats.finish_reason = "cancelled"
+                    return
+            tail = matcher.feed(decoder.decode(b"", final=True))
+            tail += matcher.flush()
+            if tail:
+                yield Step(tail, -1)
+        finally:
+            gen.close()
+
+
+def generate_text(engine: LlamaEngine, messages: Sequence[Message], **kwargs: Any) -> str:
+    """The whole reply as one string (tests and tools; serving streams with `LlamaEngine.stream`)."""
+    return "".join(s.text for s in engine.stream(messages, **kwargs))
+
+
+def shared_turns(a: Sequence[Message], b: Sequence[Message]) -> int:
+    """How many leading messages two conversations have in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def best_engine(free: Sequence[tuple[int, Sequence[Message], int]], messages: Sequence[Message]) -> int:
+    """Among free engines (index, conversation it served last, when it was last used), the one whose KV cache
+    holds the longest prefix of `messages`; on a tie the least recently used, so a new conversation does not
+    evict the cache of the session that spoke last. Requests of one session thus return to the context that
+    already evaluated its history, instead of alternating between contexts as Triton's instances do."""
+    return min(free, key=lambda e: (-shared_turns(e[1], messages), e[2], e[0]))[0]
+
+
+class EnginePool:
+    """Several engines (llama.cpp contexts) in one process, one worker thread each; llama.cpp releases the
+    GIL while it computes, so they run in parallel. Jobs start in arrival order, each on the free engine
+    that holds the longest prefix of its conversation (`best_engine`).
+
+    A session's next turn often arrives while the engine holding its history is still finishing the last
+    reply (the client saw the final response a moment before the worker is free again). Evaluating the
+    whole history elsewhere costs seconds, so such a job waits up to `affinity_wait_s` for that engine.
+    """
+
+    def __init__(self, engines: Sequence[LlamaEngine], affinity_wait_s: float = 0.25) -> None:
+        self._engines = list(engines)
+        self.affinity_wait_s = affinity_wait_s
+        self._history: list[Sequence[Message]] = [() for _ in self._engines]
+        self._last_used = [0 for _ in self._engines]
+        self._served = 0
+        self._waiting: set[int] = set()
+        self._jobs: deque[tuple[Sequence[Message], Callable[[LlamaEngine], None], float]] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, args=(i,), name=f"llm-engine-{i}", daemon=True)
+            for i in range(len(self._engines))
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, messages: Sequence[Message], job: Callable[[LlamaEngine], None]) -> None:
+        """Queue `job(engine)`; it runs on a worker thread and must handle its own errors."""
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the engine pool is closed")
+            self._jobs.append((tuple(messages), job, time.monotonic()))
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        """Stop the workers after their current job; jobs still queued are not run."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _patience(self, messages: Sequence[Message], free_best: int, queued_at: float) -> float:
+        """Seconds to keep the head job waiting for a busy engine that holds much more of its conversation
+        (two or more messages beyond the best free engine: more than a shared system prompt); 0 = run now."""
+        busy = [k for k in range(len(self._engines)) if k not in self._waiting]
+        held = max((shared_turns(self._history[k], messages) for k in busy), default=0)
+        if held < shared_turns(self._history[free_best], messages) + 2:
+            return 0.0
+        return max(0.0, queued_at + self.affinity_wait_s - time.monotonic())
+
+    def _take(self, i: int) -> tuple[Sequence[Message], Callable[[LlamaEngine], None]] | None:
+        with self._cv:
+            self._waiting.add(i)
+            try:
+                while not self._closed:
+                    timeout = None
+                    if self._jobs:
+                        messages, job, queued_at = self._jobs[0]
+                        free = [(k, self._history[k], self._last_used[k]) for k in sorted(self._waiting)]
+                        best = best_engine(free, messages)
+                        timeout = self._patience(messages, best, queued_at) or None
+                        if best == i and timeout is None:
+                            self._jobs.popleft()
+                            self._served += 1
+                            self._last_used[i] = self._served
+                            self._history[i] = messages  # what this context's KV cache will hold
+                            if self._jobs:
+                                self._cv.notify_all()  # more queued: let the other free engines look
+                            return messages, job
+                        if best != i and timeout is None:
+                            self._cv.notify_all()  # the head job belongs to another free engine: wake it
+                    self._cv.wait(timeout)
+                return None
+            finally:
+                self._waiting.discard(i)
+
+    def _work(self, i: int) -> None:
+        while (taken := self._take(i)) is not None:
+            try:
+                taken[1](self._engines[i])
+            except Exception:  # a job reports its own errors; the worker must outlive any of them
+                logging.getLogger("duet.llm").exception("llm job failed on engine %d", i)

@@ -1,0 +1,273 @@
+"""The LLM engine without Triton: input parsing, stop strings across tokens, and the real GGUF in-process."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from orchestrator.config import REPO_ROOT
+from orchestrator.inference.llm import (
+    EnginePool,
+    GenerationStats,
+    LlamaEngine,
+    LlmInputError,
+    Message,
+    StopMatcher,
+    best_engine,
+    generate_text,
+    parse_messages,
+    parse_stop,
+    shared_turns,
+)
+
+GGUF = REPO_ROOT / "model_repository" / "llm" / "1" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT = [Message("system", "You are a helpful assistant."), Message("user", "Name three colours.")]
+
+
+def test_parse_messages_accepts_a_chat() -> None:
+    raw = json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert parse_messages(raw) == [Message("system", "Be brief."), Message("user", "Hi")]
+    assert parse_messages(raw.encode()) == parse_messages(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'[{"role": "user"', "not valid JSON"),
+        (b'{"role": "user", "content": "hi"}', "non-empty JSON list"),
+        (b"[]", "non-empty JSON list"),
+        (b'[{"role": "user"}]', 'string "role" and "content"'),
+        (b'[{"role": "user", "content": 3}]', 'string "role" and "content"'),
+        (b'[{"role": "wizard", "content": "hi"}]', "MESSAGES[0].role is 'wizard'"),
+        (b'[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]', "assistant turn"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_parse_messages_names_what_is_wrong(raw: bytes, message: str) -> None:
+    with pytest.raises(LlmInputError, match=re.escape(message)):
+        parse_messages(raw)
+
+
+def test_parse_stop() -> None:
+    assert parse_stop(b"") == ()
+    assert parse_stop(b"[]") == ()
+    assert parse_stop('["\\n", "User:"]') == ("\n", "User:")
+    for bad in (b"[", b'"x"', b'[""]', b"[1]", json.dumps(["x"] * 9).encode(), json.dumps(["x" * 65]).encode()):
+        with pytest.raises(LlmInputError, match="STOP"):
+            parse_stop(bad)
+
+
+def feed_all(matcher: StopMatcher, pieces: list[str]) -> str:
+    return "".join(matcher.feed(p) for p in pieces) + matcher.flush()
+
+
+def test_stop_string_split_across_pieces_is_never_emitted() -> None:
+    m = StopMatcher(["User:"])
+    assert m.feed("Hello. Us") == "Hello. "  # "Us" might begin "User:": held back
+    assert m.feed("er") == ""
+    assert m.feed(": more") == ""
+    assert m.stopped
+    assert m.feed("anything") == "" and m.flush() == ""
+
+
+def test_a_held_tail_that_is_not_a_stop_string_is_released() -> None:
+    m = StopMatcher(["User:"])
+    assert m.feed("Use") == ""
+    assert m.feed("ful") == "Useful"
+    assert m.feed(" U") == " "
+    assert m.flush() == "U"  # generation ended: the tail was ordinary text
+    assert not m.stopped
+
+
+def test_earliest_stop_string_wins_and_no_stops_passes_through() -> None:
+    assert feed_all(StopMatcher(["c", "ab"]), ["xa", "bc"]) == "x"
+    assert feed_all(StopMatcher([]), ["a", "b", ""]) == "ab"
+    assert feed_all(StopMatcher(["\n"]), ["one line\nanother"]) == "one line"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LlamaEngine]:
+    if not GGUF.is_file():
+        pytest.fail(f"{GGUF} is missing: run `make setup` (scripts/bootstrap.sh extracts it)")
+    yield LlamaEngine(GGUF, n_ctx=1024, n_threads=1)
+
+
+def test_prompt_uses_the_gguf_chat_template(engine: LlamaEngine) -> None:
+    text = engine._llama.detokenize(engine.prompt_tokens(CHAT), special=True).decode()
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert text.endswith("<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_max_tokens_and_cancellation_stop_generation(engine: LlamaEngine) -> None:
+    story = [Message("user", "Write a long story about a dragon who bakes bread.")]
+    stats = GenerationStats()
+    text = generate_text(engine, story, max_tokens=4, temperature=0.0, stats=stats)
+    assert text and stats.generated_tokens == 4 and stats.finish_reason == "length"
+
+    polls = 0
+
+    def cancelled_after_two() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls > 3  # one poll before the prompt, then one after each token
+
+    stats = GenerationStats()
+    steps = list(engine.stream(story, max_tokens=100, temperature=0.0, cancelled=cancelled_after_two, stats=stats))
+    assert len(steps) == 3 and stats.generated_tokens == 3 and stats.finish_reason == "cancelled"
+
+
+def test_stop_string_cuts_the_same_greedy_reply(engine: LlamaEngine) -> None:
+    free = generate_text(engine, CHAT, max_tokens=24, temperature=0.0)
+    assert len(free) > 10, free
+    stop = free[3:8]  # spans a token boundary in any tokenisation of a 5-character piece of words
+    stats = GenerationStats()
+    cut = generate_text(engine, CHAT, max_tokens=24, temperature=0.0, stop=[stop], stats=stats)
+    assert cut == free[: free.find(stop)] and stats.finish_reason == "stop"
+
+
+def test_a_growing_conversation_reuses_the_cached_prefix(engine: LlamaEngine) -> None:
+    first = GenerationStats()
+    reply = generate_text(engine, CHAT, max_tokens=8, temperature=0.0, stats=first)
+    longer = [*CHAT, Message("assistant", reply), Message("user", "And three animals?")]
+    second = GenerationStats()
+    generate_text(engine, longer, max_tokens=8, temperature=0.0, stats=second)
+    assert first.prompt_tokens < second.prompt_tokens
+    assert second.cached_tokens >= first.prompt_tokens - 1  # only the new turns were evaluated
+
+
+def test_bad_limits_are_input_errors(engine: LlamaEngine) -> None:
+    with pytest.raises(LlmInputError, match="MAX_TOKENS"):
+        generate_text(engine, CHAT, max_tokens=0, temperature=0.3)
+    with pytest.raises(LlmInputError, match="TEMPERATURE"):
+        generate_text(engine, CHAT, max_tokens=4, temperature=-1.0)
+    with pytest.raises(LlmInputError, match="context holds"):
+        generate_text(engine, [Message("user", "word " * 2000)], max_tokens=4, temperature=0.3)
+
+
+# --- the OpenAI-compatible backend's stream parsing (orchestrator/openai_llm.py) ---
+
+
+def test_sse_events_split_anywhere_are_reassembled() -> None:
+    from orchestrator.openai_llm import SseParser
+
+    stream = b': keep-alive\r\n\r\ndata: {"a": 1}\r\n\r\nevent: x\ndata: line one\ndata: line two\n\ndata: [DONE]\n\n'
+    whole = SseParser().feed(stream)
+    assert whole == ['{"a": 1}', "line one\nline two", "[DONE]"]
+    parser = SseParser()
+    assert [e for i in range(len(stream)) for e in parser.feed(stream[i : i + 1])] == whole  # byte by byte
+
+
+def test_delta_text_and_endpoint_errors() -> None:
+    from orchestrator.errors import ModelUnavailable
+    from orchestrator.openai_llm import _endpoint_message, delta_text
+
+    assert delta_text('{"choices": [{"delta": {"content": "Hi"}}]}') == "Hi"
+    assert delta_text('{"choices": [{"delta": {"role": "assistant"}}]}') == ""
+    assert delta_text('{"choices": [{"delta": {}, "finish_reason": "stop"}]}') == ""
+    with pytest.raises(ModelUnavailable, match="overloaded"):
+        delta_text('{"error": {"message": "overloaded"}}')
+    with pytest.raises(ModelUnavailable, match="not JSON"):
+        delta_text("{oops")
+    assert _endpoint_message('{"error": {"message": "bad key", "type": "auth"}}') == "bad key"
+    assert _endpoint_message("<html>502 Bad Gateway</html>") == "<html>502 Bad Gateway</html>"
+
+
+# --- routing requests to the context that holds their conversation ---
+
+
+def test_best_engine_prefers_the_cached_conversation_then_the_least_recently_used() -> None:
+    a1 = [Message("system", "A"), Message("user", "hi")]
+    a2 = [*a1, Message("assistant", "hello"), Message("user", "more")]
+    b1 = [Message("system", "B"), Message("user", "yo")]
+    assert shared_turns(a1, a2) == 2 and shared_turns(a1, b1) == 0
+    assert best_engine([(0, (), 0), (1, a1, 5)], a2) == 1  # holds a2's history
+    assert best_engine([(0, a1, 5), (1, (), 0)], b1) == 1  # new conversation: leave a1's cache alone
+    assert best_engine([(0, (), 0), (1, (), 0)], b1) == 0
+
+
+def test_pool_runs_a_sessions_next_turn_on_the_engine_holding_its_history(engine: LlamaEngine) -> None:
+    second = LlamaEngine(GGUF, n_ctx=1024, n_threads=1)
+    pool = EnginePool([engine, second])
+    try:
+        a1 = [Message("system", "You are Ada."), Message("user", "Hi, I like rivers.")]
+        b1 = [Message("system", "You are Bo."), Message("user", "Hello, I like mountains.")]
+        ran: list[tuple[int, GenerationStats]] = []
+
+        def run(messages: list[Message]) -> str:
+            done, out = threading.Event(), []
+
+            def job(e: LlamaEngine) -> None:
+                stats = GenerationStats()
+                out.append(generate_text(e, messages, max_tokens=6, temperature=0.0, stats=stats))
+                ran.append((id(e), stats))
+                done.set()
+
+            pool.submit(messages, job)
+            assert done.wait(60)
+            return out[0]
+
+        a_reply = run(a1)
+        run(b1)  # both engines free: the new conversation takes the one not holding a1
+        run([*a1, Message("assistant", a_reply), Message("user", "Any advice for a walk?")])
+        (a1_engine, _), (b1_engine, _), (a2_engine, a2_stats) = ran
+        assert a1_engine != b1_engine and a2_engine == a1_engine
+        assert a2_stats.cached_tokens > 10  # the system prompt and first exchange were not evaluated again
+    finally:
+        pool.close()
+
+
+def test_pool_serves_jobs_in_parallel_and_survives_a_failing_job(engine: LlamaEngine) -> None:
+    pool = EnginePool([engine, LlamaEngine(GGUF, n_ctx=1024, n_threads=1)])
+    try:
+        started = threading.Barrier(2, timeout=30)  # both jobs must be running at the same time
+        done = threading.Semaphore(0)
+
+        def job(e: LlamaEngine) -> None:
+            started.wait()
+            done.release()
+
+        def failing(e: LlamaEngine) -> None:
+            raise RuntimeError("boom")
+
+        pool.submit(CHAT, failing)
+        pool.submit(CHAT, job)
+        pool.submit([Message("user", "other")], job)
+        assert done.acquire(timeout=30) and done.acquire(timeout=30)
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize(("hold_s", "same_engine"), [(0.05, True), (0.6, False)])  # affinity_wait_s: 0.25
+def test_next_turn_waits_briefly_for_the_busy_engine_holding_its_history(
+    engine: LlamaEngine, hold_s: float, same_engine: bool
+) -> None:
+    a1 = [Message("system", "You are Ada."), Message("user", "Hi.")]
+    a2 = [*a1, Message("assistant", "Hello!"), Message("user", "How are you?")]
+    pool = EnginePool([engine, LlamaEngine(GGUF, n_ctx=1024, n_threads=1)], affinity_wait_s=0.25)
+    release, ran, done = threading.Event(), [], threading.Semaphore(0)
+
+    def first_turn(e: LlamaEngine) -> None:
+        ran.append(e)
+        release.wait(5)
+        done.release()
+
+    def next_turn(e: LlamaEngine) -> None:
+        ran.append(e)
+        done.release()
+
+    try:
+        pool.submit(a1, first_turn)
+        while not ran:
+            time.sleep(0.005)
+        pool.submit(a2, next_turn)  # the engine holding a1 is still busy
+        time.sleep(hold_s)
+        release.set()
+        assert done.acquire(timeout=5) and done.acquire(timeout=5)
+        assert (ran[1] is ran[0]) == same_engine  # waited for it, or gave up and ran on the other one
+    finally:
+        pool.close()
