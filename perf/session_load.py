@@ -42,7 +42,7 @@ TARGET_P95_S = 1.0
 
 def scrape(metrics_url: str) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
-    for line in urllib.request.urlopen(f"{metrics_url}/metrics", timeout=5).read().decode().splitlines():
+    for line in urllib.request.urlopen(metrics_url, timeout=5).read().decode().splitlines():
         if m := METRIC.match(line):
             key = (m.group(2), m.group(1))
             out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])

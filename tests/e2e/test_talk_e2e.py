@@ -73,7 +73,7 @@ def test_spoken_exchange_writes_the_session_outputs(server: str, tmp_path: Path,
 
 
 def metric(url: str, name: str) -> float:
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(url, timeout=5).read().decode()  # EmbeddedTriton.metrics_url ends in /metrics
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
@@ -82,7 +82,7 @@ def test_speculation_is_cancelled_end_to_end_when_the_user_goes_on(
 ) -> None:
     """A hair-trigger tentative threshold makes every hold pause start a speculative reply; the user goes
     on talking, so each must be cancelled in Triton (its token counter stops) and never heard."""
-    before = metric(triton.metrics_url, "duet_llm_cancelled_total")
+    before = metric(triton.metrics_url, "duet_llm_cancelled_requests_total")
     r = talk(server, tmp_path, "--option", "floor.tentative_threshold=0.05")
     assert r.returncode == 0, r.stderr
     events = read_events(tmp_path)
@@ -90,7 +90,7 @@ def test_speculation_is_cancelled_end_to_end_when_the_user_goes_on(
     assert cancelled and {e["reason"] for e in cancelled} <= {"user_continued", "stale_transcript"}
     released = {e["reply_id"] for e in events if e["type"] == "replica_speaking_start"}
     assert released and not released & {e["reply_id"] for e in cancelled}
-    assert metric(triton.metrics_url, "duet_llm_cancelled_total") > before
+    assert metric(triton.metrics_url, "duet_llm_cancelled_requests_total") > before
 
 
 async def test_barge_in_stops_the_replica_and_history_keeps_what_was_heard(
