@@ -17,7 +17,7 @@ later); transcripts are cached in .cache/floor_asr_transcripts.pkl. With `--asr`
 if they beat the audio-only recipe on held-out voices (lower median latency, no more hold interruptions).
 
     .venv/bin/python perf/train_floor.py            # writes model_repository/floor_fusion/1/weights.json
-    .venv/bin/python perf/train_floor.py --reuse --asr [--asr-delay-ms 250]
+    .venv/bin/python perf/train_floor.py --reuse --asr --budget 1   # the shipped weights (see README)
     .venv/bin/python perf/train_floor.py --split check --asr --score W.json   # score frozen weights, no fitting
 """
 
@@ -273,6 +273,10 @@ def hazard(logit: F64, pause_ms: F64, knee_s: float, gain: float) -> F64:
     return out
 
 
+# Commit thresholds the policy search tries: coarse, then finer near 1 where text-bearing models land.
+THRESHOLDS = np.concatenate([np.round(np.arange(0.30, 0.99, 0.01), 3), np.round(np.arange(0.990, 0.9995, 0.001), 4)])
+
+
 def search(
     points: Sequence[Point],
     logit: F64,
@@ -288,7 +292,7 @@ def search(
     for knee in (0.2, 0.4, 0.7):
         for gain in (0.0, 1.0, 2.0, 4.0, 8.0):
             p = hazard(logit, pause, knee, gain)
-            for th in np.round(np.arange(0.30, 0.996, 0.01), 3):
+            for th in THRESHOLDS:
                 r = simulate(points, p, float(th), compute_ms, max_pause_ms, labels)
                 bad = r.interruptions + r.spurious
                 pol = Policy(float(th), knee, gain)
@@ -794,7 +798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pause_knee_s=pol.knee_s,
         pause_gain_per_s=pol.gain_per_s,
         note=f"trained by perf/train_floor.py{' --asr' if args.asr else ''} on perf/data/turns/{args.split} "
-        f"({len(points)} evaluation points, audio-only rows plus rows with {source}); "
+        f"({len(points)} evaluation points, audio-only rows plus rows with {source}; lexical cue of "
+        f"orchestrator/turns/lexical.py; policy budget {args.budget}); "
         f"policy threshold {pol.threshold:.2f} calibrated to floor.commit_threshold {target:.2f}",
         stats=stats,
     )
