@@ -58,7 +58,9 @@ class FloorSettings:
     max_pause_ms: int = 1800  # commit regardless after this much silence (safety net)
     min_commit_pause_ms: int = 0  # never commit on the model alone before this much silence
     backchannel_max_ms: int = 600  # replica speaking: shorter user speech is a backchannel
-    barge_in_ms: int = 320  # replica speaking: sustained user speech beyond this is a barge-in
+    # Replica speaking: sustained user speech beyond this is a barge-in. The replica already pauses at the
+    # speech onset, so this only decides between "drop the rest" and "resume"; long enough for "uh-huh".
+    barge_in_ms: int = 640
 
 
 @dataclass(frozen=True)

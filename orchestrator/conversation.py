@@ -49,8 +49,15 @@ Clock = Callable[[], float]
 
 TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
 FINAL_PAD_S = 0.10  # and after speech end, for the final decode
+PARTIAL_MIN_AUDIO_S = 0.8  # no partial decode of less speech than this: short windows make Whisper loop
 END_OF_STREAM_WAIT_S = 60.0  # at END, how long a reply still generating may take to finish
-STARTUP_GATE = 16  # -24 dB on the mic while the echo canceller is still locating the echo
+
+
+async def aclose(stream: Any) -> None:
+    """Close an async generator early (closing it cancels the model request behind it)."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class ConversationModels(FloorModels, SpeechSynthesizer, Protocol):
@@ -115,7 +122,10 @@ class ConversationSession:
         self._playback: Playback | None = None
         # streaming ASR of the current user turn (schedule and agreement are pure, in speech/transcript.py)
         self._schedule = PartialSchedule(
-            settings.asr.partial_interval_ms, settings.asr.max_utterance_s, pad_s=TURN_PAD_S
+            settings.asr.partial_interval_ms,
+            settings.asr.max_utterance_s,
+            pad_s=TURN_PAD_S,
+            min_audio_s=PARTIAL_MIN_AUDIO_S,
         )
         self._transcript = StreamingTranscript()
         self._asr_task: asyncio.Task[None] | None = None
@@ -142,13 +152,7 @@ class ConversationSession:
         if self.echo is not None:
             self.floor.timeline.check(pcm)  # a bad chunk is refused before anything sees it
             mic = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
-            clean = self.echo.process(self.samples, mic)
-            stats = self.echo.stats
-            if stats.far_active and stats.delay is None:
-                # The canceller has not located the echo yet (the first ~0.5 s the replica ever plays in this
-                # session): gate the mic rather than let its own voice reach the VAD as a barge-in.
-                clean = (clean.astype(np.int32) // STARTUP_GATE).astype(np.int16)
-            pcm = clean.astype("<i2").tobytes()
+            pcm = self.echo.process(self.samples, mic).astype("<i2").tobytes()
         await self.floor.audio(pcm, arrival)
         self._maybe_partial()
         await self._advance_playback()
@@ -200,13 +204,13 @@ class ConversationSession:
     async def _on_floor_event(self, event: dict[str, Any]) -> None:
         await self._emit(event)
         kind, t = str(event["type"]), float(event["t"])
-        onset = t - self.settings.floor.speech_start_ms / 1000  # speech_start is confirmed this late
+        onset = t - self.floor.machine.s.speech_start_ms / 1000  # speech_start is confirmed this late
         if kind == "speech_start" and not self.floor.machine.replica_speaking:
             self._schedule.speech_start(onset)
         elif kind == "barge_in":  # speech over the replica became a real turn: transcribe from its onset
-            self._schedule.speech_start(t - self.settings.floor.barge_in_ms / 1000)
+            self._schedule.speech_start(t - self.floor.machine.s.barge_in_ms / 1000)
         elif kind == "speech_end":
-            self._last_speech_end = t - self.settings.floor.speech_end_ms / 1000  # the last voiced audio
+            self._last_speech_end = t - self.floor.machine.s.speech_end_ms / 1000  # the last voiced audio
             window = self._schedule.speech_end(t + FINAL_PAD_S)
             self._awaiting_final = window is not None or self._schedule.in_flight is not None
             if window is not None:
@@ -330,21 +334,27 @@ class ConversationSession:
             clause_max_chars=self.settings.tts.clause_max_chars,
         )
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
-        text_parts: list[str] = []
 
         async def think() -> None:
             if self.llm is None:
                 raise DuetError("no LLM is configured for replies")
             try:
-                async for piece in self.llm.generate(request):
+                sentences = 0
+                stream = self.llm.generate(request)
+                async for piece in stream:
                     if reply.tokens == 0:
                         reply.latency["llm_first_token_ms"] = round((self._clock() - reply.started_wall) * 1000, 1)
                     reply.tokens += 1
-                    text_parts.append(piece)
                     for clause in splitter.feed(piece):
                         await clauses.put(clause)
-                for clause in splitter.flush():
-                    await clauses.put(clause)
+                        sentences += clause.rstrip().endswith((".", "!", "?"))
+                    if sentences >= self.persona.max_sentences:
+                        # A spoken reply is short: stop generating (this cancels the request in Triton).
+                        await aclose(stream)
+                        break
+                else:
+                    for clause in splitter.flush():
+                        await clauses.put(clause)
             finally:
                 await clauses.put(None)
 
@@ -373,7 +383,8 @@ class ConversationSession:
             )
             await self._apply(self.machine.on_reply_failed(rid, failure.message, self.now))
             return
-        reply.audio.text = " ".join("".join(text_parts).split())
+        # What will be said: the spoken clauses (generation may have run a few tokens past the last one).
+        reply.audio.text = " ".join(" ".join(c.text for c in reply.audio.chunks).split())
         reply.audio.done = True
         await self._apply(self.machine.on_reply_done(rid, reply.audio.text, self.now))
 

@@ -32,8 +32,8 @@ class Dialogue:
         self.turns.append(Turn("user", text, t))
 
     def commit_replica(self, text: str, t: float, *, interrupted: bool) -> None:
-        # An interrupted reply is recorded as heard, marked so the model knows it was cut off.
-        self.turns.append(Turn("assistant", text + (" —" if interrupted and text else ""), t, interrupted))
+        # An interrupted reply is recorded as heard (no marker in the text: a small model imitates markers).
+        self.turns.append(Turn("assistant", text, t, interrupted))
 
     @property
     def last_replica_text(self) -> str:

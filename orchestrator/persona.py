@@ -26,6 +26,7 @@ class Persona:
     speculation: bool = True  # start replies on eot_tentative
     max_tokens: int = 64
     temperature: float = 0.3
+    max_sentences: int = 2  # stop generating after this many sentences: a spoken reply is short
 
 
 def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
@@ -41,7 +42,7 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
         raise BadOption(f"persona {persona_id!r}: cannot read {path.name}: {exc}") from exc
     if not isinstance(data, dict):
         raise BadOption(f"persona {persona_id!r}: {path.name} must hold a mapping")
-    allowed = {"name", "system_prompt", "voice", "speculation", "max_tokens", "temperature"}
+    allowed = {"name", "system_prompt", "voice", "speculation", "max_tokens", "temperature", "max_sentences"}
     unknown = set(data) - allowed
     if unknown:
         raise BadOption(f"persona {persona_id!r}: unknown keys {sorted(unknown)}")
@@ -57,9 +58,10 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
             speculation=bool(data.get("speculation", True)),
             max_tokens=int(data.get("max_tokens", 64)),
             temperature=float(data.get("temperature", 0.3)),
+            max_sentences=int(data.get("max_sentences", 2)),
         )
     except (TypeError, ValueError) as exc:
         raise BadOption(f"persona {persona_id!r}: {exc}") from exc
-    if not 1 <= persona.max_tokens <= 1024 or not 0.0 <= persona.temperature <= 2.0:
-        raise BadOption(f"persona {persona_id!r}: max_tokens must be 1..1024 and temperature 0..2")
+    if not 1 <= persona.max_tokens <= 1024 or not 0.0 <= persona.temperature <= 2.0 or persona.max_sentences < 1:
+        raise BadOption(f"persona {persona_id!r}: need max_tokens 1..1024, temperature 0..2, max_sentences >= 1")
     return persona

@@ -139,6 +139,21 @@ def cut_at_audio_end(
     return text
 
 
+def collapse_loops(tokens: list[int], min_repeats: int = 3, max_ngram: int = 12) -> list[int]:
+    """Cut a decoding loop: a run of tokens repeated `min_repeats` times or more in a row is kept once and
+    the text ends there. Greedy Whisper loops like this on short windows of speech ("the new address, the new
+    address, the new address, ..."); the repeats are never what was said."""
+    n = len(tokens)
+    for start in range(n):
+        for size in range(1, max_ngram + 1):
+            if start + size * min_repeats > n:
+                break
+            gram = tokens[start : start + size]
+            if all(tokens[start + k * size : start + (k + 1) * size] == gram for k in range(1, min_repeats)):
+                return tokens[: start + size]
+    return tokens
+
+
 def merge_punctuation(words: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Attach leading/trailing punctuation "words" to their neighbours (Whisper tokenises them apart)."""
     merged: list[dict[str, Any]] = []
@@ -324,7 +339,7 @@ class WhisperRecognizer:
         for r, s in zip(results, seconds, strict=True):
             no_speech = r.no_speech_prob > opts.no_speech_threshold and r.scores[0] < opts.logprob_threshold
             cut = cut_at_audio_end(r.sequences_ids[0], tok.timestamp_begin, tok.eot, s, opts.end_tolerance_s)
-            texts.append([] if no_speech else cut)
+            texts.append([] if no_speech else collapse_loops(cut))
         return texts
 
     def _align(

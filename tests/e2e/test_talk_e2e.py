@@ -77,9 +77,7 @@ def metric(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def test_speculation_is_cancelled_end_to_end_when_the_user_goes_on(
-    server: str, triton: Any, tmp_path: Path
-) -> None:
+def test_speculation_is_cancelled_end_to_end_when_the_user_goes_on(server: str, triton: Any, tmp_path: Path) -> None:
     """A hair-trigger tentative threshold makes every hold pause start a speculative reply; the user goes
     on talking, so each must be cancelled in Triton (its token counter stops) and never heard."""
     before = metric(triton.metrics_url, "duet_llm_cancelled_requests_total")

@@ -235,3 +235,14 @@ def test_punctuation_joins_its_word() -> None:
         {"word": '".', "probs": [0.7]},
     ]
     assert [w["word"] for w in merge_punctuation(raw)] == [" Hi,", ' "yes".']
+
+
+def test_decoding_loops_are_cut_to_one_occurrence() -> None:
+    from orchestrator.inference.asr import collapse_loops
+
+    loop = [5, 6, 7] * 5
+    assert collapse_loops([1, 2, *loop]) == [1, 2, 5, 6, 7]
+    assert collapse_loops([9, 9, 9, 9]) == [9]
+    said = [1, 2, 3, 1, 2, 4, 1, 2, 3]  # repeats, but not three times in a row
+    assert collapse_loops(said) == said
+    assert collapse_loops([]) == []

@@ -577,7 +577,7 @@ def test_driven_by_the_floor_machine_through_a_barge_in() -> None:
     and the replica's playback feeds back into the floor FSM, as the conversation session wires them."""
     win = 0.032
     speech = [(0.5, 2.0, "What time is it?"), (3.0, 4.2, "wait, tomorrow")]  # the second barges in
-    floor, replies = FloorMachine(FloorSettings()), ReplyMachine()
+    floor, replies = FloorMachine(FloorSettings(barge_in_ms=320)), ReplyMachine()
     ready: dict[int, float] = {}  # reply id -> when its first audio is buffered
     playing: tuple[int, float] | None = None  # reply id, end of its audio on the timeline
     log: list[Action] = []
