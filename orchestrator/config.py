@@ -51,7 +51,9 @@ class FloorSettings:
     vad_off: float = 0.35
     speech_start_ms: int = 64  # voiced audio needed to declare speech_start
     speech_end_ms: int = 64  # unvoiced audio needed to declare speech_end
-    tentative_threshold: float = 0.5
+    # Low on purpose: eot_tentative starts the speculative reply, and starting it early in the pause hides
+    # LLM + TTS behind the rest of the floor decision (a wrong guess costs only cancelled tokens).
+    tentative_threshold: float = 0.15
     commit_threshold: float = 0.8
     eval_interval_ms: int = 96  # re-evaluate the floor while a pause grows
     acoustic_refresh_ms: int = 400  # later in a pause, reuse the last Smart Turn/prosody outputs (fusion only)
