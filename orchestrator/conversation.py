@@ -49,6 +49,7 @@ Clock = Callable[[], float]
 
 TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
 FINAL_PAD_S = 0.10  # and after speech end, for the final decode
+RESUME_AFTER_S = 0.3  # quiet needed after a backchannel before the replica resumes
 PARTIAL_MIN_AUDIO_S = 0.8  # no partial decode of less speech than this: short windows make Whisper loop
 END_OF_STREAM_WAIT_S = 60.0  # at END, how long a reply still generating may take to finish
 
@@ -120,6 +121,7 @@ class ConversationSession:
         self._lead = settings.conversation.playback_lead_ms * SAMPLE_RATE // 1000
         self._replies: dict[int, _Reply] = {}
         self._playback: Playback | None = None
+        self._resume_at: int | None = None  # sample at which a paused reply resumes (after a backchannel)
         # streaming ASR of the current user turn (schedule and agreement are pure, in speech/transcript.py)
         self._schedule = PartialSchedule(
             settings.asr.partial_interval_ms,
@@ -181,6 +183,7 @@ class ConversationSession:
                 break
             await asyncio.wait(pending, timeout=max(deadline - self._clock(), 0.01))
         await self._apply(self.machine.finish(self.now))
+        self._resume_at = None
         if self._playback is not None:
             for seg in self._playback.flush():
                 await self._send(seg)
@@ -290,8 +293,9 @@ class ConversationSession:
                 await self._pause(a)
             elif isinstance(a, sp.ResumePlayback):
                 if self._playback is not None and self._playback.reply.reply_id == a.reply_id:
-                    self._playback.resume(self.samples)
-                    await self._emit({"type": "replica_resumed", "t": round(self.now, 4), "reply_id": a.reply_id})
+                    # Not at once: "Sorry, | actually..." starts with a short burst too. Resume only if the user
+                    # stays quiet a moment; speech before then keeps the replica paused (see `_pause`).
+                    self._resume_at = self.samples + int(RESUME_AFTER_S * SAMPLE_RATE)
             elif isinstance(a, sp.StopPlayback):
                 await self._stop(a)
             elif isinstance(a, sp.CommitUserTurn):
@@ -428,6 +432,9 @@ class ConversationSession:
         pb = self._playback
         if pb is None or pb.reply.reply_id != a.reply_id:
             return
+        if self._resume_at is not None:  # still paused: the resume simply does not happen
+            self._resume_at = None
+            return
         at = pb.pause(self.samples)
         if self.echo is not None:
             self.echo.play(at, np.zeros(self._lead + SAMPLE_RATE // 10, dtype=np.int16))
@@ -440,6 +447,7 @@ class ConversationSession:
         at = pb.pause(self.samples)
         spoken = pb.stop(at)
         self._playback = None
+        self._resume_at = None
         self.floor.replica(False)
         if self.echo is not None:
             self.echo.play(at, np.zeros(self._lead + SAMPLE_RATE // 10, dtype=np.int16))
@@ -458,6 +466,10 @@ class ConversationSession:
         pb = self._playback
         if pb is None:
             return
+        if self._resume_at is not None and self.samples >= self._resume_at:
+            self._resume_at = None
+            pb.resume(self.samples)
+            await self._emit({"type": "replica_resumed", "t": round(self.now, 4), "reply_id": pb.reply.reply_id})
         for seg in pb.due(self.samples):
             await self._send(seg)
         if pb.finished(self.samples):
