@@ -49,7 +49,6 @@ Clock = Callable[[], float]
 
 TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
 FINAL_PAD_S = 0.10  # and after speech end, for the final decode
-ECHO_GATE_RATIO = 0.5  # mic below half the replica's own level (-6 dB) while it plays counts as its echo
 RESUME_AFTER_S = 0.3  # quiet needed after a backchannel before the replica resumes
 PARTIAL_MIN_AUDIO_S = 0.8  # no partial decode of less speech than this: short windows make Whisper loop
 END_OF_STREAM_WAIT_S = 60.0  # at END, how long a reply still generating may take to finish
@@ -155,15 +154,7 @@ class ConversationSession:
         if self.echo is not None:
             self.floor.timeline.check(pcm)  # a bad chunk is refused before anything sees it
             mic = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
-            clean = self.echo.process(self.samples, mic)
-            if self.echo.stats.far_active:
-                # Reference-based gate: the canceller needs seconds of replica audio to converge, so until its
-                # output is clearly louder than anything the replica could leak, treat it as echo.
-                far = self.echo.far_level(self.samples - self.echo.max_delay - 320, self.samples + mic.shape[0])
-                level = float(np.sqrt(np.mean((clean.astype(np.float64) / 32768.0) ** 2)))
-                if level < ECHO_GATE_RATIO * far:
-                    clean = (clean.astype(np.int32) // 16).astype(np.int16)  # -24 dB
-            pcm = clean.astype("<i2").tobytes()
+            pcm = self.echo.process(self.samples, mic).astype("<i2").tobytes()
         await self.floor.audio(pcm, arrival)
         self._maybe_partial()
         await self._advance_playback()

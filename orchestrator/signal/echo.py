@@ -181,14 +181,6 @@ class EchoCanceller:
             passthrough=self._passthrough,
         )
 
-    def far_level(self, start: int, end: int, frame: int = 320) -> float:
-        """The loudest frame RMS (full scale = 1) of the replica audio placed in [start, end)."""
-        x = self._far.read(start, end)
-        if x.shape[0] < frame:
-            return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if x.shape[0] else 0.0
-        frames = x[: x.shape[0] // frame * frame].reshape(-1, frame).astype(np.float64)
-        return float(np.sqrt((frames**2).mean(axis=1)).max())
-
     def process(self, start_sample: int, mic: I16) -> I16:
         """Echo-reduced copy of the mic chunk [start_sample, start_sample + len); the chunk itself if no replica."""
         if mic.ndim != 1:

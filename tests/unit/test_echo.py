@@ -155,13 +155,3 @@ def test_replay_overwrites_and_bounds_are_checked() -> None:
         aec.play(5 * SR, tone)
     with pytest.raises(ValueError, match="1-D"):
         aec.process(0, np.zeros((2, CHUNK), dtype=np.int16))
-
-
-def test_far_level_reports_the_loudest_frame_of_the_replica_audio() -> None:
-    aec = EchoCanceller(16000)
-    assert aec.far_level(0, 3200) == 0.0
-    tone = (np.sin(np.arange(1600) / 5.0) * 16384).astype(np.int16)
-    aec.play(1600, tone)
-    level = aec.far_level(0, 6400)
-    assert abs(level - 0.5 / np.sqrt(2)) < 0.02
-    assert aec.far_level(3200, 6400) == 0.0
