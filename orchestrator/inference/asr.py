@@ -139,19 +139,36 @@ def cut_at_audio_end(
     return text
 
 
-def collapse_loops(tokens: list[int], min_repeats: int = 3, max_ngram: int = 12) -> list[int]:
-    """Cut a decoding loop: a run of tokens repeated `min_repeats` times or more in a row is kept once and
-    the text ends there. Greedy Whisper loops like this on short windows of speech ("the new address, the new
-    address, the new address, ..."); the repeats are never what was said."""
+def collapse_loops(tokens: list[int], min_repeats: int = 3, max_ngram: int = 12, long_ngram: int = 4) -> list[int]:
+    """Cut a decoding loop: a run of tokens repeated in a row is kept once and the text ends there. Greedy
+    Whisper loops on short or cut windows ("the new address, the new address, ..."; "can you check that for
+    me. Can you check that for me."). A phrase of `long_ngram` tokens or more counts after two occurrences
+    (people rarely say a whole phrase twice running), a shorter one after `min_repeats` ("no, no" is real)."""
     n = len(tokens)
     for start in range(n):
         for size in range(1, max_ngram + 1):
-            if start + size * min_repeats > n:
-                break
+            repeats = 2 if size >= long_ngram else min_repeats
+            if start + size * repeats > n:
+                continue
             gram = tokens[start : start + size]
-            if all(tokens[start + k * size : start + (k + 1) * size] == gram for k in range(1, min_repeats)):
+            if all(tokens[start + k * size : start + (k + 1) * size] == gram for k in range(1, repeats)):
                 return tokens[: start + size]
     return tokens
+
+
+def collapse_repeated_words(text: str, min_words: int = 3, max_words: int = 12) -> str:
+    """The same loop cut at the word level, where case and punctuation differ between the copies ("can you
+    check that for me. Can you check that for me."): a phrase of `min_words` or more words said twice in a
+    row is kept once, and the text ends there."""
+    words = text.split()
+    norm = [w.strip(".,!?;:\"'").lower() for w in words]
+    for start in range(len(words)):
+        for size in range(min_words, max_words + 1):
+            if start + 2 * size > len(words):
+                break
+            if norm[start : start + size] == norm[start + size : start + 2 * size]:
+                return " ".join(words[: start + size])
+    return text
 
 
 def merge_punctuation(words: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -317,7 +334,11 @@ class WhisperRecognizer:
             for i, t in zip(rows, decoded, strict=True):
                 texts[i] = t
         words = self._align(encoded, [t if want else [] for t, want in zip(texts, timings, strict=True)], content)
-        return [Recognition(self.tokenizer.decode(t).strip(), w) for t, w in zip(texts, words, strict=True)]
+        out = []
+        for t, w in zip(texts, words, strict=True):
+            text = collapse_repeated_words(self.tokenizer.decode(t).strip())
+            out.append(Recognition(text, w[: len(text.split())] if w else w))
+        return out
 
     def _rows(self, encoded: Any, rows: list[int]) -> Any:
         return self._ct2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[rows]))

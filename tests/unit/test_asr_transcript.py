@@ -243,6 +243,19 @@ def test_decoding_loops_are_cut_to_one_occurrence() -> None:
     loop = [5, 6, 7] * 5
     assert collapse_loops([1, 2, *loop]) == [1, 2, 5, 6, 7]
     assert collapse_loops([9, 9, 9, 9]) == [9]
-    said = [1, 2, 3, 1, 2, 4, 1, 2, 3]  # repeats, but not three times in a row
+    said = [1, 2, 3, 1, 2, 4, 1, 2, 3]  # repeats, but not in a row
     assert collapse_loops(said) == said
+    assert collapse_loops([3, 3, 8]) == [3, 3, 8]  # "no, no" is real speech
+    phrase = [10, 11, 12, 13, 14]
+    assert collapse_loops([*phrase, *phrase]) == phrase  # a whole phrase twice running is a loop
     assert collapse_loops([]) == []
+
+
+def test_repeated_phrases_are_cut_whatever_their_case_and_punctuation() -> None:
+    from orchestrator.inference.asr import collapse_repeated_words
+
+    assert collapse_repeated_words("can you check that for me. Can you check that for me.") == (
+        "can you check that for me."
+    )
+    assert collapse_repeated_words("I think I think so.") == "I think I think so."  # two words: real speech
+    assert collapse_repeated_words("Hi. I'm calling about my bill.") == "Hi. I'm calling about my bill."
