@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -228,15 +228,35 @@ class TritonModels:
         call; Triton then marks the request cancelled and the model stops generating at the next token.
         `llm_timeout_s` bounds the wait for each piece, not the whole reply.
         """
-        inputs = self._llm_inputs(request)
+        responses = self._stream(
+            "llm", self._llm_inputs(request), ["TEXT"], self.llm_timeout_s, request_id=request.request_id
+        )
+        try:
+            async for result in responses:
+                if result.as_numpy("TEXT") is not None:
+                    piece = result.as_numpy("TEXT").reshape(-1)[0]
+                    if piece:
+                        yield piece.decode() if isinstance(piece, bytes) else str(piece)
+        finally:
+            await responses.aclose()  # closing us must cancel the request now, not when GC gets to it
+
+    async def _stream(
+        self, model: str, inputs: list[Any], outputs: list[str], timeout_s: float, request_id: str = ""
+    ) -> AsyncGenerator[Any, None]:
+        """One request to a decoupled model over a gRPC stream: its responses until the FINAL flag.
+
+        Closing this generator early (`aclose()`, or cancelling the task iterating it) cancels the gRPC call:
+        Triton marks the request cancelled and the model stops at its next check. `timeout_s` bounds the wait
+        for each response, not the whole stream.
+        """
 
         async def one_request() -> AsyncIterator[dict[str, Any]]:
             yield {
-                "model_name": "llm",
+                "model_name": model,
                 "inputs": inputs,
-                "outputs": [grpcclient.InferRequestedOutput("TEXT")],
-                "request_id": request.request_id,
-                # Triton then sends the FINAL flag as its own (empty) response: the end of this reply.
+                "outputs": [grpcclient.InferRequestedOutput(o) for o in outputs],
+                "request_id": request_id,
+                # Triton then sends the FINAL flag as its own (empty) response: the end of this request.
                 "parameters": {"triton_enable_empty_final_response": True},
             }
 
@@ -244,22 +264,18 @@ class TritonModels:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.llm_timeout_s):
+                    async with asyncio.timeout(timeout_s):
                         result, error = await anext(stream)
                 except StopAsyncIteration:
-                    raise ModelUnavailable("model 'llm' closed the stream before its final response") from None
+                    raise ModelUnavailable(f"model {model!r} closed the stream before its final response") from None
                 except TimeoutError as exc:
-                    raise ModelUnavailable(f"model 'llm' sent nothing for {self.llm_timeout_s:.0f}s") from exc
+                    raise ModelUnavailable(f"model {model!r} sent nothing for {timeout_s:.0f}s") from exc
                 except grpc.RpcError as exc:
-                    raise ModelUnavailable(f"model 'llm' is not reachable at {self.url}: {exc}") from exc
+                    raise ModelUnavailable(f"model {model!r} is not reachable at {self.url}: {exc}") from exc
                 if error is not None:
-                    raise ModelUnavailable(f"model 'llm' failed: {error.message()}")
-                response = result.get_response()
-                if result.as_numpy("TEXT") is not None:
-                    piece = result.as_numpy("TEXT").reshape(-1)[0]
-                    if piece:
-                        yield piece.decode() if isinstance(piece, bytes) else str(piece)
-                if response.parameters["triton_final_response"].bool_param:
+                    raise ModelUnavailable(f"model {model!r} failed: {error.message()}")
+                yield result
+                if result.get_response().parameters["triton_final_response"].bool_param:
                     return
         finally:
             # A no-op once the call has finished; otherwise this is what cancels the request in Triton.
@@ -280,29 +296,9 @@ class TritonModels:
             t.set_data_from_numpy(np.array([[value.encode()]], dtype=np.object_))
             inputs.append(t)
 
-        async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "model_name": "tts",
-                "inputs": inputs,
-                "outputs": [grpcclient.InferRequestedOutput(o) for o in ("AUDIO", "TEXT", "PHONEMES")],
-                # Triton then sends the FINAL flag as its own (empty) response: the end of this text.
-                "parameters": {"triton_enable_empty_final_response": True},
-            }
-
-        stream = self._client.stream_infer(inputs_iterator=one_request())
+        responses = self._stream("tts", inputs, ["AUDIO", "TEXT", "PHONEMES"], self.timeout_s)
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.timeout_s):
-                        result, error = await anext(stream)
-                except StopAsyncIteration:
-                    raise ModelUnavailable("model 'tts' closed the stream before its final response") from None
-                except TimeoutError as exc:
-                    raise ModelUnavailable(f"model 'tts' sent nothing for {self.timeout_s:.0f}s") from exc
-                except grpc.RpcError as exc:
-                    raise ModelUnavailable(f"model 'tts' is not reachable at {self.url}: {exc}") from exc
-                if error is not None:
-                    raise ModelUnavailable(f"model 'tts' failed: {error.message()}")
+            async for result in responses:
                 pcm = result.as_numpy("AUDIO")
                 if pcm is not None:
                     spoken = result.as_numpy("TEXT").reshape(-1)[0]
@@ -312,8 +308,5 @@ class TritonModels:
                         text=spoken.decode() if isinstance(spoken, bytes) else str(spoken),
                         phonemes=tuple(Phoneme(p["p"], float(p["s"]), float(p["e"])) for p in timings),
                     )
-                if result.get_response().parameters["triton_final_response"].bool_param:
-                    return
         finally:
-            # A no-op once the call has finished; otherwise this is what cancels the request in Triton.
-            stream.cancel()
+            await responses.aclose()
