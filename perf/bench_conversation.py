@@ -46,11 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
-import tempfile
-import time
 import wave
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -448,27 +445,10 @@ def run_talk(cmd: Sequence[str], out_dir: Path, duration: float) -> None:
 
 
 def start_server(cli: str, wait_s: float = 300.0) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `duet serve` on a free port (one thread per math library) and wait until a session answers."""
-    from orchestrator.launcher import free_port
+    """`duet serve` on a free port, ready once a session answers (the floor benchmark's own starter)."""
+    from perf.bench_turns import start_server as start_duet_serve
 
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log = tempfile.NamedTemporaryFile(prefix="duet-serve-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([cli, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"duet serve exited with {proc.returncode}; log: {log.name}")
-        probe = [cli, "turns", str(PROBE_WAV), "--jsonl", "--server", server, "--speed", "0"]
-        try:
-            if subprocess.run(probe, capture_output=True, timeout=60, check=False).returncode == 0:
-                return proc, server
-        except subprocess.TimeoutExpired:
-            pass
-        time.sleep(2.0)
-    proc.terminate()
-    raise RuntimeError(f"duet serve did not answer within {wait_s:.0f} s; log: {log.name}")
+    return start_duet_serve(cli, PROBE_WAV, wait_s)
 
 
 def score_run(label: Mapping[str, Any], out_dir: Path) -> FileScore:
