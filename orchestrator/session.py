@@ -49,7 +49,6 @@ class FloorSession:
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (chunk end sample, wall arrival)
         self.user_text = ""  # latest user transcript of the current turn (partial or final)
         self.context = ""  # what the replica said last
-        self.events_emitted = 0
         self._acoustics: FloorEstimate | None = None  # last full evaluation (Smart Turn + prosody)
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
@@ -101,5 +100,4 @@ class FloorSession:
         if e.type == "eot_commit":
             self.user_text = ""
         compute_ms = (self._clock() - self._arrival_of(e.t)) * 1000.0
-        self.events_emitted += 1
         await self._emit({"type": e.type, "t": round(e.t, 4), "compute_ms": round(compute_ms, 2), **e.data})

@@ -8,7 +8,6 @@ launcher that loads only `asr`, and the summary table.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from duet.wav import read_pcm16  # noqa: E402
 from orchestrator.config import TritonSettings  # noqa: E402
 from orchestrator.launcher import EmbeddedTriton  # noqa: E402
+from perf.pa_summary import row  # noqa: E402  (one perf_analyzer CSV row reader for every pa_*.sh)
 
 SR = 16000
 SCENARIOS = ("final", "partial")  # with word timings (speech-end decode) / text only (streaming partial)
@@ -60,22 +60,6 @@ def serve(repository: str) -> None:
     with EmbeddedTriton(TritonSettings(model_repository=repository, models=("asr",))) as server:
         print(server.grpc_url, flush=True)
         stop.wait()
-
-
-def row(path: Path) -> dict[str, float] | None:
-    if not path.exists():
-        return None
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return None
-    r = rows[0]
-    return {
-        "thr": float(r["Inferences/Second"]),
-        "p50": float(r["p50 latency"]) / 1000,
-        "p99": float(r["p99 latency"]) / 1000,
-        "queue": float(r["Server Queue"]) / 1000,
-    }
 
 
 def summary(out: Path) -> None:
