@@ -22,7 +22,7 @@ demo: setup  ## start the embedded stack and hold a spoken exchange with the shi
 test: setup lint typecheck unit integration e2e  ## lint, type-check, unit, integration and e2e tests
 
 lint: setup  ## ruff
-	@$(VENV)/bin/ruff check orchestrator clients perf tests
+	@$(VENV)/bin/ruff check orchestrator clients perf tests model_repository scripts
 
 typecheck: setup  ## mypy --strict on orchestrator/ and clients/
 	@$(VENV)/bin/mypy --strict orchestrator clients/duet perf/turns_eval.py

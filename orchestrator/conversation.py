@@ -74,6 +74,7 @@ class _Reply:
     started_wall: float = 0.0
     speculative: bool = False
     tokens: int = 0
+    generating: bool = False  # the LLM stream is open (a cancel now stops it in the model)
     latency: dict[str, float] = field(default_factory=dict)
 
 
@@ -342,6 +343,7 @@ class ConversationSession:
         async def think() -> None:
             if self.llm is None:
                 raise DuetError("no LLM is configured for replies")
+            reply.generating = True
             try:
                 sentences = 0
                 stream = self.llm.generate(request)
@@ -360,6 +362,7 @@ class ConversationSession:
                     for clause in splitter.flush():
                         await clauses.put(clause)
             finally:
+                reply.generating = False
                 await clauses.put(None)
 
         async def speak() -> None:
@@ -396,6 +399,7 @@ class ConversationSession:
         reply = self._replies.pop(a.reply_id, None)
         if reply is None:
             return
+        generating = reply.generating
         if reply.task is not None and not reply.task.done() and reply.task is not asyncio.current_task():
             reply.task.cancel()
             await asyncio.gather(reply.task, return_exceptions=True)
@@ -406,6 +410,7 @@ class ConversationSession:
                 "reply_id": a.reply_id,
                 "reason": a.reason,
                 "tokens": reply.tokens,
+                "generating": generating,
             }
         )
 

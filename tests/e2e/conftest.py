@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,13 +13,26 @@ from typing import Any
 
 import pytest
 
+from orchestrator.config import REPO_ROOT
 from orchestrator.launcher import free_port
 
 DUET = str(Path(sys.executable).parent / "duet")
 
 
-def start_server(triton_url: str, port: int) -> subprocess.Popen[str]:
+# A persona that talks at length, for tests that need a reply still generating when the user goes on.
+STORYTELLER = """\
+name: Sam
+system_prompt: >-
+  You are Sam, a storyteller. Whatever the caller says, answer with a long, detailed story of many sentences.
+max_tokens: 200
+max_sentences: 12
+"""
+
+
+def start_server(triton_url: str, port: int, personas: Path | None = None) -> subprocess.Popen[str]:
     env = dict(os.environ, DUET_TRITON__URL=triton_url)
+    if personas is not None:
+        env["DUET_CONVERSATION__PERSONAS_DIR"] = str(personas)
     proc = subprocess.Popen(
         [DUET, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -43,9 +57,13 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(triton: Any) -> Iterator[str]:
+def server(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    personas = tmp_path_factory.mktemp("personas")
+    for shipped in (REPO_ROOT / "personas").glob("*.yaml"):
+        shutil.copy(shipped, personas)
+    (personas / "storyteller.yaml").write_text(STORYTELLER)
     port = free_port()
-    proc = start_server(triton.grpc_url, port)
+    proc = start_server(triton.grpc_url, port, personas)
     try:
         yield f"127.0.0.1:{port}"
     finally:

@@ -31,5 +31,5 @@ class TritonPythonModel:
             pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor("PROB", p), pb_utils.Tensor("STATE_OUT", s)]
             )
-            for p, s in zip(split_rows(prob, sizes), split_rows(state, sizes))
+            for p, s in zip(split_rows(prob, sizes), split_rows(state, sizes), strict=True)
         ]
