@@ -47,3 +47,23 @@ class TritonStartError(DuetError):
 
 class ServerBusy(DuetError):
     code = "server_busy"
+
+
+class BadPortrait(DuetError):
+    """A replica portrait that cannot be used: unreadable, too small or large, no face or several faces."""
+
+    code = "bad_portrait"
+
+
+class BadEmotion(DuetError):
+    code = "bad_emotion"
+
+
+class BadTimings(DuetError):
+    """Malformed phoneme/word timings (or audio that does not match them)."""
+
+    code = "bad_timings"
+
+
+class BadFaceParams(DuetError):
+    code = "bad_face_params"
