@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
-	bench-echo bench-load bench-pa-speech serve clean
+	bench-echo bench-load bench-pa-speech bench-face serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -13,9 +13,12 @@ help:  ## list the targets
 setup:  ## create .venv, install Python + Debian packages, extract model files, generate gRPC code
 	@bash scripts/bootstrap.sh
 
-demo: setup  ## start the embedded stack and hold a spoken exchange with the shipped sample user
+demo: setup  ## a spoken exchange with the shipped sample user (reply.mp4: the face), then one rendered line
 	@echo "A recorded user (perf/data/samples/demo_user.wav) talks to the replica at real time:"
-	@$(VENV)/bin/duet talk --audio perf/data/samples/demo_user.wav --out perf/out/demo
+	@$(VENV)/bin/duet talk --audio perf/data/samples/demo_user.wav --out perf/out/demo --video --option video.size=384x384
+	@echo; echo "The replica's face saying one line (voice + face, H.264/AAC):"
+	@$(VENV)/bin/duet render --text "Hi, I'm Ava. I can help with appointments, bills and address changes." \
+	  --emotion happiness --out perf/out/demo/hello.mp4
 	@echo; echo "Floor events of the same file as fast as possible, as JSONL (the stable floor-event format):"
 	@$(VENV)/bin/duet turns perf/data/samples/demo_user.wav --speed 0 --jsonl
 
@@ -36,7 +39,7 @@ integration: setup  ## real tritonserver, real models
 e2e: setup  ## whole stack through the real CLI and SDK
 	@$(PY) -m pytest -q tests/e2e
 
-bench: setup bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech  ## every benchmark table
+bench: setup bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech bench-face  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
 	@$(PY) perf/bench_turns.py --split check --out perf/out/bench_turns_check.json
@@ -60,9 +63,12 @@ bench-pa-speech: setup  ## perf_analyzer on asr, and streaming llm / tts
 	@bash perf/pa_llm.sh
 	@bash perf/pa_tts.sh
 
+bench-face: setup  ## face renderer speed (render vs OpenCV remap), A/V sync, emotions, contact sheet + MP4
+	@$(PY) perf/bench_face.py
+
 serve: setup  ## run the stack in the foreground
 	@$(VENV)/bin/duet serve
 
 clean:  ## remove the venv, caches and extracted model files
-	rm -rf $(VENV) .cache perf/out clients/duet/proto model_repository/*/1/*.onnx \
+	rm -rf $(VENV) .cache perf/out clients/duet/proto model_repository/*/1/*.onnx faces/astronaut.png \
 	  model_repository/asr/1/whisper-base model_repository/llm/1/*.gguf model_repository/tts/1/voices

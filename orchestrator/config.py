@@ -25,7 +25,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class TritonSettings:
     url: str = ""  # gRPC host:port of an existing Triton; empty = launch the embedded one
     model_repository: str = str(REPO_ROOT / "model_repository")
-    models: tuple[str, ...] = ("vad", "turn", "prosody", "floor_fusion", "floor", "asr", "llm", "tts")
+    models: tuple[str, ...] = (
+        "vad",
+        "turn",
+        "prosody",
+        "floor_fusion",
+        "floor",
+        "asr",
+        "llm",
+        "tts",
+        "face_motion",
+        "face_render",
+    )
     http_port: int = 0  # 0 = pick a free loopback port
     grpc_port: int = 0
     metrics_port: int = 0
@@ -104,6 +115,22 @@ class ConversationSettings:
 
 
 @dataclass(frozen=True)
+class FaceSettings:
+    """The replica's video: which portrait, at what size and rate (the `video` session option turns it on)."""
+
+    face: str = "astronaut"  # faces/<face>.png|jpg, unless the persona names another
+    faces_dir: str = str(REPO_ROOT / "faces")
+    width: int = 512
+    height: int = 512
+    fps: float = 25.0
+    quality: int = 80  # JPEG quality of the frames on the stream
+    emotion: str = "neutral"  # unless the persona or a control message says otherwise
+    intensity: float = 0.6
+    chunk_s: float = 0.2  # a session renders its frames in chunks of this much session time
+    max_lag_s: float = 0.5  # frames further behind the session clock than this are dropped, not queued
+
+
+@dataclass(frozen=True)
 class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -112,6 +139,7 @@ class Settings:
     llm: LlmSettings = field(default_factory=LlmSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
+    face: FaceSettings = field(default_factory=FaceSettings)
     log_level: str = "INFO"
 
 
@@ -198,6 +226,13 @@ def validate(s: Settings) -> None:
         raise BadOption("llm.max_tokens must be positive")
     if s.server.max_sessions < 1 or s.server.inbox_chunks < 1:
         raise BadOption("server: max_sessions and inbox_chunks must be positive")
+    v = s.face
+    if not (1.0 <= v.fps <= 60.0 and 1 <= v.quality <= 100 and 0.0 <= v.intensity <= 1.0):
+        raise BadOption("face: need fps 1..60, quality 1..100, intensity 0..1")
+    if not (0.02 <= v.chunk_s <= 2.0 and v.max_lag_s >= v.chunk_s):
+        raise BadOption("face: need chunk_s 0.02..2 and max_lag_s >= chunk_s")
+    if not (64 <= v.width <= 3840 and 64 <= v.height <= 2160) or v.width % 2 or v.height % 2:
+        raise BadOption(f"face: {v.width}x{v.height} is not a supported size (even sides, 64..3840 x 64..2160)")
 
 
 def with_floor_options(floor: FloorSettings, options: Mapping[str, str]) -> FloorSettings:
@@ -223,6 +258,7 @@ def as_dict(settings: Settings) -> dict[str, Any]:
 __all__ = [
     "AsrSettings",
     "ConversationSettings",
+    "FaceSettings",
     "FloorSettings",
     "LlmSettings",
     "ServerSettings",

@@ -32,6 +32,7 @@ from orchestrator.audio import SAMPLE_RATE
 from orchestrator.config import Settings
 from orchestrator.dialogue import Dialogue
 from orchestrator.errors import DuetError
+from orchestrator.face.driver import FaceDriver
 from orchestrator.persona import Persona
 from orchestrator.playback import Playback, ReplyAudio, Segment
 from orchestrator.session import FloorSession
@@ -94,6 +95,7 @@ class ConversationSession:
         replies: bool = True,
         name: str = "session",
         clock: Clock = time.perf_counter,
+        face: FaceDriver | None = None,
     ) -> None:
         self.models = models
         self.llm = llm
@@ -138,6 +140,7 @@ class ConversationSession:
         self._last_speech_end = 0.0
         self._commit_t = 0.0
         self._closed = False
+        self.face = face  # the replica's video, when the session asked for it
 
     # ---- clock ----------------------------------------------------------------------------------------
 
@@ -159,6 +162,8 @@ class ConversationSession:
         await self.floor.audio(pcm, arrival)
         self._maybe_partial()
         await self._advance_playback()
+        if self.face is not None:
+            self.face.advance(self.now)
 
     def text(self, text: str, *, replica: bool = False) -> None:
         """Typed text from the client (a text-only user, or a transcript from the client's own ASR)."""
@@ -191,6 +196,12 @@ class ConversationSession:
             pb = self._playback
             if pb.reply.done:
                 await self._apply(self.machine.on_playback_end(pb.reply.reply_id, pb.end / SAMPLE_RATE))
+        if self.face is not None:
+            end = max(self.now, self._playback.end / SAMPLE_RATE if self._playback is not None else 0.0)
+            await self.face.finish(end)
+            if self.face.failure is not None:
+                err = self.face.failure
+                await self._emit({"type": "error", "t": round(self.now, 4), "code": err.code, "message": err.message})
         await self.close()
 
     async def close(self) -> None:
@@ -202,12 +213,16 @@ class ConversationSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.face is not None:
+            await self.face.close()
 
     # ---- floor events -----------------------------------------------------------------------------------
 
     async def _on_floor_event(self, event: dict[str, Any]) -> None:
         await self._emit(event)
         kind, t = str(event["type"]), float(event["t"])
+        if self.face is not None:
+            self.face.floor_event(kind, t)
         onset = t - self.floor.machine.s.speech_start_ms / 1000  # speech_start is confirmed this late
         if kind == "speech_start" and not self.floor.machine.replica_speaking:
             self._schedule.speech_start(onset)
@@ -443,6 +458,8 @@ class ConversationSession:
         at = pb.pause(self.samples)
         if self.echo is not None:
             self.echo.play(at, np.zeros(self._lead + SAMPLE_RATE // 10, dtype=np.int16))
+        if self.face is not None:
+            self.face.cut(at / SAMPLE_RATE)
         await self._emit({"type": "replica_paused", "t": round(at / SAMPLE_RATE, 4), "reply_id": a.reply_id})
 
     async def _stop(self, a: sp.StopPlayback) -> None:
@@ -456,6 +473,8 @@ class ConversationSession:
         self.floor.replica(False)
         if self.echo is not None:
             self.echo.play(at, np.zeros(self._lead + SAMPLE_RATE // 10, dtype=np.int16))
+        if self.face is not None:
+            self.face.cut(at / SAMPLE_RATE)
         await self._emit(
             {
                 "type": "replica_speaking_stop",
@@ -496,4 +515,7 @@ class ConversationSession:
         if self.echo is not None:
             self.echo.play(seg.start, seg.pcm)
         assert self._playback is not None
+        if self.face is not None:
+            first = self._playback.sent - seg.pcm.shape[0]  # the reply offset of the segment's first sample
+            self.face.audio(self._playback.reply.chunks, first, first + seg.pcm.shape[0], seg.start / SAMPLE_RATE)
         await self._send_audio(seg.pcm.astype("<i2").tobytes(), self._playback.reply.reply_id, seg.start / SAMPLE_RATE)

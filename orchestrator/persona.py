@@ -27,6 +27,8 @@ class Persona:
     max_tokens: int = 64
     temperature: float = 0.3
     max_sentences: int = 2  # stop generating after this many sentences: a spoken reply is short
+    face: str = ""  # portrait in faces/ (empty: the server's default face)
+    emotion: str = ""  # the face's resting emotion (empty: the server's default)
 
 
 def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
@@ -42,7 +44,17 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
         raise BadOption(f"persona {persona_id!r}: cannot read {path.name}: {exc}") from exc
     if not isinstance(data, dict):
         raise BadOption(f"persona {persona_id!r}: {path.name} must hold a mapping")
-    allowed = {"name", "system_prompt", "voice", "speculation", "max_tokens", "temperature", "max_sentences"}
+    allowed = {
+        "name",
+        "system_prompt",
+        "voice",
+        "speculation",
+        "max_tokens",
+        "temperature",
+        "max_sentences",
+        "face",
+        "emotion",
+    }
     unknown = set(data) - allowed
     if unknown:
         raise BadOption(f"persona {persona_id!r}: unknown keys {sorted(unknown)}")
@@ -59,6 +71,8 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
             max_tokens=int(data.get("max_tokens", 64)),
             temperature=float(data.get("temperature", 0.3)),
             max_sentences=int(data.get("max_sentences", 2)),
+            face=str(data.get("face", "")),
+            emotion=str(data.get("emotion", "")),
         )
     except (TypeError, ValueError) as exc:
         raise BadOption(f"persona {persona_id!r}: {exc}") from exc

@@ -18,7 +18,7 @@ import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from orchestrator.errors import ModelUnavailable
+from orchestrator.errors import BadFaceParams, BadPortrait, ModelUnavailable
 
 F32 = npt.NDArray[np.float32]
 I16 = npt.NDArray[np.int16]
@@ -98,6 +98,26 @@ class SpeechChunk:
 class SpeechSynthesizer(Protocol):
     def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
         """Stream audio sentence by sentence; closing the iterator early cancels the request."""
+        ...
+
+
+@dataclass(frozen=True)
+class RenderedFrames:
+    """A run of JPEG frames from `face_render`: frame numbers `first`, `first + 1`, ... of the request."""
+
+    first: int
+    jpegs: tuple[bytes, ...]
+
+
+class FaceModels(Protocol):
+    async def face_motion(self, request_json: str) -> F32:
+        """Per-frame face parameters (frames, SIZE) for a `orchestrator.face.motion.MotionRequest`."""
+        ...
+
+    def render_frames(
+        self, face: str, params: F32, width: int, height: int, quality: int
+    ) -> AsyncIterator[RenderedFrames]:
+        """JPEG frames for `params`, streamed in runs as they are drawn; closing early cancels the request."""
         ...
 
 
@@ -308,5 +328,43 @@ class TritonModels:
                         text=spoken.decode() if isinstance(spoken, bytes) else str(spoken),
                         phonemes=tuple(Phoneme(p["p"], float(p["s"]), float(p["e"])) for p in timings),
                     )
+        finally:
+            await responses.aclose()
+
+    # --- face (models `face_motion` and `face_render`) ---
+
+    async def face_motion(self, request_json: str) -> F32:
+        req = grpcclient.InferInput("REQUEST", [1, 1], "BYTES")
+        req.set_data_from_numpy(np.array([[request_json.encode()]], dtype=np.object_))
+        res = await self._infer("face_motion", [req], ["PARAMS"])
+        out: F32 = res.as_numpy("PARAMS")[0].astype(np.float32, copy=False)
+        return out
+
+    async def render_frames(
+        self, face: str, params: F32, width: int, height: int, quality: int
+    ) -> AsyncIterator[RenderedFrames]:
+        """Stream the JPEG frames of `params` from the decoupled `face_render` model, in runs as each batch is
+        drawn. Closing this generator early cancels the request; the model stops before its next run."""
+        f = grpcclient.InferInput("FACE", [1, 1], "BYTES")
+        f.set_data_from_numpy(np.array([[face.encode()]], dtype=np.object_))
+        p = grpcclient.InferInput("PARAMS", [1, *params.shape], "FP32")
+        p.set_data_from_numpy(params[None].astype(np.float32, copy=False))
+        size = grpcclient.InferInput("SIZE", [1, 2], "INT32")
+        size.set_data_from_numpy(np.array([[width, height]], dtype=np.int32))
+        q = grpcclient.InferInput("QUALITY", [1, 1], "INT32")
+        q.set_data_from_numpy(np.array([[quality]], dtype=np.int32))
+        responses = self._stream("face_render", [f, p, size, q], ["JPEG", "FIRST"], self.timeout_s)
+        try:
+            async for result in responses:
+                jpegs = result.as_numpy("JPEG")
+                if jpegs is not None:
+                    yield RenderedFrames(
+                        int(result.as_numpy("FIRST").reshape(-1)[0]), tuple(bytes(j) for j in jpegs.reshape(-1))
+                    )
+        except ModelUnavailable as exc:  # the model names a typed input error as "<code>: ..."
+            for typed in (BadPortrait, BadFaceParams):
+                if f": {typed.code}: " in exc.message:
+                    raise typed(exc.message.split(f"{typed.code}: ", 1)[1]) from None
+            raise
         finally:
             await responses.aclose()

@@ -100,6 +100,11 @@ whl, dest = sys.argv[1:]
 with zipfile.ZipFile(whl) as z:
     open(dest, "wb").write(z.read("pipecat/audio/turn/smart_turn/_whisper_features.py"))
 PYEOF
+# The default replica face: NASA's public-domain portrait of Eileen Collins, shipped in scikit-image's wheel.
+if [[ ! -f $ROOT/faces/astronaut.png ]]; then
+  "$VENV/bin/python" -c "import shutil, sys, skimage.data as d, pathlib; shutil.copy(pathlib.Path(d.__file__).parent / 'astronaut.png', sys.argv[1])" \
+    "$ROOT/faces/astronaut.png"
+fi
 (cd "$ROOT" && sha256sum -c --quiet scripts/models.sha256) \
   || { echo "[bootstrap] model file digest mismatch" >&2; exit 1; }
 

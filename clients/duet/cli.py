@@ -1,4 +1,5 @@
-"""The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet talk --audio IN.wav`, `duet config`.
+"""The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet talk --audio IN.wav`,
+`duet render --text T --emotion E --out out.mp4`, `duet config`.
 
 Client commands take `--server HOST:PORT` (or `DUET_SERVER`); with no server reachable they start the
 embedded stack (a real tritonserver on loopback plus the session service) for the duration of the call.
@@ -60,6 +61,26 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--echo-gain", type=float, default=0.0, help="simulate speaker bleed at this gain (e.g. 0.3)")
     k.add_argument("--echo-delay-ms", type=float, default=120.0, help="speaker-to-mic delay of the bleed")
     k.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="session option")
+    k.add_argument(
+        "--video",
+        action="store_true",
+        help="also stream the replica's face and write reply.mp4 (video.fps, video.size)",
+    )
+
+    r = sub.add_parser("render", help="the replica says a text (or lip-syncs audio) with an emotion: an MP4")
+    r.add_argument("--text", default="", help="what the replica says (spoken by the TTS voice)")
+    r.add_argument("--emotion", default="", help="one of --list-emotions (default: the persona's, else neutral)")
+    r.add_argument("--intensity", type=float, default=0.0, help="0..1 (default: the server's, 0.6)")
+    r.add_argument("--size", default="512", help="512 (512x512), 1080 (1920x1080) or WxH")
+    r.add_argument("--fps", type=float, default=0.0, help="frames per second (default: the server's, 25)")
+    r.add_argument("--face", default="", help="portrait name in faces/ (default: the persona's)")
+    r.add_argument("--persona", default="", help="persona whose voice and face to use")
+    r.add_argument("--timings", default="", help="phoneme timings JSON ([{p, s, e}, ...]) for --audio")
+    r.add_argument("--audio", default="", help="16 kHz mono PCM16 WAV to lip-sync (with --timings)")
+    r.add_argument("--seed", type=int, default=0, help="idle motion seed (blinks, sway)")
+    r.add_argument("--out", default="render.mp4", help="output MP4 (default: ./render.mp4)")
+    r.add_argument("--list-emotions", action="store_true", help="print the emotions the face can show")
+    r.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
 
     sub.add_parser("config", help="print the effective settings")
     return p
@@ -145,9 +166,87 @@ async def _talk(args: argparse.Namespace) -> int:
             echo_gain=args.echo_gain,
             echo_delay_ms=args.echo_delay_ms,
             on_event=show,
+            video=args.video,
         )
     if not args.jsonl:
-        print(f"duet: wrote {args.out}/reply.wav, events.jsonl, transcript.json", file=sys.stderr)
+        extra = ", reply.mp4" if args.video else ""
+        print(f"duet: wrote {args.out}/reply.wav, events.jsonl, transcript.json{extra}", file=sys.stderr)
+    return 0
+
+
+def _size(raw: str) -> tuple[int, int]:
+    named = {"512": (512, 512), "1080": (1920, 1080), "720": (1280, 720)}
+    if raw in named:
+        return named[raw]
+    try:
+        w, h = (int(v) for v in raw.lower().split("x"))
+    except ValueError:
+        raise DuetError("bad_option", f"--size must be 512, 720, 1080 or WxH, not {raw!r}") from None
+    return w, h
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DuetError("bad_timings", f"cannot read {path}: {exc}") from exc
+
+
+async def _render(args: argparse.Namespace) -> int:
+    from duet.sdk import ReplyAudio, VideoFrame, render
+    from duet.talk import Speaker
+    from duet.video import write_mp4
+    from duet.wav import read_pcm16
+
+    width, height = _size(args.size)
+    audio_pcm, timings = b"", ""
+    if args.audio or args.timings:
+        if not (args.audio and args.timings):
+            raise DuetError("bad_timings", "--audio and --timings go together")
+        audio_pcm = read_pcm16(args.audio)
+        timings = _read_text(args.timings)
+    elif not args.text and not args.list_emotions:
+        raise DuetError("bad_option", "give --text, or --audio with --timings (or --list-emotions)")
+    frames: list[VideoFrame] = []
+    speaker = Speaker()
+    done: dict[str, Any] = {}
+    async with _server_for(args) as server:
+        async for item in render(
+            server,
+            args.text,
+            emotion=args.emotion,
+            intensity=args.intensity,
+            width=width,
+            height=height,
+            fps=args.fps,
+            face=args.face,
+            persona=args.persona,
+            audio_pcm=audio_pcm,
+            timings_json=timings,
+            seed=args.seed,
+            list_emotions=args.list_emotions,
+        ):
+            if isinstance(item, VideoFrame):
+                frames.append(item)
+            elif isinstance(item, ReplyAudio):
+                speaker.place(item.t, item.pcm)
+            elif item.get("type") == "emotions":
+                for e in item["emotions"]:
+                    print(f"{e['name']:<18} {e['description']}")
+                return 0
+            elif item.get("type") == "error":
+                print(f"duet: {item.get('code')}: {item.get('message')}", file=sys.stderr)
+            elif item.get("type") == "render_done":
+                done = item
+    fps = float(done.get("fps") or args.fps or 25.0)
+    n = write_mp4(args.out, frames, fps, speaker.window(0, speaker.end))
+    print(
+        f"duet: wrote {args.out} ({n} frames at {fps:g} fps, {width}x{height}, "
+        f"{done.get('speech_s', 0):.2f} s of speech; first frame after {done.get('first_frame_ms')} ms, "
+        f"all in {done.get('total_ms')} ms)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -185,10 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(json.dumps(as_dict(_settings(args)), indent=2))
             return 0
-        if args.command in ("turns", "talk"):
+        if args.command in ("turns", "talk", "render"):
             import uvloop
 
-            return uvloop.run(_turns(args) if args.command == "turns" else _talk(args))
+            run = {"turns": _turns, "talk": _talk, "render": _render}[args.command]
+            return uvloop.run(run(args))
     except DuetError as err:
         print(f"duet: {err.code}: {err.message}", file=sys.stderr)
         return 2

@@ -39,7 +39,17 @@ class ReplyAudio:
     sample_rate: int = SAMPLE_RATE
 
 
-Item = dict[str, Any] | ReplyAudio
+@dataclass(frozen=True)
+class VideoFrame:
+    """A frame of the replica's face: JPEG bytes shown from `t` on the session clock (frame `index` at the
+    stream's frame rate; a gap in `index` is a frame the server dropped rather than send late)."""
+
+    jpeg: bytes
+    t: float
+    index: int
+
+
+Item = dict[str, Any] | ReplyAudio | VideoFrame
 
 
 class Session:
@@ -89,28 +99,35 @@ class Session:
                 yield item
 
     async def items(self) -> AsyncIterator[Item]:
-        """Server events as dicts and the replica's audio as `ReplyAudio`, in stream order. A fatal server
-        error raises `DuetError` with its code."""
-        try:
-            async for msg in self._call:
-                kind = msg.WhichOneof("kind")
-                if kind == "event":
-                    yield json.loads(msg.event.json)
-                elif kind == "audio":
-                    yield ReplyAudio(
-                        msg.audio.pcm,
-                        int(msg.audio.utterance_id or 0),
-                        msg.audio.t,
-                        msg.audio.sample_rate or SAMPLE_RATE,
-                    )
-                elif kind == "error":
-                    if msg.error.fatal:
-                        raise DuetError(msg.error.code, msg.error.message)
-                    yield {"type": "error", "code": msg.error.code, "message": msg.error.message}
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                raise ServerUnavailable(f"session stream lost: {exc.details()}") from exc
-            raise DuetError(exc.code().name.lower(), str(exc.details())) from exc
+        """Server events as dicts, the replica's audio as `ReplyAudio` and its face as `VideoFrame`, in
+        stream order. A fatal server error raises `DuetError` with its code."""
+        async for item in _items(self._call):
+            yield item
+
+
+async def _items(call: AsyncIterator[pb.ServerMessage]) -> AsyncIterator[Item]:
+    try:
+        async for msg in call:
+            kind = msg.WhichOneof("kind")
+            if kind == "event":
+                yield json.loads(msg.event.json)
+            elif kind == "audio":
+                yield ReplyAudio(
+                    msg.audio.pcm,
+                    int(msg.audio.utterance_id or 0),
+                    msg.audio.t,
+                    msg.audio.sample_rate or SAMPLE_RATE,
+                )
+            elif kind == "video":
+                yield VideoFrame(msg.video.jpeg, msg.video.t, msg.video.index)
+            elif kind == "error":
+                if msg.error.fatal:
+                    raise DuetError(msg.error.code, msg.error.message)
+                yield {"type": "error", "code": msg.error.code, "message": msg.error.message}
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            raise ServerUnavailable(f"stream lost: {exc.details()}") from exc
+        raise DuetError(exc.code().name.lower(), str(exc.details())) from exc
 
 
 async def probe(server: str, wait_s: float = 1.0) -> bool:
@@ -228,3 +245,49 @@ async def stream_file(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def render(
+    server: str,
+    text: str = "",
+    *,
+    emotion: str = "",
+    intensity: float = 0.0,
+    width: int = 0,
+    height: int = 0,
+    fps: float = 0.0,
+    face: str = "",
+    persona: str = "",
+    audio_pcm: bytes = b"",
+    timings_json: str = "",
+    quality: int = 0,
+    seed: int = 0,
+    list_emotions: bool = False,
+    connect_timeout: float = 5.0,
+) -> AsyncIterator[Item]:
+    """One rendered clip: the replica says `text` (or lip-syncs `audio_pcm` with `timings_json`) with an
+    emotion. Yields `ReplyAudio`, `VideoFrame`s and events (last: `render_done`) as the server makes them;
+    zeros and empty strings take the server's defaults."""
+    async with grpc.aio.insecure_channel(server) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), connect_timeout)
+        except TimeoutError as exc:
+            raise ServerUnavailable(f"no Duet server at {server}") from exc
+        stub = pb_grpc.SessionStub(channel)  # type: ignore[no-untyped-call]
+        request = pb.RenderRequest(
+            text=text,
+            emotion=emotion,
+            intensity=intensity,
+            width=width,
+            height=height,
+            fps=fps,
+            face=face,
+            persona=persona,
+            audio_pcm=audio_pcm,
+            timings_json=timings_json,
+            quality=quality,
+            seed=seed,
+            list_emotions=list_emotions,
+        )
+        async for item in _items(stub.Render(request)):
+            yield item

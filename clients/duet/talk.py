@@ -6,6 +6,7 @@ Outputs (the session-output contract of DESIGN.md):
   stops the replica at `t`, the audio this client held beyond `t` is dropped.
 - `events.jsonl`: every event, `t` on the same clock.
 - `transcript.json`: the committed conversation (user and replica turns, interruptions marked).
+- with `video=True`, `reply.mp4`: the replica's face (H.264) and voice (AAC) on the same timeline.
 
 `--echo-gain/--echo-delay-ms` simulate speaker bleed: the replica audio this client "plays" is mixed back
 into the microphone signal it sends, delayed and softened, as a laptop without headphones would.
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from duet.sdk import ReplyAudio, stream_file
+from duet.sdk import ReplyAudio, VideoFrame, stream_file
 from duet.wav import SAMPLE_RATE, read_pcm16
 
 
@@ -98,6 +99,7 @@ async def talk(
     echo_gain: float = 0.0,
     echo_delay_ms: float = 120.0,
     on_event: Any = None,
+    video: bool = False,
 ) -> dict[str, Any]:
     """Run one session from a recorded user and write the outputs to `out`; returns the transcript."""
     n_in = len(read_pcm16(audio)) // 2
@@ -105,15 +107,23 @@ async def talk(
     bleed = Bleed(speaker, echo_gain, round(echo_delay_ms * SAMPLE_RATE / 1000)) if echo_gain > 0 else None
     events: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
+    frames: list[VideoFrame] = []
+    fps = 0.0
+    options = {**(options or {}), **({"video": "true"} if video else {})}
     stream = stream_file(audio, server, speed=speed, options=options, persona=persona, audio=True, mic=bleed)
     async for item in stream:
         if isinstance(item, ReplyAudio):
             speaker.place(item.t, item.pcm)
             continue
+        if isinstance(item, VideoFrame):
+            frames.append(item)
+            continue
         events.append(item)
         kind = item.get("type")
         if kind in ("replica_paused", "replica_speaking_stop") and item.get("interrupted", True):
             speaker.drop_after(float(item["t"]))
+        elif kind == "video_started":
+            fps = float(item["fps"])
         elif kind == "user_turn":
             turns.append({"role": "user", "t": item["t"], "text": item["text"]})
         elif kind == "replica_turn":
@@ -121,7 +131,12 @@ async def talk(
         if on_event is not None:
             on_event(item)
     transcript = {"audio": str(audio), "persona": persona or "default", "turns": turns}
-    write_outputs(Path(out), speaker.window(0, max(n_in, speaker.end)), events, transcript)
+    reply = speaker.window(0, max(n_in, speaker.end))
+    write_outputs(Path(out), reply, events, transcript)
+    if video:
+        from duet.video import write_mp4
+
+        write_mp4(Path(out) / "reply.mp4", frames, fps or 25.0, reply)
     return transcript
 
 

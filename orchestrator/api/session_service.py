@@ -9,24 +9,31 @@ a failure in one session never touches another. A client that disconnects cancel
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
 import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
 from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
-from orchestrator.config import FloorSettings, Settings, coerce_bool, with_floor_options
+from orchestrator.config import FaceSettings, FloorSettings, Settings, coerce_bool, validate, with_floor_options
 from orchestrator.conversation import ConversationModels, ConversationSession
-from orchestrator.errors import BadAudioFormat, BadOption, DuetError, ProtocolError, ServerBusy
+from orchestrator.errors import BadAudioFormat, BadOption, BadTimings, DuetError, ProtocolError, ServerBusy
+from orchestrator.face.clip import AudioPiece, ClipModels, ClipSpec, check_spec, parse_timings, render_clip
+from orchestrator.face.driver import FaceDriver
+from orchestrator.face.emotions import EMOTIONS
+from orchestrator.face.library import FaceLibrary, check_size
 from orchestrator.persona import load_persona
 from orchestrator.session import FloorSession
-from orchestrator.triton import FloorModels, LanguageModel
+from orchestrator.triton import FaceModels, FloorModels, LanguageModel, RenderedFrames
 
 log = logging.getLogger("duet.session")
 
@@ -71,6 +78,7 @@ class SessionOptions:
     mode: str = "conversation"
     speculation: bool | None = None  # None: the persona's and the server's setting
     echo_suppression: bool | None = None
+    video: FaceSettings | None = None  # `video=true`: stream the replica's face (`video.fps`, `video.size=WxH`)
 
 
 def parse_options(settings: Settings, options: dict[str, str]) -> SessionOptions:
@@ -82,9 +90,32 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionOptions
         raise BadOption(f"option mode must be one of {', '.join(MODES)}; not {mode!r}")
     spec = coerce_bool(rest.pop("speculation"), "speculation") if "speculation" in rest else None
     echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
+    video = parse_video(settings.face, rest) if coerce_bool(rest.pop("video", "false"), "video") else None
     if rest:
         raise BadOption(f"unknown session option(s) {sorted(rest)}")
-    return SessionOptions(floor=floor, mode=mode, speculation=spec, echo_suppression=echo)
+    if video is not None and mode != "conversation":
+        raise BadOption("video needs mode=conversation (the face speaks the replies)")
+    return SessionOptions(floor=floor, mode=mode, speculation=spec, echo_suppression=echo, video=video)
+
+
+def parse_video(face: FaceSettings, options: dict[str, str]) -> FaceSettings:
+    """`video.fps`, `video.size` (WxH), `video.quality` and `video.face` on top of the server's face settings."""
+    updates: dict[str, Any] = {}
+    try:
+        if "video.fps" in options:
+            updates["fps"] = float(options.pop("video.fps"))
+        if "video.quality" in options:
+            updates["quality"] = int(options.pop("video.quality"))
+        if "video.size" in options:
+            w, h = options.pop("video.size").lower().split("x")
+            updates["width"], updates["height"] = int(w), int(h)
+    except ValueError as exc:
+        raise BadOption(f"video options: {exc} (video.fps=25, video.size=512x512, video.quality=80)") from None
+    if "video.face" in options:
+        updates["face"] = options.pop("video.face")
+    out = dataclasses.replace(face, **updates)
+    validate(Settings(face=out))
+    return out
 
 
 def audio_message(pcm: bytes, reply_id: int, t: float) -> pb.ServerMessage:
@@ -97,6 +128,54 @@ def error_message(err: DuetError) -> pb.ServerMessage:
 
 def event_message(event: dict[str, Any]) -> pb.ServerMessage:
     return pb.ServerMessage(event=pb.Event(type=str(event["type"]), json=json.dumps(event)))
+
+
+def video_messages(run: RenderedFrames, fps: float) -> list[pb.ServerMessage]:
+    return [
+        pb.ServerMessage(video=pb.VideoOut(jpeg=jpeg, t=round((run.first + i) / fps, 4), index=run.first + i))
+        for i, jpeg in enumerate(run.jpegs)
+    ]
+
+
+def clip_spec(settings: Settings, req: pb.RenderRequest) -> ClipSpec:
+    """A `RenderRequest` with the server's (and the persona's) defaults filled in; bad fields are typed errors."""
+    f = settings.face
+    persona = load_persona(settings.conversation.personas_dir, req.persona or settings.conversation.persona)
+    width, height = (req.width or f.width), (req.height or f.height)
+    check_size(width, height)
+    fps = req.fps or f.fps
+    if not 1.0 <= fps <= 60.0:
+        raise BadOption(f"fps {fps:g} is out of range (1..60)")
+    if not 0.0 <= req.intensity <= 1.0:
+        raise BadOption(f"intensity {req.intensity:g} is out of range (0..1)")
+    if req.quality > 100:
+        raise BadOption(f"JPEG quality {req.quality} is out of range (1..100)")
+    audio = None
+    timings: tuple[Any, ...] = ()
+    if req.audio_pcm or req.timings_json:
+        if not (req.audio_pcm and req.timings_json):
+            raise BadTimings("lip-syncing given audio needs both audio_pcm and timings_json")
+        if len(req.audio_pcm) % 2:
+            raise BadAudioFormat("audio_pcm must be PCM16 (an even number of bytes)")
+        audio = np.frombuffer(req.audio_pcm, dtype="<i2").astype(np.int16)
+        timings = parse_timings(req.timings_json, audio.shape[0] / 16000)
+    face = req.face or persona.face or f.face
+    if Path(f.faces_dir).is_dir():  # a local model repository: name a missing face before any work
+        FaceLibrary(f.faces_dir, f.faces_dir).path(face)
+    return ClipSpec(
+        text=req.text,
+        emotion=req.emotion or persona.emotion or f.emotion,
+        intensity=req.intensity or f.intensity,
+        width=width,
+        height=height,
+        fps=fps,
+        face=face,
+        voice=persona.voice,
+        quality=req.quality or f.quality,
+        seed=req.seed,
+        audio=audio,
+        timings=timings,
+    )
 
 
 Session = FloorSession | ConversationSession
@@ -145,8 +224,21 @@ class SessionService(pb_grpc.SessionServicer):
         async def send_audio(pcm: bytes, reply_id: int, t: float) -> None:
             await outbox.put(audio_message(pcm, reply_id, round(t, 4)))
 
+        async def send_video(jpeg: bytes, t: float, index: int) -> None:
+            await outbox.put(pb.ServerMessage(video=pb.VideoOut(jpeg=jpeg, t=t, index=index)))
+
         sid = first.start.conversation_id or f"s{id(outbox):x}"
         session: Session
+        face = None
+        if opts.video is not None and persona is not None:
+            face = FaceDriver(
+                typing.cast(FaceModels, self.models),
+                opts.video,
+                send_video,
+                face=persona.face or opts.video.face,
+                emotion=persona.emotion or opts.video.emotion,
+                name=f"session-{sid}",
+            )
         if persona is not None:
             session = ConversationSession(
                 typing.cast(ConversationModels, self.models),
@@ -160,6 +252,7 @@ class SessionService(pb_grpc.SessionServicer):
                 echo_suppression=opts.echo_suppression,
                 replies=opts.mode == "conversation",
                 name=f"session-{sid}",
+                face=face,
             )
         else:
             session = FloorSession(self.models, opts.floor, emit, max_chunk_ms=self.settings.server.max_audio_chunk_ms)
@@ -168,6 +261,14 @@ class SessionService(pb_grpc.SessionServicer):
         log.info("session %s started", sid)
         try:
             await outbox.put(event_message({"type": "session_started", "t": 0.0, "conversation_id": sid}))
+            if face is not None:
+                v = face.s
+                await outbox.put(
+                    event_message(
+                        {"type": "video_started", "t": 0.0, "fps": v.fps, "width": v.width, "height": v.height}
+                    )
+                )
+                face.start()
             while True:
                 msg = await outbox.get()
                 if msg is None:
@@ -241,3 +342,37 @@ class SessionService(pb_grpc.SessionServicer):
             pass  # perception lands in its own issue; frames are accepted and not queued
         elif kind == "start":
             raise ProtocolError("`start` may only be sent once")
+
+    async def Render(
+        self, request: pb.RenderRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ServerMessage]:
+        if request.list_emotions:
+            yield event_message(
+                {
+                    "type": "emotions",
+                    "emotions": [{"name": n, "description": e.description} for n, e in EMOTIONS.items()],
+                }
+            )
+            return
+        try:
+            spec = clip_spec(self.settings, request)
+            check_spec(spec)
+            if self.active >= self.settings.server.max_sessions:
+                raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+        except DuetError as err:
+            yield error_message(err)
+            return
+        self.active += 1
+        try:
+            async for item in render_clip(typing.cast(ClipModels, self.models), spec):
+                if isinstance(item, AudioPiece):
+                    yield audio_message(item.pcm.astype("<i2").tobytes(), 0, round(item.t, 4))
+                elif isinstance(item, RenderedFrames):
+                    for msg in video_messages(item, spec.fps):
+                        yield msg
+                else:
+                    yield event_message(item)
+        except DuetError as err:
+            yield error_message(err)
+        finally:
+            self.active -= 1
