@@ -199,6 +199,7 @@ class ConversationSession:
         if self.face is not None:
             end = max(self.now, self._playback.end / SAMPLE_RATE if self._playback is not None else 0.0)
             await self.face.finish(end)
+            await self._emit({"type": "video_stats", "t": round(self.now, 4), **self.face.stats.summary()})
             if self.face.failure is not None:
                 err = self.face.failure
                 await self._emit({"type": "error", "t": round(self.now, 4), "code": err.code, "message": err.message})

@@ -69,7 +69,11 @@ OVERLAP_GRACE_S = 0.3  # talking into the first 300 ms of a user turn is a fair 
 FALSE_STOP_WINDOW_S = 1.5
 MATCH_S = 0.5  # replica_speaking_start.t vs. the audible onset it announces
 LATENCY_KEYS = ("floor_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_chunk_ms")
-SYSTEMS: dict[str, tuple[str, ...]] = {"duet": (), "duet-nospec": ("speculation=false",)}
+SYSTEMS: dict[str, tuple[str, ...]] = {
+    "duet": (),
+    "duet-nospec": ("speculation=false",),
+    "duet-video": ("video=true",),  # the replica's face streamed too (512x512 at 25 fps by default)
+}
 ECHO_ARGS = ("--echo-gain", "0.3", "--echo-delay-ms", "120")
 
 Event = Mapping[str, Any]
@@ -451,6 +455,22 @@ def start_server(cli: str, wait_s: float = 300.0) -> tuple[subprocess.Popen[byte
     return start_duet_serve(cli, PROBE_WAV, wait_s)
 
 
+def video_summary(dirs: Sequence[Path]) -> dict[str, Any]:
+    """The sessions' `video_stats` events: frames, drops, and how long after its time each frame was sent."""
+    stats = [e for d in dirs for e in read_events(d / "events.jsonl") if e.get("type") == "video_stats"]
+    if not stats:
+        return {}
+    lag95 = [float(e["lag_ms_p95"]) for e in stats if e.get("lag_ms_p95") is not None]
+    lag50 = [float(e["lag_ms_p50"]) for e in stats if e.get("lag_ms_p50") is not None]
+    return {
+        "sessions": len(stats),
+        "frames": sum(int(e["frames"]) for e in stats),
+        "dropped": sum(int(e["dropped"]) for e in stats),
+        "lag_ms_p50_median": round(float(np.median(lag50)), 1) if lag50 else None,
+        "lag_ms_p95_worst": round(max(lag95), 1) if lag95 else None,
+    }
+
+
 def score_run(label: Mapping[str, Any], out_dir: Path) -> FileScore:
     return score_file(label, read_reply(out_dir / "reply.wav"), read_events(out_dir / "events.jsonl"))
 
@@ -535,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     echo = f", echo {' '.join(ECHO_ARGS)}" if args.echo else ""
     print(f"split={args.split} files={len(labels)} jobs={args.jobs}{echo} options={args.option or '-'}")
     print(markdown_table(rows))
+    for name in systems:
+        video = video_summary([run_dir(runs, name, lab) for lab in labels if run_dir(runs, name, lab) not in failed])
+        if video:
+            rows[name]["video"] = video
+            print(f"{name} video: {video}")
     for n in notes:
         print(f"note: {n}")
     out.parent.mkdir(parents=True, exist_ok=True)

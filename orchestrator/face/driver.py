@@ -19,6 +19,8 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from orchestrator.config import FaceSettings
 from orchestrator.errors import DuetError
 from orchestrator.face.emotions import EmotionCue
@@ -72,6 +74,21 @@ class FaceStats:
     frames: int = 0
     dropped: int = 0
     render_ms: list[float] = field(default_factory=list)  # per chunk: motion + render + send
+    # per frame: wall ms from the moment the session clock reached the frame's time to the frame being sent
+    # (the video buffer a client needs to show lips in step with the voice)
+    lag_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int | None]:
+        def pct(xs: list[float], q: float) -> float | None:
+            return round(float(np.percentile(xs, q)), 1) if xs else None
+
+        return {
+            "frames": self.frames,
+            "dropped": self.dropped,
+            "lag_ms_p50": pct(self.lag_ms, 50),
+            "lag_ms_p95": pct(self.lag_ms, 95),
+            "chunk_ms_p50": pct(self.render_ms, 50),
+        }
 
 
 class FaceDriver:
@@ -97,6 +114,7 @@ class FaceDriver:
         self._speech: list[Sentence] = []
         self._events: list[FloorEvent] = []
         self._now = 0.0
+        self._wall = 0.0  # loop time when the clock last advanced (to time each frame's lag)
         self._end: float | None = None  # set by finish(): render up to here, then stop
         self._next = 0  # next frame index to render
         self._wake = asyncio.Event()
@@ -110,6 +128,7 @@ class FaceDriver:
 
     def advance(self, now: float) -> None:
         self._now = now
+        self._wall = asyncio.get_running_loop().time()
         if (math.floor(now * self.s.fps) - self._next) >= self.s.chunk_s * self.s.fps:
             self._wake.set()
 
@@ -186,4 +205,7 @@ class FaceDriver:
                 index = first + run.first + i
                 await self._send(jpeg, round(index / self.s.fps, 4), index)
                 self.stats.frames += 1
+                if self._end is None:  # live: the input clock runs at real time
+                    due = self._wall - (self._now - index / self.s.fps)
+                    self.stats.lag_ms.append(round((loop.time() - due) * 1000, 1))
         self.stats.render_ms.append((loop.time() - t0) * 1000)
