@@ -28,7 +28,7 @@ lint: setup  ## ruff
 	@$(VENV)/bin/ruff check orchestrator clients perf tests model_repository scripts
 
 typecheck: setup  ## mypy --strict on orchestrator/ and clients/
-	@$(VENV)/bin/mypy --strict orchestrator clients/duet perf/turns_eval.py
+	@$(VENV)/bin/mypy --strict orchestrator clients/duet perf/turns_eval.py perf/bench_face.py
 
 unit: setup  ## pure logic, no server
 	@$(PY) -m pytest -q tests/unit

@@ -126,7 +126,7 @@ class FaceSettings:
     quality: int = 80  # JPEG quality of the frames on the stream
     emotion: str = "neutral"  # unless the persona or a control message says otherwise
     intensity: float = 0.6
-    chunk_s: float = 0.2  # a session renders its frames in chunks of this much session time
+    chunk_s: float = 0.12  # a session renders its frames in chunks of this much session time (3 frames at 25 fps)
     max_lag_s: float = 0.5  # frames further behind the session clock than this are dropped, not queued
 
 

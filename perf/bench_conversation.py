@@ -73,6 +73,7 @@ SYSTEMS: dict[str, tuple[str, ...]] = {
     "duet": (),
     "duet-nospec": ("speculation=false",),
     "duet-video": ("video=true",),  # the replica's face streamed too (512x512 at 25 fps by default)
+    "duet-video-lite": ("video=true", "video.fps=15", "video.size=384x384"),  # a CPU-sized face stream
 }
 ECHO_ARGS = ("--echo-gain", "0.3", "--echo-delay-ms", "120")
 

@@ -46,6 +46,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -679,6 +680,86 @@ def sync_report(clip: SyncClip, renderer: FaceRenderer) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------- 2b. sync end to end, off the MP4 file
+def decode_mp4(path: Path) -> tuple[list[U8], F64, npt.NDArray[np.float32], float, int]:
+    """Video frames with their presentation times, and the audio track (mono float) with its start time."""
+    import av
+
+    with av.open(str(path)) as c:
+        decoded = list(c.decode(video=0))
+        frames: list[U8] = [np.asarray(f.to_ndarray(format="rgb24"), dtype=np.uint8) for f in decoded]
+        times: F64 = np.array([float((f.pts or 0) * (f.time_base or 0)) for f in decoded])
+    with av.open(str(path)) as c:
+        parts: list[npt.NDArray[np.float32]] = []
+        start: float | None = None
+        rate = 16000
+        for f in c.decode(audio=0):
+            if start is None:
+                start = float((f.pts or 0) * (f.time_base or 0))
+            rate = f.sample_rate
+            parts.append(f.to_ndarray().reshape(-1).astype(np.float32))
+    return frames, times, np.concatenate(parts), start or 0.0, rate
+
+
+def first_onset(audio: npt.NDArray[np.float32], rate: int, start: float, threshold: float = 0.01) -> float | None:
+    """Time (s, container clock) of the first 5 ms block whose RMS passes `threshold` (full scale 1.0)."""
+    block = max(rate // 200, 1)
+    n = audio.shape[0] // block
+    rms = np.sqrt((audio[: n * block].reshape(n, block) ** 2).mean(axis=1))
+    hits = np.nonzero(rms > threshold)[0]
+    return start + float(hits[0]) * block / rate if hits.size else None
+
+
+def e2e_sync_report(out_dir: Path, text: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """`duet render` through the real stack (TTS timings -> face_motion -> face_render -> JPEG -> client ->
+    MP4); then the mouth is measured on the decoded video and the voice's onset on the decoded audio, each
+    against the phoneme timings the server used. Their difference is the A/V offset a viewer sees."""
+    mp4, events = out_dir / "e2e_sync.mp4", out_dir / "e2e_sync.jsonl"
+    cmd = [str(Path(sys.executable).parent / "duet"), "render", "--text", text, "--size", "512", "--fps", f"{FPS:g}",
+           "--out", str(mp4), "--events", str(events)]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"duet render failed: {proc.stderr.strip()[-400:]}")
+    log(f"  duet render (embedded stack unless DUET_SERVER) took {time.perf_counter() - t0:.1f} s")
+    done = next(e for e in map(json.loads, events.read_text().splitlines()) if e.get("type") == "render_done")
+    phonemes = done["phonemes"]
+    frames, times, audio, a_start, rate = decode_mp4(mp4)
+    marks = measure(frames, static=True)
+    ok = np.array([m is not None for m in marks])
+    gap = np.array([lip_gap(m) for m in marks if m is not None])
+    t_ok = times[ok]
+    bil, vow = [], []
+    for ph in phonemes:
+        sym, centre = base_symbol(ph["p"]), 0.5 * (ph["s"] + ph["e"])
+        if sym in BILABIALS:
+            t = extremum_time(t_ok, gap, centre, SYNC_WINDOW_S, "min", PLATEAU_IOD)
+            bil.append(None if t is None else t - centre)
+        elif sym in OPEN_VOWELS:
+            t = extremum_time(t_ok, gap, centre, SYNC_WINDOW_S, "max", PLATEAU_IOD)
+            vow.append(None if t is None else t - centre)
+    voiced = [ph for ph in phonemes if base_symbol(ph["p"]) not in {"^", "$", " ", ",", ".", "?", "!", ";", ":"}]
+    onset = first_onset(audio, rate, a_start)
+    audio_offset = None if onset is None or not voiced else onset - voiced[0]["s"]
+    video = [o for o in bil + vow if o is not None]
+    video_offset = float(np.median(video)) if video else None
+    return {
+        "mp4": str(mp4.relative_to(ROOT) if mp4.is_relative_to(ROOT) else mp4),
+        "frames": len(frames),
+        "frames_with_face": int(ok.sum()),
+        "first_frame_ms": done.get("first_frame_ms"),
+        "render_total_ms": done.get("total_ms"),
+        "speech_s": done.get("speech_s"),
+        "bilabial": {"n": len(bil), "p95_abs_ms": percentile_abs([o for o in bil if o is not None], 95)},
+        "open_vowel": {"n": len(vow), "p95_abs_ms": percentile_abs([o for o in vow if o is not None], 95)},
+        "video_offset_ms": None if video_offset is None else round(1000 * video_offset, 1),
+        "audio_offset_ms": None if audio_offset is None else round(1000 * audio_offset, 1),
+        "av_offset_ms": None
+        if video_offset is None or audio_offset is None
+        else round(1000 * (video_offset - audio_offset), 1),
+    }
+
+
 # --------------------------------------------------------------------------------------- 3. expressions
 def expression_report(renderer: FaceRenderer) -> tuple[dict[str, Any], dict[str, U8]]:
     names = list(EMOTIONS)
@@ -821,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-only", action="store_true", help="part 1 only (no mediapipe / piper / PyAV needed)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared 2-core box)")
     ap.add_argument("--out", default=str(ROOT / "perf" / "out" / "face"))
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end sync run (duet render + Triton)")
     args = ap.parse_args(argv)
 
     out_dir = Path(args.out)
@@ -889,6 +971,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"2. A/V sync (piper + motion.generate, rendered {size}x{size} at {FPS:g} fps, MediaPipe on frames)")
         clip = build_sync_clip(renderer, SYNC_SENTENCES[:2] if args.quick else SYNC_SENTENCES, log)
         results["sync"] = sync_report(clip, renderer)
+        if not args.no_e2e:
+            log("2b. A/V sync end to end (duet render through Triton, measured on the MP4's video and audio)")
+            try:
+                results["sync_e2e"] = e2e_sync_report(out_dir, " ".join(SYNC_SENTENCES[:2]), log)
+            except (RuntimeError, subprocess.TimeoutExpired, StopIteration) as exc:
+                notes.append(f"end-to-end sync not measured: {exc}")
         log("3. expressions")
         results["expressions"], images = expression_report(renderer)
         contact_sheet(images, results["expressions"], images["neutral"], out_dir / "contact_sheet.png")
@@ -958,6 +1046,13 @@ def print_tables(res: Mapping[str, Any]) -> None:
         print(f"\nlip gap (iod): neutral {s['neutral_gap_iod']:.3f}, full press {s['pressed_gap_iod']:.3f}, "
               f"closed below {s['closed_threshold_iod']:.3f}; correlation of the measured gap with "
               f"jaw_open*(1-lip_press): {fmt(s['corr_gap_vs_jaw_x_unpressed'], 3)}")  # fmt: skip
+    if "sync_e2e" in res:
+        e2e = res["sync_e2e"]
+        print(f"\nend to end (`duet render` through Triton, measured on {e2e['mp4']}): bilabial p95 "
+              f"{fmt(e2e['bilabial']['p95_abs_ms'])} ms (n={e2e['bilabial']['n']}), open vowel p95 "
+              f"{fmt(e2e['open_vowel']['p95_abs_ms'])} ms (n={e2e['open_vowel']['n']}); mouth vs timings "
+              f"{fmt(e2e['video_offset_ms'])} ms, voice onset vs timings {fmt(e2e['audio_offset_ms'])} ms, "
+              f"A/V offset {fmt(e2e['av_offset_ms'])} ms; first frame after {e2e['first_frame_ms']} ms")  # fmt: skip
 
     if "expressions" in res:
         e = res["expressions"]

@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--audio", default="", help="16 kHz mono PCM16 WAV to lip-sync (with --timings)")
     r.add_argument("--seed", type=int, default=0, help="idle motion seed (blinks, sway)")
     r.add_argument("--out", default="render.mp4", help="output MP4 (default: ./render.mp4)")
+    r.add_argument("--events", default="", help="also write the events (render_done has phoneme timings) as JSONL")
     r.add_argument("--list-emotions", action="store_true", help="print the emotions the face can show")
     r.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
 
@@ -185,6 +186,11 @@ def _size(raw: str) -> tuple[int, int]:
     return w, h
 
 
+def _write_jsonl(path: str, events: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(e) + "\n" for e in events)
+
+
 def _read_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -211,6 +217,7 @@ async def _render(args: argparse.Namespace) -> int:
     frames: list[VideoFrame] = []
     speaker = Speaker()
     done: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
     async with _server_for(args) as server:
         async for item in render(
             server,
@@ -229,9 +236,12 @@ async def _render(args: argparse.Namespace) -> int:
         ):
             if isinstance(item, VideoFrame):
                 frames.append(item)
-            elif isinstance(item, ReplyAudio):
+                continue
+            if isinstance(item, ReplyAudio):
                 speaker.place(item.t, item.pcm)
-            elif item.get("type") == "emotions":
+                continue
+            events.append(item)
+            if item.get("type") == "emotions":
                 for e in item["emotions"]:
                     print(f"{e['name']:<18} {e['description']}")
                 return 0
@@ -241,6 +251,8 @@ async def _render(args: argparse.Namespace) -> int:
                 done = item
     fps = float(done.get("fps") or args.fps or 25.0)
     n = write_mp4(args.out, frames, fps, speaker.window(0, speaker.end))
+    if args.events:
+        _write_jsonl(args.events, events)
     print(
         f"duet: wrote {args.out} ({n} frames at {fps:g} fps, {width}x{height}, "
         f"{done.get('speech_s', 0):.2f} s of speech; first frame after {done.get('first_frame_ms')} ms, "
