@@ -25,7 +25,7 @@ from orchestrator.errors import BadPortrait
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
-CACHE_VERSION = 1  # bump when the derived arrays change meaning
+CACHE_VERSION = 2  # bump when the derived arrays change meaning
 MIN_SIDE, MAX_SIDE = 128, 4096
 N_LANDMARKS = 478
 
@@ -49,6 +49,10 @@ IRIS_R = (468, 469, 470, 471, 472)  # centre first
 IRIS_L = (473, 474, 475, 476, 477)
 BROW_R = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55)  # upper edge outer -> inner, then lower edge
 BROW_L = (300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
+
+# A relaxed closed mouth has its corners about level with the line where the lips meet (within ~2% of the iod
+# either way); only a lift beyond that counts as the portrait's own smile.
+SMILE_DEAD_ZONE = 0.02
 
 
 class _Unreadable(Exception):
@@ -74,6 +78,8 @@ class Portrait:
     mouth_gap: float  # inner-lip gap at the centre at rest, in iod units
     mouth_open: bool  # the rest mouth shows its interior (teeth) between the lips
     teeth_rgb: F32  # (3,) colour of the portrait's own teeth, or a lit off-white estimate if the mouth is shut
+    teeth_visible: bool  # the rest mouth shows teeth (bright pixels between the lips), not a dark opening
+    rest_smile: float  # how far the mouth corners sit above the lips' meeting line at rest, iod, 0 = no smile
     lid_rgb: F32  # (2, 3) upper-eyelid skin colour per eye
 
     @property
@@ -138,8 +144,9 @@ def _inside_polygon(poly: F32, xs: F32, ys: F32) -> npt.NDArray[np.bool_]:
     return inside
 
 
-def _teeth_colour(image: U8, inner: F32, iod: float, open_: bool) -> F32:
-    """The portrait's own teeth (the brightest pixels between the lips), else an off-white lit like the skin."""
+def _teeth_colour(image: U8, inner: F32, iod: float, open_: bool) -> tuple[F32, bool]:
+    """The portrait's own teeth (the brightest pixels between the lips) and True, else an off-white lit like the
+    skin and False."""
     if open_:
         x0, y0 = np.floor(inner.min(0)).astype(int)
         x1, y1 = np.ceil(inner.max(0)).astype(int)
@@ -153,13 +160,24 @@ def _teeth_colour(image: U8, inner: F32, iod: float, open_: bool) -> F32:
             bright = pix[lum >= np.quantile(lum, 0.6)]
             col: F32 = np.median(bright, axis=0).astype(np.float32)
             if col.mean() > 90:  # otherwise the "open" mouth showed a dark cavity, not teeth
-                return col
+                return col, True
     centre = inner.mean(0)
     skin = _patch_median(image, centre[0], centre[1] - 0.45 * iod, max(int(0.05 * iod), 1))
     # Teeth are about as bright as the lit skin around them but far less saturated.
     lum = float(skin.max())
     base: F32 = np.array([0.93, 0.9, 0.84], dtype=np.float32) * min(max(lum, 150.0), 245.0)
-    return base
+    return base, False
+
+
+def rest_smile(xy: F32, iod: float) -> float:
+    """The portrait's own smile: mean height of the mouth corners (61, 291) above the middle of the inner-lip
+    gap (13, 14), measured across the face (perpendicular to the eye line), in iod, less the dead zone."""
+    ex = xy[IRIS_L[0]] - xy[IRIS_R[0]]
+    ex = ex / max(float(np.linalg.norm(ex)), 1e-6)
+    ey = np.array([-ex[1], ex[0]])
+    v = xy.astype(np.float64) @ ey / iod
+    lift = 0.5 * (v[13] + v[14]) - 0.5 * (v[61] + v[291])
+    return float(np.clip(lift - SMILE_DEAD_ZONE, 0.0, 0.3))
 
 
 def _derive(image: U8, lm: F32, sha: str) -> Portrait:
@@ -179,6 +197,7 @@ def _derive(image: U8, lm: F32, sha: str) -> Portrait:
     inner = xy[list(LIPS_INNER)].astype(np.float32)
     gap = float(np.linalg.norm(xy[14] - xy[13])) / iod
     mouth_open = gap > 0.06
+    teeth_rgb, teeth_visible = _teeth_colour(image, inner, iod, mouth_open)
     lid = []
     for upper, brow in ((EYE_R_UPPER, BROW_R), (EYE_L_UPPER, BROW_L)):
         lid_pt = xy[upper[4]]
@@ -200,7 +219,9 @@ def _derive(image: U8, lm: F32, sha: str) -> Portrait:
         iod=iod,
         mouth_gap=gap,
         mouth_open=mouth_open,
-        teeth_rgb=_teeth_colour(image, inner, iod, mouth_open),
+        teeth_rgb=teeth_rgb,
+        teeth_visible=teeth_visible,
+        rest_smile=rest_smile(xy, iod),
         lid_rgb=np.stack(lid).astype(np.float32),
     )
 
@@ -247,6 +268,8 @@ def _load(path: Path, image: U8, sha: str) -> Portrait | None:
             mouth_gap=float(data["mouth_gap"]),
             mouth_open=bool(data["mouth_open"]),
             teeth_rgb=data["teeth_rgb"].astype(np.float32),
+            teeth_visible=bool(data["teeth_visible"]),
+            rest_smile=float(data["rest_smile"]),
             lid_rgb=data["lid_rgb"].astype(np.float32),
         )
     except (OSError, KeyError, ValueError):

@@ -45,8 +45,8 @@ EMOTIONS: dict[str, Emotion] = {
     "sadness": Emotion(
         "inner brows up and drawn together, corners down (AU1+4+15); head and gaze drop",
         {
-            "brow_inner_up": 0.8,
-            "brow_lower": 0.35,
+            "brow_inner_up": 0.95,
+            "brow_lower": 0.15,
             "lip_corner_down": 0.7,
             "chin_raise": 0.25,
             "head_pitch": 5.0,
@@ -63,8 +63,8 @@ EMOTIONS: dict[str, Emotion] = {
             "brow_inner_up": 0.85,
             "brow_outer_up": 0.6,
             "brow_lower": 0.35,
-            "upper_lid_raise": 0.9,
-            "lid_tighten": 0.3,
+            "upper_lid_raise": 1.0,
+            "lid_tighten": 0.1,
             "lip_spread": 0.5,
             "jaw_open": 0.25,
             "head_pitch": -2.5,
@@ -93,9 +93,9 @@ EMOTIONS: dict[str, Emotion] = {
     "empathy": Emotion(
         "concern: inner brows up, a soft closed smile, head tilted toward the person",
         {
-            "brow_inner_up": 0.6,
-            "brow_lower": 0.2,
-            "lip_corner_up": 0.2,
+            "brow_inner_up": 0.8,
+            "brow_lower": 0.05,
+            "lip_corner_up": 0.3,
             "head_roll": 4.0,
             "head_pitch": 2.0,
         },
@@ -107,10 +107,10 @@ EMOTIONS: dict[str, Emotion] = {
     "thoughtful": Emotion(
         "slight frown and pressed lips, looking up and aside",
         {
-            "brow_lower": 0.3,
+            "brow_lower": 0.45,
             "lid_tighten": 0.2,
             "chin_raise": 0.2,
-            "lip_press": 0.2,
+            "lip_press": 0.5,
             "gaze_x": 0.35,
             "gaze_y": -0.3,
             "head_yaw": 4.0,
@@ -124,10 +124,10 @@ EMOTIONS: dict[str, Emotion] = {
     "interested": Emotion(
         "attentive: brows a little up, eyes open, a hint of smile, head tilted",
         {
-            "brow_inner_up": 0.25,
-            "brow_outer_up": 0.25,
-            "upper_lid_raise": 0.25,
-            "lip_corner_up": 0.1,
+            "brow_inner_up": 0.4,
+            "brow_outer_up": 0.5,
+            "upper_lid_raise": 0.5,
+            "lip_corner_up": 0.15,
             "head_roll": -2.5,
             "head_pitch": 1.0,
         },
@@ -137,8 +137,8 @@ EMOTIONS: dict[str, Emotion] = {
         {
             "brow_inner_up": 0.7,
             "brow_outer_up": 0.7,
-            "upper_lid_raise": 0.5,
-            "cheek_raise": 0.5,
+            "upper_lid_raise": 0.85,
+            "cheek_raise": 0.2,
             "lip_corner_up": 0.8,
             "jaw_open": 0.3,
             "head_pitch": -2.0,

@@ -28,7 +28,7 @@ from torch import Tensor
 from orchestrator.errors import BadFaceParams
 from orchestrator.face import assets as fa
 from orchestrator.face import params as fp
-from orchestrator.face.mouth import Between, closed_lid, mouth_interior, smoothstep
+from orchestrator.face.mouth import Between, Frame, closed_lid, mouth_interior, smoothstep, synthetic_upper_teeth
 
 F64 = npt.NDArray[np.float64]
 
@@ -41,6 +41,7 @@ _NASOLABIAL = (206, 426, 203, 423, 92, 322, 186, 410)
 _MOUTH_RING = (57, 287, 43, 273, 106, 335, 204, 424, 83, 313, 182, 406, 18, 200, 199, 175, 32, 262, 208, 428, 171,
                396)  # fmt: skip
 _FOREHEAD = (151, 9, 108, 337, 69, 299)
+_HEAD_ANCHOR = (1, 4, 5, 195, 197, 6, 168)  # the nose bridge and tip: rigid with the skull and the upper teeth
 _IRISES = fa.IRIS_R + fa.IRIS_L
 
 CONTROL = tuple(
@@ -62,14 +63,15 @@ ACTS = (
     "jaw_open", "lip_round", "lip_spread", "lip_press", "press_x_jaw", "lower_lip_tuck", "upper_lip_raise",
     "tongue_show", "teeth_show", "brow_inner_up", "brow_outer_up", "brow_lower", "upper_lid_raise", "cheek_raise",
     "lid_tighten", "nose_wrinkle", "lip_corner_up", "smirk_pos", "smirk_neg", "lip_corner_down", "chin_raise",
-    "lip_tighten", "blink", "gaze_x", "gaze_y",
+    "lip_tighten", "blink", "gaze_x", "gaze_y", "relax_corners", "relax_lips",
 )  # fmt: skip
 _A = {n: i for i, n in enumerate(ACTS)}
 _P = fp.INDEX
 
 BREATH_LIFT = 0.03  # iod; about a pixel or two at 512x512 for a head-and-shoulders portrait
 JAW_DROP = 0.34  # iod at jaw_open = 1
-UPPER_TEETH = 0.15  # iod of upper teeth showing under a relaxed upper lip
+UPPER_TEETH = 0.06  # iod of synthesised upper teeth below the lips' rest line (a portrait with its mouth shut)
+RELAXED_GAP = 0.08  # iod: lips at rest just apart; a wider rest gap (a toothy smile) is closed down to this
 
 
 class _Basis:
@@ -111,7 +113,9 @@ class _Basis:
         return out
 
 
-def _build_basis(lm: F64, iod: float, eye_half: F64, halo: F64) -> F64:
+def _build_basis(lm: F64, iod: float, eye_half: F64, halo: F64, smile: float = 0.0, close: float = 0.0) -> F64:
+    """`smile`: the portrait's own rest smile (iod) and `close`: how much of its rest lip gap to close (iod), both
+    taken back by the relax activations so that the rest face (every parameter 0) is a relaxed, neutral face."""
     b = _Basis(lm, iod)
     iu, il = fa.LIP_INNER_UPPER[1:-1], fa.LIP_INNER_LOWER[1:-1]
     ou, ol = fa.LIP_OUTER_UPPER[1:-1], fa.LIP_OUTER_LOWER[1:-1]
@@ -127,7 +131,7 @@ def _build_basis(lm: F64, iod: float, eye_half: F64, halo: F64) -> F64:
     s = b.sn(ol)
     b.add("jaw_open", ol, 0.0, 0.95 * JAW_DROP * (1 - 0.45 * s**2))
     b.add("jaw_open", corners, -0.03 * sign_c, 0.16)
-    b.add("jaw_open", lips_up, 0.0, -0.02 * (1 - b.sn(lips_up) ** 2))
+    b.add("jaw_open", lips_up, 0.0, -0.035 * (1 - b.sn(lips_up) ** 2))
     rest = [i for i in CONTROL if i not in lips and i not in _IRISES]
     ks = b.k(rest)
     fade = 1 - smooth_np(np.abs(b.u[ks]), 0.75, 1.35)
@@ -205,35 +209,54 @@ def _build_basis(lm: F64, iod: float, eye_half: F64, halo: F64) -> F64:
     left = [i for i in _CHEEKS + _NASOLABIAL if b.u[b.pos[i]] < 0]
     b.add("smirk_pos", right, 0.02, -0.04)
     b.add("smirk_neg", left, -0.02, -0.04)
-    corner_pull("lip_corner_down", -0.01, 0.09)
+    corner_pull("lip_corner_down", -0.015, 0.13)
     below = [i for i in rest if 0.35 < abs(b.u[b.pos[i]]) < 0.9 and 0.0 < b.v[b.pos[i]] < 0.45]
-    b.add("lip_corner_down", below, 0.0, 0.04)
+    b.add("lip_corner_down", below, 0.0, 0.05)
     b.add("chin_raise", ol, 0.0, -0.06)
     b.add("chin_raise", il, 0.0, -np.minimum(0.04, inner_gap * 0.9))
     chin = [i for i in rest if b.v[b.pos[i]] > 0.3 and abs(b.u[b.pos[i]]) < 0.8]
     b.add("chin_raise", chin, 0.0, -0.05)
+
+    # Relaxation of the portrait's own expression. relax_corners brings smiling corners back to the lips' meeting
+    # line and in (a smile lifts and widens in about that ratio), the cheeks and folds down with them; relax_lips
+    # lets the upper lip down over the teeth and the lower lip up, keeping RELAXED_GAP. Both are 0 for a portrait
+    # without a smile / with its lips together, so such a portrait is shown as it is.
+    if smile > 0:
+        corner_pull("relax_corners", -0.55 * smile, smile)
+        cheeks = _CHEEKS + _NASOLABIAL
+        b.add("relax_corners", cheeks, -0.15 * smile * np.sign(b.u[b.k(cheeks)]), 0.35 * smile)
+        b.add("relax_corners", lids_lo + _UNDER_EYE, 0.0, 0.1 * smile)
+    if close > 0:
+        frac = np.clip(inner_gap / max(float(inner_gap.max()), 1e-6), 0.0, 1.0) * close
+        b.add("relax_lips", iu, 0.0, 0.45 * frac)
+        b.add("relax_lips", il, 0.0, -0.55 * frac)
+        b.add("relax_lips", ou, 0.0, 0.3 * frac)
+        b.add("relax_lips", ol, 0.0, -0.3 * frac)
 
     # Brows: inner/outer weight by position along each brow.
     for brow in (fa.BROW_R, fa.BROW_L):
         fu = np.abs(b.face_u[b.k(brow)])
         t = np.clip((fu - fu.min()) / max(np.ptp(fu), 1e-6), 0, 1)  # 0 inner .. 1 outer
         sgn = np.sign(b.face_u[b.k(brow)])
-        b.add("brow_inner_up", brow, -0.02 * sgn * (1 - t), -0.13 * (1 - t) ** 1.5)
-        b.add("brow_outer_up", brow, 0.0, -0.12 * t)
-        b.add("brow_lower", brow, -0.05 * sgn * (1 - 0.5 * t), 0.09 * (1 - 0.4 * t))
-        b.add("nose_wrinkle", brow, 0.0, 0.03 * (1 - t))
-    b.add("brow_inner_up", _FOREHEAD, 0.0, -0.04)
-    b.add("brow_outer_up", _FOREHEAD, 0.0, -0.02)
-    b.add("brow_lower", _CREASE, 0.0, 0.03)
-    b.add("nose_wrinkle", (48, 278, 129, 358, 64, 294, 98, 327), 0.0, -0.04)
-    b.add("nose_wrinkle", ou, 0.0, -0.04)
+        # Full AU1 / AU2 lift the brow by ~15% of the iod, a full AU4 lowers it by ~12% and draws it in.
+        b.add("brow_inner_up", brow, -0.025 * sgn * (1 - t), -0.17 * (1 - t) ** 1.3)
+        b.add("brow_outer_up", brow, 0.0, -0.15 * (0.25 + 0.75 * t))
+        b.add("brow_lower", brow, -0.075 * sgn * (1 - 0.5 * t), 0.13 * (1 - 0.4 * t))
+        b.add("nose_wrinkle", brow, -0.02 * sgn * (1 - t), 0.05 * (1 - t))
+    b.add("brow_inner_up", _FOREHEAD, 0.0, -0.05)
+    b.add("brow_outer_up", _FOREHEAD, 0.0, -0.03)
+    b.add("brow_lower", _CREASE, 0.0, 0.05)
+    b.add("nose_wrinkle", (48, 278, 129, 358, 64, 294, 98, 327), 0.0, -0.06)
+    b.add("nose_wrinkle", ou, 0.0, -0.06 * (1 - 0.5 * b.sn(ou) ** 2))
+    b.add("nose_wrinkle", _NASOLABIAL, 0.0, -0.04)
+    b.add("nose_wrinkle", _CREASE, 0.0, 0.02)
 
     # Eyes. Profiles are 0 at the corners and 1 in the middle of each lid.
     prof = np.sin(np.linspace(0, np.pi, 9))[1:-1]
     for e, (upper, lower) in enumerate(((fa.EYE_R_UPPER, fa.EYE_R_LOWER), (fa.EYE_L_UPPER, fa.EYE_L_LOWER))):
         up, lo = upper[1:-1], lower[1:-1]
         gap = b.pair_gap(up, lo)
-        b.add("upper_lid_raise", up, 0.0, -0.045 * prof)
+        b.add("upper_lid_raise", up, 0.0, -0.075 * prof)  # the white shows above the iris
         b.add("cheek_raise", lo, 0.0, -0.035 * prof)
         b.add("lid_tighten", lo, 0.0, -0.04 * prof)
         b.add("lid_tighten", up, 0.0, 0.025 * prof)
@@ -247,6 +270,7 @@ def _build_basis(lm: F64, iod: float, eye_half: F64, halo: F64) -> F64:
         b.add("gaze_x", iris, max(eye_half[e, 0] - 0.8 * eye_half[e, 2], 0.02), 0.0)
         b.add("gaze_y", iris, 0.0, 0.45 * eye_half[e, 1])
     b.add("blink", _CREASE, 0.0, 0.02)
+    b.add("upper_lid_raise", _CREASE, 0.0, -0.03)
     b.add("cheek_raise", _CHEEKS + _UNDER_EYE, 0.0, -0.05)
     return b.to_image()
 
@@ -306,7 +330,8 @@ class FaceRenderer:
         pts3, head_w, breath_w = self._control_points(lm)
         self._src = pts3[:, :2]
         eye_half = self._eye_sizes(lm, iod)
-        basis = _build_basis(lm, iod, eye_half, pts3[N_FACE : N_FACE + N_HALO, :2])
+        close = max(portrait.mouth_gap - RELAXED_GAP, 0.0) if portrait.mouth_open else 0.0
+        basis = _build_basis(lm, iod, eye_half, pts3[N_FACE : N_FACE + N_HALO, :2], portrait.rest_smile, close)
 
         dev, f32 = self.device, torch.float32
         self.basis = torch.tensor(basis.reshape(len(ACTS), -1), dtype=f32, device=dev)
@@ -343,12 +368,27 @@ class FaceRenderer:
         self.mouth_box = self._box(0.5 * (lm[13, :2] + lm[14, :2]), (-1.45, 1.45), (-1.1, 1.6))
         self.eye_boxes = [self._box(lm[c, :2], (-0.95, 0.95), (-0.85, 0.85)) for c in (fa.IRIS_R[0], fa.IRIS_L[0])]
         self.gap_rest = (portrait.mouth_gap if portrait.mouth_open else 0.0) * self.iod_out
+        self.gap_own = portrait.mouth_gap * self.iod_out  # the lips' gap as the portrait has it
         self.teeth = torch.tensor(portrait.teeth_rgb, dtype=f32, device=dev)
         self.lids = torch.tensor(portrait.lid_rgb, dtype=f32, device=dev)
         lip_pt = 0.5 * (lm[14, :2] + lm[17, :2])  # the middle of the lower lip's red
         lip = fa._patch_median(portrait.image, float(lip_pt[0]), float(lip_pt[1]), max(int(0.02 * iod), 1))
         self.lip_rgb = torch.tensor(lip * 0.92, dtype=f32, device=dev)  # the seam lies a little in shadow
+        self.lip_full = torch.tensor(lip, dtype=f32, device=dev)
         k = {idx: i for i, idx in enumerate(CONTROL)}
+        # The upper teeth sit on the skull: they are placed in the head's frame (nose and eye corners), so the
+        # lips slide over them. The portrait's own teeth are used where it shows them.
+        rest_out = (self.pts3[:, :2] - self.out_origin + 0.5) / self.framing.scale - 0.5
+        self.k_anchor = torch.tensor([k[i] for i in _HEAD_ANCHOR], device=dev)
+        self.k_eye_line = torch.tensor([k[133], k[362]], device=dev)
+        self.anchor_rest = rest_out[self.k_anchor].mean(0)
+        eye_line = rest_out[k[362]] - rest_out[k[133]]
+        self.eye_angle_rest = float(torch.atan2(eye_line[1], eye_line[0]))
+        self.teeth_frame = Frame(
+            rest_out[[k[i] for i in fa.LIP_INNER_UPPER]], rest_out[[k[i] for i in fa.LIP_INNER_LOWER]]
+        )
+        self.own_teeth = portrait.teeth_visible
+        self.upper_rest = float(rest_out[k[13], 1] - rest_out[self.k_anchor, 1].mean())
         self.k_inner_up = torch.tensor([k[i] for i in fa.LIP_INNER_UPPER], device=dev)
         self.k_inner_lo = torch.tensor([k[i] for i in fa.LIP_INNER_LOWER], device=dev)
         self.k_eyes = [
@@ -476,6 +516,13 @@ class FaceRenderer:
         # A closed eye stays closed however tight or wide the lids are asked to be.
         a[:, _A["lid_tighten"]] = col("lid_tighten") * (1 - col("blink"))
         a[:, _A["cheek_raise"]] = col("cheek_raise")
+        # The portrait's own smile and lip gap are relaxed at rest; a smile, or a mouth shape that sets the lips
+        # itself (pressed, tucked, tightened, teeth bared), takes the relaxation back instead of adding to it.
+        a[:, _A["relax_corners"]] = (1 - col("lip_corner_up")).clamp_min(0)
+        keep = (1 - col("lip_press")) * (1 - col("lower_lip_tuck")) * (1 - col("lip_tighten"))
+        a[:, _A["relax_lips"]] = (
+            keep * (1 - col("teeth_show")) * (1 - col("upper_lip_raise")) * a[:, _A["relax_corners"]]
+        )
         return a
 
     def displacements(self, p: Tensor) -> Tensor:
@@ -563,30 +610,78 @@ class FaceRenderer:
 
     def _mouth(self, out: Tensor, p: Tensor, pts: Tensor) -> None:
         gap_now = pts[:, self.k_gap[1], 1] - pts[:, self.k_gap[0], 1]  # signed: a tucked lip goes negative
-        weight = smoothstep(gap_now - self.gap_rest, 0.01 * self.iod_out, 0.07 * self.iod_out)
-        closing = gap_now < 0.75 * self.gap_rest
-        if not (self._needed(weight) or self._needed(closing.float())):
+        iod = self.iod_out
+        # Drawn wherever the lips are not where the portrait has them: the upper teeth are the portrait's own (in
+        # the head's frame), so fading in over a small change of the gap shows no seam.
+        lip_up = pts[:, self.k_gap[0], 1] - pts[:, self.k_anchor, 1].mean(1) - self.upper_rest
+        weight = smoothstep((gap_now - self.gap_own).abs() + lip_up.abs(), 0.004 * iod, 0.025 * iod)
+        relaxed = min(self.gap_rest, RELAXED_GAP * iod)
+        if not self._needed(weight):
             return
         x0, y0, x1, y1 = self.mouth_box
         gx, gy = self._pixels(self.mouth_box)
         m = Between(pts[:, self.k_inner_up], pts[:, self.k_inner_lo], gx, gy)
-        iod = self.iod_out
-        upper = iod * (UPPER_TEETH + 0.07 * p[:, _P["upper_lip_raise"]])
-        lower = iod * (0.02 + 0.04 * p[:, _P["jaw_open"]] + 0.08 * p[:, _P["teeth_show"]])
-        colour = mouth_interior(m, iod, self.teeth, upper, lower, p[:, _P["tongue_show"]])
-        alpha = m.alpha(self.feather, 0.25 * self.feather) * weight[:, None]
+        colour = mouth_interior(
+            m,
+            iod,
+            self._upper_teeth(m, p, pts, gx, gy),
+            self.teeth,
+            self.lip_full,
+            iod * (0.01 + 0.06 * p[:, _P["jaw_open"]] + 0.06 * p[:, _P["teeth_show"]]),
+            p[:, _P["tongue_show"]],
+        )
+        alpha = m.alpha(self.feather, 0.0) * weight[:, None]
         region = out[:, :, y0:y1, x0:x1]
         a = m.image(alpha)[:, None]
         region.mul_(1 - a).add_(m.image(colour) * a)
-        # Lips sealed tighter than in the portrait: the squeezed teeth would still peek through as a bright
-        # thread, so the seam is painted in lip colour with a soft dark line where the lips meet.
-        seal = smoothstep(self.gap_rest - gap_now, 0.3 * self.gap_rest, 0.75 * self.gap_rest) if self.gap_rest else None
-        if seal is not None and self._needed(seal):
+        # Lips sealed (tighter than relaxed): the squeezed teeth could still peek through as a bright thread just
+        # outside the inner-lip line, so the seam is painted in lip colour with a soft shadow where the lips meet.
+        if relaxed <= 0:
+            return
+        seal = 1.0 - smoothstep(gap_now, 0.2 * relaxed, 0.7 * relaxed)
+        if self._needed(seal):
             mid = 0.5 * (m.t_up + m.t_lo)
-            line = torch.exp(-(((m.t - mid) / (0.008 * iod + 0.3)) ** 2))
-            lip = self.lip_rgb[None, :, None] * (1.0 - 0.3 * line)[:, None, :]
-            sa = m.image(m.alpha(self.feather, -1.2 * self.feather - 0.02 * iod) * seal[:, None])[:, None]
+            line = torch.exp(-(((m.t - mid) / (0.006 * iod + 0.4)) ** 2))
+            lip = self.lip_rgb[None, :, None] * (1.0 - 0.35 * line)[:, None, :]
+            sa = m.image(m.alpha(self.feather, -1.0 * self.feather - 0.015 * iod) * seal[:, None])[:, None]
             region.mul_(1 - sa).add_(m.image(lip) * sa)
+
+    def _upper_teeth(self, m: Between, p: Tensor, pts: Tensor, gx: Tensor, gy: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha (B, M), colour (B, 3, M)) of the upper teeth, fixed in the head's frame."""
+        b = p.shape[0]
+        anchor = pts[:, self.k_anchor].mean(1)  # (B, 2)
+        eye = pts[:, self.k_eye_line[1]] - pts[:, self.k_eye_line[0]]
+        ang = torch.atan2(eye[:, 1], eye[:, 0]) - self.eye_angle_rest
+        c, s = torch.cos(ang)[:, None], torch.sin(ang)[:, None]
+        dx = gx.reshape(1, -1) - anchor[:, :1]
+        dy = gy.reshape(1, -1) - anchor[:, 1:]
+        # Back to the rest frame: rotate by -angle about the anchor.
+        qx = c * dx + s * dy + self.anchor_rest[0]
+        qy = -s * dx + c * dy + self.anchor_rest[1]
+        f = self.teeth_frame
+        rx, ry = qx - f.mid[0], qy - f.mid[1]
+        s_r = rx * f.ux[0] + ry * f.ux[1]
+        t_r = rx * f.nx[0] + ry * f.nx[1]
+        t_up, t_lo = f.curves(s_r)
+        iod = self.iod_out
+        if not self.own_teeth:
+            edge = t_up + UPPER_TEETH * iod * (1.0 - 0.35 * (s_r / f.half) ** 2)
+            return synthetic_upper_teeth(s_r / f.half, t_r, edge, iod, self.teeth)
+        # The portrait's own teeth: sample between its rest lips (clamped inside, so a raised lip shows the top of
+        # the teeth continued, not the lip), down to the lower lip's rest line.
+        inset = 0.6 + 0.01 * iod
+        ts = torch.minimum(torch.maximum(t_r, t_up + inset), t_lo - inset)
+        ox = f.mid[0] + s_r * f.ux[0] + ts * f.nx[0]
+        oy = f.mid[1] + s_r * f.ux[1] + ts * f.nx[1]
+        sx = self.framing.x0 + (ox + 0.5) * self.framing.scale - 0.5
+        sy = self.framing.y0 + (oy + 0.5) * self.framing.scale - 0.5
+        grid = torch.stack([(sx + 0.5) / self.src_size[0] * 2 - 1, (sy + 0.5) / self.src_size[1] * 2 - 1], -1)
+        _, bh, bw = m.shape
+        col = nnf.grid_sample(self.image.expand(b, -1, -1, -1), grid.view(b, bh, bw, 2), mode="bilinear",
+                              padding_mode="border", align_corners=False)  # fmt: skip
+        along = torch.minimum(s_r - f.su[0], f.su[-1] - s_r)
+        a = smoothstep(t_lo - inset - t_r, -0.7, 0.7) * smoothstep(along, 0.0, 0.02 * iod)
+        return a, col.reshape(b, 3, -1)
 
     def _eyelids(self, out: Tensor, p: Tensor, pts: Tensor) -> None:
         weight = smoothstep(p[:, _P["blink"]], 0.55, 0.92)

@@ -86,6 +86,7 @@ def test_list_emotions_and_bad_requests(server: str, tmp_path: Path) -> None:
         (("--text", "Hi.", "--face", "nobody"), "bad_portrait"),
         (("--text", "Hi.", "--size", "33x33"), "bad_face_params"),
         (("--audio", str(tmp_path / "missing.wav"), "--timings", str(tmp_path / "x.json")), "bad_audio"),
+        (("--audio", str(tmp_path / "missing.wav")), "bad_timings"),
     ):
         r = duet("render", *args, "--out", str(tmp_path / "x.mp4"), "--server", server)
         assert r.returncode == 2 and code in r.stderr, (args, r.stderr)

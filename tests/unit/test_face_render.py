@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -59,13 +60,26 @@ def luma(img: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("size", [(512, 512), (1920, 1080)])
 def test_rest_reproduces_the_portrait(portrait: fa.Portrait, size: tuple[int, int]) -> None:
-    r = r512_or(portrait, size)
+    # A portrait without a smile of its own (here: the astronaut with her smile and lip gap declared away) is
+    # shown exactly as it is at rest.
+    plain = dataclasses.replace(portrait, rest_smile=0.0, mouth_open=False)
+    r = r512_or(plain, size)
     out = r.render(fp.rest(1))
     assert out.shape == (1, 3, size[1], size[0]) and out.dtype == torch.uint8
     got = out[0].permute(1, 2, 0).numpy().astype(np.int16)
     ref = reference_crop(r).astype(np.int16)
     err = np.abs(got - ref)
     assert err.mean() < 1.0 and np.quantile(err, 0.999) <= 3
+    # The smiling portrait's rest face is relaxed around the mouth, cheeks and lower lids only: the forehead, brows
+    # and upper lids hold.
+    relaxed = r512_or(portrait, size).render(fp.rest(1))[0].permute(1, 2, 0).numpy().astype(np.int16)
+    lips = to_out(r, portrait.lips_outer)
+    below_eyes = int(to_out(r, portrait.iris_centres)[:, 1].min() - 0.1 * r.iod_out)
+    far = np.abs(relaxed - ref)
+    assert far[:below_eyes].mean() < 1.0 and np.quantile(far[:below_eyes], 0.999) <= 3
+    ys = slice(int(lips[:, 1].min()), int(lips[:, 1].max()) + 1)
+    xs = slice(int(lips[:, 0].min()), int(lips[:, 0].max()) + 1)
+    assert far[ys, xs].mean() > 5
     # The whole face is in the frame, with headroom above the forehead.
     oval = to_out(r, portrait.face_oval)
     assert oval.min() > 0 and oval[:, 0].max() < size[0] and oval[:, 1].max() < size[1]
@@ -105,7 +119,9 @@ def test_jaw_open_opens_the_mouth(r512: FaceRenderer) -> None:
         px = img[ys, xs].astype(np.int16)
         return int(((px.min(-1) > 175) & (np.ptp(px, axis=-1) < 40)).sum())  # bright and unsaturated
 
-    assert teeth(frame(r512, lip_press=1.0)) < 0.35 * teeth(frame(r512))
+    # (Compared with the portrait's own toothy smile: the relaxed rest face already covers most of the teeth.)
+    assert teeth(frame(r512, lip_press=1.0)) < 0.35 * teeth(frame(r512, lip_corner_up=1.0))
+    assert teeth(frame(r512)) < teeth(frame(r512, lip_corner_up=1.0))
 
 
 def test_open_mouth_has_teeth_and_no_seam(r512: FaceRenderer) -> None:
