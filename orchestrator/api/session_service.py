@@ -188,6 +188,11 @@ class SessionService(pb_grpc.SessionServicer):
         self.llm = llm
         self.active = 0
 
+    def _check_capacity(self) -> None:
+        """Sessions and renders share one limit: each holds Triton streams and a slice of the machine."""
+        if self.active >= self.settings.server.max_sessions:
+            raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ServerMessage]:
@@ -208,8 +213,7 @@ class SessionService(pb_grpc.SessionServicer):
                 persona = load_persona(
                     self.settings.conversation.personas_dir, first.start.persona or self.settings.conversation.persona
                 )
-            if self.active >= self.settings.server.max_sessions:
-                raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+            self._check_capacity()
         except DuetError as err:
             yield error_message(err)
             return
@@ -357,8 +361,7 @@ class SessionService(pb_grpc.SessionServicer):
         try:
             spec = clip_spec(self.settings, request)
             check_spec(spec)
-            if self.active >= self.settings.server.max_sessions:
-                raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+            self._check_capacity()
         except DuetError as err:
             yield error_message(err)
             return
