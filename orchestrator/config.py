@@ -36,6 +36,8 @@ class TritonSettings:
         "tts",
         "face_motion",
         "face_render",
+        "perception_audio",
+        "perception_face",
     )
     http_port: int = 0  # 0 = pick a free loopback port
     grpc_port: int = 0

@@ -33,6 +33,7 @@ from orchestrator.config import Settings
 from orchestrator.dialogue import Dialogue
 from orchestrator.errors import DuetError
 from orchestrator.face.driver import FaceDriver
+from orchestrator.perception.pipeline import PerceptionSession
 from orchestrator.persona import Persona
 from orchestrator.playback import Playback, ReplyAudio, Segment
 from orchestrator.session import FloorSession
@@ -96,6 +97,7 @@ class ConversationSession:
         name: str = "session",
         clock: Clock = time.perf_counter,
         face: FaceDriver | None = None,
+        perception: PerceptionSession | None = None,
     ) -> None:
         self.models = models
         self.llm = llm
@@ -141,6 +143,10 @@ class ConversationSession:
         self._commit_t = 0.0
         self._closed = False
         self.face = face  # the replica's video, when the session asked for it
+        self.perception = perception  # the user's voice and camera, described for the LLM
+        self._turn_text = ""  # the current user turn's latest transcript (for the utterance summary)
+        if perception is not None:
+            perception.on_note = self._set_perception_note
 
     # ---- clock ----------------------------------------------------------------------------------------
 
@@ -160,10 +166,20 @@ class ConversationSession:
             mic = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
             pcm = self.echo.process(self.samples, mic).astype("<i2").tobytes()
         await self.floor.audio(pcm, arrival)
+        if self.perception is not None:
+            self.perception.audio(pcm, self.now, arrival if arrival is not None else self._clock())
         self._maybe_partial()
         await self._advance_playback()
         if self.face is not None:
             self.face.advance(self.now)
+
+    def _set_perception_note(self, note: str) -> None:
+        self.dialogue.perception_note = note
+
+    def video(self, data: bytes, t: float, arrival: float | None = None) -> None:
+        """A camera frame of the user (JPEG/PNG) taken at `t` on the session clock; only the newest is kept."""
+        if self.perception is not None:
+            self.perception.video(data, t, arrival if arrival is not None else self._clock())
 
     def text(self, text: str, *, replica: bool = False) -> None:
         """Typed text from the client (a text-only user, or a transcript from the client's own ASR)."""
@@ -178,6 +194,8 @@ class ConversationSession:
         """End of the client's audio: settle the last turn, let a reply finish generating, and send the rest
         of its audio straight after what was sent (there is no input clock any more to pace it)."""
         await self.floor.finish()
+        if self.perception is not None:
+            await self.perception.finish()
         while self._asr_task is not None and not self._asr_task.done():  # a decode may chain the final one
             await asyncio.gather(self._asr_task, return_exceptions=True)
         self._awaiting_final = False
@@ -216,6 +234,8 @@ class ConversationSession:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.face is not None:
             await self.face.close()
+        if self.perception is not None:
+            await self.perception.close()
 
     # ---- floor events -----------------------------------------------------------------------------------
 
@@ -243,9 +263,13 @@ class ConversationSession:
         await self._floor_to_machine(kind, t)
 
     async def _floor_to_machine(self, kind: str, t: float) -> None:
+        if self.perception is not None and kind in ("speech_start", "eot_commit"):
+            # after the final transcript (held events wait for it): the summary can quote the user's words
+            await self.perception.floor_event(kind, t, self._turn_text or None)
         if self.replies:
             await self._apply(self.machine.on_floor(kind, t))
         if kind == "eot_commit":
+            self._turn_text = ""
             self._schedule.end_turn()
             self._transcript.reset()
             self._awaiting_final = False
@@ -279,6 +303,7 @@ class ConversationSession:
         if result is not None and self._schedule.is_current(window):
             part = self._transcript.finalize(result) if window.final else self._transcript.update(result)
             self.floor.text(part.text)
+            self._turn_text = part.text
             await self._emit(
                 {"type": "transcript", "t": round(window.end_s, 4), "text": part.text, "final": window.final}
             )

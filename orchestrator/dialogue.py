@@ -27,6 +27,9 @@ class Dialogue:
     history_turns: int = 12
     stop: tuple[str, ...] = ()
     turns: list[Turn] = field(default_factory=list)
+    # What perception last said about the user ("[perception] ..."), set by the session. It goes in as a system
+    # note just before the user's turn: after the history, so the LLM's cached prefix stays valid.
+    perception_note: str = ""
 
     def commit_user(self, text: str, t: float) -> None:
         self.turns.append(Turn("user", text, t))
@@ -46,6 +49,8 @@ class Dialogue:
         messages += [ChatMessage(t.role, t.text) for t in recent]
         if not recent or recent[-1].role != "user" or recent[-1].text != user_text:
             messages.append(ChatMessage("user", user_text))
+        if self.perception_note:
+            messages.insert(len(messages) - 1, ChatMessage("system", self.perception_note))
         return LlmRequest(
             messages=tuple(_merge_same_role(messages)),
             max_tokens=self.persona.max_tokens,

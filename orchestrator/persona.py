@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import BadOption
+from orchestrator.perception.tools import PerceptionTool, parse_tools
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -29,6 +30,8 @@ class Persona:
     max_sentences: int = 2  # stop generating after this many sentences: a spoken reply is short
     face: str = ""  # portrait in faces/ (empty: the server's default face)
     emotion: str = ""  # the face's resting emotion (empty: the server's default)
+    # conditions on what perception sees/hears that fire `perception_tool_call` (orchestrator/perception/tools.py)
+    perception_tools: tuple[PerceptionTool, ...] = ()
 
 
 def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
@@ -54,6 +57,7 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
         "max_sentences",
         "face",
         "emotion",
+        "perception_tools",
     }
     unknown = set(data) - allowed
     if unknown:
@@ -73,6 +77,7 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
             max_sentences=int(data.get("max_sentences", 2)),
             face=str(data.get("face", "")),
             emotion=str(data.get("emotion", "")),
+            perception_tools=parse_tools(data.get("perception_tools")),
         )
     except (TypeError, ValueError) as exc:
         raise BadOption(f"persona {persona_id!r}: {exc}") from exc

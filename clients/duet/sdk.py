@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,10 @@ class Session:
     async def send_audio(self, pcm: bytes) -> None:
         await self._send(pb.ClientMessage(audio=pb.AudioChunk(pcm=pcm, seq=self._seq)))
         self._seq += 1
+
+    async def send_video(self, jpeg: bytes, t: float) -> None:
+        """A camera frame (JPEG or PNG bytes) taken at `t` seconds on the session's audio clock."""
+        await self._send(pb.ClientMessage(video=pb.VideoFrame(jpeg=jpeg, t=t)))
 
     async def send_text(self, text: str, *, replica: bool = False, final: bool = False, t: float = 0.0) -> None:
         role = (
@@ -291,3 +295,59 @@ async def render(
         )
         async for item in _items(stub.Render(request)):
             yield item
+
+
+async def stream_media(
+    server: str,
+    pcm: bytes,
+    frames: Sequence[tuple[float, bytes]],
+    *,
+    speed: float = 1.0,
+    options: Mapping[str, str] | None = None,
+    persona: str = "",
+) -> AsyncIterator[dict[str, Any]]:
+    """A recorded user with a camera: 20 ms audio chunks and (t, jpeg) frames sent in time order (at `speed`
+    x real time; 0 = as fast as possible), yielding the session's events."""
+    audio = list(chunks(pcm))
+    end_t = max(len(audio) * CHUNK_SAMPLES / SAMPLE_RATE, frames[-1][0] if frames else 0.0)
+    async with connect(server, options=options, persona=persona) as session:
+        events: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+
+        async def collect() -> None:
+            try:
+                async for e in session.events():
+                    await events.put(e)
+            except BaseException as exc:
+                await events.put(exc)
+            finally:
+                await events.put(None)
+
+        async def send() -> None:
+            t0 = time.perf_counter()
+            a, v = 0, 0
+            silence = bytes(CHUNK_SAMPLES * 2)
+            while a * CHUNK_SAMPLES / SAMPLE_RATE < end_t or v < len(frames):
+                t_audio = a * CHUNK_SAMPLES / SAMPLE_RATE
+                if v < len(frames) and frames[v][0] <= t_audio:
+                    await session.send_video(frames[v][1], frames[v][0])
+                    v += 1
+                    continue
+                if speed > 0 and (delay := t0 + t_audio / speed - time.perf_counter()) > 0:
+                    await asyncio.sleep(delay)
+                await session.send_audio(audio[a] if a < len(audio) else silence)  # the clock runs on audio
+                a += 1
+            await session.end()
+
+        tasks = [
+            asyncio.create_task(collect(), name="duet-collect-events"),
+            asyncio.create_task(send(), name="duet-send-media"),
+        ]
+        try:
+            while (item := await events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -31,6 +31,7 @@ from orchestrator.face.clip import AudioPiece, ClipModels, ClipSpec, check_spec,
 from orchestrator.face.driver import FaceDriver
 from orchestrator.face.emotions import EMOTIONS
 from orchestrator.face.library import FaceLibrary, check_size
+from orchestrator.perception.pipeline import PerceptionModels, PerceptionSession
 from orchestrator.persona import load_persona
 from orchestrator.session import FloorSession
 from orchestrator.triton import FaceModels, FloorModels, LanguageModel, RenderedFrames
@@ -65,12 +66,13 @@ def check_audio_format(fmt: pb.AudioFormat) -> None:
         raise BadAudioFormat("unsupported audio format: " + "; ".join(problems))
 
 
-MODES = ("conversation", "floor", "acoustic")
+MODES = ("conversation", "floor", "acoustic", "perceive")
 
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """`Start.options`, validated. `mode`: "conversation" (default: ASR, replies, playback), "floor" (floor
+    """`Start.options`, validated. `mode`: "conversation" (default: ASR, replies, playback, perception), "perceive"
+    (floor, ASR and perception: `duet perceive`), "floor" (floor
     events and transcripts, no replies: `duet turns`, clients that run their own dialogue) or "acoustic"
     (floor events from audio alone, no ASR: the cheapest, and decisions independent of send speed)."""
 
@@ -79,6 +81,7 @@ class SessionOptions:
     speculation: bool | None = None  # None: the persona's and the server's setting
     echo_suppression: bool | None = None
     video: FaceSettings | None = None  # `video=true`: stream the replica's face (`video.fps`, `video.size=WxH`)
+    perception: bool = False  # hear and see the user (conversation: on unless `perception=false`; perceive: on)
 
 
 def parse_options(settings: Settings, options: dict[str, str]) -> SessionOptions:
@@ -91,11 +94,14 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionOptions
     spec = coerce_bool(rest.pop("speculation"), "speculation") if "speculation" in rest else None
     echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
     video = parse_video(settings.face, rest) if coerce_bool(rest.pop("video", "false"), "video") else None
+    perceive = coerce_bool(rest.pop("perception", "true"), "perception") and mode in ("conversation", "perceive")
     if rest:
         raise BadOption(f"unknown session option(s) {sorted(rest)}")
     if video is not None and mode != "conversation":
         raise BadOption("video needs mode=conversation (the face speaks the replies)")
-    return SessionOptions(floor=floor, mode=mode, speculation=spec, echo_suppression=echo, video=video)
+    return SessionOptions(
+        floor=floor, mode=mode, speculation=spec, echo_suppression=echo, video=video, perception=perceive
+    )
 
 
 def parse_video(face: FaceSettings, options: dict[str, str]) -> FaceSettings:
@@ -243,6 +249,14 @@ class SessionService(pb_grpc.SessionServicer):
                 emotion=persona.emotion or opts.video.emotion,
                 name=f"session-{sid}",
             )
+        perception = None
+        if opts.perception and persona is not None:
+            perception = PerceptionSession(
+                typing.cast(PerceptionModels, self.models),
+                emit,
+                tools=persona.perception_tools,
+                name=f"session-{sid}",
+            )
         if persona is not None:
             session = ConversationSession(
                 typing.cast(ConversationModels, self.models),
@@ -257,6 +271,7 @@ class SessionService(pb_grpc.SessionServicer):
                 replies=opts.mode == "conversation",
                 name=f"session-{sid}",
                 face=face,
+                perception=perception,
             )
         else:
             session = FloorSession(self.models, opts.floor, emit, max_chunk_ms=self.settings.server.max_audio_chunk_ms)
@@ -273,6 +288,8 @@ class SessionService(pb_grpc.SessionServicer):
                     )
                 )
                 face.start()
+            if perception is not None:
+                perception.start()
             while True:
                 msg = await outbox.get()
                 if msg is None:
@@ -343,7 +360,8 @@ class SessionService(pb_grpc.SessionServicer):
             elif c == pb.Control.INTERRUPT:
                 session.replica(False)
         elif kind == "video":
-            pass  # perception lands in its own issue; frames are accepted and not queued
+            if isinstance(session, ConversationSession):
+                session.video(msg.video.jpeg, msg.video.t, item.arrival)  # only the newest frame is kept
         elif kind == "start":
             raise ProtocolError("`start` may only be sent once")
 

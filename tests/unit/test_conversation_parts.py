@@ -77,6 +77,19 @@ def test_committed_turns_enter_the_prompt_once_and_alternate() -> None:
     assert d.last_replica_text.startswith("Sorry")
 
 
+def test_perception_note_goes_just_before_the_user_turn_and_keeps_the_prefix() -> None:
+    d = Dialogue(persona())
+    d.commit_user("my bill is wrong", 1.0)
+    d.commit_replica("Sorry to hear that.", 3.0, interrupted=False)
+    plain = d.request("it was charged twice")
+    d.perception_note = "[perception] The user sounds tense and looks away."
+    noted = d.request("it was charged twice")
+    assert [m.role for m in noted.messages] == ["system", "user", "assistant", "system", "user"]
+    assert noted.messages[3].content.startswith("[perception]")
+    assert noted.messages[:3] == plain.messages[:3]  # the history prefix (and the LLM's cache of it) is unchanged
+    assert noted.messages[-1] == plain.messages[-1]
+
+
 def test_history_is_bounded() -> None:
     d = Dialogue(persona(), history_turns=4)
     for i in range(10):
