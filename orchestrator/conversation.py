@@ -369,6 +369,7 @@ class ConversationSession:
                 "t": round(self.now, 4),
                 "reply_id": a.reply_id,
                 "speculative": a.speculative,
+                "perception_note": self.dialogue.perception_note or None,  # what the LLM was told of the user
                 "transcript": a.snapshot.transcript,
             }
         )

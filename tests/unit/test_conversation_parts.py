@@ -185,3 +185,16 @@ def test_bleed_adds_delayed_replica_audio_to_the_mic() -> None:
     out = np.frombuffer(bleed(0, quiet), dtype="<i2")
     assert out[:160].max() == 0 and abs(int(out[200]) - 5000) <= 1
     assert np.frombuffer(bleed(1800, quiet), dtype="<i2").max() == 0  # past the replica audio
+
+
+def test_perception_is_on_for_conversations_and_perceive_sessions_only() -> None:
+    s = Settings()
+    assert parse_options(s, {}).perception
+    assert parse_options(s, {"mode": "perceive"}).perception
+    assert not parse_options(s, {"mode": "floor"}).perception
+    assert not parse_options(s, {"mode": "acoustic"}).perception
+    assert not parse_options(s, {"perception": "false"}).perception
+    with pytest.raises(BadOption):
+        parse_options(s, {"perception": "sometimes"})
+    with pytest.raises(BadOption):
+        parse_options(s, {"mode": "perceive", "video": "true"})  # the replica's face needs replies
