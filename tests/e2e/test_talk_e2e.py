@@ -56,7 +56,9 @@ def test_spoken_exchange_writes_the_session_outputs(server: str, tmp_path: Path,
     user = " ".join(t["text"] for t in transcript["turns"] if t["role"] == "user").lower()
     assert "bill" in user and ("charged" in user or "twice" in user)
     replies = [t for t in transcript["turns"] if t["role"] == "replica"]
-    assert replies and all(t["text"].strip() for t in replies)
+    # a reply cut before its first word was heard is kept as an interrupted, empty turn
+    assert replies and all(t["text"].strip() or t["interrupted"] for t in replies)
+    assert any(t["text"].strip() for t in replies)
     starts = [e for e in events if e["type"] == "replica_speaking_start"]
     assert len({e["reply_id"] for e in starts}) == len(starts)
 
