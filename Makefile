@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
-	bench-echo bench-load bench-pa-speech bench-face serve clean
+	bench-echo bench-load bench-pa-speech bench-face bench-perception serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,7 +39,7 @@ integration: setup  ## real tritonserver, real models
 e2e: setup  ## whole stack through the real CLI and SDK
 	@$(PY) -m pytest -q tests/e2e
 
-bench: setup bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech bench-face  ## every benchmark table
+bench: setup bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech bench-face bench-perception  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
 	@$(PY) perf/bench_turns.py --split check --out perf/out/bench_turns_check.json
@@ -65,6 +65,10 @@ bench-pa-speech: setup  ## perf_analyzer on asr, and streaming llm / tts
 
 bench-face: setup  ## face renderer speed (render vs OpenCV remap), A/V sync, emotions, contact sheet + MP4
 	@$(PY) perf/bench_face.py
+
+bench-perception: setup  ## perception freshness through the stack, accuracy tables, cost; perf_analyzer
+	@$(PY) perf/bench_perception.py
+	@bash perf/pa_perception.sh
 
 serve: setup  ## run the stack in the foreground
 	@$(VENV)/bin/duet serve
