@@ -8,17 +8,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=perf/out/pa_asr
 mkdir -p "$OUT"
-SP=$($PY -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')
-
-# perf_analyzer (shipped in the tritonclient wheel) needs libb64 and libcudart; link the copies the
-# server wheel already carries so no CUDA install is needed.
-LIBS=$PWD/.cache/palibs
-mkdir -p "$LIBS"
-ln -sfn "$(ls "$SP"/nvidia_pytriton.libs/libb64-*.so.0d | head -n1)" "$LIBS/libb64.so.0d"
-ln -sfn "$(ls "$SP"/nvidia_pytriton.libs/libcudart-*.so.12* | head -n1)" "$LIBS/libcudart.so.12"
+source perf/pa_env.sh  # perf_analyzer and the libraries it needs: LIBS, PA
 export LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-PA=.venv/bin/perf_analyzer
-$PA --version >/dev/null 2>&1 || { echo "perf_analyzer cannot start: $($PA --version 2>&1 | tail -1)"; exit 1; }
 
 $PY perf/pa_asr_inputs.py inputs "$OUT"
 

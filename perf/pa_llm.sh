@@ -15,15 +15,7 @@ PY=.venv/bin/python
 OUT=perf/out/pa_llm
 LAYOUTS=${LAYOUTS:-"1:2:1 1:1:2"}
 mkdir -p "$OUT"
-SP=$($PY -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')
-
-# perf_analyzer (from the tritonclient wheel) needs libb64 and libcudart: link the server wheel's copies.
-LIBS=$PWD/.cache/palibs
-mkdir -p "$LIBS"
-ln -sfn "$(ls "$SP"/nvidia_pytriton.libs/libb64-*.so.0d | head -n1)" "$LIBS/libb64.so.0d"
-ln -sfn "$(ls "$SP"/nvidia_pytriton.libs/libcudart-*.so.12* | head -n1)" "$LIBS/libcudart.so.12"
-PA=.venv/bin/perf_analyzer
-LD_LIBRARY_PATH=$LIBS $PA --version >/dev/null 2>&1 || { echo "perf_analyzer cannot start"; exit 1; }
+source perf/pa_env.sh  # perf_analyzer and the libraries it needs: LIBS, PA
 
 OUT="$OUT" $PY - <<'PYEOF'
 import json, os
