@@ -11,16 +11,15 @@ sha256, so a restart does not run the face mesh again.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
 
 from orchestrator.errors import BadPortrait
+from orchestrator.imaging import UnreadableImage, decode_rgb
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -53,10 +52,6 @@ BROW_L = (300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
 # A relaxed closed mouth has its corners about level with the line where the lips meet (within ~2% of the iod
 # either way); only a lift beyond that counts as the portrait's own smile.
 SMILE_DEAD_ZONE = 0.02
-
-
-class _Unreadable(Exception):
-    pass
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,20 +87,16 @@ class Portrait:
 
 
 def _read_image(data: bytes, name: str) -> U8:
+    def check(fmt: str | None, w: int, h: int) -> None:
+        if fmt not in ("PNG", "JPEG"):
+            raise BadPortrait(f"portrait {name} is {fmt or 'not an image'}; use a PNG or JPEG file")
+        if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE:
+            raise BadPortrait(f"portrait {name} is {w}x{h}; each side must be {MIN_SIDE}..{MAX_SIDE} pixels")
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format not in ("PNG", "JPEG"):
-                raise BadPortrait(f"portrait {name} is {im.format or 'not an image'}; use a PNG or JPEG file")
-            w, h = im.size
-            if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE:
-                raise BadPortrait(f"portrait {name} is {w}x{h}; each side must be {MIN_SIDE}..{MAX_SIDE} pixels")
-            im.load()  # decodes everything now, so a truncated file fails here rather than rendering grey
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-    except BadPortrait:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return decode_rgb(data, check)
+    except UnreadableImage as exc:
         raise BadPortrait(f"portrait {name} cannot be read ({exc}); use an intact PNG or JPEG file") from exc
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
 def _detect_landmarks(image: U8) -> list[F32]:

@@ -24,7 +24,6 @@ MediaPipe graphs are not thread-safe: use one `FaceAnalyzer` per thread (Triton 
 
 from __future__ import annotations
 
-import io
 import math
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -35,9 +34,9 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
 
 from orchestrator.errors import DuetError
+from orchestrator.imaging import UnreadableImage, decode_rgb
 from orchestrator.perception.expression import (
     EMOTIONS,
     INPUT_SIDE,
@@ -102,20 +101,17 @@ def decode_frame(data: bytes, max_bytes: int = MAX_FRAME_BYTES, max_side: int = 
         raise BadFrame("empty video frame; send one JPEG or PNG image per frame")
     if len(data) > max_bytes:
         raise BadFrame(f"video frame is {len(data)} bytes; the limit is {max_bytes}; send smaller JPEG frames")
+
+    def check(fmt: str | None, w: int, h: int) -> None:
+        if fmt not in ("JPEG", "PNG"):
+            raise BadFrame(f"video frame is {fmt or 'an unknown format'}; send JPEG or PNG")
+        if w < 1 or h < 1 or max(w, h) > max_side:
+            raise BadFrame(f"video frame is {w}x{h} pixels; each side must be 1..{max_side}")
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format not in ("JPEG", "PNG"):
-                raise BadFrame(f"video frame is {im.format or 'an unknown format'}; send JPEG or PNG")
-            w, h = im.size
-            if w < 1 or h < 1 or max(w, h) > max_side:
-                raise BadFrame(f"video frame is {w}x{h} pixels; each side must be 1..{max_side}")
-            im.load()  # decode fully now: a truncated frame fails here, not as a grey image later
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-    except BadFrame:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return decode_rgb(data, check)
+    except UnreadableImage as exc:
         raise BadFrame(f"video frame cannot be decoded ({exc}); send intact JPEG or PNG frames") from exc
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
 @dataclass(frozen=True)
