@@ -143,10 +143,12 @@ class TritonModels:
 
     async def _infer(self, model: str, inputs: list[Any], outputs: list[str]) -> Any:
         try:
-            return await asyncio.wait_for(
-                self._client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs]),
-                timeout=self.timeout_s,
-            )
+            # Not `asyncio.wait_for`: on Python 3.11 it can return the result when a cancel and the reply land
+            # together, so a cancelled session would carry on (and never release its slot).
+            async with asyncio.timeout(self.timeout_s):
+                return await self._client.infer(
+                    model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs]
+                )
         except InferenceServerException as exc:
             raise ModelUnavailable(f"model {model!r} failed: {exc.message()}") from exc
         except TimeoutError as exc:
