@@ -174,7 +174,25 @@ class ConversationSession:
             self.face.advance(self.now)
 
     def _set_perception_note(self, note: str) -> None:
+        # Not a context change: perception describes the user many times a second, and a speculative reply
+        # cancelled on each new note would never be released. The note goes into the next request built.
         self.dialogue.perception_note = note
+
+    async def set_context(self, text: str) -> None:
+        """Overwrite the conversation's context (the `overwrite_context` interaction). A reply not yet
+        released was built on the old context: it is cancelled ("context_changed") and, if its turn still
+        needs an answer, started again on the new one. A reply already playing is left alone: it is being
+        heard."""
+        if text == self.dialogue.context:
+            return
+        self.dialogue.context = text
+        if self.replies and not self._closed:
+            await self._apply(self.machine.on_context_changed(self.now))
+
+    async def append_context(self, text: str) -> None:
+        """Add to the conversation's context (the `append_context` interaction); see `set_context`."""
+        if text.strip():
+            await self.set_context(f"{self.dialogue.context}\n{text}" if self.dialogue.context else text)
 
     def video(self, data: bytes, t: float, arrival: float | None = None) -> None:
         """A camera frame of the user (JPEG/PNG) taken at `t` on the session clock; only the newest is kept."""

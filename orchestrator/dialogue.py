@@ -30,6 +30,9 @@ class Dialogue:
     # What perception last said about the user ("[perception] ..."), set by the session. It goes in as a system
     # note just before the user's turn: after the history, so the LLM's cached prefix stays valid.
     perception_note: str = ""
+    # The conversation's context (what the persona should know for this conversation), after the system
+    # prompt. Set through `ConversationSession.set_context`, which also drops replies built on the old one.
+    context: str = ""
 
     def commit_user(self, text: str, t: float) -> None:
         self.turns.append(Turn("user", text, t))
@@ -44,7 +47,8 @@ class Dialogue:
 
     def request(self, user_text: str, *, request_id: str = "") -> LlmRequest:
         """The chat for a reply to `user_text` (the current turn's transcript, committed or not)."""
-        messages = [ChatMessage("system", self.persona.system_prompt)]
+        system = f"{self.persona.system_prompt}\n\n{self.context}" if self.context else self.persona.system_prompt
+        messages = [ChatMessage("system", system)]
         recent = [t for t in self.turns if t.text][-self.history_turns :]
         messages += [ChatMessage(t.role, t.text) for t in recent]
         if not recent or recent[-1].role != "user" or recent[-1].text != user_text:

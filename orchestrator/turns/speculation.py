@@ -11,7 +11,9 @@ Phases (`phase`, derived from the state so it can never disagree with it)
 - LISTENING: no reply in flight.
 - SPECULATING: `eot_tentative` with a transcript started a speculative reply; it is unreleased and writes
   nothing. A word change, a context change, `eot_cancel` or `speech_start` cancels it (and, while the floor
-  is still tentative, a change restarts it on the new snapshot).
+  is still tentative, a change restarts it on the new snapshot). A context change is the conversation's
+  context being overwritten or appended to (`ConversationSession.set_context`); a new perception note is
+  not one (it changes many times a second; the next request simply carries it).
 - RESPONDING: the turn was committed (`CommitUserTurn`); its reply (the speculative one if its snapshot
   still matches, else a fresh one) is released as soon as its first audio is buffered.
 - SPEAKING / PAUSED: the released reply is on the timeline. User speech pauses it; a `backchannel` resumes
@@ -242,6 +244,9 @@ class ReplyMachine:
         return [] if self._ended else self._set_transcript(text, t)
 
     def on_context_changed(self, t: float) -> list[Action]:
+        """The conversation's context changed: an unreleased reply was built on the old one. It is cancelled;
+        a committed turn gets a reply on the new context, a speculation restarts while still tentative. The
+        playing reply is not touched (it is already being heard)."""
         if self._ended:
             return []
         self._context += 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from orchestrator.config import REPO_ROOT
 from orchestrator.launcher import free_port
 
 DUET = str(Path(sys.executable).parent / "duet")
+LOG_LINES = 100_000  # the server's lines kept (for checks and failure messages); a test run logs far fewer
 
 
 # A persona that talks at length, for tests that need a reply still generating when the user goes on.
@@ -27,44 +30,125 @@ system_prompt: >-
 max_tokens: 200
 max_sentences: 12
 """
+# A storyteller with far more to say: its reply is still generating long after it is first heard.
+MARATHON = """\
+name: Max
+system_prompt: >-
+  You are Max, a storyteller. Whatever the caller says, answer with a very long, detailed story of many sentences.
+max_tokens: 1000
+max_sentences: 60
+"""
+# A persona whose voice the tts model does not have: every reply fails in TTS while the LLM is generating.
+VOICELESS = """\
+name: Val
+system_prompt: >-
+  You are Val, a storyteller. Whatever the caller says, answer with a long, detailed story of many sentences.
+voice: no-such-voice
+max_tokens: 300
+max_sentences: 12
+speculation: false
+"""
+TEST_PERSONAS = {"storyteller": STORYTELLER, "marathon": MARATHON, "voiceless": VOICELESS}
 
 
-def start_server(triton_url: str, port: int, personas: Path | None = None) -> subprocess.Popen[str]:
-    env = dict(os.environ, DUET_TRITON__URL=triton_url)
+class DuetServer:
+    """A `duet serve` child process whose output is read all the time by a thread (a full pipe would stall
+    the server's logging, and so the server) and kept, its last lines, for failure messages."""
+
+    def __init__(self, proc: subprocess.Popen[str], address: str) -> None:
+        self.proc = proc
+        self.address = address
+        self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._drain, name=f"duet-serve-{proc.pid}-log", daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line.rstrip("\n"))
+            if "serving sessions on" in line:
+                self._ready.set()
+        self._ready.set()  # the pipe closed: the process is gone (wait_ready tells which)
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self._ready.wait(timeout):
+            self.proc.kill()
+            raise RuntimeError(f"duet serve did not become ready in {timeout:.0f} s:\n{self.log()}")
+        if self.proc.poll() is not None and not any("serving sessions on" in x for x in self._lines):
+            raise RuntimeError(f"duet serve exited ({self.proc.returncode}):\n{self.log()}")
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def log(self, n: int = 60) -> str:
+        """The server's last `n` lines of output."""
+        return "\n".join(list(self._lines)[-n:])
+
+    def logged(self, text: str) -> bool:
+        """Whether any line of the server's output so far contains `text`."""
+        return any(text in line for line in list(self._lines))
+
+    def wait_logged(self, text: str, timeout: float) -> None:
+        wait_for(lambda: self.logged(text), timeout, f"the server to log {text!r}\n{self.log()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        self._reader.join(timeout=5)
+
+
+def start_server(
+    triton_url: str, port: int, personas: Path | None = None, env: Mapping[str, str] | None = None
+) -> DuetServer:
+    """`duet serve` on 127.0.0.1:`port` against the Triton at `triton_url`; `env` adds DUET_* settings."""
+    full = dict(os.environ, DUET_TRITON__URL=triton_url, **(env or {}))
     if personas is not None:
-        env["DUET_CONVERSATION__PERSONAS_DIR"] = str(personas)
+        full["DUET_CONVERSATION__PERSONAS_DIR"] = str(personas)
     proc = subprocess.Popen(
-        [DUET, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [DUET, "serve", "--port", str(port)], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "serving sessions on" in line:
-            return proc
-        if proc.poll() is not None:
-            raise RuntimeError(f"duet serve exited: {line}{proc.stdout.read()}")
-    proc.kill()
-    raise RuntimeError("duet serve did not become ready")
+    server = DuetServer(proc, f"127.0.0.1:{port}")
+    server.wait_ready(60)
+    return server
 
 
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def stop_server(server: DuetServer) -> None:
+    server.stop()
+
+
+def persona_folder(folder: Path) -> Path:
+    """The shipped personas plus the test ones, in `folder`."""
+    for shipped in (REPO_ROOT / "personas").glob("*.yaml"):
+        shutil.copy(shipped, folder)
+    for name, text in TEST_PERSONAS.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
 
 
 @pytest.fixture(scope="session")
-def server(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    personas = tmp_path_factory.mktemp("personas")
-    for shipped in (REPO_ROOT / "personas").glob("*.yaml"):
-        shutil.copy(shipped, personas)
-    (personas / "storyteller.yaml").write_text(STORYTELLER)
-    port = free_port()
-    proc = start_server(triton.grpc_url, port, personas)
+def duet_server(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuetServer]:
+    personas = persona_folder(tmp_path_factory.mktemp("personas"))
+    server = start_server(triton.grpc_url, free_port(), personas)
     try:
-        yield f"127.0.0.1:{port}"
+        yield server
     finally:
-        stop_server(proc)
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def server(duet_server: DuetServer) -> str:
+    return duet_server.address
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    """Poll `check()` until true (a bound on how long the outside world may take, not a timed assertion)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)

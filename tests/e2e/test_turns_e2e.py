@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
 from duet.wav import chunks
 from tests.conftest import SAMPLE
-from tests.e2e.conftest import DUET, start_server, stop_server
+from tests.e2e.conftest import DUET, DuetServer, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 FLOOR = {"speech_start", "speech_end", "eot_tentative", "eot_cancel", "eot_commit", "backchannel", "barge_in"}
@@ -79,20 +80,35 @@ def test_cli_prints_the_floor_event_contract(server: str, sample_label: dict[str
     assert sum(e["type"] == "speech_start" for e in events) >= len(sample_label["turns"])
 
 
-def test_decisions_do_not_depend_on_send_speed(server: str) -> None:
+def decisions(events: list[dict[str, Any]], label: dict[str, Any]) -> list[tuple[str, float]]:
+    """The floor decisions of one run, checked to be a real run first: two failed runs must not compare
+    equal as `[] == []`. Every labelled turn starts speech and every yield pause is committed."""
+    key = [(str(e["type"]), float(e["t"])) for e in events if e["type"] in FLOOR]
+    yields = sum(p["kind"] == "yield" for p in label["pauses"])
+    assert sum(k == "speech_start" for k, _ in key) >= len(label["turns"]), key
+    assert sum(k == "eot_commit" for k, _ in key) >= yields, key
+    return key
+
+
+def test_decisions_do_not_depend_on_send_speed(server: str, sample_label: dict[str, Any]) -> None:
     # from audio alone (no ASR, whose timing would feed the lexical cue at different points)
-    fast = floor_events(cli_turns(server, "--speed", "0", "--option", "mode=acoustic").stdout)
-    paced = floor_events(cli_turns(server, "--speed", "4", "--option", "mode=acoustic").stdout)
-    assert [(e["type"], e["t"]) for e in fast] == [(e["type"], e["t"]) for e in paced]
+    runs = [cli_turns(server, "--speed", speed, "--option", "mode=acoustic") for speed in ("0", "4")]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    fast, paced = (decisions(floor_events(r.stdout), sample_label) for r in runs)
+    assert fast == paced
 
 
-async def test_concurrent_sessions_are_independent(server: str, sample_audio: npt.NDArray[np.int16]) -> None:
+async def test_concurrent_sessions_are_independent(
+    server: str, sample_audio: npt.NDArray[np.int16], sample_label: dict[str, Any]
+) -> None:
     pcm = sample_audio.tobytes()
-    alone = await collect(server, pcm)
+    alone = decisions(await collect(server, pcm), sample_label)
     together = await asyncio.gather(*(collect(server, pcm) for _ in range(3)))
-    key = [(e["type"], e["t"]) for e in alone if e["type"] in FLOOR]
+    assert len(together) == 3
     for events in together:
-        assert [(e["type"], e["t"]) for e in events if e["type"] in FLOOR] == key
+        assert events[-1]["type"] == "session_ended"
+        assert decisions(events, sample_label) == alone
 
 
 async def test_unsupported_audio_format_is_refused(server: str) -> None:
@@ -151,11 +167,20 @@ async def test_start_must_come_first(server: str) -> None:
     assert replies[0].error.code == "protocol" and replies[0].error.fatal
 
 
-async def test_client_disconnect_and_truncated_stream(server: str, sample_audio: npt.NDArray[np.int16]) -> None:
-    # A client vanishes mid-stream...
-    async with duet.connect(server, options=FLOOR_ONLY) as session:
+async def test_client_disconnect_and_truncated_stream(
+    duet_server: DuetServer, sample_audio: npt.NDArray[np.int16]
+) -> None:
+    server = duet_server.address
+    # A client vanishes mid-stream: the server ends its session (and frees its slot) by itself.
+    cid = f"vanish-{uuid.uuid4().hex[:8]}"
+    async with duet.connect(server, conversation_id=cid, options=FLOOR_ONLY) as session:
         for c in chunks(sample_audio[:16000].tobytes()):
             await session.send_audio(c)
+        async for e in session.events():
+            if e["type"] == "speech_start":
+                break  # the session is really running
+    await asyncio.to_thread(duet_server.wait_logged, f"session {cid} started", 10)
+    await asyncio.to_thread(duet_server.wait_logged, f"session {cid} ended", 30)
     # ...another stops sending without END (a truncated stream): the server flushes and closes cleanly.
     cut = sample_audio[: int(sample_audio.shape[0] * 0.6)].tobytes()
     async with grpc.aio.insecure_channel(server) as ch:
