@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
 
     c = sub.add_parser("perceive", help="what the replica sees and hears of a recorded user: perception events")
-    c.add_argument("--video", default="", help="a video file (its audio track is used unless --audio) or an image")
+    c.add_argument(
+        "--video", default="", help="a video file (its audio track, if any, is used unless --audio) or an image"
+    )
     c.add_argument("--audio", default="", help="the user's voice (16 kHz mono PCM16 WAV, or any file with audio)")
     c.add_argument("--jsonl", action="store_true", help="one JSON object per line (the stable perception format)")
     c.add_argument("--fps", type=float, default=10.0, help="camera frames per second sent (default 10)")
@@ -284,7 +286,12 @@ async def _perceive(args: argparse.Namespace) -> int:
         raise DuetError("bad_option", "give --video (a video or an image) and/or --audio")
     if not 0.5 <= args.fps <= 30:
         raise DuetError("bad_option", "--fps must be within 0.5..30")
-    pcm = audio_pcm(args.audio or args.video) if args.audio or not _is_image(args.video) else b""
+    if args.audio:
+        pcm = audio_pcm(args.audio)
+    elif _is_image(args.video):
+        pcm = b""  # a still image alone: visual only
+    elif not (pcm := audio_pcm(args.video, required=False)):
+        print(f"duet: {args.video} has no audio track: perceiving its frames only", file=sys.stderr)
     frames = list(video_frames(args.video, args.fps, still_s=max(len(pcm) / 32000, 3.0))) if args.video else []
     options = {"mode": "perceive", **_options(args.option)}
     async with _server_for(args) as server:

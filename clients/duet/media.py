@@ -1,5 +1,6 @@
 """Reading a recorded user for `duet perceive`: camera frames (a video file or a still image) as JPEGs with
-their times, and the voice as 16 kHz mono PCM16 (a WAV, or the video file's own audio track)."""
+their times, and the voice as 16 kHz mono PCM16 (a WAV, or the video file's own audio track; a video without
+one, like many webcam clips, is perceived from its frames alone)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,11 @@ def video_frames(path: str | Path, max_fps: float, still_s: float = 3.0) -> Iter
         raise DuetError("bad_video_file", f"{path}: cannot decode video ({exc})") from exc
 
 
-def audio_pcm(path: str | Path) -> bytes:
-    """16 kHz mono PCM16: a WAV read strictly (duet.wav), or any other file's audio track resampled."""
+def audio_pcm(path: str | Path, *, required: bool = True) -> bytes:
+    """16 kHz mono PCM16: a WAV read strictly (duet.wav), or any other file's audio track resampled.
+
+    A file with no audio stream is `bad_audio_file` when `required` (the user named it as the voice), and
+    b"" (no voice: the session hears silence) when not (a video's own track, which a silent clip lacks)."""
     path = Path(path)
     if path.suffix.lower() == ".wav":
         return read_pcm16(path)
@@ -68,6 +72,8 @@ def audio_pcm(path: str | Path) -> bytes:
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
+                if not required:
+                    return b""
                 raise DuetError("bad_audio_file", f"{path}: no audio stream")
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             parts = [

@@ -10,6 +10,15 @@ Two clocks, on purpose
   emitted. They only feed `latency_ms` (the freshness benchmark). `arrival` defaults to `t` and `now` to the
   newest arrival, i.e. zero latency, which is what a test with one virtual clock wants.
 
+The baseline: the first confident reading of each modality is an event of its own, whatever it says, so a
+client learns the user's starting state (a calm voice, a neutral face) and not only departures from it; after
+that only changes are events. The visual baseline comes once the face count is confirmed and the face's
+expression, gaze, head and eyes have settled (at most `baseline_wait_s` after the count): "The user is in view,
+has a neutral expression and is looking at the camera." (or "Nobody is in view."). The audio baseline comes with
+the first voice reading over at least `baseline_voice_s` of speech: "The user sounds calm and fluent." Such an
+event lists its modalities in the extra key `baseline` (`[]` on a change). Until its baseline a modality says
+nothing; readings before it still move the state the baseline describes.
+
 What counts as a meaningful change (everything else is silent; see `FusionSettings` for the numbers)
 - presence: the confirmed face count changes (debounced over `presence_confirm_s`, so one missed detection is
   not "the user left"); these bypass the rate limit;
@@ -73,8 +82,8 @@ _EXPRESSION_PAST: dict[str, str] = {
 _AROUSAL_LEVELS: tuple[str, ...] = ("low", "moderate", "high")
 _HESITANCY_LEVELS: tuple[str, ...] = ("fluent", "hesitant")
 
-# The state an aspect starts in, or returns to, without anything worth saying: reaching it from "unknown"
-# (None) is silent, so a calm user looking at the camera does not produce a stream of events.
+# The state an aspect starts in, or returns to, without anything worth saying: after the modality's baseline,
+# reaching it from "unknown" (None) is silent, so a returning calm user does not produce a stream of events.
 _DEFAULTS: dict[str, object] = {
     "expression": "neutral",
     "gaze": "camera",
@@ -91,6 +100,14 @@ _ASPECT_MODALITY: dict[str, str] = {
     "expression": "visual",
     "arousal": "audio",
     "hesitancy": "audio",
+}
+_MODALITIES: tuple[str, ...] = ("visual", "audio")
+# How the baseline describes a default state, said only when nothing about the modality is notable.
+_BASELINE_PRED: dict[str, dict[object, str]] = {
+    "expression": {"neutral": "has a neutral expression"},
+    "gaze": {"camera": "is looking at the camera"},
+    "arousal": {"moderate": "sounds calm"},
+    "hesitancy": {"fluent": "sounds fluent"},
 }
 _NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
@@ -232,6 +249,8 @@ class FusionSettings:
     hesitancy_edge: float = 0.5
     band_margin: float = 0.05  # a voice score must pass a band edge by this much to change band
     voice_context_s: float = 5.0  # voice older than this is not mentioned as context in a visual event
+    baseline_voice_s: float = 1.0  # a voice reading over this much speech is confident: the audio baseline
+    baseline_wait_s: float = 2.0  # the visual baseline waits at most this long after the face count for the rest
     history_s: float = 120.0  # observations kept for utterance summaries
 
 
@@ -342,6 +361,9 @@ class Fuser:
         self._hesitancy: int | None = None
         self._reported: dict[str, object] = {}
         self._last_emit_t: float | None = None
+        self._baselined: set[str] = set()  # modalities whose baseline event has gone out
+        self._voice_confident = False  # a voice reading long enough for the audio baseline has been seen
+        self._presence_first_t: float | None = None  # when a face count was first confirmed
 
     # ---- inputs -----------------------------------------------------------------------------------------
 
@@ -353,7 +375,10 @@ class Fuser:
         self._face = obs
         self._faces_history.append(obs)
         self._prune(obs.t)
-        if self._presence.update(obs.faces, obs.t, s.presence_confirm_s) and obs.faces == 0:
+        confirmed = self._presence.update(obs.faces, obs.t, s.presence_confirm_s)
+        if confirmed and self._presence_first_t is None:
+            self._presence_first_t = obs.t
+        if confirmed and obs.faces == 0:
             # Nobody to describe: forget the per-face state so a returning user starts fresh.
             self._smoothed, self._expression, self._expr_candidate = None, None, None
             self._gaze.reset()
@@ -384,6 +409,8 @@ class Fuser:
             self._arousal = _band(obs.arousal, s.arousal_edges, s.band_margin, self._arousal)
         if obs.hesitancy is not None:
             self._hesitancy = _band(obs.hesitancy, (s.hesitancy_edge,), s.band_margin * 2, self._hesitancy)
+        if (obs.arousal is not None or obs.hesitancy is not None) and obs.t_end - obs.t_start >= s.baseline_voice_s:
+            self._voice_confident = True
         return self._maybe_emit(obs.t_end, now)
 
     def poll(self, t: float, now: float | None = None) -> list[Event]:
@@ -480,26 +507,55 @@ class Fuser:
             times.append(self._voice.t_end)
         return max(times, default=0.0)
 
+    def _baseline_ready(self, modality: str, t: float) -> bool:
+        """Whether the first confident reading of `modality` is in (its baseline event may go out)."""
+        if modality == "audio":
+            return self._voice_confident
+        faces = self._presence.state
+        if not isinstance(faces, int):
+            return False
+        if faces == 0 or self._presence_first_t is None:
+            return True
+        if t - self._presence_first_t >= self.settings.baseline_wait_s:
+            return True  # an expression that never settles (an ambiguous face) does not hold the baseline forever
+        settling = (self._smoothed is not None and self._expression is None) or any(
+            d.state is None and d.candidate is not None for d in (self._gaze, self._head, self._eyes)
+        )
+        return not settling
+
     def _maybe_emit(self, t: float, now: float | None) -> list[Event]:
         stable = self._stable()
         changes: list[str] = []
         for aspect, new in stable.items():
             old = self._reported.get(aspect)
-            if new == old:
-                continue
+            if new == old or _ASPECT_MODALITY[aspect] not in self._baselined:
+                continue  # unchanged, or held until the modality's baseline
             if new is None or (old is None and new == _DEFAULTS.get(aspect)):
                 self._reported[aspect] = new  # to/from "unknown" quietly: presence events cover the face
                 continue
             changes.append(aspect)
+        baseline = [m for m in _MODALITIES if m not in self._baselined and self._baseline_ready(m, t)]
+        changes += [a for a, v in stable.items() if _ASPECT_MODALITY[a] in baseline and v is not None]
         if not changes:
             return []
         last = self._last_emit_t
         if "presence" not in changes and last is not None and t - last < self.settings.min_interval_s:
             return []
-        event = self._event(t, now, changes, stable)
-        self._reported.update(stable)
+        event = self._event(t, now, changes, stable, baseline)
+        self._baselined.update(baseline)
+        self._reported.update({a: v for a, v in stable.items() if _ASPECT_MODALITY[a] in self._baselined})
         self._last_emit_t = t
         return [event]
+
+    def _baseline_predicates(self, modality: str, stable: Mapping[str, object], t: float) -> list[str]:
+        """What the baseline says of a modality: its notable states, or else the calm defaults it found."""
+        aspects = [a for a in _ASPECT_MODALITY if _ASPECT_MODALITY[a] == modality and a != "presence"]
+        notable = [
+            self._predicate(a, None, stable[a], t)
+            for a in aspects
+            if stable[a] is not None and stable[a] != _DEFAULTS.get(a)
+        ]
+        return notable or [_BASELINE_PRED[a][stable[a]] for a in aspects if stable[a] in _BASELINE_PRED.get(a, {})]
 
     def _predicate(self, aspect: str, old: object, new: object, t: float) -> str:
         if aspect == "expression":
@@ -526,7 +582,7 @@ class Fuser:
 
     def _context(self, modalities: set[str], stable: Mapping[str, object], t: float) -> tuple[str, str] | None:
         """One current, notable state of the other modality, so a one-sided change reads in context."""
-        if modalities == {"audio"}:
+        if modalities == {"audio"} and "visual" in self._baselined:
             if stable.get("gaze") == "away":
                 return "visual", "is looking away"
             if stable.get("head_turned") is True:
@@ -536,6 +592,7 @@ class Fuser:
                 return "visual", _EXPRESSION_PRED[expr]
         if (
             modalities == {"visual"}
+            and "audio" in self._baselined
             and self._voice is not None
             and t - self._voice.t_end <= self.settings.voice_context_s
         ):
@@ -547,11 +604,22 @@ class Fuser:
                 return "audio", "sounds subdued"
         return None
 
-    def _event(self, t: float, now: float | None, changes: list[str], stable: Mapping[str, object]) -> Event:
+    def _event(
+        self, t: float, now: float | None, changes: list[str], stable: Mapping[str, object], baseline: list[str]
+    ) -> Event:
         order = ("presence", "head_turned", "gaze", "eyes_closed_long", "expression", "arousal", "hesitancy")
         changes = sorted(changes, key=order.index)
         modalities = {_ASPECT_MODALITY[a] for a in changes}
-        preds = [self._predicate(a, self._reported.get(a), stable[a], t) for a in changes if a != "presence"]
+        preds: list[str] = []
+        for m in _MODALITIES:
+            if m in baseline:
+                preds += self._baseline_predicates(m, stable, t)
+            else:
+                preds += [
+                    self._predicate(a, self._reported.get(a), stable[a], t)
+                    for a in changes
+                    if a != "presence" and _ASPECT_MODALITY[a] == m
+                ]
         faces = stable["presence"]
         if (context := self._context(modalities, stable, t)) is not None and faces != 0:
             modalities.add(context[0])
@@ -591,8 +659,9 @@ class Fuser:
                 else None
             ),
             "latency_ms": round(max(0.0, emit - max(arrivals)) * 1000.0, 1) if arrivals else 0.0,
-            # Extra keys: what changed, and the discrete states the sentence was built from.
+            # Extra keys: what changed (or was first read), and the discrete states the sentence was built from.
             "changes": changes,
+            "baseline": baseline,
             "expression": stable["expression"],
             "head_turned": stable["head_turned"],
             "eyes_closed_long": stable["eyes_closed_long"],
@@ -607,7 +676,13 @@ class Fuser:
         old = self._reported.get("presence")
         before = old if isinstance(old, int) else 0
         if faces == 0:
-            return "Everyone has left the frame." if before >= 2 else "The user has left the frame."
+            if old is None:  # the visual baseline: nobody there from the start
+                return f"Nobody is in view, and the user {_join(preds)}." if preds else "Nobody is in view."
+            if not preds:
+                return "Everyone has left the frame." if before >= 2 else "The user has left the frame."
+            if before >= 2:
+                return f"Everyone has left the frame, and the user {_join(preds)}."
+            return f"The user has left the frame and {_join(preds)}."
         if faces == 1:
             if before >= 2:
                 head = "The other person has left and only the user is in view"

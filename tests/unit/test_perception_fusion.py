@@ -59,10 +59,13 @@ def one_sentence(text: str) -> bool:
     return text[0].isupper() and text.endswith(".") and text.count(".") == 1 and "  " not in text
 
 
+CALM_FACE = "The user is in view, is looking at the camera and has a neutral expression."
+
+
 def arrived(fuser: Fuser) -> list[dict[str, Any]]:
-    """A calm user in view for 2 s: exactly one event, the arrival."""
+    """A calm user in view for 2 s: exactly one event, the visual baseline."""
     events = run(fuser, 0.0, 2.0)
-    assert [e["text"] for e in events] == ["The user is in view."]
+    assert [e["text"] for e in events] == [CALM_FACE]
     return events
 
 
@@ -82,13 +85,15 @@ def test_event_format() -> None:
     assert ev["gaze"] == "camera" and ev["voice"] is None
     assert set(ev["emotion"]) == set(EMOTIONS) and abs(sum(ev["emotion"].values()) - 1.0) < 0.01
     assert ev["head_pose"] == {"yaw": 2.0, "pitch": -3.0, "roll": 1.0}
-    assert ev["t"] == pytest.approx(0.2) and ev["latency_ms"] == 0.0
+    # The face count is confirmed at 0.2 s; the baseline waits for the expression's 0.6 s dwell.
+    assert ev["t"] == pytest.approx(0.6) and ev["latency_ms"] == 0.0
+    assert ev["baseline"] == ["visual"] and ev["expression"] == "neutral"
 
 
 def test_latency_from_newest_input_arrival_to_emission() -> None:
     fuser = Fuser()
     events: list[dict[str, Any]] = []
-    for i in range(10):
+    for i in range(20):
         t = i * DT
         # Frames reach the orchestrator 40 ms after capture; the event is emitted 15 ms after that.
         obs = FaceObservation(t=t, faces=1, emotion=NEUTRAL, gaze="camera", arrival=100.0 + t + 0.04)
@@ -183,8 +188,10 @@ def test_rate_limit_defers_a_change_without_losing_it() -> None:
 
 def test_voice_band_crossing_with_hysteresis() -> None:
     fuser = Fuser()
-    # A moderate, fluent first utterance is the default state: nothing to say.
-    assert fuser.observe_voice(VoiceObservation(0.0, 2.0, arousal=0.5, hesitancy=0.2, pitch_hz=180.0)) == []
+    # A moderate, fluent first utterance is the audio baseline; the same again is no change.
+    first = fuser.observe_voice(VoiceObservation(0.0, 2.0, arousal=0.5, hesitancy=0.2, pitch_hz=180.0))
+    assert [e["text"] for e in first] == ["The user sounds calm and fluent."]
+    assert fuser.observe_voice(VoiceObservation(2.0, 2.9, arousal=0.55, hesitancy=0.25)) == []
     high = fuser.observe_voice(VoiceObservation(3.0, 5.0, arousal=0.8, hesitancy=0.2, pitch_hz=230.0, rate_sps=5.5))
     assert [e["text"] for e in high] == ["The user sounds animated."]
     ev = high[0]
