@@ -15,6 +15,7 @@ from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.api.session_service import SessionService
 from orchestrator.config import Settings
 from orchestrator.launcher import EmbeddedTriton
+from orchestrator.telemetry import Telemetry
 from orchestrator.triton import LanguageModel, TritonModels
 
 log = logging.getLogger("duet")
@@ -36,6 +37,7 @@ class Running:
     address: str  # host:port of the session service
     triton_url: str
     metrics_url: str | None  # Triton's Prometheus endpoint when embedded
+    orchestrator_metrics_url: str | None = None  # the orchestrator's own (`metrics.*`; orchestrator/telemetry.py)
 
 
 @contextlib.asynccontextmanager
@@ -50,24 +52,31 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
     models = TritonModels(url, timeout_s=settings.triton.request_timeout_s)
     models.llm_timeout_s = settings.llm.timeout_s
     server: grpc.aio.Server | None = None
+    service: SessionService | None = None
+    telemetry = Telemetry()
     try:
         await models.ready(tuple(m for m in settings.triton.models if m in SERVED_MODELS))
         limit = settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
         )
-        service = SessionService(models, settings, llm=language_model(settings, models))
+        service = SessionService(models, settings, llm=language_model(settings, models), telemetry=telemetry)
         pb_grpc.add_SessionServicer_to_server(service, server)  # type: ignore[no-untyped-call]
         port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
+        own_metrics = telemetry.serve(settings.metrics)
         await server.start()
         yield Running(
             address=f"{settings.server.host}:{port}",
             triton_url=url,
             metrics_url=embedded.metrics_url if embedded else None,
+            orchestrator_metrics_url=own_metrics,
         )
     finally:
         if server is not None:
             await server.stop(grace=2.0)
+        if service is not None:
+            await service.close()
+        telemetry.close()
         await models.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -80,6 +89,8 @@ async def serve(settings: Settings, on_ready: Callable[[Running], None] | None =
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with running_stack(settings) as running:
+        if running.orchestrator_metrics_url:
+            log.info("duet metrics on %s", running.orchestrator_metrics_url)
         log.info("duet serving sessions on %s (triton %s)", running.address, running.triton_url)
         if on_ready:
             on_ready(running)

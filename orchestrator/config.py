@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,15 @@ class ServerSettings:
     max_message_bytes: int = 1 << 20  # one gRPC message; 20 ms of audio is 640 bytes
     max_audio_chunk_ms: int = 200  # larger audio chunks are refused (clients send ~20 ms)
     inbox_chunks: int = 256  # bounded per-session queue of pending audio chunks (~5 s)
+    # A session that sends no audio for this long ends with a fatal `idle_timeout` (0 = never).
+    idle_timeout_s: float = 30.0
+    # Conversation and perceive sessions are read no faster than real time beyond this much audio of burst
+    # (the reader waits: gRPC flow control slows the client); floor/acoustic sessions may run ahead (`--speed 0`).
+    audio_burst_s: float = 2.0
+    max_text_chars: int = 4000  # a longer `text` message is refused with `text_too_long` (not fatal)
+    max_video_fps: float = 30.0  # camera frames arriving faster than this are dropped before any analysis
+    session_inflight: int = 4  # unary Triton requests one session may have in flight (streams not counted)
+    triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,15 @@ class FaceSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """The orchestrator's own Prometheus endpoint (`GET /metrics`): sessions, stage latencies, drops, refusals."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback unless an operator opens it on purpose
+    port: int = 0  # 0 = pick a free port (logged at start); set it to scrape a fixed address
+
+
+@dataclass(frozen=True)
 class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -142,6 +161,7 @@ class Settings:
     tts: TtsSettings = field(default_factory=TtsSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
     face: FaceSettings = field(default_factory=FaceSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log_level: str = "INFO"
 
 
@@ -158,9 +178,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
     try:
         if typ is bool:
-            if isinstance(value, str):
-                return value.strip().lower() in {"1", "true", "yes", "on"}
-            return bool(value)
+            return value if isinstance(value, bool) else coerce_bool(value, where)
+        if typ is int and isinstance(value, str):
+            return int(value.strip())  # "1e20", "3.5": not integers, refused
         if typ in (int, float, str):
             return typ(value)
         if origin is tuple:
@@ -210,16 +230,45 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     return settings
 
 
+# Documented ranges of the numeric settings a session may set or a config may hold (docs/robustness.md).
+FLOOR_RANGES_MS: dict[str, tuple[int, int]] = {
+    "speech_start_ms": (32, 2000),
+    "speech_end_ms": (32, 2000),
+    "eval_interval_ms": (32, 2000),
+    "acoustic_refresh_ms": (0, 10000),
+    "max_pause_ms": (200, 10000),
+    "min_commit_pause_ms": (0, 10000),
+    "backchannel_max_ms": (0, 5000),
+    "barge_in_ms": (64, 5000),
+}
+FACE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a file name in faces/, never a path
+
+
+def _in_range(where: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:  # also refuses NaN
+        raise BadOption(f"{where} must be within {lo:g}..{hi:g}, not {value:g}")
+
+
 def validate(s: Settings) -> None:
     f = s.floor
     if not 0.0 < f.vad_off <= f.vad_on < 1.0:
         raise BadOption("floor: need 0 < vad_off <= vad_on < 1")
     if not 0.0 < f.tentative_threshold <= f.commit_threshold <= 1.0:
         raise BadOption("floor: need 0 < tentative_threshold <= commit_threshold <= 1")
+    for name, (lo, hi) in FLOOR_RANGES_MS.items():
+        _in_range(f"floor.{name}", getattr(f, name), lo, hi)
     if f.min_commit_pause_ms > f.max_pause_ms:
         raise BadOption("floor: min_commit_pause_ms must not exceed max_pause_ms")
     if not 0 < s.server.port < 65536:
         raise BadOption("server.port out of range")
+    sv = s.server
+    _in_range("server.idle_timeout_s", sv.idle_timeout_s, 0.0, 86400.0)
+    _in_range("server.audio_burst_s", sv.audio_burst_s, 0.1, 60.0)
+    _in_range("server.max_text_chars", sv.max_text_chars, 1, 1 << 20)
+    _in_range("server.max_video_fps", sv.max_video_fps, 1.0, 120.0)
+    _in_range("server.session_inflight", sv.session_inflight, 1, 64)
+    _in_range("server.triton_inflight", sv.triton_inflight, 1, 4096)
+    _in_range("metrics.port", s.metrics.port, 0, 65535)
     if s.llm.backend not in ("triton", "openai"):
         raise BadOption(f"llm.backend must be 'triton' or 'openai', not {s.llm.backend!r}")
     if s.llm.backend == "openai" and not s.llm.openai_base_url:
@@ -235,6 +284,8 @@ def validate(s: Settings) -> None:
         raise BadOption("face: need chunk_s 0.02..2 and max_lag_s >= chunk_s")
     if not (64 <= v.width <= 3840 and 64 <= v.height <= 2160) or v.width % 2 or v.height % 2:
         raise BadOption(f"face: {v.width}x{v.height} is not a supported size (even sides, 64..3840 x 64..2160)")
+    if not FACE_NAME.match(v.face):
+        raise BadOption(f"face {v.face[:80]!r} is not a face name (letters, digits, '-' and '_'; no paths)")
 
 
 def with_floor_options(floor: FloorSettings, options: Mapping[str, str]) -> FloorSettings:
@@ -263,6 +314,7 @@ __all__ = [
     "FaceSettings",
     "FloorSettings",
     "LlmSettings",
+    "MetricsSettings",
     "ServerSettings",
     "Settings",
     "TritonSettings",

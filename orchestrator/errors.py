@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class DuetError(Exception):
     """Base class: `code` is stable and machine-readable; the message says what to do about it."""
@@ -11,7 +13,7 @@ class DuetError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = message
+        self.message = public_message(message)
 
 
 class BadAudioFormat(DuetError):
@@ -67,3 +69,38 @@ class BadTimings(DuetError):
 
 class BadFaceParams(DuetError):
     code = "bad_face_params"
+
+
+class IdleTimeout(DuetError):
+    """The client sent no audio for `server.idle_timeout_s`: its session ends and its slot is free again."""
+
+    code = "idle_timeout"
+
+
+class AudioTooFast(DuetError):
+    """Audio arrives faster than real time beyond the burst allowance; the server reads it at real time."""
+
+    code = "audio_too_fast"
+    fatal = False
+
+
+class TextTooLong(DuetError):
+    """A `text` message over `server.max_text_chars`; it is refused and the session goes on."""
+
+    code = "text_too_long"
+    fatal = False
+
+
+# What never leaves the server in a message: object reprs with heap addresses, bare addresses, tracebacks.
+_INTERNALS = (
+    (re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>"), "<data>"),
+    (re.compile(r"\b0x[0-9a-fA-F]{6,}\b"), "<address>"),
+    (re.compile(r"Traceback \(most recent call last\):.*", re.S), ""),
+)
+
+
+def public_message(message: str, limit: int = 1000) -> str:
+    """`message` fit for a client: no heap addresses or tracebacks, at most `limit` characters."""
+    for pattern, repl in _INTERNALS:
+        message = pattern.sub(repl, message)
+    return message if len(message) <= limit else message[: limit - 1] + "…"

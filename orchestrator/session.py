@@ -27,6 +27,27 @@ Clock = Callable[[], float]
 WINDOW_MS = 1000.0 * VAD_WINDOW / SAMPLE_RATE
 
 
+MAX_FLOOR_TEXT_CHARS = 1000  # the user's words the fusion sees: the last sentences of a long turn
+MAX_FLOOR_CONTEXT_CHARS = 1000  # the replica's: its opening (a question word) and its end (a question mark)
+
+
+def bounded_text(text: str, limit: int = MAX_FLOOR_TEXT_CHARS) -> str:
+    """The end of `text`, at most `limit` characters, cut at a word boundary."""
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    cut = tail.find(" ")
+    return tail[cut + 1 :] if 0 <= cut < limit // 2 else tail
+
+
+def bounded_context(text: str, limit: int = MAX_FLOOR_CONTEXT_CHARS) -> str:
+    """The start and the end of `text`, at most `limit` characters together."""
+    if len(text) <= limit:
+        return text
+    head = limit * 3 // 10
+    return f"{text[:head]} … {bounded_text(text, limit - head - 3)}"
+
+
 class FloorSession:
     """Feeds one user's audio through VAD and the floor model and reports floor events to `emit`."""
 
@@ -60,10 +81,12 @@ class FloorSession:
             await self._run(self.machine.on_vad(w.end, prob, WINDOW_MS, w.t))
 
     def text(self, text: str, *, replica: bool = False) -> None:
+        # Every floor evaluation carries these to `floor_fusion`: keep what the lexical cue reads (the end of the
+        # user's words; the start and end of the replica's), never an unbounded string.
         if replica:
-            self.context = text
+            self.context = bounded_context(text)
         else:
-            self.user_text = text
+            self.user_text = bounded_text(text)
 
     def replica(self, speaking: bool) -> None:
         self.machine.on_replica(speaking)

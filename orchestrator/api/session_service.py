@@ -3,7 +3,14 @@
 Per stream: a reader task moves client messages into a bounded inbox (when it is full the reader stops
 reading, so gRPC flow control pushes back on the client instead of audio being dropped), a processor task
 runs the session pipeline, and the generator below writes events out. Errors are typed `Error` messages;
-a failure in one session never touches another. A client that disconnects cancels its tasks.
+a failure in one session never touches another.
+
+A session holds one of `server.max_sessions` slots from its `start` until its own task has ended, and every
+way out releases it: END, a fatal error, the client leaving (the RPC's done callback cancels the task), the
+idle timeout, shutdown. Its tasks are cancelled with bounded waits, so one that will not stop is logged, not
+left holding the slot. Abuse is bounded per session (docs/robustness.md): conversation and perceive audio is
+read at real time beyond a small burst, text and camera frames are capped, and unary Triton requests pass a
+`FairGate` that grants waiting requests session by session.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import json
 import logging
 import time
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +33,27 @@ from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.config import FaceSettings, FloorSettings, Settings, coerce_bool, validate, with_floor_options
 from orchestrator.conversation import ConversationModels, ConversationSession
-from orchestrator.errors import BadAudioFormat, BadOption, BadTimings, DuetError, ProtocolError, ServerBusy
+from orchestrator.errors import (
+    AudioTooFast,
+    BadAudioFormat,
+    BadOption,
+    BadTimings,
+    DuetError,
+    IdleTimeout,
+    ProtocolError,
+    ServerBusy,
+    TextTooLong,
+    public_message,
+)
 from orchestrator.face.clip import AudioPiece, ClipModels, ClipSpec, check_spec, parse_timings, render_clip
 from orchestrator.face.driver import FaceDriver
 from orchestrator.face.emotions import EMOTIONS
 from orchestrator.face.library import FaceLibrary, check_size
+from orchestrator.limits import AudioPacer, FairGate, FrameRate, GatedModels
 from orchestrator.perception.pipeline import PerceptionModels, PerceptionSession
-from orchestrator.persona import load_persona
+from orchestrator.persona import Persona, load_persona
 from orchestrator.session import FloorSession
+from orchestrator.telemetry import Telemetry
 from orchestrator.triton import FaceModels, FloorModels, LanguageModel, RenderedFrames
 
 log = logging.getLogger("duet.session")
@@ -124,6 +144,20 @@ def parse_video(face: FaceSettings, options: dict[str, str]) -> FaceSettings:
     return out
 
 
+def _too_fast(burst_s: float) -> str:
+    return (
+        f"audio is arriving faster than real time (beyond a {burst_s:g} s burst); the server reads it at real "
+        "time, so sending faster gains nothing (mode=floor or mode=acoustic may run ahead)"
+    )
+
+
+def _force_put(queue: asyncio.Queue[pb.ServerMessage | None], item: pb.ServerMessage | None) -> None:
+    """Put without waiting: when a client reads nothing, the oldest unsent message gives way to this one."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
+
+
 def audio_message(pcm: bytes, reply_id: int, t: float) -> pb.ServerMessage:
     return pb.ServerMessage(audio=pb.AudioOut(pcm=pcm, utterance_id=str(reply_id), t=t, sample_rate=16000))
 
@@ -186,26 +220,70 @@ def clip_spec(settings: Settings, req: pb.RenderRequest) -> ClipSpec:
 
 Session = FloorSession | ConversationSession
 
+TEARDOWN_S = 5.0  # how long a session's tasks get to stop once cancelled (each round; then it is logged)
+OUTBOX_MESSAGES = 2048  # events and audio not yet written to a slow client (then the session waits)
+PACED_MODES = ("conversation", "perceive")  # sessions on the live clock; floor/acoustic may run ahead
+
+
+@dataclass
+class _Stream:
+    """What the reader knows of one client's stream, for the idle watchdog and the metrics."""
+
+    last_audio: float  # wall time the last audio chunk was read (or the session began)
+    ended: bool = False  # END or the end of the request stream was read
+    paced: bool = False
+
 
 class SessionService(pb_grpc.SessionServicer):
-    def __init__(self, models: FloorModels, settings: Settings, llm: LanguageModel | None = None) -> None:
+    def __init__(
+        self,
+        models: FloorModels,
+        settings: Settings,
+        llm: LanguageModel | None = None,
+        telemetry: Telemetry | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.models = models
         self.settings = settings
         self.llm = llm
+        self.telemetry = telemetry or Telemetry()
+        self.gate = FairGate(settings.server.triton_inflight, settings.server.session_inflight)
         self.active = 0
+        self._clock = clock
+        self._sessions: set[asyncio.Task[None]] = set()  # owned: every session's task, until it has ended
 
     def _check_capacity(self) -> None:
         """Sessions and renders share one limit: each holds Triton streams and a slice of the machine."""
         if self.active >= self.settings.server.max_sessions:
             raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
 
+    def _take_slot(self) -> None:
+        self.active += 1
+        self.telemetry.sessions_open.set(self.active)
+
+    def _release_slot(self) -> None:
+        self.active -= 1
+        self.telemetry.sessions_open.set(self.active)
+
+    def _refuse(self, err: DuetError) -> pb.ServerMessage:
+        self.telemetry.refusals.labels(reason=err.code).inc()
+        return error_message(err)
+
+    async def close(self) -> None:
+        """Cancel every session still running (server shutdown)."""
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ServerMessage]:
         try:
-            first = await asyncio.wait_for(anext(request_iterator), START_TIMEOUT_S)
+            # Not `asyncio.wait_for` (on 3.11 it can swallow a cancel that lands with the message).
+            async with asyncio.timeout(START_TIMEOUT_S):
+                first = await anext(request_iterator)
         except (StopAsyncIteration, TimeoutError):
-            yield error_message(ProtocolError("the stream must begin with a `start` message"))
+            yield self._refuse(ProtocolError("the stream must begin with a `start` message"))
             return
         try:
             if first.WhichOneof("kind") != "start":
@@ -221,28 +299,142 @@ class SessionService(pb_grpc.SessionServicer):
                 )
             self._check_capacity()
         except DuetError as err:
-            yield error_message(err)
+            yield self._refuse(err)
             return
 
-        self.active += 1
-        outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
-        inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=self.settings.server.inbox_chunks)
+        # From here on this stream holds a slot. The session runs in its own owned task, which releases the slot
+        # in its `finally` whatever ends it (END, an error, the client leaving, an idle timeout, shutdown);
+        # this generator only forwards its messages, so nothing depends on how gRPC closes the generator.
+        self._take_slot()
+        outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue(maxsize=OUTBOX_MESSAGES)
+        sid = first.start.conversation_id or f"s{id(outbox):x}"
+        try:
+            task = asyncio.create_task(
+                self._session(sid, opts, persona, request_iterator, outbox), name=f"session-{sid}"
+            )
+        except BaseException:
+            self._release_slot()
+            raise
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+        def rpc_done(_ctx: Any) -> None:  # the RPC ended (the client left, or it was cancelled): end the session
+            task.cancel()
+
+        context.add_done_callback(rpc_done)  # type: ignore[arg-type]  # the stub wants its DoneCallback class
+        finished = False
+        try:
+            while True:
+                msg = await outbox.get()
+                if msg is None:
+                    finished = True
+                    break
+                yield msg
+        finally:
+            if not finished:
+                task.cancel()
+
+    async def _session(
+        self,
+        sid: str,
+        opts: SessionOptions,
+        persona: Persona | None,
+        requests: AsyncIterator[pb.ClientMessage],
+        outbox: asyncio.Queue[pb.ServerMessage | None],
+    ) -> None:
+        """One session from its first event to its slot's release; the slot was taken by the caller."""
+        reason = "ended"
+        tasks: list[asyncio.Task[Any]] = []
+        session: Session | None = None
+        try:
+            self.telemetry.sessions.labels(mode=opts.mode).inc()
+            session = self._build(sid, opts, persona, outbox)
+            stream = _Stream(last_audio=self._clock())
+            inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=self.settings.server.inbox_chunks)
+            pacer = AudioPacer(self.settings.server.audio_burst_s) if opts.mode in PACED_MODES else None
+            await outbox.put(event_message({"type": "session_started", "t": 0.0, "conversation_id": sid}))
+            if isinstance(session, ConversationSession):
+                if session.face is not None:
+                    v = session.face.s
+                    await outbox.put(
+                        event_message(
+                            {"type": "video_started", "t": 0.0, "fps": v.fps, "width": v.width, "height": v.height}
+                        )
+                    )
+                    session.face.start()
+                if session.perception is not None:
+                    session.perception.start()
+            reader = asyncio.create_task(
+                self._read(requests, inbox, outbox, stream, pacer), name=f"session-{sid}-reader"
+            )
+            worker = asyncio.create_task(self._process(session, inbox, outbox), name=f"session-{sid}-floor")
+            tasks = [reader, worker]
+            idle_s = self.settings.server.idle_timeout_s
+            if idle_s > 0:
+                watchdog = asyncio.create_task(self._watch_idle(stream, idle_s), name=f"session-{sid}-idle")
+                tasks.append(watchdog)
+                done, _ = await asyncio.wait({worker, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+                if watchdog in done and worker not in done:
+                    reason = "idle_timeout"
+                    log.info("session %s sent no audio for %.0f s: ending it", sid, idle_s)
+                    _force_put(outbox, error_message(IdleTimeout(f"no audio for {idle_s:g} s; the session ended")))
+            else:
+                await worker
+            reason = worker.result() if worker.done() and not worker.cancelled() else reason
+        except asyncio.CancelledError:
+            reason = "client_gone"
+            raise
+        except DuetError as err:
+            reason = err.code
+            _force_put(outbox, error_message(err))
+        except Exception:  # a bug must end this session with a typed error, not the server
+            reason = "internal"
+            log.exception("session %s failed", sid)
+            _force_put(outbox, error_message(DuetError("internal error; the session ended")))
+        finally:
+            try:
+                await self._teardown(sid, tasks, session)
+            finally:
+                self.telemetry.ended.labels(reason=reason).inc()
+                self._release_slot()
+                _force_put(outbox, None)
+                log.info("session %s ended (%s)", sid, reason)
+
+    def _build(
+        self,
+        sid: str,
+        opts: SessionOptions,
+        persona: Persona | None,
+        outbox: asyncio.Queue[pb.ServerMessage | None],
+    ) -> Session:
+        models = GatedModels(self.models, self.gate, sid)
+        speech_end_wall: list[float] = []  # wall arrival of the audio where the user's speech last ended
+        replies_heard: set[int] = set()
 
         async def emit(event: dict[str, Any]) -> None:
+            self.telemetry.observe_event(event)
+            if event.get("type") == "speech_end" and isinstance(event.get("compute_ms"), int | float):
+                speech_end_wall[:] = [self._clock() - float(event["compute_ms"]) / 1000]
+            if event.get("type") == "error":
+                event = {**event, "message": public_message(str(event.get("message", "")))}
             await outbox.put(event_message(event))
 
         async def send_audio(pcm: bytes, reply_id: int, t: float) -> None:
+            if reply_id not in replies_heard:
+                replies_heard.add(reply_id)
+                if speech_end_wall:
+                    self.telemetry.first_audio(self._clock() - speech_end_wall.pop())
             await outbox.put(audio_message(pcm, reply_id, round(t, 4)))
 
         async def send_video(jpeg: bytes, t: float, index: int) -> None:
             await outbox.put(pb.ServerMessage(video=pb.VideoOut(jpeg=jpeg, t=t, index=index)))
 
-        sid = first.start.conversation_id or f"s{id(outbox):x}"
-        session: Session
+        if persona is None:
+            return FloorSession(models, opts.floor, emit, max_chunk_ms=self.settings.server.max_audio_chunk_ms)
         face = None
-        if opts.video is not None and persona is not None:
+        if opts.video is not None:
             face = FaceDriver(
-                typing.cast(FaceModels, self.models),
+                typing.cast(FaceModels, models),
                 opts.video,
                 send_video,
                 face=persona.face or opts.video.face,
@@ -250,97 +442,131 @@ class SessionService(pb_grpc.SessionServicer):
                 name=f"session-{sid}",
             )
         perception = None
-        if opts.perception and persona is not None:
+        if opts.perception:
             perception = PerceptionSession(
-                typing.cast(PerceptionModels, self.models),
+                typing.cast(PerceptionModels, models),
                 emit,
                 tools=persona.perception_tools,
                 name=f"session-{sid}",
             )
-        if persona is not None:
-            session = ConversationSession(
-                typing.cast(ConversationModels, self.models),
-                self.llm,
-                self.settings,
-                persona,
-                emit,
-                send_audio,
-                floor=opts.floor,
-                speculation=opts.speculation,
-                echo_suppression=opts.echo_suppression,
-                replies=opts.mode == "conversation",
-                name=f"session-{sid}",
-                face=face,
-                perception=perception,
-            )
-        else:
-            session = FloorSession(self.models, opts.floor, emit, max_chunk_ms=self.settings.server.max_audio_chunk_ms)
-        reader = asyncio.create_task(self._read(request_iterator, inbox), name=f"session-{sid}-reader")
-        worker = asyncio.create_task(self._process(session, inbox, outbox), name=f"session-{sid}-floor")
-        log.info("session %s started", sid)
-        try:
-            await outbox.put(event_message({"type": "session_started", "t": 0.0, "conversation_id": sid}))
-            if face is not None:
-                v = face.s
-                await outbox.put(
-                    event_message(
-                        {"type": "video_started", "t": 0.0, "fps": v.fps, "width": v.width, "height": v.height}
-                    )
-                )
-                face.start()
-            if perception is not None:
-                perception.start()
-            while True:
-                msg = await outbox.get()
-                if msg is None:
-                    break
-                yield msg
-        finally:
-            for task in (reader, worker):
-                task.cancel()
-            await asyncio.gather(reader, worker, return_exceptions=True)
-            if isinstance(session, ConversationSession):
-                await session.close()
-            self.active -= 1
-            log.info("session %s ended", sid)
+        return ConversationSession(
+            typing.cast(ConversationModels, models),
+            self.llm,
+            self.settings,
+            persona,
+            emit,
+            send_audio,
+            floor=opts.floor,
+            speculation=opts.speculation,
+            echo_suppression=opts.echo_suppression,
+            replies=opts.mode == "conversation",
+            name=f"session-{sid}",
+            face=face,
+            perception=perception,
+        )
 
-    async def _read(self, requests: AsyncIterator[pb.ClientMessage], inbox: asyncio.Queue[_Stamped | _End]) -> None:
+    async def _teardown(self, sid: str, tasks: list[asyncio.Task[Any]], session: Session | None) -> None:
+        """Cancel the session's tasks and close it, each wait bounded: a task that will not stop is logged (by
+        name) and left behind rather than holding the slot for ever."""
+        pending = {t for t in tasks if not t.done()}
+        for _ in range(3):
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=TEARDOWN_S)
+        if pending:
+            log.error("session %s: tasks %s did not stop", sid, sorted(t.get_name() for t in pending))
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                log.error("session %s: task %s failed", sid, t.get_name(), exc_info=t.exception())
+        if isinstance(session, ConversationSession):
+            try:
+                async with asyncio.timeout(TEARDOWN_S):
+                    await session.close()
+            except TimeoutError:
+                log.error("session %s did not close within %.0f s", sid, TEARDOWN_S)
+
+    async def _watch_idle(self, stream: _Stream, idle_s: float) -> None:
+        """Returns once the client has sent no audio for `idle_s` (never after it ended its stream)."""
+        while True:
+            if stream.ended:
+                await asyncio.Event().wait()  # the session ends by itself now
+            quiet = self._clock() - stream.last_audio
+            if quiet >= idle_s:
+                return
+            await asyncio.sleep(min(idle_s - quiet, 1.0) + 0.01)
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.ClientMessage],
+        inbox: asyncio.Queue[_Stamped | _End],
+        outbox: asyncio.Queue[pb.ServerMessage | None] | None = None,
+        stream: _Stream | None = None,
+        pacer: AudioPacer | None = None,
+    ) -> None:
+        stream = stream or _Stream(last_audio=self._clock())
+        frames = FrameRate(self.settings.server.max_video_fps)
+        max_text = self.settings.server.max_text_chars
         try:
             async for msg in requests:
-                await inbox.put(_Stamped(msg, time.perf_counter()))
-                if msg.WhichOneof("kind") == "control" and msg.control.kind == pb.Control.END:
+                kind = msg.WhichOneof("kind")
+                now = self._clock()
+                if kind == "audio":
+                    stream.last_audio = now
+                    if pacer is not None and (wait := pacer.take(len(msg.audio.pcm) / 32000, now)) > 0:
+                        if not stream.paced:
+                            stream.paced = True
+                            self.telemetry.paced.inc()
+                            await self._notify(outbox, AudioTooFast(_too_fast(self.settings.server.audio_burst_s)))
+                        self.telemetry.pacing_delay.inc(wait)
+                        await asyncio.sleep(wait)  # read at real time: gRPC flow control slows the client
+                        now = stream.last_audio = self._clock()
+                elif kind == "text" and len(msg.text.text) > max_text:
+                    self.telemetry.drops.labels(kind="text").inc()
+                    await self._notify(
+                        outbox, TextTooLong(f"text of {len(msg.text.text)} characters refused; the limit is {max_text}")
+                    )
+                    continue
+                elif kind == "video" and not frames.admit(now):
+                    self.telemetry.drops.labels(kind="video_frame").inc()
+                    continue
+                await inbox.put(_Stamped(msg, now))
+                if kind == "control" and msg.control.kind == pb.Control.END:
                     break
         except Exception:  # the request stream broke: still finish what has arrived
             log.info("request stream ended abruptly", exc_info=True)
+        stream.ended = True
         # Not in a `finally`: when the session is torn down (cancellation) nobody reads the inbox any more,
         # and waiting to put into a full one would hang the teardown.
         await inbox.put(_End())
+
+    async def _notify(self, outbox: asyncio.Queue[pb.ServerMessage | None] | None, err: DuetError) -> None:
+        if outbox is not None:
+            await outbox.put(error_message(err))
 
     async def _process(
         self,
         session: Session,
         inbox: asyncio.Queue[_Stamped | _End],
         outbox: asyncio.Queue[pb.ServerMessage | None],
-    ) -> None:
-        try:
-            while True:
-                item = await inbox.get()
-                if isinstance(item, _End):
-                    await session.finish()
-                    now = session.now if isinstance(session, ConversationSession) else session.timeline.now
-                    await outbox.put(event_message({"type": "session_ended", "t": round(now, 4)}))
-                    return
-                try:
-                    await self._dispatch(session, item)
-                except DuetError as err:
-                    await outbox.put(error_message(err))
-                    if err.fatal:
-                        return
-        except Exception as exc:  # a bug must end this session with a typed error, not the server
-            log.exception("session failed")
-            await outbox.put(error_message(DuetError(f"internal error: {type(exc).__name__}: {exc}")))
-        finally:
-            await outbox.put(None)
+    ) -> str:
+        """Runs the session's pipeline on the inbox; returns how it ended (a code for the metrics)."""
+        while True:
+            item = await inbox.get()
+            if isinstance(item, _End):
+                await session.finish()
+                now = session.now if isinstance(session, ConversationSession) else session.timeline.now
+                await outbox.put(event_message({"type": "session_ended", "t": round(now, 4)}))
+                return "ended"
+            try:
+                await self._dispatch(session, item)
+            except DuetError as err:
+                if not err.fatal:
+                    self.telemetry.drops.labels(kind=err.code).inc()
+                await outbox.put(error_message(err))
+                if err.fatal:
+                    return err.code
 
     async def _dispatch(self, session: Session, item: _Stamped) -> None:
         msg = item.msg
@@ -381,9 +607,9 @@ class SessionService(pb_grpc.SessionServicer):
             check_spec(spec)
             self._check_capacity()
         except DuetError as err:
-            yield error_message(err)
+            yield self._refuse(err)
             return
-        self.active += 1
+        self._take_slot()
         try:
             async for item in render_clip(typing.cast(ClipModels, self.models), spec):
                 if isinstance(item, AudioPiece):
@@ -396,4 +622,4 @@ class SessionService(pb_grpc.SessionServicer):
         except DuetError as err:
             yield error_message(err)
         finally:
-            self.active -= 1
+            self._release_slot()

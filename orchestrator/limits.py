@@ -1,0 +1,182 @@
+"""Bounds that keep one session from taking what others need: audio pacing, frame rate, Triton admission.
+
+All three are small and pure in their decisions: `AudioPacer` and `FrameRate` take the time as an argument,
+and `FairGate` only orders waiters (no clock at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Hashable
+from typing import Any
+
+
+class AudioPacer:
+    """A token bucket on the audio clock against the wall clock: `rate` seconds of audio per wall second, with
+    `burst` seconds of slack (a client catching up after a network hiccup). `take(d, now)` returns how long to
+    wait before accepting `d` seconds of audio so that the stream never runs further ahead than the burst."""
+
+    def __init__(self, burst_s: float, rate: float = 1.0) -> None:
+        self.burst = burst_s
+        self.rate = rate
+        self._tokens = burst_s
+        self._at: float | None = None
+
+    def take(self, audio_s: float, now: float) -> float:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= audio_s
+        if self._tokens >= 0:
+            return 0.0
+        wait = -self._tokens / self.rate
+        self._tokens, self._at = 0.0, now + wait  # the wait itself refills exactly the deficit
+        return wait
+
+
+class FrameRate:
+    """Admits at most `fps` frames per second (wall clock); frames in between are dropped, not queued."""
+
+    def __init__(self, fps: float) -> None:
+        self._gap = 1.0 / fps
+        self._next = float("-inf")
+
+    def admit(self, now: float) -> bool:
+        if now < self._next:
+            return False
+        # A small allowance for jitter: a 30 fps client whose frames arrive 1 ms early is not throttled.
+        self._next = now + self._gap * 0.9
+        return True
+
+
+class FairGate:
+    """Admission of unary Triton requests: at most `capacity` in flight overall and `per_key` per session.
+
+    When requests must wait, they are granted session by session in rotation (not first come, first served),
+    so a session with many requests queued cannot push one with a single request to the back. With free
+    capacity a request passes at once.
+    """
+
+    def __init__(self, capacity: int, per_key: int) -> None:
+        self.capacity = capacity
+        self.per_key = per_key
+        self.inflight = 0
+        self._held: dict[Hashable, int] = {}
+        self._waiting: OrderedDict[Hashable, deque[asyncio.Future[None]]] = OrderedDict()
+
+    def held(self, key: Hashable) -> int:
+        return self._held.get(key, 0)
+
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: Hashable) -> AsyncIterator[None]:
+        await self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+    async def acquire(self, key: Hashable) -> None:
+        if key not in self._waiting and self._free(key):
+            self._take(key)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, deque()).append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(key)  # granted as we were cancelled: hand it on
+            else:
+                self._forget(key, fut)
+            raise
+
+    def release(self, key: Hashable) -> None:
+        self.inflight -= 1
+        n = self._held[key] - 1
+        if n:
+            self._held[key] = n
+        else:
+            del self._held[key]
+        self._grant()
+
+    def _free(self, key: Hashable) -> bool:
+        return self.inflight < self.capacity and self.held(key) < self.per_key
+
+    def _take(self, key: Hashable) -> None:
+        self.inflight += 1
+        self._held[key] = self.held(key) + 1
+
+    def _forget(self, key: Hashable, fut: asyncio.Future[None]) -> None:
+        q = self._waiting.get(key)
+        if q is not None:
+            with contextlib.suppress(ValueError):
+                q.remove(fut)
+            if not q:
+                del self._waiting[key]
+        self._grant()
+
+    def _grant(self) -> None:
+        while self.inflight < self.capacity:
+            for key, q in self._waiting.items():
+                while q and q[0].done():  # cancelled waiters
+                    q.popleft()
+                if q and self.held(key) < self.per_key:
+                    q.popleft().set_result(None)
+                    self._take(key)
+                    self._waiting.move_to_end(key)  # the next grant goes to another session first
+                    if not q:
+                        del self._waiting[key]
+                    break
+            else:
+                for key in [k for k, q in self._waiting.items() if not q]:
+                    del self._waiting[key]
+                return
+
+
+class GatedModels:
+    """One session's view of the shared model client: its unary requests pass the `FairGate` under its own key;
+    streams (LLM, TTS, face frames) and everything else go straight through (each session holds at most a few)."""
+
+    def __init__(self, models: Any, gate: FairGate, key: Hashable) -> None:
+        self._models = models
+        self._gate = gate
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._models, name)
+
+    async def vad(self, *args: Any) -> Any:
+        async with self._gate.slot(self._key):
+            return await self._models.vad(*args)
+
+    async def floor(self, *args: Any) -> Any:
+        async with self._gate.slot(self._key):
+            return await self._models.floor(*args)
+
+    async def fuse(self, *args: Any) -> Any:
+        async with self._gate.slot(self._key):
+            return await self._models.fuse(*args)
+
+    async def transcribe(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._gate.slot(self._key):
+            return await self._models.transcribe(*args, **kwargs)
+
+    async def face_motion(self, *args: Any) -> Any:
+        async with self._gate.slot(self._key):
+            return await self._models.face_motion(*args)
+
+    async def voice_features(self, *args: Any) -> Any:
+        async with self._gate.slot(self._key):
+            return await self._models.voice_features(*args)
+
+    async def analyze_frame(self, *args: Any) -> Any:
+        async with self._gate.slot(self._key):
+            return await self._models.analyze_frame(*args)
+
+
+__all__ = ["AudioPacer", "FairGate", "FrameRate", "GatedModels"]

@@ -1,0 +1,110 @@
+"""The orchestrator's Prometheus metrics: what a user feels, on the wall clock, for an operator.
+
+One `Telemetry` per service (its own registry, so tests and several servers in one process never mix):
+- `duet_sessions_open`: sessions (and renders) holding a slot now; after every client is gone it must read 0;
+- `duet_sessions_total{mode}` / `duet_sessions_ended_total{reason}`: how sessions began and ended;
+- `duet_refusals_total{reason}`: streams refused before or during a session (`server_busy`, `bad_option`, ...);
+- `duet_drops_total{kind}`: input dropped by a bound (`video_frame`, `text`, `audio_chunk`);
+- `duet_paced_sessions_total`, `duet_pacing_delay_seconds_total`: audio read at real time instead of faster;
+- `duet_stage_latency_seconds{stage}`: wall-clock latency per stage (`floor_decision`, `asr_final`,
+  `llm_first_token`, `tts_first_chunk`, `first_audio`).
+
+Served by prometheus-client's own HTTP server thread on `metrics.host:metrics.port` (loopback by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from orchestrator.config import MetricsSettings
+
+log = logging.getLogger("duet.telemetry")
+
+STAGES = ("floor_decision", "asr_final", "llm_first_token", "tts_first_chunk", "first_audio")
+# Seconds: from a fast model call to a reply that a loaded machine delivers late.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
+# Event fields (milliseconds) that carry a stage's wall-clock latency, in `replica_speaking_start.latency`.
+_REPLY_STAGES = {
+    "asr_final_ms": "asr_final",
+    "llm_first_token_ms": "llm_first_token",
+    "tts_first_chunk_ms": "tts_first_chunk",
+}
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_open = Gauge("duet_sessions_open", "Sessions and renders holding a slot", registry=r)
+        self.sessions = Counter("duet_sessions", "Sessions started, by mode", ["mode"], registry=r)
+        self.ended = Counter("duet_sessions_ended", "Sessions ended, by reason", ["reason"], registry=r)
+        self.refusals = Counter("duet_refusals", "Streams refused, by error code", ["reason"], registry=r)
+        self.drops = Counter("duet_drops", "Client input dropped by a bound, by kind", ["kind"], registry=r)
+        self.paced = Counter("duet_paced_sessions", "Sessions whose audio was read at real time", registry=r)
+        self.pacing_delay = Counter(
+            "duet_pacing_delay_seconds", "Total time readers waited to keep audio at real time", registry=r
+        )
+        self.latency = Histogram(
+            "duet_stage_latency_seconds", "Wall-clock latency per stage", ["stage"], buckets=BUCKETS, registry=r
+        )
+        for stage in STAGES:  # every series exists from the start (a scrape sees zeros, not absences)
+            self.latency.labels(stage=stage)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def observe_event(self, event: dict[str, Any]) -> None:
+        """Stage latencies from the session's own events (their wall-clock fields)."""
+        kind = event.get("type")
+        if kind == "eot_commit" and isinstance(event.get("compute_ms"), int | float):
+            self.latency.labels(stage="floor_decision").observe(float(event["compute_ms"]) / 1000)
+        elif kind == "replica_speaking_start":
+            for key, stage in _REPLY_STAGES.items():
+                value = (event.get("latency") or {}).get(key)
+                if isinstance(value, int | float) and value > 0:
+                    self.latency.labels(stage=stage).observe(float(value) / 1000)
+
+    def first_audio(self, seconds: float) -> None:
+        self.latency.labels(stage="first_audio").observe(max(seconds, 0.0))
+
+    def serve(self, s: MetricsSettings) -> str | None:
+        """Start the HTTP endpoint; returns its URL (None when disabled)."""
+        if not s.enabled:
+            return None
+        self._server, self._thread = start_http_server(s.port, addr=s.host, registry=self.registry)
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/metrics"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse_metrics(text: str) -> list[Sample]:
+    """The samples of a Prometheus text exposition (enough for tests and benchmarks to read the endpoint)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        Sample(s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+__all__ = ["STAGES", "Sample", "Telemetry", "parse_metrics"]
