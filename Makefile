@@ -15,7 +15,8 @@ setup:  ## create .venv, install Python + Debian packages, extract model files, 
 
 demo: setup  ## a spoken exchange with the shipped sample user (reply.mp4: the face), then one rendered line
 	@echo "A recorded user (perf/data/samples/demo_user.wav) talks to the replica at real time:"
-	@$(VENV)/bin/duet talk --audio perf/data/samples/demo_user.wav --out perf/out/demo --video --option video.size=384x384
+	@$(VENV)/bin/duet talk --audio perf/data/samples/demo_user.wav --out perf/out/demo --video --option video.size=384x384 \
+	  --check || { echo "make demo: the spoken exchange failed (see above)" >&2; exit 1; }
 	@echo; echo "The replica's face saying one line (voice + face, H.264/AAC):"
 	@$(VENV)/bin/duet render --text "Hi, I'm Ava. I can help with appointments, bills and address changes." \
 	  --emotion happiness --out perf/out/demo/hello.mp4

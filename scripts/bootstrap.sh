@@ -8,7 +8,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 CACHE=$ROOT/.cache
 STAMP=$VENV/.duet-bootstrap
-KEY=$(cat pyproject.toml scripts/bootstrap.sh scripts/models.sha256 clients/proto/duet/proto/*.proto | sha256sum | cut -c1-16)
+KEY=$(cat pyproject.toml scripts/bootstrap.sh scripts/smoke_models.py scripts/models.sha256 clients/proto/duet/proto/*.proto | sha256sum | cut -c1-16)
 
 if [[ -f $STAMP && $(cat "$STAMP") == "$KEY" ]]; then
   exit 0
@@ -41,8 +41,41 @@ PYEOF
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 mkdir -p "$CACHE"
 PIPLOG=$CACHE/pip-install.log
-if ! { "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip \
-       && "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dev]"; } > "$PIPLOG" 2>&1; then
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip > "$PIPLOG" 2>&1
+
+# llama.cpp (the local LLM runtime) builds from source. Its default, -march=native, ties the library to the
+# build machine's CPU (a build with this machine's AVX-512/AMX kernels crashed in llama_decode), and pip's
+# wheel cache would carry such a build to a machine with another CPU. So it is built here, never from pip's
+# cache, for a fixed portable baseline named by the wheel's folder: x86-64-v3 (AVX2, FMA, F16C) where the
+# CPU has it, plain x86-64 (SSE2 only) elsewhere. No flag depends on anything else about this machine.
+LLAMA_VERSION=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml | head -n1)
+if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo && grep -qw f16c /proc/cpuinfo; then
+  LLAMA_BASELINE=x86-64-v3
+  LLAMA_CMAKE="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+else
+  LLAMA_BASELINE=x86-64
+  LLAMA_CMAKE="-DGGML_NATIVE=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF"
+fi
+LLAMA_CMAKE="$LLAMA_CMAKE -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF"
+LLAMA_CMAKE="$LLAMA_CMAKE -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+LLAMA_CMAKE="$LLAMA_CMAKE -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# The wheel is kept in the user's cache (outside the clone, so a fresh clone on the same machine reuses it),
+# in a folder named by version, baseline and flags: only a build made with exactly these flags is ever reused.
+LLAMA_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/duet/llama-cpp/$LLAMA_VERSION-$LLAMA_BASELINE-$(echo "$LLAMA_CMAKE" | sha256sum | cut -c1-8)
+LLAMA_WHL=$(ls "$LLAMA_DIR"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
+if [[ -z $LLAMA_WHL ]]; then
+  echo "[bootstrap] building llama.cpp $LLAMA_VERSION for $LLAMA_BASELINE (about 5 minutes, once)"
+  mkdir -p "$LLAMA_DIR"
+  if ! CMAKE_ARGS="$LLAMA_CMAKE" "$VENV/bin/pip" wheel -q --disable-pip-version-check --no-cache-dir --no-deps \
+       --no-binary llama-cpp-python -w "$LLAMA_DIR" "llama-cpp-python==$LLAMA_VERSION" >> "$PIPLOG" 2>&1; then
+    tail -40 "$PIPLOG" >&2
+    echo "[bootstrap] building llama-cpp-python failed (full log: $PIPLOG)" >&2
+    exit 1
+  fi
+  LLAMA_WHL=$(ls "$LLAMA_DIR"/llama_cpp_python-*.whl | head -n1)
+fi
+if ! { "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir --no-deps --force-reinstall "$LLAMA_WHL" \
+       && "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dev]"; } >> "$PIPLOG" 2>&1; then
   grep -v '^WARNING: Location' "$PIPLOG" | tail -40 >&2
   echo "[bootstrap] pip install failed (full log: $PIPLOG)" >&2
   exit 1
@@ -117,6 +150,11 @@ mkdir -p clients/duet/proto
 "$VENV/bin/python" -m grpc_tools.protoc -I clients/proto --python_out=clients --pyi_out=clients \
   --grpc_python_out=clients clients/proto/duet/proto/session.proto
 touch clients/duet/proto/__init__.py
+
+# Every model's runtime once, each in its own process: a runtime that crashes on this CPU (a foreign llama.cpp
+# build dies in its first decode) fails setup here, with the model's name, instead of in the first conversation.
+echo "[bootstrap] checking each model's runtime on this machine"
+"$VENV/bin/python" scripts/smoke_models.py || exit 1
 
 echo "$KEY" > "$STAMP"
 echo "[bootstrap] ready"

@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also stream the replica's face and write reply.mp4 (video.fps, video.size)",
     )
+    k.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1, naming each problem, when a model failed or a user turn got no spoken reply",
+    )
 
     r = sub.add_parser("render", help="the replica says a text (or lip-syncs audio) with an emotion: an MP4")
     r.add_argument("--text", default="", help="what the replica says (spoken by the TTS voice)")
@@ -153,7 +158,7 @@ def _options(raw: list[str]) -> dict[str, str]:
 
 
 async def _talk(args: argparse.Namespace) -> int:
-    from duet.talk import talk
+    from duet.talk import session_problems, talk
     from duet.wav import read_pcm16
 
     read_pcm16(args.audio)  # fail fast on a bad file, before starting anything
@@ -169,6 +174,12 @@ async def _talk(args: argparse.Namespace) -> int:
         elif event.get("type") == "error":
             print(f"duet: {event.get('code')}: {event.get('message')}", file=sys.stderr)
 
+    events: list[dict[str, Any]] = []
+
+    def keep(event: dict[str, Any]) -> None:
+        events.append(event)
+        show(event)
+
     async with _server_for(args) as server:
         await talk(
             args.audio,
@@ -179,13 +190,16 @@ async def _talk(args: argparse.Namespace) -> int:
             speed=args.speed,
             echo_gain=args.echo_gain,
             echo_delay_ms=args.echo_delay_ms,
-            on_event=show,
+            on_event=keep,
             video=args.video,
         )
     if not args.jsonl:
         extra = ", reply.mp4" if args.video else ""
         print(f"duet: wrote {args.out}/reply.wav, events.jsonl, transcript.json{extra}", file=sys.stderr)
-    return 0
+    problems = session_problems(events) if args.check else []
+    for problem in problems:
+        print(f"duet: check failed: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _size(raw: str) -> tuple[int, int]:

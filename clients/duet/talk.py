@@ -140,6 +140,29 @@ async def talk(
     return transcript
 
 
+def session_problems(events: list[dict[str, Any]]) -> list[str]:
+    """What went wrong in a finished session, one sentence each (empty when every user turn was answered).
+
+    A model error or a fatal error is a problem; so is a committed user turn that no replica speech followed
+    before the next user turn (an interrupted reply still counts: it was heard); so is a session that heard no
+    user turn at all. `duet talk --check` (and so `make demo`) exits non-zero on any of these.
+    """
+    problems = [
+        f"t={e.get('t', 0):.2f}s {e.get('code', 'error')}: {e.get('message', '')}"
+        for e in events
+        if e.get("type") == "error"
+    ]
+    user_turns = [i for i, e in enumerate(events) if e.get("type") == "user_turn"]
+    if not user_turns:
+        problems.append("the session committed no user turn")
+    for n, i in enumerate(user_turns):
+        end = user_turns[n + 1] if n + 1 < len(user_turns) else len(events)
+        if not any(e.get("type") == "replica_speaking_start" for e in events[i + 1 : end]):
+            t, text = events[i].get("t", 0), events[i].get("text", "")
+            problems.append(f"the user turn at t={t:.2f}s ({text!r}) got no spoken reply")
+    return problems
+
+
 def write_outputs(
     folder: Path, reply: npt.NDArray[np.int16], events: list[dict[str, Any]], transcript: dict[str, Any]
 ) -> None:
