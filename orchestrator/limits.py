@@ -29,7 +29,7 @@ class AudioPacer:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         self._tokens -= audio_s
-        if self._tokens >= 0:
+        if self._tokens >= -1e-9:  # (float dust from summing 20 ms chunks is no reason to wait)
             return 0.0
         wait = -self._tokens / self.rate
         self._tokens, self._at = 0.0, now + wait  # the wait itself refills exactly the deficit

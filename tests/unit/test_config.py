@@ -43,3 +43,77 @@ def test_session_floor_options() -> None:
         with_floor_options(FloorSettings(), {"persona.voice": "x"})
     with pytest.raises(BadOption):
         with_floor_options(FloorSettings(), {"floor.commit_threshold": "0.1"})  # below tentative threshold
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("floor.eval_interval_ms", "-1"),
+        ("floor.barge_in_ms", "-1"),
+        ("floor.speech_start_ms", "1e20"),
+        ("floor.speech_start_ms", "100000000000000000000"),
+        ("floor.speech_end_ms", "0"),
+        ("floor.max_pause_ms", "99999999"),
+        ("floor.backchannel_max_ms", "-5"),
+        ("floor.acoustic_refresh_ms", "3.5"),
+        ("floor.vad_on", "nan"),
+        ("floor.commit_threshold", "inf"),
+    ],
+)
+def test_floor_options_out_of_range_are_refused(key: str, value: str) -> None:
+    with pytest.raises(BadOption):
+        with_floor_options(FloorSettings(), {key: value})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"video": "true", "video.face": "../../etc/passwd"},
+        {"video": "true", "video.face": "/etc/passwd"},
+        {"video": "true", "video.face": "a b"},
+        {"video": "true", "video.fps": "0"},
+        {"video": "true", "video.fps": "nan"},
+        {"video": "true", "video.size": "513x512"},
+        {"video": "true", "video.size": "512x512x3"},
+        {"video": "true", "video.quality": "101"},
+        {"video": "maybe"},
+        {"speculation": "perhaps"},
+        {"mode": "turbo"},
+        {"floor.nonsense": "1"},
+        {"nonsense": "1"},
+        {"mode": "floor", "video": "true"},
+    ],
+)
+def test_session_options_refused_as_documented(options: dict[str, str]) -> None:
+    from orchestrator.api.session_service import parse_options
+    from orchestrator.config import Settings
+
+    with pytest.raises(BadOption):
+        parse_options(Settings(), options)
+
+
+def test_session_options_within_range_pass() -> None:
+    from orchestrator.api.session_service import parse_options
+    from orchestrator.config import FLOOR_RANGES_MS, Settings
+
+    opts = {f"floor.{k}": str(lo) for k, (lo, _) in FLOOR_RANGES_MS.items()}
+    parsed = parse_options(Settings(), {**opts, "video": "true", "video.face": "my-face_2", "mode": "conversation"})
+    assert parsed.floor.barge_in_ms == FLOOR_RANGES_MS["barge_in_ms"][0]
+    assert parsed.video is not None and parsed.video.face == "my-face_2"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DUET_SERVER__IDLE_TIMEOUT_S": "-1"},
+        {"DUET_SERVER__AUDIO_BURST_S": "0"},
+        {"DUET_SERVER__MAX_TEXT_CHARS": "0"},
+        {"DUET_SERVER__SESSION_INFLIGHT": "0"},
+        {"DUET_METRICS__PORT": "70000"},
+        {"DUET_METRICS__ENABLED": "sometimes"},
+        {"DUET_FACE__FACE": "../x"},
+    ],
+)
+def test_server_limits_are_validated(env: dict[str, str]) -> None:
+    with pytest.raises(BadOption):
+        load_settings(env=env)

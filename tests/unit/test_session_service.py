@@ -1,13 +1,20 @@
-"""Session service teardown: a reader blocked on a full inbox must end when the session is cancelled."""
+"""Session service: teardown, slots on every exit path, idle timeout, pacing, bounds; the pure limits."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
 
 from duet.proto import session_pb2 as pb
 from orchestrator.api.session_service import SessionService, _End, _Stamped
 from orchestrator.config import Settings
+from orchestrator.errors import DuetError, public_message
+from orchestrator.limits import AudioPacer, FairGate, FrameRate
+from orchestrator.session import MAX_FLOOR_CONTEXT_CHARS, MAX_FLOOR_TEXT_CHARS, bounded_context, bounded_text
 
 
 async def endless() -> AsyncIterator[pb.ClientMessage]:
@@ -38,3 +45,257 @@ async def test_reader_marks_end_after_client_end() -> None:
     await service._read(messages(), inbox)
     items = [inbox.get_nowait() for _ in range(inbox.qsize())]
     assert [type(i).__name__ for i in items] == ["_Stamped", "_Stamped", "_End"]
+
+
+# ---- limits (pure: virtual time) ---------------------------------------------------------------------------
+
+
+def test_pacer_allows_a_burst_then_holds_real_time() -> None:
+    p = AudioPacer(burst_s=1.0)
+    waits = [p.take(0.02, 0.0) for _ in range(50)]  # 1 s of audio at once: the burst
+    assert waits == [0.0] * 50
+    t, total = 0.0, 0.0
+    for _ in range(500):  # 10 s more, sent as fast as possible: each chunk waits its own duration
+        w = p.take(0.02, t)
+        t += w
+        total += w
+    assert abs(t - 10.0) < 1e-6 and abs(total - 10.0) < 1e-6
+
+
+def test_pacer_never_slows_a_real_time_stream() -> None:
+    p = AudioPacer(burst_s=0.5)
+    assert all(p.take(0.02, i * 0.02 + (0.015 if i % 7 == 0 else 0.0)) == 0.0 for i in range(5000))
+
+
+def test_pacer_credit_does_not_pile_up_while_quiet() -> None:
+    p = AudioPacer(burst_s=1.0)
+    p.take(0.02, 0.0)
+    assert p.take(1.0, 100.0) == 0.0  # a long silence earns one burst, not 100 s
+    assert p.take(0.5, 100.0) == pytest.approx(0.5)
+
+
+def test_frame_rate_drops_frames_beyond_the_limit() -> None:
+    f = FrameRate(10.0)
+    admitted = sum(f.admit(i / 100) for i in range(100))  # 100 fps for 1 s
+    assert 9 <= admitted <= 11
+    g = FrameRate(30.0)
+    assert all(g.admit(i / 25) for i in range(100))  # 25 fps passes untouched
+
+
+async def test_fair_gate_grants_waiters_session_by_session() -> None:
+    gate = FairGate(capacity=1, per_key=4)
+    order: list[str] = []
+    await gate.acquire("hog")  # the one slot is taken
+
+    async def request(key: str) -> None:
+        async with gate.slot(key):
+            order.append(key)
+            await asyncio.sleep(0)
+
+    hog = [asyncio.create_task(request("hog"), name=f"hog-{i}") for i in range(5)]
+    await asyncio.sleep(0)
+    calm = asyncio.create_task(request("calm"), name="calm")
+    await asyncio.sleep(0)
+    gate.release("hog")
+    await asyncio.gather(*hog, calm)
+    assert order.index("calm") <= 1, order  # not behind the hog's five queued requests
+    assert gate.inflight == 0 and gate.waiting() == 0
+
+
+async def test_fair_gate_caps_one_session_and_survives_cancellation() -> None:
+    gate = FairGate(capacity=10, per_key=2)
+    await gate.acquire("a")
+    await gate.acquire("a")
+    third = asyncio.create_task(gate.acquire("a"), name="third")
+    await asyncio.sleep(0)
+    assert not third.done() and gate.held("a") == 2
+    await gate.acquire("b")  # another session is not held up by a's cap
+    third.cancel()
+    await asyncio.gather(third, return_exceptions=True)
+    gate.release("a")
+    gate.release("a")
+    gate.release("b")
+    assert gate.inflight == 0 and gate.waiting() == 0
+
+
+def test_public_messages_carry_no_internals() -> None:
+    raw = "video frame cannot be decoded (cannot identify image file <_io.BytesIO object at 0x7f3a2c1b2e80>)"
+    assert "0x" not in public_message(raw) and "BytesIO" not in public_message(raw)
+    assert "0x" not in DuetError("bad pointer 0x7ffd5e8c1a40 seen").message
+    assert len(public_message("x" * 100_000)) <= 1000
+
+
+def test_floor_text_and_context_are_bounded() -> None:
+    long = "word " * 200_000
+    assert len(bounded_text(long)) <= MAX_FLOOR_TEXT_CHARS
+    assert bounded_text("I want to") == "I want to"
+    ctx = bounded_context("What would you like " + "very " * 10_000 + "to drink?")
+    assert len(ctx) <= MAX_FLOOR_CONTEXT_CHARS + 3
+    assert ctx.startswith("What would") and ctx.endswith("to drink?")
+
+
+# ---- the service with a stand-in for Triton (the outside system): slots, idle, pacing, bounds ----------------
+
+
+class FakeTriton:
+    """Answers `vad` like the model would for silence, after a moment (so cancels land mid-request)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def vad(self, audio: Any, state: Any) -> tuple[float, Any]:
+        self.calls += 1
+        await asyncio.sleep(0.001)
+        return 0.0, state
+
+    async def floor(self, *args: Any) -> Any:
+        raise AssertionError("silence never reaches the floor model")
+
+    fuse = floor
+
+
+class FakeContext:
+    def __init__(self) -> None:
+        self._callbacks: list[Any] = []
+
+    def add_done_callback(self, cb: Any) -> None:
+        self._callbacks.append(cb)
+
+    def done(self) -> None:  # what grpc does when the RPC terminates
+        for cb in self._callbacks:
+            cb(self)
+
+
+def start_message(**options: str) -> pb.ClientMessage:
+    fmt = pb.AudioFormat(sample_rate=16000, channels=1, sample_width=2, encoding="pcm_s16le")
+    return pb.ClientMessage(start=pb.Start(audio_format=fmt, options={"mode": "acoustic", **options}))
+
+
+def service(**server: Any) -> SessionService:
+    s = Settings(server=dataclasses.replace(Settings().server, **server))
+    return SessionService(models=FakeTriton(), settings=s)  # type: ignore[arg-type]
+
+
+async def converse(svc: SessionService, messages: AsyncIterator[pb.ClientMessage]) -> list[pb.ServerMessage]:
+    ctx = FakeContext()
+    out: list[pb.ServerMessage] = []
+    try:
+        async for m in svc.Converse(messages, ctx):  # type: ignore[arg-type]
+            out.append(m)
+    finally:
+        ctx.done()
+    return out
+
+
+def codes(out: list[pb.ServerMessage]) -> list[str]:
+    return [m.error.code for m in out if m.WhichOneof("kind") == "error"]
+
+
+async def test_cancelled_sessions_release_their_slots() -> None:
+    svc = service(max_sessions=4)
+
+    async def client(n: int) -> AsyncIterator[pb.ClientMessage]:
+        yield start_message()
+        for _ in range(n):
+            yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+            await asyncio.sleep(0)
+        await asyncio.Event().wait()  # then the client just hangs on
+
+    for i in range(300):  # open and cancel at many different points of the session's life
+        task = asyncio.create_task(converse(svc, client(i % 7)), name=f"churn-{i}")
+        for _ in range(i % 11):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    for _ in range(50):
+        if svc.active == 0 and not svc._sessions:
+            break
+        await asyncio.sleep(0.01)
+    assert svc.active == 0 and not svc._sessions
+    assert svc.telemetry.sessions_open._value.get() == 0
+    out = await converse(svc, one_second_then_end())
+    assert "server_busy" not in codes(out) and out[-1].event.type == "session_ended"
+
+
+async def one_second_then_end() -> AsyncIterator[pb.ClientMessage]:
+    yield start_message()
+    for _ in range(50):
+        yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+    yield pb.ClientMessage(control=pb.Control(kind=pb.Control.END))
+
+
+async def test_idle_session_ends_with_typed_error_and_frees_its_slot() -> None:
+    svc = service(max_sessions=1, idle_timeout_s=0.2)
+
+    async def silent() -> AsyncIterator[pb.ClientMessage]:
+        yield start_message()
+        yield pb.ClientMessage(text=pb.TextInput(text="text is not audio"))
+        await asyncio.Event().wait()
+
+    out = await asyncio.wait_for(converse(svc, silent()), 5.0)
+    assert codes(out) == ["idle_timeout"] and svc.active == 0
+    assert [m.error.fatal for m in out if m.WhichOneof("kind") == "error"] == [True]
+
+
+async def test_session_limit_and_second_start() -> None:
+    svc = service(max_sessions=1)
+
+    go_on = asyncio.Event()
+
+    async def second_start() -> AsyncIterator[pb.ClientMessage]:
+        yield start_message()
+        await go_on.wait()
+        yield start_message()
+        await asyncio.Event().wait()
+
+    holder = asyncio.create_task(converse(svc, second_start()), name="holder")
+    await asyncio.sleep(0.05)
+    assert codes(await converse(svc, one_second_then_end())) == ["server_busy"]
+    go_on.set()
+    out = await asyncio.wait_for(holder, 5.0)
+    assert codes(out) == ["protocol"] and svc.active == 0
+
+
+async def test_oversized_text_is_refused_and_the_session_goes_on() -> None:
+    svc = service(max_text_chars=100)
+
+    async def client() -> AsyncIterator[pb.ClientMessage]:
+        yield start_message()
+        yield pb.ClientMessage(text=pb.TextInput(text="x" * 1_000_000))
+        yield pb.ClientMessage(text=pb.TextInput(text="fine"))
+        yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+        yield pb.ClientMessage(control=pb.Control(kind=pb.Control.END))
+
+    out = await converse(svc, client())
+    assert codes(out) == ["text_too_long"] and out[-1].event.type == "session_ended"
+
+
+async def test_fast_audio_is_read_at_real_time_beyond_the_burst() -> None:
+    svc = service(audio_burst_s=0.2)
+
+    async def flood() -> AsyncIterator[pb.ClientMessage]:
+        for _ in range(50):  # 1 s of audio, as fast as possible
+            yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+
+    inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=100)
+    outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
+    await svc._read(flood(), inbox, outbox, pacer=AudioPacer(0.2))
+    notices = [outbox.get_nowait() for _ in range(outbox.qsize())]
+    assert [m.error.code for m in notices] == ["audio_too_fast"] and not notices[0].error.fatal
+    assert svc.telemetry.pacing_delay._value.get() >= 0.7  # the 0.8 s beyond the burst, less read time
+    assert svc.telemetry.paced._value.get() == 1
+    # floor/acoustic sessions get no pacer: `duet turns --speed 0` stays as fast as the server can go
+    await svc._read(flood(), asyncio.Queue(maxsize=100), outbox, pacer=None)
+    assert outbox.empty() and svc.telemetry.paced._value.get() == 1
+
+
+async def test_camera_frames_beyond_the_rate_are_dropped_before_the_inbox() -> None:
+    svc = service(max_video_fps=10.0)
+
+    async def frames() -> AsyncIterator[pb.ClientMessage]:
+        for i in range(200):
+            yield pb.ClientMessage(video=pb.VideoFrame(jpeg=b"x", t=i / 1000))
+
+    inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=300)
+    await svc._read(frames(), inbox)
+    assert inbox.qsize() <= 5  # 200 frames in a few ms: one or two pass, then _End
