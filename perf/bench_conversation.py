@@ -39,6 +39,8 @@ runs of audible samples with gaps shorter than ``SPAN_GAP_S`` merged, so pauses 
 * **Duplicate replies**: user turns whose window (turn start to next turn start) holds more than one
   ``replica_speaking_start`` (must be 0).
 * **Overlap**: seconds of replica talk spans inside a user turn, beyond its first ``OVERLAP_GRACE_S``.
+* **Failed runs**: a ``duet talk`` that exited non-zero, timed out or left outputs that cannot be read is not
+  dropped: it is counted (column "failed runs") and every user turn of its file counts as a miss.
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class FileScore:
     pauses: int = 0  # paused + resumed after a blip
     spurious_stops: int = 0
     wasted_tokens: int = 0
+    failed: str = ""  # why the run failed (non-empty: no outputs to score; every turn is a miss)
 
 
 def _of_type(events: Iterable[Event], kind: str) -> list[Event]:
@@ -308,6 +311,15 @@ def score_file(label: Mapping[str, Any], reply: npt.NDArray[Any], events: Sequen
     return score
 
 
+def failed_file(label: Mapping[str, Any], why: str) -> FileScore:
+    """A run that failed or left nothing to score: counted against the system, every user turn a miss."""
+    turns = user_turns(label)
+    score = FileScore(str(label.get("file", "")), failed=why or "failed")
+    score.turns = [TurnResult(t.start, t.end, t.kind) for t in turns]
+    score.interruptions = sum(1 for t in turns if t.kind == "interruption")
+    return score
+
+
 def quantile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated quantile (numpy's default); NaN for no values."""
     if not values:
@@ -325,6 +337,7 @@ def aggregate(scores: Iterable[FileScore]) -> dict[str, Any]:
     false_stops = [k for s in scores for k in s.false_stops]
     return {
         "files": len(scores),
+        "failed_runs": sum(1 for s in scores if s.failed),
         "user_turns": len(turns),
         "replied": len(lat),
         "missed": len(turns) - len(lat),
@@ -358,6 +371,7 @@ def aggregate(scores: Iterable[FileScore]) -> dict[str, Any]:
 
 TABLE_COLUMNS = (
     "system",
+    "failed runs",
     "turns",
     "missed",
     "early",
@@ -384,6 +398,7 @@ def table_row(system: str, agg: Mapping[str, Any]) -> list[str]:
     split = " / ".join(_fmt(agg["split_median_ms"][k]) for k in LATENCY_KEYS)
     return [
         system,
+        f"{agg['failed_runs']}/{agg['files']}",
         str(agg["user_turns"]),
         str(agg["missed"]),
         str(agg["early"]),
@@ -505,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = load_labels(args.split)[: args.limit]
 
     notes: list[str] = []
-    failed: set[Path] = set()
+    failed: dict[Path, str] = {}  # run folder -> why: counted against the system, never dropped
     server_proc: subprocess.Popen[bytes] | None = None
     try:
         if not args.reuse:
@@ -532,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         fut.result()
                     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                        failed.add(job[1])
+                        failed[job[1]] = str(e)
                         notes.append(f"{job[1].relative_to(runs)}: {e}")
     finally:
         if server_proc is not None:
@@ -544,12 +559,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in systems:
         scores = []
         for lab in labels:
-            if run_dir(runs, name, lab) in failed:
+            where = run_dir(runs, name, lab)
+            if where in failed:
+                scores.append(failed_file(lab, failed[where]))
                 continue
             try:
-                scores.append(score_run(lab, run_dir(runs, name, lab)))
+                scores.append(score_run(lab, where))
             except (OSError, ValueError) as e:
-                notes.append(f"{name}/{lab['file']}: not scored ({e})")
+                notes.append(f"{name}/{lab['file']}: not scored ({e}); counted as a failed run")
+                failed[where] = f"not scored: {e}"
+                scores.append(failed_file(lab, failed[where]))
         rows[name] = aggregate(scores)
         per_file[name] = [asdict(s) for s in scores]
 
@@ -563,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} video: {video}")
     for n in notes:
         print(f"note: {n}")
+    for name, agg in rows.items():
+        if agg["failed_runs"]:
+            print(f"{name}: {agg['failed_runs']} of {agg['files']} runs FAILED (their turns are counted as missed)")
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"split": args.split, "echo": args.echo, "options": args.option, "systems": rows, "files": per_file}
     out.write_text(json.dumps({**payload, "notes": notes}, indent=1, default=str) + "\n")

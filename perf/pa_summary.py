@@ -1,4 +1,9 @@
-"""Summarise perf_analyzer CSVs: throughput and p99 per concurrency, batched vs not, and session capacity."""
+"""Summarise perf_analyzer CSVs: throughput and p99 per concurrency, batched vs not, and an upper bound on
+session capacity.
+
+The capacity line is an extrapolation, not a measurement: it divides peak model throughput by one session's
+request rate, so it leaves out the orchestrator, ASR, the LLM, TTS, the face and every queueing effect. The
+measured figure (real sessions streaming at real time) is `perf/session_load.py` (`make bench-load`)."""
 
 from __future__ import annotations
 
@@ -60,8 +65,9 @@ def main(out: Path) -> int:
             f"Per session: {VAD_PER_S:.2f} VAD windows/s, {evals_per_s:.2f} full floor evaluations/s and "
             f"{fusion_per_s:.2f} fusion-only re-evaluations/s (~1 ms each, not counted) of audio "
             f"(dev-set replay). At peak throughput (vad {best['vad']:.0f}/s, floor {best['floor']:.1f}/s) one "
-            f"session costs {per_20ms:.2f} ms of this 2-core machine per 20 ms of audio, so about "
-            f"**{1 / cost:.0f} real-time sessions** fit (compute only, orchestrator excluded)."
+            f"session's floor costs {per_20ms:.2f} ms of this machine per 20 ms of audio: an **upper bound, "
+            f"extrapolated, of {1 / cost:.0f} real-time sessions** for the floor models alone (not measured; "
+            f"ASR, LLM, TTS, face and the orchestrator excluded; `perf/session_load.py` measures real sessions)."
         )
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")

@@ -17,6 +17,8 @@ from perf.bench_conversation import (
     SR,
     Span,
     aggregate,
+    failed_file,
+    main,
     markdown_table,
     read_events,
     read_reply,
@@ -183,8 +185,31 @@ def test_aggregate_of_a_silent_replica_and_table() -> None:
     assert agg["missed"] == 4 and math.isnan(agg["latency_median_ms"]) and math.isnan(agg["from_speculation_pct"])
     table = markdown_table({"duet": aggregate([score_file(LABEL, GOOD_REPLY, GOOD_EVENTS)]), "silent": agg})
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| duet | 4 | 0 | 0 | 750 |")
-    assert "| silent | 4 | 4 |" in lines[3] and "–" in lines[3]
+    assert len(lines) == 4 and lines[2].startswith("| duet | 0/1 | 4 | 0 | 0 | 750 |")
+    assert "| silent | 0/1 | 4 | 4 |" in lines[3] and "–" in lines[3]
+
+
+def test_a_failed_run_counts_against_the_system() -> None:
+    good = score_file(LABEL, GOOD_REPLY, GOOD_EVENTS)
+    agg = aggregate([good, failed_file(LABEL, "duet talk failed (1): model_unavailable")])
+    assert agg["files"] == 2 and agg["failed_runs"] == 1
+    assert agg["user_turns"] == 8 and agg["replied"] == 4 and agg["missed"] == 4  # its turns are misses
+    assert agg["latency_median_ms"] == pytest.approx(750.0)  # latencies are of the answered turns
+    assert agg["interruptions"] == 2
+    assert markdown_table({"duet": agg}).splitlines()[2].startswith("| duet | 1/2 | 8 | 4 |")
+
+
+def test_runs_left_without_outputs_are_failed_runs_not_dropped(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    code = main(
+        ["--split", "dev", "--systems", "duet", "--limit", "2", "--reuse", "--runs", str(tmp_path), "--out", str(out)]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    duet = result["systems"]["duet"]
+    assert duet["files"] == 2 and duet["failed_runs"] == 2 and duet["replied"] == 0
+    assert duet["missed"] == duet["user_turns"] > 0
+    assert len(result["notes"]) == 2 and all("failed run" in n for n in result["notes"])
 
 
 def test_bad_turn_kind_rejected() -> None:
@@ -258,3 +283,20 @@ def _phenomena(labels: list[dict[str, Any]]) -> dict[str, int]:
         "backchannel": sum(len(lab["backchannels"]) for lab in labels),
         "cough": sum(len(lab["coughs"]) for lab in labels),
     }
+
+
+# ----------------------------------------------------------------------------------------------- session load
+def test_session_load_counts_unanswered_turns_against_the_level() -> None:
+    from perf.session_load import latency_summary, response_latencies, within_target
+
+    label = {"turns": [{"start": 1.0, "end": 2.0}, {"start": 5.0, "end": 6.0}, {"start": 9.0, "end": 10.0}]}
+    events = [{"type": "replica_speaking_start", "t": 2.5}, {"type": "replica_speaking_start", "t": 10.8}]
+    lat = response_latencies(label, events)
+    assert lat == [pytest.approx(0.5), None, pytest.approx(0.8)]  # the second turn went unanswered
+    summary = latency_summary(lat)
+    assert (summary["turns"], summary["replies"], summary["unanswered"]) == (3, 2, 1)
+    assert summary["response_p50_s"] == pytest.approx(0.8) and math.isinf(summary["response_p95_s"])
+    row = {"compute_ms_p95": 40.0, "errors": 0, "failed_sessions": 0, **summary}
+    assert not within_target(row)
+    answered = {**row, **latency_summary([0.5, 0.6, 0.8])}
+    assert within_target(answered) and not within_target({**answered, "failed_sessions": 1})
