@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.api.session_service import SessionService
 from orchestrator.config import Settings
 from orchestrator.launcher import EmbeddedTriton
 from orchestrator.telemetry import Telemetry
-from orchestrator.triton import LanguageModel, TritonModels
+from orchestrator.triton import LanguageModel, ModelHealer, TritonModels
 
 log = logging.getLogger("duet")
 
@@ -51,11 +52,22 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         url = embedded.grpc_url
     models = TritonModels(url, timeout_s=settings.triton.request_timeout_s)
     models.llm_timeout_s = settings.llm.timeout_s
+    # a model whose stub died is reloaded (found by a failed request, or by watching the embedded server's stubs)
+    healer = ModelHealer(models, probe=embedded.stubs if embedded else None)
+    background: list[asyncio.Task[None]] = []
     server: grpc.aio.Server | None = None
     service: SessionService | None = None
     telemetry = Telemetry()
     try:
         await models.ready(tuple(m for m in settings.triton.models if m in SERVED_MODELS))
+        background.append(asyncio.create_task(healer.run(), name="model-healer"))
+        if embedded is not None:  # a tritonserver that dies is started again on the same ports
+
+            async def restarted() -> None:
+                healer.server_restarted()
+
+            background.append(asyncio.create_task(embedded.supervise(restarted), name="triton-supervisor"))
+        telemetry.registry.register(HealingMetrics(healer, embedded))
         limit = settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
@@ -77,9 +89,29 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         if service is not None:
             await service.close()
         telemetry.close()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await models.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+class HealingMetrics:
+    """Prometheus view of the healer's and the supervisor's counts (read at scrape time)."""
+
+    def __init__(self, healer: ModelHealer, embedded: EmbeddedTriton | None) -> None:
+        self.healer, self.embedded = healer, embedded
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "duet_model_healing", "Model healing, by event and model", labels=["event", "model"]
+        )
+        for (event, model), n in sorted(self.healer.counts.items()):
+            events.add_metric([event, model], n)
+        yield events
+        restarts = self.embedded.restarts if self.embedded else 0
+        yield CounterMetricFamily("duet_triton_restarts", "Embedded tritonserver restarts", value=restarts)
 
 
 async def serve(settings: Settings, on_ready: Callable[[Running], None] | None = None) -> None:

@@ -4,13 +4,19 @@ No Docker, no GPU needed. The wheel has the server binary, the Python backend an
 Python version; Triton needs them as one backend folder, so we build a symlink farm (symlinks, not copies:
 the stub finds its libraries relative to its real location). Before starting we run the stub once: a stub
 that cannot load its libraries would otherwise leave the server "loading" forever.
+
+`supervise` restarts a server that died, on the same ports, so clients reconnect to the same address; `stubs`
+lists the live Python stubs by model, the probe the model healer (`orchestrator/healing.py`) uses to notice
+a stub that died.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,11 +24,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +92,12 @@ class EmbeddedTriton:
         self.log_path = log_path or self._workdir / "tritonserver.log"
         self._shm_prefix = f"duet_{uuid.uuid4().hex[:8]}_"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._closed = False  # stop() was called: supervise() must not bring it back
+        self._lock = threading.Lock()  # start/stop may run in different threads (supervise restarts in one)
+        self.restarts = 0  # how many times supervise() restarted a server that died
+        # a stub's command line starts with its model file: <repository>/<model>/<version>/model.py
+        repo = re.escape(str(Path(settings.model_repository).resolve()))
+        self._stub_model = re.compile(rf"^{repo}/(?P<model>[^/]+)/\d+/model\.py$")
 
     @property
     def grpc_url(self) -> str:
@@ -177,35 +190,51 @@ class EmbeddedTriton:
         return "\n".join(lines[-n:])
 
     def start(self) -> EmbeddedTriton:
+        with self._lock:
+            self._closed = False
+        return self._launch(log_mode="wb")
+
+    def _launch(self, log_mode: str) -> EmbeddedTriton:
         env = self._env()
         self.preflight(env)
         backends = self._backend_farm()
         self._clean_shm()
         cmd = self.command(backends)
         log.info("starting tritonserver on %s (models: %s)", self.grpc_url, ", ".join(self.settings.models))
-        logf = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
-        try:
-            self._proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
-        finally:
-            logf.close()
+        with self._lock:  # stop() from another thread either comes first (and we start nothing) or sees this one
+            if self._closed:
+                raise TritonStartError("tritonserver was stopped while it was being started")
+            logf = open(self.log_path, log_mode)  # noqa: SIM115 - owned by the child for its lifetime
+            try:
+                proc = self._proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
+            finally:
+                logf.close()
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if self._proc is not proc:
+                raise TritonStartError("tritonserver was stopped while it was being started")
+            if proc.poll() is not None:
                 raise TritonStartError(
-                    f"tritonserver exited with code {self._proc.returncode} while starting:\n{self.log_tail()}"
+                    f"tritonserver exited with code {proc.returncode} while starting:\n{self.log_tail()}"
                 )
             if self._ready():
                 waited = self.settings.startup_timeout_s - (deadline - time.monotonic())
                 log.info("tritonserver ready after %.1fs", waited)
                 return self
             time.sleep(0.1)
-        self.stop()
+        self._terminate()
         raise TritonStartError(
             f"tritonserver not ready after {self.settings.startup_timeout_s:.0f}s:\n{self.log_tail()}"
         )
 
     def stop(self, timeout: float = 15.0) -> None:
-        proc, self._proc = self._proc, None
+        with self._lock:
+            self._closed = True
+        self._terminate(timeout)
+
+    def _terminate(self, timeout: float = 15.0) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -227,11 +256,87 @@ class EmbeddedTriton:
         out = subprocess.run(["pgrep", "-P", str(self._proc.pid)], capture_output=True, text=True, check=False).stdout
         return [int(x) for x in out.split()]
 
+    def stubs(self) -> dict[str, frozenset[int]] | None:
+        """The live Python stubs of this server by model (model -> pids); None when the server is not running.
+
+        Read from /proc (the server's children and their command lines): cheap enough to poll twice a second.
+        """
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return None
+        found: dict[str, set[int]] = {}
+        for pid in _children(proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # it has just exited
+            if len(argv) > 1 and (m := self._stub_model.match(argv[1].decode(errors="replace"))):
+                found.setdefault(m.group("model"), set()).add(pid)
+        return {model: frozenset(pids) for model, pids in found.items()}
+
+    def restart(self) -> EmbeddedTriton:
+        """Start again after the server died, on the same ports (clients reconnect to the same address).
+
+        The old server's stubs exit by themselves within ~5 s; the start clears their shared memory. The log
+        goes on in the same file, so the crash stays readable.
+        """
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        return self._launch(log_mode="ab")
+
+    async def supervise(
+        self,
+        on_restart: Callable[[], Awaitable[None]] | None = None,
+        *,
+        interval_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        """Restart the server whenever it dies, until cancelled or stopped (run it as an owned task).
+
+        A restart that fails is tried again after a doubling backoff. `on_restart` runs after each restart
+        (the client reconnects, the healer forgets the old stubs).
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            proc = self._proc
+            if self._closed or proc is None or proc.poll() is None:
+                continue
+            log.error("tritonserver exited with code %s; restarting it on %s", proc.returncode, self.grpc_url)
+            t0 = time.monotonic()
+            backoff = 1.0
+            while not self._closed:
+                try:
+                    await asyncio.to_thread(self.restart)
+                    break
+                except (TritonStartError, OSError, subprocess.SubprocessError) as exc:
+                    log.error("tritonserver restart failed (next try in %.0f s): %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+            if self._closed:
+                return
+            self.restarts += 1
+            log.warning("tritonserver restarted in %.1f s (restart %d)", time.monotonic() - t0, self.restarts)
+            if on_restart is not None:
+                await on_restart()
+
     def __enter__(self) -> EmbeddedTriton:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs of `pid`'s children: each thread lists the ones it started."""
+    out: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in children.read_text().split()]
+    return out
 
 
 @contextlib.contextmanager

@@ -7,8 +7,12 @@ transport stays replaceable. Failures become `ModelUnavailable` with the model's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +23,9 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.errors import BadFaceParams, BadPortrait, ModelUnavailable
+from orchestrator.healing import Healed, Healer, HealingPolicy, Reload, ReloadFailed, dead_stub_instance
+
+log = logging.getLogger("duet.triton")
 
 F32 = npt.NDArray[np.float32]
 I16 = npt.NDArray[np.int16]
@@ -121,13 +128,34 @@ class FaceModels(Protocol):
         ...
 
 
+class StubDied(ModelUnavailable):
+    """The model's stub process died while it held this request (the healer is reloading the model)."""
+
+
+# tritonclient's own channel defaults, plus a short reconnect backoff: after Triton restarts (or an external
+# one comes back) the channel is usable within ~1 s, not after gRPC's default backoff of up to 120 s.
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class TritonModels:
     """Async client for `vad` and the `floor` ensemble. One instance is shared by all sessions."""
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url=url)
+        self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
+        self.healer: ModelHealer | None = None  # set by `ModelHealer(self)`: requests then heal dead models
 
     async def close(self) -> None:
         await self._client.close()
@@ -154,12 +182,58 @@ class TritonModels:
         except TimeoutError as exc:
             raise ModelUnavailable(f"model {model!r} did not answer within {self.timeout_s:.0f}s") from exc
 
+    async def _call(self, model: str, inputs: list[Any], outputs: list[str]) -> Any:
+        """`_infer`, healing a model whose stub died: the failure starts (or joins) its reload, and the request
+        is sent once more when the model is back. Once only: a request that kills the stub again fails."""
+        healer = self.healer
+        if healer is None:
+            return await self._infer(model, inputs, outputs)
+        if not healer.healthy(model):
+            await healer.wait_healthy(model, self.timeout_s)
+        sent = healer.now()
+        try:
+            return await self._infer(model, inputs, outputs)
+        except ModelUnavailable as exc:
+            if not healer.failed(model, exc.message, sent) or not await healer.wait_healthy(model, self.timeout_s):
+                raise
+        return await self._infer(model, inputs, outputs)
+
+    # --- the repository API (model healing) ---
+
+    async def reload(self, model: str, timeout_s: float = 120.0) -> None:
+        """Unload and load `model` again: what brings back a model whose stub died (a plain load of an unchanged
+        model does nothing). Ensembles that use it come back by themselves."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._client.unload_model(model)
+                await self._client.load_model(model)
+        except InferenceServerException as exc:
+            raise ModelUnavailable(f"reloading model {model!r} failed: {exc.message()}") from exc
+        except TimeoutError as exc:
+            raise ModelUnavailable(f"reloading model {model!r} took over {timeout_s:.0f}s") from exc
+
+    async def ensembles(self) -> dict[str, tuple[str, ...]]:
+        """The loaded ensembles and the models each runs (`floor` -> `turn`, `prosody`, `floor_fusion`)."""
+        try:
+            index = await self._client.get_model_repository_index(as_json=True)
+            out: dict[str, tuple[str, ...]] = {}
+            for entry in index.get("models", []):
+                if entry.get("state") != "READY":
+                    continue
+                config = (await self._client.get_model_config(entry["name"], as_json=True)).get("config", {})
+                if config.get("platform") == "ensemble":
+                    steps = config.get("ensemble_scheduling", {}).get("step", [])
+                    out[entry["name"]] = tuple(dict.fromkeys(step["model_name"] for step in steps))
+            return out
+        except InferenceServerException as exc:
+            raise ModelUnavailable(f"Triton at {self.url} is not reachable: {exc.message()}") from exc
+
     async def vad(self, audio: I16, state: F32) -> tuple[float, F32]:
         a = grpcclient.InferInput("AUDIO", [1, audio.shape[0]], "INT16")
         a.set_data_from_numpy(audio.reshape(1, -1))
         s = grpcclient.InferInput("STATE", [1, 2, 128], "FP32")
         s.set_data_from_numpy(state.reshape(1, 2, 128))
-        res = await self._infer("vad", [a, s], ["PROB", "STATE_OUT"])
+        res = await self._call("vad", [a, s], ["PROB", "STATE_OUT"])
         return float(res.as_numpy("PROB")[0, 0]), res.as_numpy("STATE_OUT")[0]
 
     @staticmethod
@@ -176,7 +250,7 @@ class TritonModels:
         """The full `floor` ensemble: Smart Turn and prosody on the 8 s window, then the fusion."""
         a = grpcclient.InferInput("AUDIO", [1, audio.shape[0]], "INT16")
         a.set_data_from_numpy(audio.reshape(1, -1))
-        res = await self._infer(
+        res = await self._call(
             "floor", [a, *self._pause_and_text(pause_samples, text, context)], ["P_YIELD", "P_TURN", "PROSODY"]
         )
         return FloorEstimate(
@@ -191,7 +265,7 @@ class TritonModels:
         pt.set_data_from_numpy(np.array([[acoustics.p_turn]], dtype=np.float32))
         pr = grpcclient.InferInput("PROSODY", [1, acoustics.prosody.shape[0]], "FP32")
         pr.set_data_from_numpy(acoustics.prosody.reshape(1, -1).astype(np.float32))
-        res = await self._infer(
+        res = await self._call(
             "floor_fusion", [pt, pr, *self._pause_and_text(pause_samples, text, context)], ["P_YIELD"]
         )
         return FloorEstimate(
@@ -215,7 +289,7 @@ class TritonModels:
         p.set_data_from_numpy(np.array([[prompt.encode()]], dtype=np.object_))
         wt = grpcclient.InferInput("WORD_TIMESTAMPS", [1, 1], "BOOL")
         wt.set_data_from_numpy(np.array([[word_timings]], dtype=np.bool_))
-        res = await self._infer("asr", [a, p, wt], ["TEXT", "WORDS"])
+        res = await self._call("asr", [a, p, wt], ["TEXT", "WORDS"])
         words = json.loads(res.as_numpy("WORDS").reshape(-1)[0])
         return Transcript(
             text=res.as_numpy("TEXT").reshape(-1)[0].decode(),
@@ -265,6 +339,34 @@ class TritonModels:
     async def _stream(
         self, model: str, inputs: list[Any], outputs: list[str], timeout_s: float, request_id: str = ""
     ) -> AsyncGenerator[Any, None]:
+        """`_stream_once`, healing a model whose stub died. A stream that fails before its first response is
+        sent once more when the model is back; one that fails later cannot be (its start was used already),
+        so it fails, and its failure starts the reload the next request finds done."""
+        healer = self.healer
+        for attempt in (1, 2):
+            if healer is not None and not healer.healthy(model):
+                await healer.wait_healthy(model, self.timeout_s)
+            sent = healer.now() if healer is not None else 0.0
+            responses = self._stream_once(model, inputs, outputs, timeout_s, request_id)
+            started = False
+            try:
+                async for result in responses:
+                    started = True
+                    yield result
+                return
+            except ModelUnavailable as exc:
+                if healer is None or started or attempt == 2:
+                    raise
+                if not isinstance(exc, StubDied) and not healer.failed(model, exc.message, sent):
+                    raise
+                if not await healer.wait_healthy(model, self.timeout_s):
+                    raise
+            finally:
+                await responses.aclose()
+
+    async def _stream_once(
+        self, model: str, inputs: list[Any], outputs: list[str], timeout_s: float, request_id: str = ""
+    ) -> AsyncGenerator[Any, None]:
         """One request to a decoupled model over a gRPC stream: its responses until the FINAL flag.
 
         Closing this generator early (`aclose()`, or cancelling the task iterating it) cancels the gRPC call:
@@ -283,14 +385,21 @@ class TritonModels:
             }
 
         stream = self._client.stream_infer(inputs_iterator=one_request())
+        healer = self.healer
+        deaths = healer.deaths(model) if healer is not None else 0
         try:
             while True:
                 try:
-                    async with asyncio.timeout(timeout_s):
-                        result, error = await anext(stream)
+                    async with asyncio.timeout(timeout_s) as deadline:
+                        # A stub that dies mid-request never answers it: the healer ends this wait when it
+                        # finds the stub dead, instead of letting it run the whole timeout.
+                        with healer.watching(model, deadline) if healer is not None else contextlib.nullcontext():
+                            result, error = await anext(stream)
                 except StopAsyncIteration:
                     raise ModelUnavailable(f"model {model!r} closed the stream before its final response") from None
                 except TimeoutError as exc:
+                    if healer is not None and healer.deaths(model) != deaths:
+                        raise StubDied(f"model {model!r} failed: its stub died during the request") from None
                     raise ModelUnavailable(f"model {model!r} sent nothing for {timeout_s:.0f}s") from exc
                 except grpc.RpcError as exc:
                     raise ModelUnavailable(f"model {model!r} is not reachable at {self.url}: {exc}") from exc
@@ -338,7 +447,7 @@ class TritonModels:
     async def face_motion(self, request_json: str) -> F32:
         req = grpcclient.InferInput("REQUEST", [1, 1], "BYTES")
         req.set_data_from_numpy(np.array([[request_json.encode()]], dtype=np.object_))
-        res = await self._infer("face_motion", [req], ["PARAMS"])
+        res = await self._call("face_motion", [req], ["PARAMS"])
         out: F32 = res.as_numpy("PARAMS")[0].astype(np.float32, copy=False)
         return out
 
@@ -376,7 +485,7 @@ class TritonModels:
     async def voice_features(self, frames: I16) -> F32:
         x = grpcclient.InferInput("FRAMES", [1, *frames.shape], "INT16")
         x.set_data_from_numpy(frames[None].astype(np.int16, copy=False))
-        res = await self._infer("perception_audio", [x], ["FEATURES"])
+        res = await self._call("perception_audio", [x], ["FEATURES"])
         out: F32 = res.as_numpy("FEATURES")[0].astype(np.float32, copy=False)
         return out
 
@@ -384,7 +493,7 @@ class TritonModels:
         x = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
         x.set_data_from_numpy(np.array([[image]], dtype=np.object_))
         try:
-            res = await self._infer("perception_face", [x], ["RESULT"])
+            res = await self._call("perception_face", [x], ["RESULT"])
         except ModelUnavailable as exc:  # the model names a bad frame as "bad_frame: ..."
             if ": bad_frame: " in exc.message:
                 from orchestrator.perception.face import BadFrame
@@ -394,3 +503,156 @@ class TritonModels:
         raw = res.as_numpy("RESULT").reshape(-1)[0]
         result: dict[str, Any] = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
         return result
+
+
+class ModelHealer:
+    """Heals the models of one `TritonModels` whose stub died: the I/O around `orchestrator.healing.Healer`.
+
+    - Requests report their failures (`failed`); the dead-stub one starts a reload, shared by every request
+      that fails meanwhile, and those wait for it (`wait_healthy`) and are sent once more.
+    - Where the server is local, `probe` (model -> live stub pids, e.g. `EmbeddedTriton.stubs`) is polled
+      every `probe_interval_s`, so a dead stub is reloaded before a request has to fail on it.
+    - A reload is Triton's repository API: unload, then load. One that fails is retried after a backoff.
+    `run()` is the owned task that does the reloads; `counts` and `heals` say what it did (logs say it too).
+    """
+
+    def __init__(
+        self,
+        models: TritonModels,
+        *,
+        probe: Callable[[], Mapping[str, frozenset[int]] | None] | None = None,
+        policy: HealingPolicy | None = None,
+        probe_interval_s: float = 0.5,
+        reload_timeout_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.healer = Healer(policy=policy)
+        self.models = models
+        self.probe = probe
+        self.probe_interval_s = probe_interval_s
+        self.reload_timeout_s = reload_timeout_s
+        self.now = clock
+        # (what, model): what is "dead_stub_failure", "found_by_request", "found_by_probe", "reload", "healed",
+        # "reload_failed"
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.heals: list[Healed] = []  # every heal, in order (the last few hundred)
+        self._due: list[Reload] = []
+        self._deaths: Counter[str] = Counter()
+        self._waits: dict[str, set[asyncio.Timeout]] = {}  # streams' waits for their next response, by model
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # replaced on every change of health: waiters wake and look again
+        models.healer = self
+
+    def healthy(self, model: str) -> bool:
+        return self.healer.healthy(model)
+
+    def count(self, what: str) -> int:
+        """`counts` summed over the models."""
+        return sum(n for (w, _), n in self.counts.items() if w == what)
+
+    def deaths(self, model: str) -> int:
+        """How many times `model`'s stub was found dead (a stream compares it before and after a wait)."""
+        return self._deaths[model]
+
+    @contextlib.contextmanager
+    def watching(self, model: str, deadline: asyncio.Timeout) -> Iterator[None]:
+        """While in this block, finding `model`'s stub dead expires `deadline` at once."""
+        waits = self._waits.setdefault(model, set())
+        waits.add(deadline)
+        try:
+            yield
+        finally:
+            waits.discard(deadline)
+
+    def failed(self, model: str, message: str, sent: float) -> bool:
+        """A request to `model` sent at `sent` failed with `message`. True when its stub had died: the model
+        is being (or has just been) reloaded, and the request may be sent again once `wait_healthy`."""
+        if dead_stub_instance(message) is None:
+            return False
+        self.counts["dead_stub_failure", model] += 1
+        self._act(self.healer.failed(model, message, self.now(), sent))
+        return True
+
+    async def wait_healthy(self, model: str, timeout_s: float) -> bool:
+        """Wait until `model` (and, for an ensemble, its members) is not being healed; False after `timeout_s`."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.healer.healthy(model):
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def server_restarted(self) -> None:
+        """The whole server came back fresh (see `EmbeddedTriton.supervise`): forget its old stubs."""
+        self.healer.forget()
+        self._notify()
+
+    async def run(self) -> None:
+        """Until cancelled: reload what is due, poll the probe, retry failed reloads after their backoff."""
+        try:
+            self.healer.members = await self.models.ensembles()
+        except ModelUnavailable as exc:
+            log.warning("model healing: ensembles unknown (%s); a failing ensemble heals all it names", exc)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                if self.probe is not None:
+                    alive = await asyncio.to_thread(self.probe)
+                    if alive is not None:
+                        self._act(self.healer.stubs(alive, self.now()))
+                self._act(self.healer.tick(self.now()))
+                for reload in self._due:
+                    tg.create_task(self._reload(reload), name=f"heal-{reload.model}-{reload.attempt}")
+                self._due.clear()
+                wait = self.probe_interval_s if self.probe is not None else 3600.0
+                if (due := self.healer.next_due()) is not None:
+                    wait = min(wait, max(due - self.now(), 0.0))
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+
+    async def _reload(self, reload: Reload) -> None:
+        self.counts["reload", reload.model] += 1
+        t0 = self.now()
+        error: str | None = None
+        try:
+            await self.models.reload(reload.model, self.reload_timeout_s)
+        except ModelUnavailable as exc:
+            error = exc.message
+        log.info("model %r: unload + load took %.2f s", reload.model, self.now() - t0)
+        self._act(self.healer.reloaded(reload.model, self.now(), error))
+
+    def _act(self, actions: list[Reload | Healed | ReloadFailed]) -> None:
+        for a in actions:
+            if isinstance(a, Reload):
+                if a.attempt == 1:
+                    self.counts[f"found_by_{a.source}", a.model] += 1
+                    self._deaths[a.model] += 1
+                    now = asyncio.get_running_loop().time()
+                    for deadline in self._waits.get(a.model, ()):
+                        deadline.reschedule(now)  # the requests it held will never be answered
+                log.warning("model %r: its stub died (%s); reloading it (attempt %d)", a.model, a.reason, a.attempt)
+                self._due.append(a)
+                self._wake.set()
+            elif isinstance(a, Healed):
+                self.counts["healed", a.model] += 1
+                self.heals = [*self.heals[-255:], a]
+                log.warning("model %r healed: back %.2f s after its stub was found dead", a.model, a.down_s)
+            else:
+                self.counts["reload_failed", a.model] += 1
+                log.error(
+                    "model %r: reload %d failed (next in %.1f s): %s",
+                    a.model,
+                    a.attempt,
+                    max(a.retry_at - self.now(), 0.0),
+                    a.error,
+                )
+        if actions:
+            self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
