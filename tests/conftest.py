@@ -1,10 +1,13 @@
-"""Shared fixtures: a real embedded tritonserver (started once per test run) and sample audio."""
+"""Shared fixtures: a real embedded tritonserver (started once per test run) and sample audio; `require`
+for the assets setup provides."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +18,25 @@ from duet.wav import read_pcm16
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "perf" / "data" / "samples" / "demo_user.wav"
 SAMPLE_LABEL = ROOT / "perf" / "data" / "samples" / "demo_user.json"
+
+
+def require(path: Path, what: str) -> Path:
+    """An asset that setup provides. Missing means setup did not run or failed: that fails the tests (with
+    how to fix it) rather than skipping them, so a broken setup can never pass as a green run."""
+    if not path.exists():
+        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        pytest.fail(f"{what} is missing ({where}): setup is a prerequisite, run scripts/bootstrap.sh", pytrace=False)
+    return path
+
+
+def require_module(name: str, what: str) -> ModuleType:
+    """A package from pyproject.toml's dependencies (or its `dev` extra); missing fails like `require`."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        pytest.fail(
+            f"{what} cannot be imported ({exc}): setup is a prerequisite, run scripts/bootstrap.sh", pytrace=False
+        )
 
 
 def read_wav(path: Path) -> npt.NDArray[np.int16]:

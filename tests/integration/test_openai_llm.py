@@ -18,6 +18,7 @@ from orchestrator.errors import BadOption, ModelUnavailable
 from orchestrator.launcher import free_port
 from orchestrator.openai_llm import OpenAIChat
 from orchestrator.triton import ChatMessage, LlmRequest
+from tests.conftest import require_module
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ EOS_TOKEN = "2"  # SmolLM2's <|im_end|>: biased away when a test needs a reply t
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """`python -m llama_cpp.server` on a free loopback port; yields its OpenAI base URL."""
-    pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server] (fastapi, uvicorn, ...)")
+    require_module("llama_cpp.server.app", "llama-cpp-python[server] (the dev extra: fastapi, uvicorn, ...)")
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--verbose", "false"]

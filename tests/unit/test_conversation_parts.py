@@ -14,7 +14,7 @@ from orchestrator.dialogue import Dialogue
 from orchestrator.errors import BadOption
 from orchestrator.persona import Persona, load_persona
 from orchestrator.playback import Playback, ReplyAudio
-from orchestrator.triton import SpeechChunk
+from orchestrator.triton import ChatMessage, SpeechChunk
 
 PERSONAS = Path(__file__).resolve().parents[2] / "personas"
 
@@ -88,6 +88,17 @@ def test_perception_note_goes_just_before_the_user_turn_and_keeps_the_prefix() -
     assert noted.messages[3].content.startswith("[perception]")
     assert noted.messages[:3] == plain.messages[:3]  # the history prefix (and the LLM's cache of it) is unchanged
     assert noted.messages[-1] == plain.messages[-1]
+
+
+def test_context_follows_the_system_prompt_and_the_rest_of_the_prompt_is_unchanged() -> None:
+    d = Dialogue(persona())
+    d.commit_user("my bill is wrong", 1.0)
+    d.commit_replica("Sorry to hear that.", 3.0, interrupted=False)
+    plain = d.request("it was charged twice")
+    d.context = "The caller is Alex, account 4471."
+    req = d.request("it was charged twice")
+    assert req.messages[0] == ChatMessage("system", "Be brief.\n\nThe caller is Alex, account 4471.")
+    assert req.messages[1:] == plain.messages[1:]
 
 
 def test_history_is_bounded() -> None:

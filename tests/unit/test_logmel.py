@@ -21,6 +21,7 @@ from orchestrator.signal.logmel import (
     slaney_mel_filterbank,
     turn_window,
 )
+from tests.conftest import require, require_module
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / ".cache" / "reference" / "smart_turn_whisper_features.py"
@@ -39,8 +40,7 @@ def _load_reference() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def reference() -> Callable[[F32], F32]:
-    if not REFERENCE.exists():
-        pytest.skip(f"reference log-mel not found at {REFERENCE.relative_to(ROOT)} (run scripts/bootstrap.sh)")
+    require(REFERENCE, "the reference log-mel code (from the pipecat-ai wheel)")
     fn: Callable[[F32], F32] = _load_reference().compute_whisper_log_mel_features
     return fn
 
@@ -182,9 +182,8 @@ def test_turn_window_keeps_the_last_n_samples() -> None:
 
 
 def test_smart_turn_probability_matches_reference_features(reference: Callable[[F32], F32]) -> None:
-    if not TURN_ONNX.exists():
-        pytest.skip(f"Smart Turn model not found at {TURN_ONNX.relative_to(ROOT)} (run scripts/bootstrap.sh)")
-    ort = pytest.importorskip("onnxruntime")
+    require(TURN_ONNX, "the Smart Turn model")
+    ort = require_module("onnxruntime", "onnxruntime")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(str(TURN_ONNX), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -128,6 +128,30 @@ def test_context_change_restarts_speculation() -> None:
     assert isinstance(acts[1], StartReply) and acts[1].snapshot.context_version == 1
 
 
+def test_context_change_with_nothing_pending_only_bumps_the_version() -> None:
+    m = ReplyMachine()
+    assert m.on_context_changed(0.5) == [] and m.snapshot.context_version == 1
+    assert speculate(m).snapshot.context_version == 1  # the next reply is built on the new context
+
+
+def test_context_change_after_eot_cancel_does_not_restart_speculation() -> None:
+    m = ReplyMachine()
+    first = speculate(m)
+    m.on_floor("eot_cancel", 1.1)
+    assert m.on_context_changed(1.2) == [] and m.phase is Phase.LISTENING
+    assert m.cancelled == 1 and first.reply_id == 1
+
+
+def test_context_change_leaves_the_reply_being_heard_alone() -> None:
+    m = ReplyMachine()
+    rid = answered(m)
+    assert m.on_context_changed(2.0) == []  # already on the timeline: the user is hearing it
+    assert m.phase is Phase.SPEAKING and m.playing_reply == rid
+    m.on_reply_done(rid, "It is noon.", 2.1)
+    assert m.on_playback_end(rid, 2.5) == [CommitReplicaTurn(rid, "It is noon.", False, 2.5)]
+    assert speculate(m, "and tomorrow", 3.0).snapshot == Snapshot(1, "and tomorrow", 1)
+
+
 @pytest.mark.parametrize("event", ["eot_cancel", "speech_start"])
 def test_user_continuing_cancels_even_after_first_audio(event: str) -> None:
     m = ReplyMachine()

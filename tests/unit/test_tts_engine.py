@@ -20,6 +20,7 @@ from orchestrator.inference.tts import (
     resample_to_16k,
     sentences,
 )
+from tests.conftest import require
 
 VOICES = REPO_ROOT / "model_repository/tts/1/voices"
 VOICE = TtsSettings().voice
@@ -27,8 +28,7 @@ VOICE = TtsSettings().voice
 
 @pytest.fixture(scope="module")
 def library() -> VoiceLibrary:
-    if not (VOICES / f"{VOICE}.onnx").is_file():
-        pytest.skip("voice not extracted (scripts/bootstrap.sh)")
+    require(VOICES / f"{VOICE}.onnx", f"the piper voice {VOICE}")
     return VoiceLibrary(VOICES, VOICE)
 
 
