@@ -62,6 +62,8 @@ class ServerSettings:
     audio_burst_s: float = 2.0
     max_text_chars: int = 4000  # a longer `text` message is refused with `text_too_long` (not fatal)
     max_video_fps: float = 30.0  # camera frames arriving faster than this are dropped before any analysis
+    input_bytes_per_s: int = 8_000_000  # all of one client's messages, beyond a burst of one second's worth
+    max_client_errors: int = 100  # refused inputs (bad chunks, frames, oversized text) before the session ends
     session_inflight: int = 4  # unary Triton requests one session may have in flight (streams not counted)
     triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
 
@@ -267,6 +269,8 @@ def validate(s: Settings) -> None:
     _in_range("server.max_text_chars", sv.max_text_chars, 1, 1 << 20)
     _in_range("server.max_video_fps", sv.max_video_fps, 1.0, 120.0)
     _in_range("server.session_inflight", sv.session_inflight, 1, 64)
+    _in_range("server.input_bytes_per_s", sv.input_bytes_per_s, 100_000, 1 << 32)
+    _in_range("server.max_client_errors", sv.max_client_errors, 1, 1 << 20)
     _in_range("server.triton_inflight", sv.triton_inflight, 1, 4096)
     _in_range("metrics.port", s.metrics.port, 0, 65535)
     if s.llm.backend not in ("triton", "openai"):

@@ -84,6 +84,12 @@ class AudioTooFast(DuetError):
     fatal = False
 
 
+class TooManyErrors(DuetError):
+    """The client kept sending input that had to be refused (`server.max_client_errors`); the session ends."""
+
+    code = "too_many_errors"
+
+
 class TextTooLong(DuetError):
     """A `text` message over `server.max_text_chars`; it is refused and the session goes on."""
 

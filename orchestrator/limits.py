@@ -1,6 +1,6 @@
 """Bounds that keep one session from taking what others need: audio pacing, frame rate, Triton admission.
 
-All three are small and pure in their decisions: `AudioPacer` and `FrameRate` take the time as an argument,
+All three are small and pure in their decisions: `TokenBucket` and `FrameRate` take the time as an argument,
 and `FairGate` only orders waiters (no clock at all).
 """
 
@@ -13,15 +13,16 @@ from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
 
-class AudioPacer:
-    """A token bucket on the audio clock against the wall clock: `rate` seconds of audio per wall second, with
-    `burst` seconds of slack (a client catching up after a network hiccup). `take(d, now)` returns how long to
-    wait before accepting `d` seconds of audio so that the stream never runs further ahead than the burst."""
+class TokenBucket:
+    """`rate` units per wall second with `capacity` units of slack. For audio (the audio clock against the wall
+    clock: 1 s of audio per second, a burst of a client catching up after a network hiccup) and for bytes.
+    `take(n, now)` returns how long to wait before accepting `n` units so that the stream never runs further
+    ahead than the capacity."""
 
-    def __init__(self, burst_s: float, rate: float = 1.0) -> None:
-        self.burst = burst_s
+    def __init__(self, capacity: float, rate: float = 1.0) -> None:
+        self.burst = capacity
         self.rate = rate
-        self._tokens = burst_s
+        self._tokens = capacity
         self._at: float | None = None
 
     def take(self, audio_s: float, now: float) -> float:
@@ -179,4 +180,4 @@ class GatedModels:
             return await self._models.analyze_frame(*args)
 
 
-__all__ = ["AudioPacer", "FairGate", "FrameRate", "GatedModels"]
+__all__ = ["FairGate", "FrameRate", "GatedModels", "TokenBucket"]

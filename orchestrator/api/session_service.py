@@ -43,13 +43,14 @@ from orchestrator.errors import (
     ProtocolError,
     ServerBusy,
     TextTooLong,
+    TooManyErrors,
     public_message,
 )
 from orchestrator.face.clip import AudioPiece, ClipModels, ClipSpec, check_spec, parse_timings, render_clip
 from orchestrator.face.driver import FaceDriver
 from orchestrator.face.emotions import EMOTIONS
 from orchestrator.face.library import FaceLibrary, check_size
-from orchestrator.limits import AudioPacer, FairGate, FrameRate, GatedModels
+from orchestrator.limits import FairGate, FrameRate, GatedModels, TokenBucket
 from orchestrator.perception.pipeline import PerceptionModels, PerceptionSession
 from orchestrator.persona import Persona, load_persona
 from orchestrator.session import FloorSession
@@ -63,7 +64,9 @@ START_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class _End:
-    """Sentinel in the inbox: the client said END or closed its side."""
+    """Sentinel in the inbox: the client said END or closed its side (or, with `error`, must be stopped)."""
+
+    error: DuetError | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,10 @@ def _too_fast(burst_s: float) -> str:
     )
 
 
+def _too_many(limit: int) -> str:
+    return f"over {limit} inputs of this session had to be refused (see the earlier errors); the session ended"
+
+
 def _force_put(queue: asyncio.Queue[pb.ServerMessage | None], item: pb.ServerMessage | None) -> None:
     """Put without waiting: when a client reads nothing, the oldest unsent message gives way to this one."""
     if queue.full():
@@ -232,6 +239,7 @@ class _Stream:
     last_audio: float  # wall time the last audio chunk was read (or the session began)
     ended: bool = False  # END or the end of the request stream was read
     paced: bool = False
+    refused: int = 0  # inputs refused with a non-fatal error (bad chunks, frames, oversized text)
 
 
 class SessionService(pb_grpc.SessionServicer):
@@ -348,10 +356,10 @@ class SessionService(pb_grpc.SessionServicer):
         session: Session | None = None
         try:
             self.telemetry.sessions.labels(mode=opts.mode).inc()
-            session = self._build(sid, opts, persona, outbox)
             stream = _Stream(last_audio=self._clock())
+            session = self._build(sid, opts, persona, outbox, stream)
             inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=self.settings.server.inbox_chunks)
-            pacer = AudioPacer(self.settings.server.audio_burst_s) if opts.mode in PACED_MODES else None
+            pacer = TokenBucket(self.settings.server.audio_burst_s) if opts.mode in PACED_MODES else None
             await outbox.put(event_message({"type": "session_started", "t": 0.0, "conversation_id": sid}))
             if isinstance(session, ConversationSession):
                 if session.face is not None:
@@ -367,7 +375,7 @@ class SessionService(pb_grpc.SessionServicer):
             reader = asyncio.create_task(
                 self._read(requests, inbox, outbox, stream, pacer), name=f"session-{sid}-reader"
             )
-            worker = asyncio.create_task(self._process(session, inbox, outbox), name=f"session-{sid}-floor")
+            worker = asyncio.create_task(self._process(session, inbox, outbox, stream), name=f"session-{sid}-floor")
             tasks = [reader, worker]
             idle_s = self.settings.server.idle_timeout_s
             if idle_s > 0:
@@ -406,6 +414,7 @@ class SessionService(pb_grpc.SessionServicer):
         opts: SessionOptions,
         persona: Persona | None,
         outbox: asyncio.Queue[pb.ServerMessage | None],
+        stream: _Stream,
     ) -> Session:
         models = GatedModels(self.models, self.gate, sid)
         speech_end_wall: list[float] = []  # wall arrival of the audio where the user's speech last ended
@@ -417,6 +426,8 @@ class SessionService(pb_grpc.SessionServicer):
                 speech_end_wall[:] = [self._clock() - float(event["compute_ms"]) / 1000]
             if event.get("type") == "error":
                 event = {**event, "message": public_message(str(event.get("message", "")))}
+                if event.get("code") == "bad_frame":
+                    stream.refused += 1
             await outbox.put(event_message(event))
 
         async def send_audio(pcm: bytes, reply_id: int, t: float) -> None:
@@ -503,15 +514,24 @@ class SessionService(pb_grpc.SessionServicer):
         inbox: asyncio.Queue[_Stamped | _End],
         outbox: asyncio.Queue[pb.ServerMessage | None] | None = None,
         stream: _Stream | None = None,
-        pacer: AudioPacer | None = None,
+        pacer: TokenBucket | None = None,
     ) -> None:
         stream = stream or _Stream(last_audio=self._clock())
-        frames = FrameRate(self.settings.server.max_video_fps)
-        max_text = self.settings.server.max_text_chars
+        sv = self.settings.server
+        frames = FrameRate(sv.max_video_fps)
+        max_text = sv.max_text_chars
+        volume = TokenBucket(sv.input_bytes_per_s, sv.input_bytes_per_s)
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("kind")
                 now = self._clock()
+                if (wait := volume.take(msg.ByteSize(), now)) > 0:  # any flood of bytes is read at a bounded rate
+                    self.telemetry.pacing_delay.inc(wait)
+                    await asyncio.sleep(wait)
+                    now = self._clock()
+                if stream.refused > sv.max_client_errors:
+                    await inbox.put(_End(TooManyErrors(_too_many(sv.max_client_errors))))
+                    return
                 if kind == "audio":
                     stream.last_audio = now
                     if pacer is not None and (wait := pacer.take(len(msg.audio.pcm) / 32000, now)) > 0:
@@ -524,6 +544,7 @@ class SessionService(pb_grpc.SessionServicer):
                         now = stream.last_audio = self._clock()
                 elif kind == "text" and len(msg.text.text) > max_text:
                     self.telemetry.drops.labels(kind="text").inc()
+                    stream.refused += 1
                     await self._notify(
                         outbox, TextTooLong(f"text of {len(msg.text.text)} characters refused; the limit is {max_text}")
                     )
@@ -550,10 +571,18 @@ class SessionService(pb_grpc.SessionServicer):
         session: Session,
         inbox: asyncio.Queue[_Stamped | _End],
         outbox: asyncio.Queue[pb.ServerMessage | None],
+        stream: _Stream | None = None,
     ) -> str:
         """Runs the session's pipeline on the inbox; returns how it ended (a code for the metrics)."""
+        stream = stream or _Stream(last_audio=self._clock())
+        limit = self.settings.server.max_client_errors
         while True:
             item = await inbox.get()
+            if isinstance(item, _End) and item.error is None and stream.refused > limit:
+                item = _End(TooManyErrors(_too_many(limit)))
+            if isinstance(item, _End) and item.error is not None:
+                await outbox.put(error_message(item.error))
+                return item.error.code
             if isinstance(item, _End):
                 await session.finish()
                 now = session.now if isinstance(session, ConversationSession) else session.timeline.now
@@ -564,9 +593,13 @@ class SessionService(pb_grpc.SessionServicer):
             except DuetError as err:
                 if not err.fatal:
                     self.telemetry.drops.labels(kind=err.code).inc()
+                    stream.refused += 1
                 await outbox.put(error_message(err))
                 if err.fatal:
                     return err.code
+            if stream.refused > limit:
+                await outbox.put(error_message(TooManyErrors(_too_many(limit))))
+                return TooManyErrors.code
 
     async def _dispatch(self, session: Session, item: _Stamped) -> None:
         msg = item.msg

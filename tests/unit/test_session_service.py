@@ -13,7 +13,7 @@ from duet.proto import session_pb2 as pb
 from orchestrator.api.session_service import SessionService, _End, _Stamped
 from orchestrator.config import Settings
 from orchestrator.errors import DuetError, public_message
-from orchestrator.limits import AudioPacer, FairGate, FrameRate
+from orchestrator.limits import FairGate, FrameRate, TokenBucket
 from orchestrator.session import MAX_FLOOR_CONTEXT_CHARS, MAX_FLOOR_TEXT_CHARS, bounded_context, bounded_text
 
 
@@ -51,7 +51,7 @@ async def test_reader_marks_end_after_client_end() -> None:
 
 
 def test_pacer_allows_a_burst_then_holds_real_time() -> None:
-    p = AudioPacer(burst_s=1.0)
+    p = TokenBucket(capacity=1.0)
     waits = [p.take(0.02, 0.0) for _ in range(50)]  # 1 s of audio at once: the burst
     assert waits == [0.0] * 50
     t, total = 0.0, 0.0
@@ -63,12 +63,12 @@ def test_pacer_allows_a_burst_then_holds_real_time() -> None:
 
 
 def test_pacer_never_slows_a_real_time_stream() -> None:
-    p = AudioPacer(burst_s=0.5)
+    p = TokenBucket(capacity=0.5)
     assert all(p.take(0.02, i * 0.02 + (0.015 if i % 7 == 0 else 0.0)) == 0.0 for i in range(5000))
 
 
 def test_pacer_credit_does_not_pile_up_while_quiet() -> None:
-    p = AudioPacer(burst_s=1.0)
+    p = TokenBucket(capacity=1.0)
     p.take(0.02, 0.0)
     assert p.take(1.0, 100.0) == 0.0  # a long silence earns one burst, not 100 s
     assert p.take(0.5, 100.0) == pytest.approx(0.5)
@@ -279,7 +279,7 @@ async def test_fast_audio_is_read_at_real_time_beyond_the_burst() -> None:
 
     inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=100)
     outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
-    await svc._read(flood(), inbox, outbox, pacer=AudioPacer(0.2))
+    await svc._read(flood(), inbox, outbox, pacer=TokenBucket(0.2))
     notices = [outbox.get_nowait() for _ in range(outbox.qsize())]
     assert [m.error.code for m in notices] == ["audio_too_fast"] and not notices[0].error.fatal
     assert svc.telemetry.pacing_delay._value.get() >= 0.7  # the 0.8 s beyond the burst, less read time
@@ -299,3 +299,28 @@ async def test_camera_frames_beyond_the_rate_are_dropped_before_the_inbox() -> N
     inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=300)
     await svc._read(frames(), inbox)
     assert inbox.qsize() <= 5  # 200 frames in a few ms: one or two pass, then _End
+
+
+async def test_a_client_that_keeps_sending_garbage_is_ended() -> None:
+    svc = service(max_client_errors=5)
+
+    async def garbage() -> AsyncIterator[pb.ClientMessage]:
+        yield start_message()
+        for _ in range(1000):
+            yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00"))  # odd length: refused, not fatal
+        await asyncio.Event().wait()
+
+    out = await asyncio.wait_for(converse(svc, garbage()), 5.0)
+    assert codes(out) == ["bad_audio_chunk"] * 6 + ["too_many_errors"] and svc.active == 0
+
+
+async def test_a_byte_flood_is_read_at_a_bounded_rate() -> None:
+    svc = service(input_bytes_per_s=200_000, max_text_chars=10)
+
+    async def flood() -> AsyncIterator[pb.ClientMessage]:
+        for _ in range(3):
+            yield pb.ClientMessage(text=pb.TextInput(text="x" * 100_000))
+
+    outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
+    await svc._read(flood(), asyncio.Queue(maxsize=10), outbox)
+    assert svc.telemetry.pacing_delay._value.get() >= 0.45  # 300 kB at 200 kB/s beyond a 200 kB burst
