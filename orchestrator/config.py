@@ -66,6 +66,8 @@ class ServerSettings:
     max_client_errors: int = 100  # refused inputs (bad chunks, frames, oversized text) before the session ends
     session_inflight: int = 4  # unary Triton requests one session may have in flight (streams not counted)
     triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
+    # ... of which sessions running ahead of real time (floor/acoustic fed as fast as possible) hold at most this
+    bulk_inflight: int = 2
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,7 @@ def validate(s: Settings) -> None:
     _in_range("server.input_bytes_per_s", sv.input_bytes_per_s, 100_000, 1 << 32)
     _in_range("server.max_client_errors", sv.max_client_errors, 1, 1 << 20)
     _in_range("server.triton_inflight", sv.triton_inflight, 1, 4096)
+    _in_range("server.bulk_inflight", sv.bulk_inflight, 1, sv.triton_inflight)
     _in_range("metrics.port", s.metrics.port, 0, 65535)
     if s.llm.backend not in ("triton", "openai"):
         raise BadOption(f"llm.backend must be 'triton' or 'openai', not {s.llm.backend!r}")

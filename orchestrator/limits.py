@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
 
 
@@ -58,14 +58,21 @@ class FairGate:
     When requests must wait, they are granted session by session in rotation (not first come, first served),
     so a session with many requests queued cannot push one with a single request to the back. With free
     capacity a request passes at once.
+
+    Two lanes: a session on the live clock asks in the `live` lane; one running ahead of real time (a floor or
+    acoustic session fed as fast as possible: `duet turns --speed 0`, or a flood) asks as `bulk`. Bulk requests
+    of all sessions together hold at most `bulk_capacity` slots, and live waiters are granted first, so work
+    that is ahead of real time only ever uses what live sessions leave.
     """
 
-    def __init__(self, capacity: int, per_key: int) -> None:
+    def __init__(self, capacity: int, per_key: int, bulk_capacity: int | None = None) -> None:
         self.capacity = capacity
         self.per_key = per_key
+        self.bulk_capacity = capacity if bulk_capacity is None else bulk_capacity
         self.inflight = 0
+        self.bulk_inflight = 0
         self._held: dict[Hashable, int] = {}
-        self._waiting: OrderedDict[Hashable, deque[asyncio.Future[None]]] = OrderedDict()
+        self._waiting: OrderedDict[Hashable, deque[tuple[asyncio.Future[None], bool]]] = OrderedDict()
 
     def held(self, key: Hashable) -> int:
         return self._held.get(key, 0)
@@ -74,30 +81,31 @@ class FairGate:
         return sum(len(q) for q in self._waiting.values())
 
     @contextlib.asynccontextmanager
-    async def slot(self, key: Hashable) -> AsyncIterator[None]:
-        await self.acquire(key)
+    async def slot(self, key: Hashable, bulk: bool = False) -> AsyncIterator[None]:
+        await self.acquire(key, bulk)
         try:
             yield
         finally:
-            self.release(key)
+            self.release(key, bulk)
 
-    async def acquire(self, key: Hashable) -> None:
-        if key not in self._waiting and self._free(key):
-            self._take(key)
+    async def acquire(self, key: Hashable, bulk: bool = False) -> None:
+        if key not in self._waiting and self._free(key, bulk) and not (bulk and self._live_waiting()):
+            self._take(key, bulk)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, deque()).append(fut)
+        self._waiting.setdefault(key, deque()).append((fut, bulk))
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release(key)  # granted as we were cancelled: hand it on
+                self.release(key, bulk)  # granted as we were cancelled: hand it on
             else:
                 self._forget(key, fut)
             raise
 
-    def release(self, key: Hashable) -> None:
+    def release(self, key: Hashable, bulk: bool = False) -> None:
         self.inflight -= 1
+        self.bulk_inflight -= bulk
         n = self._held[key] - 1
         if n:
             self._held[key] = n
@@ -105,79 +113,91 @@ class FairGate:
             del self._held[key]
         self._grant()
 
-    def _free(self, key: Hashable) -> bool:
+    def _live_waiting(self) -> bool:
+        return any(not bulk for q in self._waiting.values() for fut, bulk in q if not fut.done())
+
+    def _free(self, key: Hashable, bulk: bool) -> bool:
+        if bulk and self.bulk_inflight >= self.bulk_capacity:
+            return False
         return self.inflight < self.capacity and self.held(key) < self.per_key
 
-    def _take(self, key: Hashable) -> None:
+    def _take(self, key: Hashable, bulk: bool) -> None:
         self.inflight += 1
+        self.bulk_inflight += bulk
         self._held[key] = self.held(key) + 1
 
     def _forget(self, key: Hashable, fut: asyncio.Future[None]) -> None:
         q = self._waiting.get(key)
         if q is not None:
-            with contextlib.suppress(ValueError):
-                q.remove(fut)
+            for item in [i for i in q if i[0] is fut]:
+                q.remove(item)
             if not q:
                 del self._waiting[key]
         self._grant()
 
     def _grant(self) -> None:
-        while self.inflight < self.capacity:
-            for key, q in self._waiting.items():
-                while q and q[0].done():  # cancelled waiters
-                    q.popleft()
-                if q and self.held(key) < self.per_key:
-                    q.popleft().set_result(None)
-                    self._take(key)
-                    self._waiting.move_to_end(key)  # the next grant goes to another session first
-                    if not q:
-                        del self._waiting[key]
-                    break
-            else:
-                for key in [k for k, q in self._waiting.items() if not q]:
+        for key in [k for k, q in self._waiting.items() if not q]:
+            del self._waiting[key]
+        while self.inflight < self.capacity and self._grant_one(bulk=False):
+            pass
+        while self.inflight < self.capacity and self._grant_one(bulk=True):
+            pass
+
+    def _grant_one(self, bulk: bool) -> bool:
+        """Grant the first waiter of the lane in session rotation; False when none can go."""
+        for key, q in self._waiting.items():
+            while q and q[0][0].done():  # cancelled waiters
+                q.popleft()
+            if q and q[0][1] == bulk and self._free(key, bulk):
+                fut, _ = q.popleft()
+                fut.set_result(None)
+                self._take(key, bulk)
+                self._waiting.move_to_end(key)  # the next grant goes to another session first
+                if not q:
                     del self._waiting[key]
-                return
+                return True
+        return False
 
 
 class GatedModels:
-    """One session's view of the shared model client: its unary requests pass the `FairGate` under its own key;
-    streams (LLM, TTS, face frames) and everything else go straight through (each session holds at most a few)."""
+    """One session's view of the shared model client: its unary requests pass the `FairGate` under its own key
+    (in the bulk lane while `bulk()` says the session runs ahead of real time); streams (LLM, TTS, face frames)
+    and everything else go straight through (each session holds at most a few)."""
 
-    def __init__(self, models: Any, gate: FairGate, key: Hashable) -> None:
+    def __init__(self, models: Any, gate: FairGate, key: Hashable, bulk: Callable[[], bool] = lambda: False) -> None:
         self._models = models
         self._gate = gate
         self._key = key
+        self._bulk = bulk
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._models, name)
 
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        bulk = self._bulk()
+        async with self._gate.slot(self._key, bulk):
+            return await getattr(self._models, method)(*args, **kwargs)
+
     async def vad(self, *args: Any) -> Any:
-        async with self._gate.slot(self._key):
-            return await self._models.vad(*args)
+        return await self._call("vad", *args)
 
     async def floor(self, *args: Any) -> Any:
-        async with self._gate.slot(self._key):
-            return await self._models.floor(*args)
+        return await self._call("floor", *args)
 
     async def fuse(self, *args: Any) -> Any:
-        async with self._gate.slot(self._key):
-            return await self._models.fuse(*args)
+        return await self._call("fuse", *args)
 
     async def transcribe(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._gate.slot(self._key):
-            return await self._models.transcribe(*args, **kwargs)
+        return await self._call("transcribe", *args, **kwargs)
 
     async def face_motion(self, *args: Any) -> Any:
-        async with self._gate.slot(self._key):
-            return await self._models.face_motion(*args)
+        return await self._call("face_motion", *args)
 
     async def voice_features(self, *args: Any) -> Any:
-        async with self._gate.slot(self._key):
-            return await self._models.voice_features(*args)
+        return await self._call("voice_features", *args)
 
     async def analyze_frame(self, *args: Any) -> Any:
-        async with self._gate.slot(self._key):
-            return await self._models.analyze_frame(*args)
+        return await self._call("analyze_frame", *args)
 
 
 __all__ = ["FairGate", "FrameRate", "GatedModels", "TokenBucket"]

@@ -240,6 +240,12 @@ class _Stream:
     ended: bool = False  # END or the end of the request stream was read
     paced: bool = False
     refused: int = 0  # inputs refused with a non-fatal error (bad chunks, frames, oversized text)
+    audio_s: float = 0.0  # seconds of audio read
+    first_audio: float | None = None  # wall time the first audio chunk was read
+
+    def ahead_s(self, now: float) -> float:
+        """How far the stream's audio clock runs ahead of the wall clock since its first chunk."""
+        return 0.0 if self.first_audio is None else self.audio_s - (now - self.first_audio)
 
 
 class SessionService(pb_grpc.SessionServicer):
@@ -255,7 +261,8 @@ class SessionService(pb_grpc.SessionServicer):
         self.settings = settings
         self.llm = llm
         self.telemetry = telemetry or Telemetry()
-        self.gate = FairGate(settings.server.triton_inflight, settings.server.session_inflight)
+        sv = settings.server
+        self.gate = FairGate(sv.triton_inflight, sv.session_inflight, sv.bulk_inflight)
         self.active = 0
         self._clock = clock
         self._sessions: set[asyncio.Task[None]] = set()  # owned: every session's task, until it has ended
@@ -416,7 +423,8 @@ class SessionService(pb_grpc.SessionServicer):
         outbox: asyncio.Queue[pb.ServerMessage | None],
         stream: _Stream,
     ) -> Session:
-        models = GatedModels(self.models, self.gate, sid)
+        burst = self.settings.server.audio_burst_s
+        models = GatedModels(self.models, self.gate, sid, bulk=lambda: stream.ahead_s(self._clock()) > burst)
         speech_end_wall: list[float] = []  # wall arrival of the audio where the user's speech last ended
         replies_heard: set[int] = set()
 
@@ -534,6 +542,9 @@ class SessionService(pb_grpc.SessionServicer):
                     return
                 if kind == "audio":
                     stream.last_audio = now
+                    stream.audio_s += len(msg.audio.pcm) / 32000
+                    if stream.first_audio is None:
+                        stream.first_audio = now
                     if pacer is not None and (wait := pacer.take(len(msg.audio.pcm) / 32000, now)) > 0:
                         if not stream.paced:
                             stream.paced = True

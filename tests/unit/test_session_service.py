@@ -324,3 +324,31 @@ async def test_a_byte_flood_is_read_at_a_bounded_rate() -> None:
     outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
     await svc._read(flood(), asyncio.Queue(maxsize=10), outbox)
     assert svc.telemetry.pacing_delay._value.get() >= 0.45  # 300 kB at 200 kB/s beyond a 200 kB burst
+
+
+async def test_fair_gate_bulk_lane_takes_only_what_live_sessions_leave() -> None:
+    gate = FairGate(capacity=10, per_key=4, bulk_capacity=1)
+    await gate.acquire("flood-1", bulk=True)
+    second = asyncio.create_task(gate.acquire("flood-2", bulk=True), name="flood-2")
+    await asyncio.sleep(0)
+    assert not second.done()  # all bulk work together holds one slot
+    await gate.acquire("live")  # a live session passes at once
+    gate.release("flood-1", bulk=True)
+    await asyncio.wait_for(second, 1.0)
+    gate.release("flood-2", bulk=True)
+    gate.release("live")
+
+    full = FairGate(capacity=1, per_key=4, bulk_capacity=1)
+    await full.acquire("x")
+    order: list[str] = []
+
+    async def ask(key: str, bulk: bool) -> None:
+        async with full.slot(key, bulk):
+            order.append(key)
+
+    tasks = [asyncio.create_task(ask("flood", True), name="b"), asyncio.create_task(ask("live", False), name="l")]
+    await asyncio.sleep(0)
+    full.release("x")
+    await asyncio.gather(*tasks)
+    assert order == ["live", "flood"]  # the live waiter came later and still went first
+    assert full.inflight == 0 and full.bulk_inflight == 0 and full.waiting() == 0
