@@ -334,7 +334,10 @@ class SessionService(pb_grpc.SessionServicer):
         task.add_done_callback(self._sessions.discard)
 
         def rpc_done(_ctx: Any) -> None:  # the RPC ended (the client left, or it was cancelled): end the session
-            task.cancel()
+            # Once only: a second cancel would land in the session's teardown and abort it, leaving its reply
+            # tasks (and their LLM/TTS requests in Triton) running for nobody.
+            if not task.cancelling():
+                task.cancel()
 
         context.add_done_callback(rpc_done)  # type: ignore[arg-type]  # the stub wants its DoneCallback class
         finished = False
@@ -346,7 +349,7 @@ class SessionService(pb_grpc.SessionServicer):
                     break
                 yield msg
         finally:
-            if not finished:
+            if not finished and not task.cancelling():
                 task.cancel()
 
     async def _session(
