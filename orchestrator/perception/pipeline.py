@@ -6,7 +6,8 @@
   utterance is fused every `partial_s`; each closed utterance is fused as final.
 - Camera: a session keeps only its newest frame. One owned task sends it to `perception_face`; a frame that
   arrives while another is in flight replaces the waiting one (counted as dropped), so nothing queues.
-- The `Fuser` turns both into `perception` events when the state changes, an `utterance_summary` at each
+- The `Fuser` turns both into `perception` events: each modality's first confident reading (its baseline,
+  so a calm voice or a neutral face is still heard of), then changes of state; an `utterance_summary` at each
   `eot_commit`, and persona tools into `perception_tool_call`s. `system_note` of the recent events becomes the
   dialogue's perception note (a marked system message before the user's turn).
 
