@@ -231,6 +231,11 @@ _CUT_LEAD_S = 0.025  # the mouth is mostly closed this soon after the cut and at
 _REST_FLOOR = 0.02  # a faint rest target everywhere so silence far from speech is exactly rest
 _RELEASE_S = 0.03
 _REACH = 4.0  # dominance is cut off this many widths out (exp(-16) ~ 1e-7): results are window-independent
+# Mouth shapes lead their phoneme spans. The sound events a viewer pairs with the lips (the silence of a p/b/m
+# closure, the loud middle of an open vowel) fall 30-40 ms before the centres of piper's spans, which end
+# with the transition into the next sound; placed on the spans as they are, the mouth in a decoded `duet
+# render` file trailed the voice by ~45 ms (perf/av_sync.py, docs/face.md). A cut still acts at its own time.
+LEAD_S = 0.035
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,7 @@ class SpeechTrack:
                 lo, hi = sentence.t0 + ph.s, min(sentence.t0 + ph.e, cut)
                 if lo >= cut:
                     break
+                lo, hi = lo - LEAD_S, hi - LEAD_S
                 cls, target = viseme(ph.p)
                 scale = 1.0
                 if cls == "pause":

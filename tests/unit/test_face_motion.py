@@ -19,7 +19,7 @@ from orchestrator.face.motion import (
     generate,
     mouth_openness,
 )
-from orchestrator.face.visemes import MOUTH, VISEMES, Phoneme, Sentence, parse_phonemes, viseme
+from orchestrator.face.visemes import LEAD_S, MOUTH, VISEMES, Phoneme, Sentence, parse_phonemes, viseme
 
 IX = params.INDEX
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_bilabials_close_the_lips_at_their_centres(piper: list[tuple[str, tuple[
         bilabials = [p for p in phonemes if p.p in ("p", "b", "m")]
         assert bilabials
         for p in bilabials:
-            i = round((0.2 + (p.s + p.e) / 2) * fps)  # the frame nearest the centre
+            i = round((0.2 + (p.s + p.e) / 2 - LEAD_S) * fps)  # the frame nearest the centre, lips leading
             assert frames[i, IX["lip_press"]] == 1.0, p
             assert frames[i, IX["jaw_open"]] < 0.02, p
             assert frames[i, IX["lower_lip_tuck"]] < 0.02
@@ -117,6 +117,10 @@ def test_lips_move_before_the_sound() -> None:
     jaw = frames[:, IX["jaw_open"]]
     assert jaw[: round((onset - 0.2) * 100)].max() < 0.01  # at rest well before
     assert jaw[round((onset - 0.05) * 100)] > 0.1  # already opening 50 ms before the acoustic onset
+    # the opening is centred LEAD_S (plus a little anticipatory spread) before the vowel's span centre
+    t = np.arange(100) / 100
+    centre = float((t * jaw).sum() / jaw.sum())
+    assert onset + 0.15 - LEAD_S - 0.015 < centre < onset + 0.15 - LEAD_S + 0.005
     assert jaw[round((onset + 0.15) * 100)] > 0.6
 
 
@@ -128,7 +132,7 @@ def test_long_pauses_return_to_rest_short_gaps_do_not() -> None:
     assert mouth[round(1.12 * 100), IX["jaw_open"]] > 0.4  # the 40 ms word gap keeps the mouth open
     assert np.abs(mouth[round(1.8 * 100) :]).max() < 0.01  # after the sentence
     short = run(fps=100, frames=100, speech=(Sentence(0.0, seq(("ɑː", 0.2), (".", 0.2), ("ɑː", 0.2))),))
-    assert np.abs(short[round(0.6 * 100), :8]).max() < 0.05  # a 200 ms pause is already (near) rest
+    assert np.abs(short[round((0.6 - LEAD_S) * 100), :8]).max() < 0.05  # a 200 ms pause is already (near) rest
 
 
 # --- emotions ----------------------------------------------------------------------------------------------
@@ -198,7 +202,7 @@ def test_a_smile_narrows_rounding_but_not_bilabial_closure() -> None:
     happy = run(fps=100, frames=120, speech=(Sentence(0.0, phon),), emotion=(EmotionCue(0.0, "happiness"),))
     u = round((0.3 + 0.125) * 100)
     assert happy[u, IX["lip_round"]] < plain[u, IX["lip_round"]] - 0.1
-    m = round((0.3 + 0.25 + 0.03) * 100)
+    m = round((0.3 + 0.25 + 0.03 - LEAD_S) * 100)
     assert happy[m, IX["lip_press"]] == 1.0 and happy[m, IX["jaw_open"]] < 0.02
 
 
