@@ -14,7 +14,7 @@ import json
 import re
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -198,14 +198,15 @@ def floor_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embe
 
 def repository(triton: EmbeddedTriton, model: str, action: str) -> None:
     """Triton's model repository API (the server runs in explicit model-control mode)."""
-    req = urllib.request.Request(f"{triton.http_url}/v2/repository/models/{model}/{action}", data=b"", method="POST")
+    url = f"http://{triton.http_url}/v2/repository/models/{model}/{action}"
+    req = urllib.request.Request(url, data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=120) as r:
         assert r.status == 200
 
 
 def model_ready(triton: EmbeddedTriton, model: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{triton.http_url}/v2/models/{model}/ready", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{triton.http_url}/v2/models/{model}/ready", timeout=5) as r:
             return bool(r.status == 200)
     except OSError:
         return False
@@ -255,34 +256,49 @@ async def test_asr_failing_mid_turn_is_a_typed_error_and_the_turn_still_ends(
 # ---- a client leaving during a reply -------------------------------------------------------------------
 
 
-async def test_client_leaving_during_a_reply_cancels_its_llm_request_and_ends_the_session(
+async def leave(server: DuetServer, audio: bytes, at: Callable[[Call], Awaitable[bool]], what: str) -> Call:
+    """A client that says its turn, streams silence until `at(call)` holds, and vanishes; its session must end."""
+    cid = f"leaver-{uuid.uuid4().hex[:8]}"
+    async with call(server.address, persona="storyteller", conversation_id=cid, options={"speculation": "false"}) as c:
+        await c.send(audio)
+        limit = c.sent + 30 * SAMPLE_RATE
+        while not await at(c):
+            assert c.sent < limit, f"no {what} within 30 s of audio: {[e['type'] for e in c.events]}"
+            await c.send(SILENCE)
+    await asyncio.to_thread(server.wait_logged, f"session {cid} ended", 30)
+    return c
+
+
+async def test_client_leaving_during_a_reply_cancels_its_model_requests_and_ends_the_session(
     duet_server: DuetServer, triton: Any, sample_audio: npt.NDArray[np.int16], sample_label: dict[str, Any]
 ) -> None:
-    """No speculation (so the only cancel can be the leave) and a persona whose reply runs long past its first
-    words: the client vanishes half a second into the reply."""
+    """No speculation, so the only cancel can be the leave's."""
     url = triton.metrics_url
-    before = metric(url, "duet_llm_cancelled_requests_total", "llm")
-    cid = f"leaver-{uuid.uuid4().hex[:8]}"
-    async with call(
-        duet_server.address, persona="marathon", conversation_id=cid, options={"speculation": "false"}
-    ) as c:
-        await c.send(first_turn(sample_audio, sample_label))
-        start = await c.until(of("replica_speaking_start"), 30, "reply")
-        await c.send(SILENCE * 25)
-        heard = c.audio(start["reply_id"])
-        assert heard, "the reply was released but none of its audio came"
-        done = [e for e in c.events if e["type"] in ("replica_speaking_stop", "replica_turn")]
-        assert not done, "the marathon reply ended before the client left"
-    await asyncio.to_thread(duet_server.wait_logged, f"session {cid} ended", 30)
-    # cancels the session made itself before the leave (none expected without speculation), then the leave's
-    earlier = sum(bool(e["generating"]) for e in c.events if e["type"] == "reply_cancelled")
-    await asyncio.to_thread(
-        wait_for,
-        lambda: metric(url, "duet_llm_cancelled_requests_total", "llm") >= before + earlier + 1,
-        15,
-        "Triton's llm to see the request cancelled",
-    )
-    # nothing of that session is left in Triton: no tts or llm request still pending
+    turn = first_turn(sample_audio, sample_label)
+
+    def llm(name: str) -> float:
+        return metric(url, f"duet_llm_{name}_total", "llm")
+
+    # 1. the client leaves while its reply is being generated (Triton's llm counts its tokens going up)
+    before, tokens = llm("cancelled_requests"), llm("generated_tokens")
+
+    async def generating(c: Call) -> bool:
+        return c.find(of("reply_started")) is not None and await asyncio.to_thread(llm, "generated_tokens") > tokens
+
+    c = await leave(duet_server, turn, generating, "LLM tokens for the reply")
+    assert not c.find(of("reply_cancelled")) and not c.find(of("replica_turn"))
+    await asyncio.to_thread(wait_for, lambda: llm("cancelled_requests") >= before + 1, 15, "llm to see the cancel")
+    tokens = llm("generated_tokens")
+    await asyncio.sleep(1.0)
+    assert llm("generated_tokens") == tokens  # nothing generates for nobody
+
+    # 2. the client leaves while its reply is heard: nothing of that session stays in Triton
+    async def heard(c: Call) -> bool:
+        return c.find(of("replica_speaking_start")) is not None
+
+    c = await leave(duet_server, turn, heard, "reply")
+    rid = c.find(of("replica_speaking_start"))["reply_id"]  # type: ignore[index]
+    assert c.audio(rid) and c.find(of("replica_turn", reply_id=rid)) is None  # left before the reply ended
     await asyncio.to_thread(
         wait_for,
         lambda: (
@@ -394,7 +410,8 @@ async def test_backchannel_pauses_the_replica_and_it_resumes_where_it_was(
         await c.finish()  # the rest of the reply plays out
     events = c.events
     paused = c.find(of("replica_paused", reply_id=rid))
-    assert paused is not None and onset <= paused["t"] < onset + 0.35, (paused, onset)
+    seen = [(e["type"], e.get("t"), e.get("reply_id")) for e in events]
+    assert paused is not None and onset <= paused["t"] < onset + 0.35, (paused, onset, seen)
     assert c.find(of("backchannel")) is not None
     assert resumed["t"] > paused["t"]
     assert c.find(of("barge_in")) is None and c.find(of("replica_speaking_stop", interrupted=True)) is None

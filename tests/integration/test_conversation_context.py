@@ -102,5 +102,6 @@ def test_context_change_cancels_the_speculative_reply_and_the_heard_one_uses_the
     for rid in heard:  # every reply heard after the change was built on the new context
         system = llm.requests[f"ctx-test-{rid}"].messages[0]
         assert system.role == "system" and CONTEXT in system.content
-    assert CONTEXT not in llm.requests[f"ctx-test-{old}"].messages[0].content
+    cancelled = llm.requests.get(f"ctx-test-{old}")  # (None: cancelled before its request was even sent)
+    assert cancelled is None or CONTEXT not in cancelled.messages[0].content
     assert not [e for e in events if e["type"] == "error"]
