@@ -30,6 +30,7 @@ only to show how far such a figure can be from the opening's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -89,8 +90,8 @@ def decode_mp4(path: str | Path) -> Decoded:
 
 def voice_level(audio: F32, rate: int, t0: float, hop_s: float = LAG_STEP_S) -> tuple[F64, F64]:
     """(times, level dB under the peak, floored at FLOOR_DB): RMS over WINDOW_S centred on each time."""
-    win = max(int(round(WINDOW_S * rate)), 1)
-    hop = max(int(round(hop_s * rate)), 1)
+    win = max(round(WINDOW_S * rate), 1)
+    hop = max(round(hop_s * rate), 1)
     x = audio.astype(np.float64)
     padded = np.pad(x, (win // 2, win - win // 2))
     csum = np.concatenate([[0.0], np.cumsum(padded * padded)])
@@ -149,7 +150,7 @@ def mouth_motion(frames: Sequence[U8], landmarks: F64) -> F64:
     x0, x1 = int(max(xs.min() - pad_x, 0)), int(min(xs.max() + pad_x, w))
     y0, y1 = int(max(ys.min() - pad_y, 0)), int(min(ys.max() + pad_y, h))
     grey = [f[y0:y1, x0:x1].astype(np.float64).mean(axis=2) for f in frames]
-    out = np.array([0.0] + [float(np.abs(b - a).mean()) for a, b in zip(grey, grey[1:], strict=False)])
+    out = np.array([0.0] + [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(grey)])
     if out.shape[0] > 1:
         out[0] = out[1]
     return out
@@ -224,17 +225,16 @@ def onset_offsets(voice: F64, mouth: F64, window: float = MAX_LAG_S) -> list[flo
     return out
 
 
-def measure_file(path: str | Path, motion: bool = True) -> dict[str, Any]:
-    """Every figure above for one MP4 (ms, > 0: the mouth after the sound)."""
-    clip = decode_mp4(path)
+def measure(clip: Decoded, motion: bool = True) -> dict[str, Any]:
+    """Every figure above for one decoded clip (ms, > 0: the mouth after the sound)."""
     if not clip.frames:
-        raise ValueError(f"{path}: no video frames")
+        raise ValueError("no video frames")
     if clip.audio.size == 0:
-        raise ValueError(f"{path}: no audio track")
+        raise ValueError("no audio track")
     a_t, level = voice_level(clip.audio, clip.rate, clip.audio_t0)
     gap, landmarks = lip_gaps(clip.frames)
     if landmarks is None:
-        raise ValueError(f"{path}: no face found on any frame")
+        raise ValueError("no face found on any frame")
     amplitude = 10.0 ** (level / 20.0)
     lag, r, _, _ = lag_search(clip.frame_t, gap, a_t, amplitude)
     onsets = voice_onsets(a_t, level)
@@ -261,6 +261,13 @@ def measure_file(path: str | Path, motion: bool = True) -> dict[str, Any]:
         out["mouth_motion_xcorr_ms"] = round(1000 * mlag, 1)
         out["mouth_motion_xcorr_r"] = round(mr, 3)
     return out
+
+
+def measure_file(path: str | Path, motion: bool = True) -> dict[str, Any]:
+    try:
+        return measure(decode_mp4(path), motion)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

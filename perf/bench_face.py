@@ -681,39 +681,67 @@ def sync_report(clip: SyncClip, renderer: FaceRenderer) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- 2b. sync end to end, off the MP4 file
-def decode_mp4(path: Path) -> tuple[list[U8], F64, npt.NDArray[np.float32], float, int]:
-    """Video frames with their presentation times, and the audio track (mono float) with its start time."""
-    import av
-
-    with av.open(str(path)) as c:
-        decoded = list(c.decode(video=0))
-        frames: list[U8] = [np.asarray(f.to_ndarray(format="rgb24"), dtype=np.uint8) for f in decoded]
-        times: F64 = np.array([float((f.pts or 0) * (f.time_base or 0)) for f in decoded])
-    with av.open(str(path)) as c:
-        parts: list[npt.NDArray[np.float32]] = []
-        start: float | None = None
-        rate = 16000
-        for f in c.decode(audio=0):
-            if start is None:
-                start = float((f.pts or 0) * (f.time_base or 0))
-            rate = f.sample_rate
-            parts.append(f.to_ndarray().reshape(-1).astype(np.float32))
-    return frames, times, np.concatenate(parts), start or 0.0, rate
+def sound_event(times: F64, level: F64, phoneme: Mapping[str, Any]) -> float | None:
+    """Where the decoded voice shows a phoneme: the quietest moment of a p/b/m (its closure's silence, from 30 ms
+    before its span to 10 ms after), the loudest of an open vowel (within its span)."""
+    sym = base_symbol(phoneme["p"])
+    if sym in BILABIALS:
+        m = (times >= phoneme["s"] - 0.03) & (times <= phoneme["e"] + 0.01)
+        return float(times[m][np.argmin(level[m])]) if m.any() else None
+    if sym in OPEN_VOWELS:
+        m = (times >= phoneme["s"]) & (times <= phoneme["e"])
+        return float(times[m][np.argmax(level[m])]) if m.any() else None
+    return None
 
 
-def first_onset(audio: npt.NDArray[np.float32], rate: int, start: float, threshold: float = 0.01) -> float | None:
-    """Time (s, container clock) of the first 5 ms block whose RMS passes `threshold` (full scale 1.0)."""
-    block = max(rate // 200, 1)
-    n = audio.shape[0] // block
-    rms = np.sqrt((audio[: n * block].reshape(n, block) ** 2).mean(axis=1))
-    hits = np.nonzero(rms > threshold)[0]
-    return start + float(hits[0]) * block / rate if hits.size else None
+def phoneme_sync(
+    phonemes: Sequence[Mapping[str, Any]], frame_t: F64, gap: F64, audio_t: F64, level: F64
+) -> dict[str, Any]:
+    """Per p/b/m and open vowel (the TTS timings only say which phoneme is where): the lip gap's extreme
+    nearest the phoneme's centre (minimum / maximum), the voice's own event (`sound_event`), and their
+    difference: the A/V offset of that phoneme (ms, > 0: the mouth after the sound)."""
+    ok = np.isfinite(gap)
+    t_ok, g = frame_t[ok], gap[ok]
+    rows: list[dict[str, Any]] = []
+    for ph in phonemes:
+        sym = base_symbol(ph["p"])
+        if sym not in BILABIALS and sym not in OPEN_VOWELS:
+            continue
+        centre = 0.5 * (ph["s"] + ph["e"])
+        kind = "min" if sym in BILABIALS else "max"
+        mouth = extremum_time(t_ok, g, centre, SYNC_WINDOW_S, kind, PLATEAU_IOD)
+        sound = sound_event(audio_t, level, ph)
+        rows.append({
+            "p": ph["p"],
+            "centre": round(centre, 4),
+            "mouth_ms": None if mouth is None else round(1000 * (mouth - centre), 1),
+            "sound_ms": None if sound is None else round(1000 * (sound - centre), 1),
+            "av_ms": None if mouth is None or sound is None else round(1000 * (mouth - sound), 1),
+        })  # fmt: skip
+
+    def median(key: str, kinds: frozenset[str] | None = None) -> float | None:
+        vals = [r[key] for r in rows if r[key] is not None and (kinds is None or base_symbol(r["p"]) in kinds)]
+        return round(float(np.median(vals)), 1) if vals else None
+
+    av = [r["av_ms"] / 1000.0 for r in rows if r["av_ms"] is not None]
+    return {
+        "n": len(rows),
+        "measured": len(av),
+        "av_offset_ms": median("av_ms"),
+        "av_p95_abs_ms": percentile_abs(av, 95),
+        "bilabial_av_ms": median("av_ms", BILABIALS),
+        "open_vowel_av_ms": median("av_ms", OPEN_VOWELS),
+        "mouth_vs_timings_ms": median("mouth_ms"),
+        "sound_vs_timings_ms": median("sound_ms"),
+        "phonemes": rows,
+    }
 
 
 def e2e_sync_report(out_dir: Path, text: str, log: Callable[[str], None]) -> dict[str, Any]:
     """`duet render` through the real stack (TTS timings -> face_motion -> face_render -> JPEG -> client ->
-    MP4); then the mouth is measured on the decoded video and the voice's onset on the decoded audio, each
-    against the phoneme timings the server used. Their difference is the A/V offset a viewer sees."""
+    MP4), then two measurements of the decoded file: per phoneme (mouth extreme minus the voice's own event,
+    the timings only naming the phonemes) and `perf/av_sync.py` (voice envelope against lip gap, no timings
+    at all). They should agree within a frame."""
     mp4, events = out_dir / "e2e_sync.mp4", out_dir / "e2e_sync.jsonl"
     cmd = [str(Path(sys.executable).parent / "duet"), "render", "--text", text, "--size", "512", "--fps", f"{FPS:g}",
            "--out", str(mp4), "--events", str(events)]  # fmt: skip
@@ -723,40 +751,32 @@ def e2e_sync_report(out_dir: Path, text: str, log: Callable[[str], None]) -> dic
         raise RuntimeError(f"duet render failed: {proc.stderr.strip()[-400:]}")
     log(f"  duet render (embedded stack unless DUET_SERVER) took {time.perf_counter() - t0:.1f} s")
     done = next(e for e in map(json.loads, events.read_text().splitlines()) if e.get("type") == "render_done")
-    phonemes = done["phonemes"]
-    frames, times, audio, a_start, rate = decode_mp4(mp4)
-    marks = measure(frames, static=True)
-    ok = np.array([m is not None for m in marks])
-    gap = np.array([lip_gap(m) for m in marks if m is not None])
-    t_ok = times[ok]
-    bil, vow = [], []
-    for ph in phonemes:
-        sym, centre = base_symbol(ph["p"]), 0.5 * (ph["s"] + ph["e"])
-        if sym in BILABIALS:
-            t = extremum_time(t_ok, gap, centre, SYNC_WINDOW_S, "min", PLATEAU_IOD)
-            bil.append(None if t is None else t - centre)
-        elif sym in OPEN_VOWELS:
-            t = extremum_time(t_ok, gap, centre, SYNC_WINDOW_S, "max", PLATEAU_IOD)
-            vow.append(None if t is None else t - centre)
-    voiced = [ph for ph in phonemes if base_symbol(ph["p"]) not in {"^", "$", " ", ",", ".", "?", "!", ";", ":"}]
-    onset = first_onset(audio, rate, a_start)
-    audio_offset = None if onset is None or not voiced else onset - voiced[0]["s"]
-    video = [o for o in bil + vow if o is not None]
-    video_offset = float(np.median(video)) if video else None
     return {
         "mp4": str(mp4.relative_to(ROOT) if mp4.is_relative_to(ROOT) else mp4),
-        "frames": len(frames),
-        "frames_with_face": int(ok.sum()),
         "first_frame_ms": done.get("first_frame_ms"),
         "render_total_ms": done.get("total_ms"),
         "speech_s": done.get("speech_s"),
-        "bilabial": {"n": len(bil), "p95_abs_ms": percentile_abs([o for o in bil if o is not None], 95)},
-        "open_vowel": {"n": len(vow), "p95_abs_ms": percentile_abs([o for o in vow if o is not None], 95)},
-        "video_offset_ms": None if video_offset is None else round(1000 * video_offset, 1),
-        "audio_offset_ms": None if audio_offset is None else round(1000 * audio_offset, 1),
-        "av_offset_ms": None
-        if video_offset is None or audio_offset is None
-        else round(1000 * (video_offset - audio_offset), 1),
+        **file_sync(mp4, done["phonemes"]),
+    }
+
+
+def file_sync(mp4: Path, phonemes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Both measurements of one MP4 and whether they agree within a frame."""
+    from perf import av_sync
+
+    clip = av_sync.decode_mp4(mp4)
+    independent = av_sync.measure(clip)
+    a_t, level = av_sync.voice_level(clip.audio, clip.rate, clip.audio_t0)
+    gap, _ = av_sync.lip_gaps(clip.frames)
+    labelled = phoneme_sync(phonemes, clip.frame_t, gap, a_t, level)
+    frame_ms = 1000.0 / (independent["fps"] or FPS)
+    a, b = labelled["av_offset_ms"], independent["xcorr_ms"]
+    return {
+        "frames": independent["frames"],
+        "frames_with_face": independent["frames_with_face"],
+        "phoneme": labelled,
+        "independent": independent,
+        "agree_within_frame": None if a is None else abs(a - b) <= frame_ms,
     }
 
 
@@ -974,7 +994,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_e2e:
             log("2b. A/V sync end to end (duet render through Triton, measured on the MP4's video and audio)")
             try:
-                results["sync_e2e"] = e2e_sync_report(out_dir, " ".join(SYNC_SENTENCES[:2]), log)
+                spoken = SYNC_SENTENCES[:2] if args.quick else SYNC_SENTENCES
+                results["sync_e2e"] = e2e_sync_report(out_dir, " ".join(spoken), log)
             except (RuntimeError, subprocess.TimeoutExpired, StopIteration) as exc:
                 notes.append(f"end-to-end sync not measured: {exc}")
         log("3. expressions")
@@ -1048,11 +1069,15 @@ def print_tables(res: Mapping[str, Any]) -> None:
               f"jaw_open*(1-lip_press): {fmt(s['corr_gap_vs_jaw_x_unpressed'], 3)}")  # fmt: skip
     if "sync_e2e" in res:
         e2e = res["sync_e2e"]
-        print(f"\nend to end (`duet render` through Triton, measured on {e2e['mp4']}): bilabial p95 "
-              f"{fmt(e2e['bilabial']['p95_abs_ms'])} ms (n={e2e['bilabial']['n']}), open vowel p95 "
-              f"{fmt(e2e['open_vowel']['p95_abs_ms'])} ms (n={e2e['open_vowel']['n']}); mouth vs timings "
-              f"{fmt(e2e['video_offset_ms'])} ms, voice onset vs timings {fmt(e2e['audio_offset_ms'])} ms, "
-              f"A/V offset {fmt(e2e['av_offset_ms'])} ms; first frame after {e2e['first_frame_ms']} ms")  # fmt: skip
+        ph, ind = e2e["phoneme"], e2e["independent"]
+        print(f"\nend to end (`duet render` through Triton, measured on {e2e['mp4']}; ms, > 0: mouth after the voice): "
+              f"per phoneme {fmt(ph['av_offset_ms'])} (median of {ph['measured']}, p95 |offset| "
+              f"{fmt(ph['av_p95_abs_ms'])}; p/b/m {fmt(ph['bilabial_av_ms'])}, open vowels "
+              f"{fmt(ph['open_vowel_av_ms'])}); voice envelope x lip gap {fmt(ind['xcorr_ms'])} "
+              f"(r = {ind['xcorr_r']}); voice onsets {fmt(ind['onset_ms'])} ({ind['onsets_matched']}/"
+              f"{ind['voice_onsets']}); agree within a frame: {e2e['agree_within_frame']}. Mouth vs the TTS timings "
+              f"{fmt(ph['mouth_vs_timings_ms'])}, voice vs the timings {fmt(ph['sound_vs_timings_ms'])}; first frame "
+              f"after {e2e['first_frame_ms']} ms")  # fmt: skip
 
     if "expressions" in res:
         e = res["expressions"]
