@@ -62,8 +62,12 @@ class ServerSettings:
     audio_burst_s: float = 2.0
     max_text_chars: int = 4000  # a longer `text` message is refused with `text_too_long` (not fatal)
     max_video_fps: float = 30.0  # camera frames arriving faster than this are dropped before any analysis
-    input_bytes_per_s: int = 8_000_000  # all of one client's messages, beyond a burst of one second's worth
-    max_client_errors: int = 100  # refused inputs (bad chunks, frames, oversized text) before the session ends
+    input_bytes_per_s: int = 2_000_000  # all of one session's messages, beyond a burst of one second's worth
+    max_client_errors: int = 20  # refused inputs (bad chunks, frames, oversized text) before the session ends
+    # New sessions per second, server-wide and per client connection (each with 2 s worth of burst); beyond
+    # them a `start` is refused with `rate_limited`, after a short delay, so a reconnect loop costs little.
+    starts_per_s: float = 20.0
+    starts_per_connection_per_s: float = 2.0
     session_inflight: int = 4  # unary Triton requests one session may have in flight (streams not counted)
     triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
     # ... of which sessions running ahead of real time (floor/acoustic fed as fast as possible) hold at most this
@@ -273,6 +277,8 @@ def validate(s: Settings) -> None:
     _in_range("server.session_inflight", sv.session_inflight, 1, 64)
     _in_range("server.input_bytes_per_s", sv.input_bytes_per_s, 100_000, 1 << 32)
     _in_range("server.max_client_errors", sv.max_client_errors, 1, 1 << 20)
+    _in_range("server.starts_per_s", sv.starts_per_s, 0.1, 1e6)
+    _in_range("server.starts_per_connection_per_s", sv.starts_per_connection_per_s, 0.1, 1e6)
     _in_range("server.triton_inflight", sv.triton_inflight, 1, 4096)
     _in_range("server.bulk_inflight", sv.bulk_inflight, 1, sv.triton_inflight)
     _in_range("metrics.port", s.metrics.port, 0, 65535)

@@ -51,6 +51,12 @@ class ServerBusy(DuetError):
     code = "server_busy"
 
 
+class RateLimited(DuetError):
+    """Sessions are being started faster than `server.starts_per_s` (or per connection); try again shortly."""
+
+    code = "rate_limited"
+
+
 class BadPortrait(DuetError):
     """A replica portrait that cannot be used: unreadable, too small or large, no face or several faces."""
 

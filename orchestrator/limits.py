@@ -1,6 +1,6 @@
 """Bounds that keep one session from taking what others need: audio pacing, frame rate, Triton admission.
 
-All three are small and pure in their decisions: `TokenBucket` and `FrameRate` take the time as an argument,
+All are small and pure in their decisions: `AudioClock`, `TokenBucket` and `FrameRate` take the time as an argument,
 and `FairGate` only orders waiters (no clock at all).
 """
 
@@ -35,6 +35,27 @@ class TokenBucket:
         wait = -self._tokens / self.rate
         self._tokens, self._at = 0.0, now + wait  # the wait itself refills exactly the deficit
         return wait
+
+
+class AudioClock:
+    """How far a stream's audio runs ahead of the wall clock since its first chunk: `take(d, now)` returns how
+    long to wait before accepting `d` more seconds so that it stays at most `burst_s` ahead. A stream that fell
+    behind (the server stalled, or the client paused) may catch up at any speed: only running ahead costs."""
+
+    def __init__(self, burst_s: float) -> None:
+        self.burst = burst_s
+        self.audio_s = 0.0
+        self.first: float | None = None
+
+    def ahead(self, now: float) -> float:
+        return 0.0 if self.first is None else self.audio_s - (now - self.first)
+
+    def take(self, audio_s: float, now: float) -> float:
+        if self.first is None:
+            self.first = now
+        self.audio_s += audio_s
+        over = self.ahead(now) - self.burst
+        return over if over > 1e-9 else 0.0
 
 
 class FrameRate:
@@ -200,4 +221,4 @@ class GatedModels:
         return await self._call("analyze_frame", *args)
 
 
-__all__ = ["FairGate", "FrameRate", "GatedModels", "TokenBucket"]
+__all__ = ["AudioClock", "FairGate", "FrameRate", "GatedModels", "TokenBucket"]

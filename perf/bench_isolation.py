@@ -63,7 +63,7 @@ IDLE_TIMEOUT_S = 10.0  # the server's idle timeout in this run (the default is 3
 # ---------------------------------------------------------------------------------------------- the stack
 
 
-def start_stack(env_extra: dict[str, str]) -> tuple[list[subprocess.Popen[str]], str, str]:
+def start_stack(env_extra: dict[str, str], log_path: str = "") -> tuple[list[subprocess.Popen[str]], str, str]:
     tri = subprocess.Popen(
         [sys.executable, str(ROOT / "perf" / "triton_up.py")], stdout=subprocess.PIPE, text=True, cwd=ROOT
     )
@@ -71,10 +71,11 @@ def start_stack(env_extra: dict[str, str]) -> tuple[list[subprocess.Popen[str]],
     grpc_url, _ = tri.stdout.readline().split()
     port, mport = free_port(), free_port()
     env = dict(os.environ, DUET_TRITON__URL=grpc_url, DUET_METRICS__PORT=str(mport), **env_extra)
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 (held for the server's life)
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "duet"), "serve", "--port", str(port)],
-        stdout=subprocess.DEVNULL,  # nothing to read: a full pipe would stall the server
-        stderr=subprocess.DEVNULL,
+        stdout=log,  # a file, never a pipe: an unread pipe would stall the server
+        stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
@@ -407,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="alone/hostile pairs (then alone once more)")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of hostile traffic before the call")
     ap.add_argument("--out", default=str(ROOT / "perf" / "out" / "isolation.json"))
+    ap.add_argument("--server-log", default="", help="write the server's log to this file")
     args = ap.parse_args(argv)
-    procs, server, metrics = start_stack({"DUET_SERVER__IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S)})
+    procs, server, metrics = start_stack({"DUET_SERVER__IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S)}, args.server_log)
     try:
         res = asyncio.run(run(args, server, metrics))
     finally:

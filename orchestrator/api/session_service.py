@@ -16,11 +16,13 @@ read at real time beyond a small burst, text and camera frames are capped, and u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import time
 import typing
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from orchestrator.errors import (
     DuetError,
     IdleTimeout,
     ProtocolError,
+    RateLimited,
     ServerBusy,
     TextTooLong,
     TooManyErrors,
@@ -50,7 +53,7 @@ from orchestrator.face.clip import AudioPiece, ClipModels, ClipSpec, check_spec,
 from orchestrator.face.driver import FaceDriver
 from orchestrator.face.emotions import EMOTIONS
 from orchestrator.face.library import FaceLibrary, check_size
-from orchestrator.limits import FairGate, FrameRate, GatedModels, TokenBucket
+from orchestrator.limits import AudioClock, FairGate, FrameRate, GatedModels, TokenBucket
 from orchestrator.perception.pipeline import PerceptionModels, PerceptionSession
 from orchestrator.persona import Persona, load_persona
 from orchestrator.session import FloorSession
@@ -230,6 +233,15 @@ Session = FloorSession | ConversationSession
 TEARDOWN_S = 5.0  # how long a session's tasks get to stop once cancelled (each round; then it is logged)
 OUTBOX_MESSAGES = 2048  # events and audio not yet written to a slow client (then the session waits)
 PACED_MODES = ("conversation", "perceive")  # sessions on the live clock; floor/acoustic may run ahead
+PEERS_TRACKED = 4096  # client connections whose start rate is remembered
+RATE_LIMITED_DELAY_S = 1.0  # a refused `start` is answered after this long
+
+
+def _peer(context: Any) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # (a context without a peer: tests, in-process calls)
+        return ""
 
 
 @dataclass
@@ -240,12 +252,7 @@ class _Stream:
     ended: bool = False  # END or the end of the request stream was read
     paced: bool = False
     refused: int = 0  # inputs refused with a non-fatal error (bad chunks, frames, oversized text)
-    audio_s: float = 0.0  # seconds of audio read
-    first_audio: float | None = None  # wall time the first audio chunk was read
-
-    def ahead_s(self, now: float) -> float:
-        """How far the stream's audio clock runs ahead of the wall clock since its first chunk."""
-        return 0.0 if self.first_audio is None else self.audio_s - (now - self.first_audio)
+    audio: AudioClock = dataclasses.field(default_factory=lambda: AudioClock(0.0))  # the audio read so far
 
 
 class SessionService(pb_grpc.SessionServicer):
@@ -266,11 +273,43 @@ class SessionService(pb_grpc.SessionServicer):
         self.active = 0
         self._clock = clock
         self._sessions: set[asyncio.Task[None]] = set()  # owned: every session's task, until it has ended
+        self._starts = TokenBucket(2 * sv.starts_per_s, sv.starts_per_s)  # server-wide
+        self._peer_starts: OrderedDict[str, TokenBucket] = OrderedDict()  # per client connection (LRU)
+        self._personas: dict[str, tuple[int, Persona]] = {}  # loaded personas by name, with the file's mtime
 
     def _check_capacity(self) -> None:
         """Sessions and renders share one limit: each holds Triton streams and a slice of the machine."""
         if self.active >= self.settings.server.max_sessions:
             raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+
+    def _check_start_rate(self, peer: str) -> None:
+        """A `start` beyond the server's or this connection's rate of new sessions is refused."""
+        sv, now = self.settings.server, self._clock()
+        bucket = self._peer_starts.pop(peer, None) or TokenBucket(
+            2 * sv.starts_per_connection_per_s, sv.starts_per_connection_per_s
+        )
+        self._peer_starts[peer] = bucket
+        while len(self._peer_starts) > PEERS_TRACKED:
+            self._peer_starts.popitem(last=False)
+        if bucket.take(1, now) > 0:
+            raise RateLimited(f"this connection starts sessions faster than {sv.starts_per_connection_per_s:g}/s")
+        if self._starts.take(1, now) > 0:
+            raise RateLimited(f"the server is starting sessions at its limit of {sv.starts_per_s:g}/s; retry shortly")
+
+    def _persona(self, name: str) -> Persona:
+        """`load_persona`, reading the file again only when it changed (a start must be cheap)."""
+        folder = self.settings.conversation.personas_dir
+        hit = self._personas.get(name)
+        if hit is not None:
+            try:
+                if (Path(folder) / f"{name}.yaml").stat().st_mtime_ns == hit[0]:
+                    return hit[1]
+            except OSError:
+                pass
+        persona = load_persona(folder, name)  # validates the name before any path is built from it
+        with contextlib.suppress(OSError):
+            self._personas[name] = ((Path(folder) / f"{name}.yaml").stat().st_mtime_ns, persona)
+        return persona
 
     def _take_slot(self) -> None:
         self.active += 1
@@ -309,10 +348,13 @@ class SessionService(pb_grpc.SessionServicer):
             if opts.mode == "conversation" and self.llm is None:
                 raise BadOption("this server has no LLM configured; use mode=floor")
             if opts.mode != "acoustic":
-                persona = load_persona(
-                    self.settings.conversation.personas_dir, first.start.persona or self.settings.conversation.persona
-                )
+                persona = self._persona(first.start.persona or self.settings.conversation.persona)
+            self._check_start_rate(_peer(context))
             self._check_capacity()
+        except RateLimited as err:
+            await asyncio.sleep(RATE_LIMITED_DELAY_S)  # a client retrying in a loop waits, at no cost to others
+            yield self._refuse(err)
+            return
         except DuetError as err:
             yield self._refuse(err)
             return
@@ -366,10 +408,9 @@ class SessionService(pb_grpc.SessionServicer):
         session: Session | None = None
         try:
             self.telemetry.sessions.labels(mode=opts.mode).inc()
-            stream = _Stream(last_audio=self._clock())
+            stream = _Stream(last_audio=self._clock(), audio=AudioClock(self.settings.server.audio_burst_s))
             session = self._build(sid, opts, persona, outbox, stream)
             inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=self.settings.server.inbox_chunks)
-            pacer = TokenBucket(self.settings.server.audio_burst_s) if opts.mode in PACED_MODES else None
             await outbox.put(event_message({"type": "session_started", "t": 0.0, "conversation_id": sid}))
             if isinstance(session, ConversationSession):
                 if session.face is not None:
@@ -383,7 +424,7 @@ class SessionService(pb_grpc.SessionServicer):
                 if session.perception is not None:
                     session.perception.start()
             reader = asyncio.create_task(
-                self._read(requests, inbox, outbox, stream, pacer), name=f"session-{sid}-reader"
+                self._read(requests, inbox, outbox, stream, pace=opts.mode in PACED_MODES), name=f"session-{sid}-reader"
             )
             worker = asyncio.create_task(self._process(session, inbox, outbox, stream), name=f"session-{sid}-floor")
             tasks = [reader, worker]
@@ -427,7 +468,7 @@ class SessionService(pb_grpc.SessionServicer):
         stream: _Stream,
     ) -> Session:
         burst = self.settings.server.audio_burst_s
-        models = GatedModels(self.models, self.gate, sid, bulk=lambda: stream.ahead_s(self._clock()) > burst)
+        models = GatedModels(self.models, self.gate, sid, bulk=lambda: stream.audio.ahead(self._clock()) > burst)
         speech_end_wall: list[float] = []  # wall arrival of the audio where the user's speech last ended
         replies_heard: set[int] = set()
 
@@ -525,10 +566,10 @@ class SessionService(pb_grpc.SessionServicer):
         inbox: asyncio.Queue[_Stamped | _End],
         outbox: asyncio.Queue[pb.ServerMessage | None] | None = None,
         stream: _Stream | None = None,
-        pacer: TokenBucket | None = None,
+        pace: bool = False,
     ) -> None:
-        stream = stream or _Stream(last_audio=self._clock())
         sv = self.settings.server
+        stream = stream or _Stream(last_audio=self._clock(), audio=AudioClock(sv.audio_burst_s))
         frames = FrameRate(sv.max_video_fps)
         max_text = sv.max_text_chars
         volume = TokenBucket(sv.input_bytes_per_s, sv.input_bytes_per_s)
@@ -545,10 +586,8 @@ class SessionService(pb_grpc.SessionServicer):
                     return
                 if kind == "audio":
                     stream.last_audio = now
-                    stream.audio_s += len(msg.audio.pcm) / 32000
-                    if stream.first_audio is None:
-                        stream.first_audio = now
-                    if pacer is not None and (wait := pacer.take(len(msg.audio.pcm) / 32000, now)) > 0:
+                    wait = stream.audio.take(len(msg.audio.pcm) / 32000, now)
+                    if pace and wait > 0:
                         if not stream.paced:
                             stream.paced = True
                             self.telemetry.paced.inc()

@@ -61,6 +61,9 @@ def abuse(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         "DUET_SERVER__AUDIO_BURST_S": str(BURST_S),
         "DUET_SERVER__MAX_TEXT_CHARS": "2000",
         "DUET_METRICS__PORT": str(mport),
+        # the churn below opens sessions as fast as it can from 4 connections: no start-rate limit here
+        "DUET_SERVER__STARTS_PER_S": "1000000",
+        "DUET_SERVER__STARTS_PER_CONNECTION_PER_S": "1000000",
     }
     proc = start_server(triton.grpc_url, free_port(), persona_folder(tmp_path_factory.mktemp("personas")), env)
     try:

@@ -13,7 +13,7 @@ from duet.proto import session_pb2 as pb
 from orchestrator.api.session_service import SessionService, _End, _Stamped
 from orchestrator.config import Settings
 from orchestrator.errors import DuetError, public_message
-from orchestrator.limits import FairGate, FrameRate, TokenBucket
+from orchestrator.limits import AudioClock, FairGate, FrameRate, TokenBucket
 from orchestrator.session import MAX_FLOOR_CONTEXT_CHARS, MAX_FLOOR_TEXT_CHARS, bounded_context, bounded_text
 
 
@@ -50,8 +50,8 @@ async def test_reader_marks_end_after_client_end() -> None:
 # ---- limits (pure: virtual time) ---------------------------------------------------------------------------
 
 
-def test_pacer_allows_a_burst_then_holds_real_time() -> None:
-    p = TokenBucket(capacity=1.0)
+def test_audio_clock_allows_a_burst_then_holds_real_time() -> None:
+    p = AudioClock(burst_s=1.0)
     waits = [p.take(0.02, 0.0) for _ in range(50)]  # 1 s of audio at once: the burst
     assert waits == [0.0] * 50
     t, total = 0.0, 0.0
@@ -62,15 +62,22 @@ def test_pacer_allows_a_burst_then_holds_real_time() -> None:
     assert abs(t - 10.0) < 1e-6 and abs(total - 10.0) < 1e-6
 
 
-def test_pacer_never_slows_a_real_time_stream() -> None:
-    p = TokenBucket(capacity=0.5)
+def test_audio_clock_never_slows_a_real_time_stream() -> None:
+    p = AudioClock(burst_s=0.5)
     assert all(p.take(0.02, i * 0.02 + (0.015 if i % 7 == 0 else 0.0)) == 0.0 for i in range(5000))
 
 
-def test_pacer_credit_does_not_pile_up_while_quiet() -> None:
+def test_audio_clock_lets_a_stream_that_fell_behind_catch_up() -> None:
+    p = AudioClock(burst_s=1.0)
+    p.take(0.02, 0.0)
+    assert p.take(9.0, 10.0) == 0.0  # the server stalled (or the client paused): reading the backlog is free
+    assert p.take(3.0, 10.0) == pytest.approx(1.02)  # running ahead of the wall clock is not
+
+
+def test_byte_bucket_credit_does_not_pile_up_while_quiet() -> None:
     p = TokenBucket(capacity=1.0)
     p.take(0.02, 0.0)
-    assert p.take(1.0, 100.0) == 0.0  # a long silence earns one burst, not 100 s
+    assert p.take(1.0, 100.0) == 0.0  # a long silence earns one burst, not 100
     assert p.take(0.5, 100.0) == pytest.approx(0.5)
 
 
@@ -155,8 +162,14 @@ class FakeTriton:
 
 
 class FakeContext:
-    def __init__(self) -> None:
-        self._callbacks: list[Any] = []
+    _callbacks: list[Any]
+
+    def __init__(self, peer: str = "ipv4:127.0.0.1:40000") -> None:
+        self._callbacks = []
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
 
     def add_done_callback(self, cb: Any) -> None:
         self._callbacks.append(cb)
@@ -172,12 +185,15 @@ def start_message(**options: str) -> pb.ClientMessage:
 
 
 def service(**server: Any) -> SessionService:
+    server = {"starts_per_s": 1e6, "starts_per_connection_per_s": 1e6, **server}
     s = Settings(server=dataclasses.replace(Settings().server, **server))
     return SessionService(models=FakeTriton(), settings=s)  # type: ignore[arg-type]
 
 
-async def converse(svc: SessionService, messages: AsyncIterator[pb.ClientMessage]) -> list[pb.ServerMessage]:
-    ctx = FakeContext()
+async def converse(
+    svc: SessionService, messages: AsyncIterator[pb.ClientMessage], peer: str = "ipv4:127.0.0.1:40000"
+) -> list[pb.ServerMessage]:
+    ctx = FakeContext(peer)
     out: list[pb.ServerMessage] = []
     try:
         async for m in svc.Converse(messages, ctx):  # type: ignore[arg-type]
@@ -279,13 +295,13 @@ async def test_fast_audio_is_read_at_real_time_beyond_the_burst() -> None:
 
     inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=100)
     outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
-    await svc._read(flood(), inbox, outbox, pacer=TokenBucket(0.2))
+    await svc._read(flood(), inbox, outbox, pace=True)
     notices = [outbox.get_nowait() for _ in range(outbox.qsize())]
     assert [m.error.code for m in notices] == ["audio_too_fast"] and not notices[0].error.fatal
     assert svc.telemetry.pacing_delay._value.get() >= 0.7  # the 0.8 s beyond the burst, less read time
     assert svc.telemetry.paced._value.get() == 1
-    # floor/acoustic sessions get no pacer: `duet turns --speed 0` stays as fast as the server can go
-    await svc._read(flood(), asyncio.Queue(maxsize=100), outbox, pacer=None)
+    # floor/acoustic sessions are not paced: `duet turns --speed 0` stays as fast as the server can go
+    await svc._read(flood(), asyncio.Queue(maxsize=100), outbox, pace=False)
     assert outbox.empty() and svc.telemetry.paced._value.get() == 1
 
 
@@ -352,3 +368,16 @@ async def test_fair_gate_bulk_lane_takes_only_what_live_sessions_leave() -> None
     await asyncio.gather(*tasks)
     assert order == ["live", "flood"]  # the live waiter came later and still went first
     assert full.inflight == 0 and full.bulk_inflight == 0 and full.waiting() == 0
+
+
+async def test_starts_beyond_the_rate_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.api.session_service as service_module
+
+    monkeypatch.setattr(service_module, "RATE_LIMITED_DELAY_S", 0.0)
+    svc = service(starts_per_connection_per_s=1.0, starts_per_s=3.0)
+    first = [codes(await converse(svc, one_second_then_end())) for _ in range(3)]
+    assert first == [[], [], ["rate_limited"]]  # a burst of 2 s worth, then refused
+    other = [codes(await converse(svc, one_second_then_end(), peer=f"ipv4:127.0.0.1:{p}")) for p in range(5)]
+    assert other.count([]) == 4 and other.count(["rate_limited"]) == 1  # server-wide: 6 in the first 2 s
+    assert svc.telemetry.refusals.labels(reason="rate_limited")._value.get() == 2
+    assert svc.active == 0
