@@ -179,7 +179,6 @@ async def test_client_disconnect_and_truncated_stream(
         async for e in session.events():
             if e["type"] == "speech_start":
                 break  # the session is really running
-    await asyncio.to_thread(duet_server.wait_logged, f"session {cid} started", 10)
     await asyncio.to_thread(duet_server.wait_logged, f"session {cid} ended", 30)
     # ...another stops sending without END (a truncated stream): the server flushes and closes cleanly.
     cut = sample_audio[: int(sample_audio.shape[0] * 0.6)].tobytes()
