@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     r = sub.add_parser("render", help="the replica says a text (or lip-syncs audio) with an emotion: an MP4")
-    r.add_argument("--text", default="", help="what the replica says (spoken by the TTS voice)")
+    r.add_argument("--text", default="", help='what the replica says (spoken by the TTS voice); "" = idle')
     r.add_argument("--emotion", default="", help="one of --list-emotions (default: the persona's, else neutral)")
     r.add_argument("--intensity", type=float, default=0.0, help="0..1 (default: the server's, 0.6)")
     r.add_argument("--size", default="512", help="512 (512x512), 1080 (1920x1080) or WxH")
@@ -83,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--timings", default="", help="phoneme timings JSON ([{p, s, e}, ...]) for --audio")
     r.add_argument("--audio", default="", help="16 kHz mono PCM16 WAV to lip-sync (with --timings)")
     r.add_argument("--seed", type=int, default=0, help="idle motion seed (blinks, sway)")
+    r.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="seconds: the clip lasts at least this long; with no text or audio, an idle clip (rest face)",
+    )
+    r.add_argument("--listening", action="store_true", help="an idle clip of the face listening to a user")
     r.add_argument("--out", default="render.mp4", help="output MP4 (default: ./render.mp4)")
     r.add_argument("--events", default="", help="also write the events (render_done has phoneme timings) as JSONL")
     r.add_argument("--list-emotions", action="store_true", help="print the emotions the face can show")
@@ -239,8 +247,15 @@ async def _render(args: argparse.Namespace) -> int:
             raise DuetError("bad_timings", "--audio and --timings go together")
         audio_pcm = read_pcm16(args.audio)
         timings = _read_text(args.timings)
-    elif not args.text and not args.list_emotions:
-        raise DuetError("bad_option", "give --text, or --audio with --timings (or --list-emotions)")
+    idle = not args.text.strip() and not args.audio
+    if not math.isfinite(args.duration) or args.duration < 0:
+        raise DuetError("bad_option", f"--duration must be a number of seconds >= 0, got {args.duration:g}")
+    if args.listening and not (idle and args.duration > 0):
+        raise DuetError("bad_option", "--listening renders an idle clip: give --duration and no --text or --audio")
+    if idle and args.duration <= 0 and not args.list_emotions:
+        raise DuetError(
+            "bad_option", "give --text, --audio with --timings, or --duration for an idle clip (or --list-emotions)"
+        )
     frames: list[VideoFrame] = []
     speaker = Speaker()
     done: dict[str, Any] = {}
@@ -260,6 +275,8 @@ async def _render(args: argparse.Namespace) -> int:
             timings_json=timings,
             seed=args.seed,
             list_emotions=args.list_emotions,
+            duration_s=args.duration,
+            listening=args.listening,
         ):
             if isinstance(item, VideoFrame):
                 frames.append(item)
@@ -272,8 +289,9 @@ async def _render(args: argparse.Namespace) -> int:
                 for e in item["emotions"]:
                     print(f"{e['name']:<18} {e['description']}")
                 return 0
-            elif item.get("type") == "error":
+            elif item.get("type") == "error":  # the server refused the clip or failed making it: no file
                 print(f"duet: {item.get('code')}: {item.get('message')}", file=sys.stderr)
+                return 2
             elif item.get("type") == "render_done":
                 done = item
     fps = float(done.get("fps") or args.fps or 25.0)
@@ -282,11 +300,19 @@ async def _render(args: argparse.Namespace) -> int:
         _write_jsonl(args.events, events)
     print(
         f"duet: wrote {args.out} ({n} frames at {fps:g} fps, {width}x{height}, "
-        f"{done.get('speech_s', 0):.2f} s of speech; first frame after {done.get('first_frame_ms')} ms, "
+        f"{_what(done)}; first frame after {done.get('first_frame_ms')} ms, "
         f"all in {done.get('total_ms')} ms)",
         file=sys.stderr,
     )
     return 0
+
+
+def _what(done: dict[str, Any]) -> str:
+    if done.get("listening"):
+        return "listening"
+    if done.get("idle"):
+        return "idle"
+    return f"{done.get('speech_s', 0):.2f} s of speech"
 
 
 PERCEPTION_TYPES = frozenset({"perception", "utterance_summary", "perception_tool_call"})

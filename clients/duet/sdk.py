@@ -267,11 +267,14 @@ async def render(
     quality: int = 0,
     seed: int = 0,
     list_emotions: bool = False,
+    duration_s: float = 0.0,
+    listening: bool = False,
     connect_timeout: float = 5.0,
 ) -> AsyncIterator[Item]:
     """One rendered clip: the replica says `text` (or lip-syncs `audio_pcm` with `timings_json`) with an
-    emotion. Yields `ReplyAudio`, `VideoFrame`s and events (last: `render_done`) as the server makes them;
-    zeros and empty strings take the server's defaults."""
+    emotion; with neither, an idle clip of `duration_s` seconds (the rest face, or with `listening` the face
+    listening to a user). Yields `ReplyAudio`, `VideoFrame`s and events (last: `render_done`) as the server
+    makes them; zeros and empty strings take the server's defaults."""
     async with grpc.aio.insecure_channel(server) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), connect_timeout)
@@ -292,6 +295,8 @@ async def render(
             quality=quality,
             seed=seed,
             list_emotions=list_emotions,
+            duration_s=duration_s,
+            listening=listening,
         )
         async for item in _items(stub.Render(request)):
             yield item

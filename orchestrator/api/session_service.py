@@ -225,6 +225,8 @@ def clip_spec(settings: Settings, req: pb.RenderRequest) -> ClipSpec:
         seed=req.seed,
         audio=audio,
         timings=timings,
+        duration=req.duration_s,
+        listening=req.listening,
     )
 
 

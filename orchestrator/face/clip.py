@@ -1,5 +1,7 @@
 """One rendered clip (`duet render`): speech (TTS, or given audio with its phoneme timings) plus the face
-saying it, streamed as audio pieces and runs of JPEG frames on one clock as they are made.
+saying it, streamed as audio pieces and runs of JPEG frames on one clock as they are made. With no speech
+and a duration it is an idle clip (the rest face: blinks, breathing, sway; silent audio), or with
+`listening` the face listening to a user who talks in phrases with short pauses.
 
 Frames are drawn in windows as soon as the speech they show is known: the face for sentence 1 is rendered
 while the TTS is still synthesising sentence 2. Frame `i` is shown at `i / fps`; audio sample `n` plays at
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,9 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from orchestrator.errors import BadTimings, DuetError
+from orchestrator.errors import BadOption, BadTimings, DuetError
 from orchestrator.face.emotions import EMOTIONS, EmotionCue
-from orchestrator.face.motion import MotionRequest, Phoneme, Sentence
+from orchestrator.face.idle import hash01
+from orchestrator.face.motion import FloorEvent, MotionRequest, Phoneme, Sentence
 from orchestrator.triton import I16, FaceModels, RenderedFrames, SpeechSynthesizer
 
 SAMPLE_RATE = 16000
@@ -27,6 +31,9 @@ TAIL_S = 0.4  # frames after the last sound: the mouth closes, the face settles
 WINDOW_FRAMES = 50  # frames per motion+render request (2 s at 25 fps)
 MAX_TEXT_CHARS = 2000
 MAX_AUDIO_S = 120.0
+MAX_DURATION_S = MAX_AUDIO_S
+PHRASE_S = (1.6, 3.4)  # a listening clip's user talks in phrases this long...
+GAP_S = (0.35, 0.8)  # ...with pauses this long between them (the replica nods at some)
 ANTICIPATION_S = 0.1  # the mouth moves before the sound: a window stops this far short of known speech
 
 
@@ -48,6 +55,12 @@ class ClipSpec:
     seed: int = 0
     audio: I16 | None = None  # with `timings`: lip-sync this instead of speaking `text`
     timings: tuple[Phoneme, ...] = ()
+    duration: float = 0.0  # the clip lasts at least this long (s); without speech: an idle clip
+    listening: bool = False  # an idle clip listens to a user talking
+
+    @property
+    def idle(self) -> bool:
+        return self.audio is None and not self.text.strip()
 
 
 @dataclass(frozen=True)
@@ -91,13 +104,35 @@ def check_spec(spec: ClipSpec) -> None:
         from orchestrator.errors import BadEmotion
 
         raise BadEmotion(f"unknown emotion {spec.emotion!r} (known: {', '.join(EMOTIONS)})")
+    d = spec.duration
+    if isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or not 0 <= d <= MAX_DURATION_S:
+        raise BadOption(f"duration must be a number of seconds in 0..{MAX_DURATION_S:g}, got {d!r:.40}")
+    if spec.idle and d <= 0:
+        raise BadOption("nothing to say: give text, audio with its phoneme timings, or a duration for an idle clip")
+    if spec.listening and not spec.idle:
+        raise BadOption("listening is an idle clip: give a duration and no text or audio")
     if spec.audio is None:
-        if not spec.text.strip():
-            raise BadTimings("nothing to say: give text, or audio with its phoneme timings")
         if len(spec.text) > MAX_TEXT_CHARS:
             raise BadTimings(f"text is {len(spec.text)} characters (at most {MAX_TEXT_CHARS})")
     elif spec.audio.shape[0] > MAX_AUDIO_S * SAMPLE_RATE:
         raise BadTimings(f"audio is longer than {MAX_AUDIO_S:.0f} s")
+
+
+def listening_events(duration: float, seed: int) -> tuple[FloorEvent, ...]:
+    """A user talking for `duration` s from time 0, in phrases with short pauses: their floor events
+    (speech_start / speech_end), a pure function of the seed."""
+    out: list[FloorEvent] = []
+    t, k = 0.0, 0
+    while t < duration:
+        u = hash01(seed, 80, np.array([k, k + 1], dtype=np.int64))
+        out.append(FloorEvent(round(t, 4), "speech_start"))
+        end = t + PHRASE_S[0] + (PHRASE_S[1] - PHRASE_S[0]) * float(u[0])
+        if end >= duration:
+            break
+        out.append(FloorEvent(round(end, 4), "speech_end"))
+        t = end + GAP_S[0] + (GAP_S[1] - GAP_S[0]) * float(u[1])
+        k += 2
+    return tuple(out)
 
 
 async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | None = None) -> AsyncIterator[ClipItem]:
@@ -107,6 +142,7 @@ async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | Non
     stats = stats if stats is not None else ClipStats()
     t_start = time.perf_counter()
     emotion = (EmotionCue(0.0, spec.emotion, spec.intensity),)
+    events = listening_events(spec.duration, spec.seed) if spec.listening else ()
     speech: list[Sentence] = []
     known = asyncio.Event()  # set whenever `speech` grows or ends
     state = {"speech_end": 0.0, "done": False}
@@ -116,7 +152,12 @@ async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | Non
         return round((time.perf_counter() - t_start) * 1000, 1)
 
     async def speak() -> None:
-        if spec.audio is not None:
+        if spec.idle:  # silence for the whole clip, so the file has a (quiet) audio track like any other
+            n = round(spec.duration * SAMPLE_RATE)
+            state["speech_end"] = n / SAMPLE_RATE
+            for at in range(0, n, SAMPLE_RATE):  # one-second pieces: a long clip stays under message limits
+                await out.put(AudioPiece(np.zeros(min(SAMPLE_RATE, n - at), dtype=np.int16), at / SAMPLE_RATE))
+        elif spec.audio is not None:
             speech.append(Sentence(0.0, spec.timings))
             state["speech_end"] = spec.audio.shape[0] / SAMPLE_RATE
             await out.put(AudioPiece(spec.audio, 0.0))
@@ -140,8 +181,13 @@ async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | Non
             await known.wait()
             known.clear()
             done = bool(state["done"])
-            horizon = state["speech_end"] + TAIL_S if done else state["speech_end"] - ANTICIPATION_S
-            last = int(np.ceil(horizon * spec.fps)) if done else int(np.floor(horizon * spec.fps))
+            speech_tail = state["speech_end"] + TAIL_S
+            if not done:
+                last = int(np.floor((state["speech_end"] - ANTICIPATION_S) * spec.fps))
+            elif spec.idle or spec.duration > speech_tail:  # the requested duration (an idle clip: exactly it)
+                last = int(np.ceil(spec.duration * spec.fps - 1e-6))
+            else:  # the speech and a short tail in which the mouth settles
+                last = int(np.ceil(speech_tail * spec.fps))
             while next_frame < last:
                 n = min(WINDOW_FRAMES, last - next_frame)
                 req = MotionRequest(
@@ -151,6 +197,7 @@ async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | Non
                     seed=spec.seed,
                     emotion=emotion,
                     speech=tuple(speech),
+                    events=events,
                 )
                 t0 = time.perf_counter()
                 params = await models.face_motion(req.to_json())
@@ -187,7 +234,7 @@ async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | Non
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
-    stats.speech_s = float(state["speech_end"])
+    stats.speech_s = 0.0 if spec.idle else float(state["speech_end"])
     stats.phonemes = [
         {"p": p.p, "s": round(s.t0 + p.s, 4), "e": round(s.t0 + p.e, 4)} for s in speech for p in s.phonemes
     ]
@@ -201,6 +248,8 @@ async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | Non
         "intensity": spec.intensity,
         "duration_s": round(stats.frames / spec.fps, 3),
         "speech_s": round(stats.speech_s, 3),
+        "idle": spec.idle,
+        "listening": spec.listening,
         "first_audio_ms": stats.first_audio_ms,
         "first_frame_ms": stats.first_frame_ms,
         "total_ms": elapsed_ms(),

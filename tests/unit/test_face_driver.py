@@ -4,6 +4,7 @@ tests/integration/test_face_models.py and the e2e tests."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,11 +13,12 @@ import pytest
 from orchestrator.api.session_service import parse_options
 from orchestrator.config import Settings
 from orchestrator.errors import BadEmotion, BadFaceParams, BadOption, BadPortrait, BadTimings
-from orchestrator.face.clip import ClipSpec, check_spec, parse_timings
+from orchestrator.face import params
+from orchestrator.face.clip import GAP_S, PHRASE_S, ClipSpec, check_spec, listening_events, parse_timings
 from orchestrator.face.driver import place_segment, trim
 from orchestrator.face.library import FaceLibrary, check_params, check_size
+from orchestrator.face.motion import EmotionCue, MotionRequest, Sentence, generate
 from orchestrator.face.motion import Phoneme as MotionPhoneme
-from orchestrator.face.motion import Sentence
 from orchestrator.triton import Phoneme, SpeechChunk
 
 SR = 16000
@@ -80,11 +82,47 @@ def test_video_options_parse_and_refuse_bad_values() -> None:
 def test_render_requests_are_checked_before_any_work() -> None:
     with pytest.raises(BadEmotion, match="happiness"):
         check_spec(ClipSpec(text="hi", emotion="elated"))
-    with pytest.raises(BadTimings):
+    with pytest.raises(BadOption, match="duration"):  # nothing to say and no duration
         check_spec(ClipSpec(text="   "))
     with pytest.raises(BadTimings):
         check_spec(ClipSpec(text="x" * 5000))
     check_spec(ClipSpec(text="Hello.", emotion="contempt"))
+
+
+def test_idle_and_listening_clips_are_checked() -> None:
+    check_spec(ClipSpec(text="", duration=2.0))
+    check_spec(ClipSpec(text="", duration=120.0, listening=True))
+    check_spec(ClipSpec(text="Hello.", duration=5.0))  # speech, then idle up to 5 s
+    for bad in (-1.0, 120.5, 1e9, float("nan"), float("inf")):
+        with pytest.raises(BadOption, match="duration"):
+            check_spec(ClipSpec(text="", duration=bad))
+    with pytest.raises(BadOption, match="listening"):
+        check_spec(ClipSpec(text="Hello.", duration=2.0, listening=True))
+    with pytest.raises(BadOption):
+        check_spec(ClipSpec(text="", listening=True))
+
+
+def test_a_listening_clip_hears_phrases_with_pauses() -> None:
+    events = listening_events(30.0, seed=3)
+    assert events == listening_events(30.0, seed=3) != listening_events(30.0, seed=4)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "speech_start" and events[0].t == 0.0
+    assert kinds[::2] == ["speech_start"] * len(kinds[::2]) and set(kinds[1::2]) == {"speech_end"}
+    assert all(e.t < 30.0 for e in events) and len(kinds) >= 14  # ~2.5 + 0.6 s per phrase
+    for a, b in itertools.pairwise(events):
+        lo, hi = PHRASE_S if a.type == "speech_start" else GAP_S
+        assert lo - 1e-3 <= b.t - a.t <= hi + 1e-3
+    # the face listens: attentive brows while the user talks, a nod after a pause; the idle face does neither
+    t = 1 / 25
+    cue = (EmotionCue(0.0, "neutral", 0.6),)
+    listening = generate(MotionRequest(fps=25.0, start=0.0, frames=250, emotion=cue, events=events))
+    idle = generate(MotionRequest(fps=25.0, start=0.0, frames=250, emotion=cue))
+    ix = params.INDEX
+    talking = slice(round(0.8 / t), round(events[1].t / t))
+    assert (listening[talking, ix["brow_inner_up"]] - idle[talking, ix["brow_inner_up"]]).min() > 0.08
+    nod = slice(round(events[1].t / t), round((events[1].t + 0.8) / t))
+    assert np.abs(listening[nod, ix["head_pitch"]] - idle[nod, ix["head_pitch"]]).max() > 1.5
+    assert np.abs(listening[:, :8] - idle[:, :8]).max() < 0.05  # no mouth movement: the user is talking
 
 
 def test_timings_for_given_audio_are_validated() -> None:
