@@ -698,6 +698,13 @@ class SessionService(pb_grpc.SessionServicer):
             yield self._refuse(err)
             return
         self._take_slot()
+        held = [True]
+
+        def release(_ctx: Any = None) -> None:  # once: when the generator ends or the RPC does, whichever is first
+            if held and held.pop():
+                self._release_slot()
+
+        context.add_done_callback(release)  # type: ignore[arg-type]  # (a generator left at `yield` ends late)
         try:
             async for item in render_clip(typing.cast(ClipModels, self.models), spec):
                 if isinstance(item, AudioPiece):
@@ -710,4 +717,4 @@ class SessionService(pb_grpc.SessionServicer):
         except DuetError as err:
             yield error_message(err)
         finally:
-            self._release_slot()
+            release()
