@@ -410,6 +410,7 @@ class SessionService(pb_grpc.SessionServicer):
         session: Session | None = None
         try:
             self.telemetry.sessions.labels(mode=opts.mode).inc()
+            log.info("session %s started (%s)", sid, opts.mode)
             stream = _Stream(last_audio=self._clock(), audio=AudioClock(self.settings.server.audio_burst_s))
             session = self._build(sid, opts, persona, outbox, stream)
             inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=self.settings.server.inbox_chunks)
@@ -470,7 +471,8 @@ class SessionService(pb_grpc.SessionServicer):
         stream: _Stream,
     ) -> Session:
         burst = self.settings.server.audio_burst_s
-        models = GatedModels(self.models, self.gate, sid, bulk=lambda: stream.audio.ahead(self._clock()) > burst)
+        # the gate's key is this session's own object: a client-chosen conversation id may repeat
+        models = GatedModels(self.models, self.gate, object(), bulk=lambda: stream.audio.ahead(self._clock()) > burst)
         speech_end_wall: list[float] = []  # wall arrival of the audio where the user's speech last ended
         replies_heard: set[int] = set()
 
