@@ -13,9 +13,12 @@ run `EmbeddedTriton.supervise` too, and accept a restart in place of a heal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,92 @@ MODELS = ("turn", "prosody", "floor_fusion", "floor", "llm")
 ASK = LlmRequest(messages=(ChatMessage("user", "Say hello."),), max_tokens=4, temperature=0.0)
 STORY = LlmRequest(messages=(ChatMessage("user", "Tell me a long story about a dragon."),), max_tokens=200)
 RECOVERY_BOUND_S = 60.0  # far above any recovery seen (1-3 s; a whole-server restart ~10 s): a broken heal
+
+
+SPOKEN_MODELS = ("vad", "turn", "prosody", "floor_fusion", "floor", "asr", "llm", "tts")
+
+
+def test_a_spoken_session_goes_on_after_the_llm_stub_is_killed_mid_reply(tmp_path: Path) -> None:
+    """The whole service in this process (`running_stack`, healing wired as `duet serve` does) and a recorded
+    user streamed at real time. The `llm` stub is killed the moment the first reply starts; the user's next
+    turn must be answered."""
+    import dataclasses
+
+    from duet.talk import talk
+    from orchestrator.app import running_stack
+    from orchestrator.config import Settings
+    from orchestrator.launcher import free_port
+    from orchestrator.telemetry import parse_metrics
+    from tests.conftest import SAMPLE, SAMPLE_LABEL
+
+    base = Settings()
+    settings = dataclasses.replace(
+        base,
+        triton=dataclasses.replace(base.triton, models=SPOKEN_MODELS),
+        server=dataclasses.replace(base.server, port=free_port()),
+    )
+    last_turn = json.loads(SAMPLE_LABEL.read_text())["turns"][-1]
+    model_file = f"{Path(settings.triton.model_repository).resolve()}/llm/1/model.py"
+    killed: dict[str, float] = {}
+
+    def metric(url: str, name: str, **labels: str) -> float:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return sum(s.value for s in parse_metrics(text) if s.name == name and labels.items() <= s.labels.items())
+
+    async def body() -> list[dict[str, Any]]:
+        async with running_stack(settings) as running:
+            assert running.orchestrator_metrics_url
+            grpc_port = running.triton_url.rsplit(":", 1)[1]
+            triton = next(
+                pid
+                for pid in _children(os.getpid())
+                if f"--grpc-port={grpc_port}" in _cmdline(pid) and "tritonserver" in _cmdline(pid)
+            )
+            events: list[dict[str, Any]] = []
+
+            def on_event(event: dict[str, Any]) -> None:
+                events.append(event)
+                if event.get("type") == "reply_started" and not killed:
+                    pid = next(p for p in _children(triton) if model_file in _cmdline(p))
+                    os.kill(pid, signal.SIGKILL)
+                    killed["t"] = float(event["t"])
+                    killed["wall"] = time.monotonic()
+
+            # perception off: its models are not loaded here (they are not what this test is about)
+            await talk(SAMPLE, running.address, tmp_path, on_event=on_event, options={"perception": "false"})
+            url = running.orchestrator_metrics_url
+            healed = metric(url, "duet_model_healing_total", event="healed", model="llm")
+            restarts = metric(url, "duet_triton_restarts_total")
+            print(
+                f"[healing] spoken session: llm killed at t={killed.get('t')}; healed {healed:.0f}x, "
+                f"tritonserver restarts {restarts:.0f}"
+            )
+            assert healed >= 1 or restarts >= 1
+            return events
+
+    events = asyncio.run(body())
+    assert killed, "no reply started: the kill never happened"
+    answers = [e for e in events if e["type"] == "replica_speaking_start" and float(e["t"]) > last_turn["end"]]
+    errors = [e for e in events if e["type"] == "error"]
+    print(f"[healing] answers after the last user turn: {[e['t'] for e in answers]}; errors: {errors}")
+    assert answers, f"the user's last turn was not answered after the llm stub died: {events}"
+    assert all(e.get("code") == "model_unavailable" for e in errors), errors
+    assert any(e["type"] == "session_ended" for e in events)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in f.read_text().split()]
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""
 
 
 @pytest.fixture(scope="module")
