@@ -25,10 +25,21 @@ class TokenBucket:
         self._tokens = capacity
         self._at: float | None = None
 
-    def take(self, audio_s: float, now: float) -> float:
+    def _refill(self, now: float) -> None:
         if self._at is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
+            self._tokens = min(self.burst, self._tokens + max(now - self._at, 0.0) * self.rate)
+        self._at = now if self._at is None else max(now, self._at)
+
+    def admit(self, n: float, now: float) -> bool:
+        """Take `n` if the bucket holds them; a refusal takes nothing (a rate limit, not a queue)."""
+        self._refill(now)
+        if self._tokens < n - 1e-9:
+            return False
+        self._tokens -= n
+        return True
+
+    def take(self, audio_s: float, now: float) -> float:
+        self._refill(now)
         self._tokens -= audio_s
         if self._tokens >= -1e-9:  # (float dust from summing 20 ms chunks is no reason to wait)
             return 0.0

@@ -293,9 +293,9 @@ class SessionService(pb_grpc.SessionServicer):
         self._peer_starts[peer] = bucket
         while len(self._peer_starts) > PEERS_TRACKED:
             self._peer_starts.popitem(last=False)
-        if bucket.take(1, now) > 0:
+        if not bucket.admit(1, now):
             raise RateLimited(f"this connection starts sessions faster than {sv.starts_per_connection_per_s:g}/s")
-        if self._starts.take(1, now) > 0:
+        if not self._starts.admit(1, now):
             raise RateLimited(f"the server is starting sessions at its limit of {sv.starts_per_s:g}/s; retry shortly")
 
     def _persona(self, name: str) -> Persona:

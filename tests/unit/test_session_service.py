@@ -81,6 +81,13 @@ def test_byte_bucket_credit_does_not_pile_up_while_quiet() -> None:
     assert p.take(0.5, 100.0) == pytest.approx(0.5)
 
 
+def test_a_refused_admission_takes_nothing() -> None:
+    b = TokenBucket(capacity=2.0, rate=1.0)
+    assert b.admit(1, 0.0) and b.admit(1, 0.0)
+    assert not any(b.admit(1, 0.1 * i) for i in range(1, 10))  # retried in a loop: refused, nothing borrowed
+    assert b.admit(1, 1.0) and not b.admit(1, 1.0)  # one second refilled one start
+
+
 def test_frame_rate_drops_frames_beyond_the_limit() -> None:
     f = FrameRate(10.0)
     admitted = sum(f.admit(i / 100) for i in range(100))  # 100 fps for 1 s
