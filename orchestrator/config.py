@@ -66,8 +66,9 @@ class ServerSettings:
     max_client_errors: int = 20  # refused inputs (bad chunks, frames, oversized text) before the session ends
     # New sessions per second, server-wide and per client connection (each with 2 s worth of burst); beyond
     # them a `start` is refused with `rate_limited`, after a short delay, so a reconnect loop costs little.
-    starts_per_s: float = 20.0
-    starts_per_connection_per_s: float = 2.0
+    # (One process's channels to the same server share a connection: a gateway's users all count here.)
+    starts_per_s: float = 50.0
+    starts_per_connection_per_s: float = 10.0
     session_inflight: int = 4  # unary Triton requests one session may have in flight (streams not counted)
     triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
     # ... of which sessions running ahead of real time (floor/acoustic fed as fast as possible) hold at most this

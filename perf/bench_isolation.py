@@ -231,7 +231,9 @@ async def hostile(kind: str, n: int, server: str, speech: bytes, stop: asyncio.E
     rng = random.Random(n)
     noise = (np.random.default_rng(n).normal(0, 30, 16000 * 4)).astype("<i2").tobytes()  # about -60 dBFS
     speech_chunks = [speech[i : i + CHUNK_BYTES] for i in range(0, len(speech), CHUNK_BYTES)]
-    async with grpc.aio.insecure_channel(server, options=[("grpc.max_send_message_length", 4 << 20)]) as ch:
+    # Its own connection (grpc otherwise shares one between the channels of a process): another client.
+    opts = [("grpc.max_send_message_length", 4 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(server, options=opts) as ch:
         stub = pb_grpc.SessionStub(ch)  # type: ignore[no-untyped-call]
         while not stop.is_set():
             if kind == "flood":
