@@ -156,6 +156,10 @@ class TritonModels:
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
         self.healer: ModelHealer | None = None  # set by `ModelHealer(self)`: requests then heal dead models
+        # How long a request waits for a model being healed before it fails: a reload takes 0.5-3 s on an idle
+        # machine, 10 s and more for a large model on a loaded one; waiting beats failing a turn (or, for `vad`
+        # and `floor`, the session).
+        self.heal_wait_s = 30.0
 
     async def close(self) -> None:
         await self._client.close()
@@ -189,12 +193,14 @@ class TritonModels:
         if healer is None:
             return await self._infer(model, inputs, outputs)
         if not healer.healthy(model):
-            await healer.wait_healthy(model, self.timeout_s)
+            await healer.wait_healthy(model, self.heal_wait_s)
         sent = healer.now()
         try:
             return await self._infer(model, inputs, outputs)
         except ModelUnavailable as exc:
-            if not healer.failed(model, exc.message, sent) or not await healer.wait_healthy(model, self.timeout_s):
+            # its stub died, or it went to a model being reloaded meanwhile ("unknown model", "not ready")
+            dead = healer.failed(model, exc.message, sent) or not healer.healthy(model)
+            if not dead or not await healer.wait_healthy(model, self.heal_wait_s):
                 raise
         return await self._infer(model, inputs, outputs)
 
@@ -345,7 +351,7 @@ class TritonModels:
         healer = self.healer
         for attempt in (1, 2):
             if healer is not None and not healer.healthy(model):
-                await healer.wait_healthy(model, self.timeout_s)
+                await healer.wait_healthy(model, self.heal_wait_s)
             sent = healer.now() if healer is not None else 0.0
             responses = self._stream_once(model, inputs, outputs, timeout_s, request_id)
             started = False
@@ -357,9 +363,8 @@ class TritonModels:
             except ModelUnavailable as exc:
                 if healer is None or started or attempt == 2:
                     raise
-                if not isinstance(exc, StubDied) and not healer.failed(model, exc.message, sent):
-                    raise
-                if not await healer.wait_healthy(model, self.timeout_s):
+                dead = isinstance(exc, StubDied) or healer.failed(model, exc.message, sent)
+                if not (dead or not healer.healthy(model)) or not await healer.wait_healthy(model, self.heal_wait_s):
                     raise
             finally:
                 await responses.aclose()
