@@ -3,6 +3,7 @@
     .venv/bin/python perf/bench_face.py                   # CPU, every part (about 4 minutes on a loaded 2-core box)
     .venv/bin/python perf/bench_face.py --quick           # smaller speed grid, shorter clips
     python perf/bench_face.py --device cuda --speed-only  # a GPU box with torch + torchvision (nvJPEG) only
+    .venv/bin/python perf/bench_face.py --sync-only       # A/V sync of `duet render` on the decoded MP4 (~1 min)
 
 Parts (outputs in --out, default perf/out/face):
 
@@ -923,6 +924,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared 2-core box)")
     ap.add_argument("--out", default=str(ROOT / "perf" / "out" / "face"))
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end sync run (duet render + Triton)")
+    ap.add_argument(
+        "--sync-only",
+        action="store_true",
+        help="only the end-to-end A/V sync (duet render, then both measurements on the decoded MP4)",
+    )
     args = ap.parse_args(argv)
 
     out_dir = Path(args.out)
@@ -949,6 +955,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not env["nvjpeg"]:
         notes.append("torchvision missing: encode_jpeg fell back to OpenCV on the CPU")
     results: dict[str, Any] = {"env": env, "args": vars(args)}
+    if args.sync_only:
+        log("2b. A/V sync end to end (duet render through Triton, measured on the MP4's video and audio)")
+        results["sync_e2e"] = e2e_sync_report(out_dir, " ".join(SYNC_SENTENCES), log)
+        print_sync_e2e(results["sync_e2e"])
+        path = out_dir / "sync.json"
+        path.write_text(json.dumps(results, indent=1, default=str, ensure_ascii=False) + "\n")
+        return 0
 
     # 1. speed
     log(f"1. speed ({device.type}, {env['threads']} torch threads)")
@@ -1068,16 +1081,7 @@ def print_tables(res: Mapping[str, Any]) -> None:
               f"closed below {s['closed_threshold_iod']:.3f}; correlation of the measured gap with "
               f"jaw_open*(1-lip_press): {fmt(s['corr_gap_vs_jaw_x_unpressed'], 3)}")  # fmt: skip
     if "sync_e2e" in res:
-        e2e = res["sync_e2e"]
-        ph, ind = e2e["phoneme"], e2e["independent"]
-        print(f"\nend to end (`duet render` through Triton, measured on {e2e['mp4']}; ms, > 0: mouth after the voice): "
-              f"per phoneme {fmt(ph['av_offset_ms'])} (median of {ph['measured']}, p95 |offset| "
-              f"{fmt(ph['av_p95_abs_ms'])}; p/b/m {fmt(ph['bilabial_av_ms'])}, open vowels "
-              f"{fmt(ph['open_vowel_av_ms'])}); voice envelope x lip gap {fmt(ind['xcorr_ms'])} "
-              f"(r = {ind['xcorr_r']}); voice onsets {fmt(ind['onset_ms'])} ({ind['onsets_matched']}/"
-              f"{ind['voice_onsets']}); agree within a frame: {e2e['agree_within_frame']}. Mouth vs the TTS timings "
-              f"{fmt(ph['mouth_vs_timings_ms'])}, voice vs the timings {fmt(ph['sound_vs_timings_ms'])}; first frame "
-              f"after {e2e['first_frame_ms']} ms")  # fmt: skip
+        print_sync_e2e(res["sync_e2e"])
 
     if "expressions" in res:
         e = res["expressions"]
@@ -1117,6 +1121,18 @@ def print_tables(res: Mapping[str, Any]) -> None:
     if "talking" in res:
         tk = res["talking"]
         print(f"\ntalking clip: {tk['path']} ({tk['frames']} frames, {tk['seconds']} s)")
+
+
+def print_sync_e2e(e2e: Mapping[str, Any]) -> None:
+    ph, ind = e2e["phoneme"], e2e["independent"]
+    print(f"\nend to end (`duet render` through Triton, measured on {e2e['mp4']}; ms, > 0: mouth after the voice): "
+          f"per phoneme {fmt(ph['av_offset_ms'])} (median of {ph['measured']}, p95 |offset| "
+          f"{fmt(ph['av_p95_abs_ms'])}; p/b/m {fmt(ph['bilabial_av_ms'])}, open vowels "
+          f"{fmt(ph['open_vowel_av_ms'])}); voice envelope x lip gap {fmt(ind['xcorr_ms'])} "
+          f"(r = {ind['xcorr_r']}); voice onsets {fmt(ind['onset_ms'])} ({ind['onsets_matched']}/"
+          f"{ind['voice_onsets']}); agree within a frame: {e2e['agree_within_frame']}. Mouth vs the TTS timings "
+          f"{fmt(ph['mouth_vs_timings_ms'])}, voice vs the timings {fmt(ph['sound_vs_timings_ms'])}; first frame "
+          f"after {e2e['first_frame_ms']} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
