@@ -161,6 +161,8 @@ class Run:
     recovery_s: float | None = None  # kill -> the server's metrics say healed (or restarted)
     recovered_by: str = ""  # "reload" | "restart" | "" (not recovered)
     answered: list[bool] = field(default_factory=list)  # per user turn
+    latency_ms: list[float | None] = field(default_factory=list)  # per user turn: end of turn -> replica audio
+    hit_turn: int | None = None  # the user turn whose reply (or transcript) the kill hit
     errors: list[str] = field(default_factory=list)  # codes of the session's error events
     ended: bool = False  # the session ran to session_ended
     talk_rc: int | None = None
@@ -177,6 +179,12 @@ def kill_time(fault: str, label: dict[str, Any], reply_delay_s: float) -> float:
         second = turns[1] if len(turns) > 1 else turns[0]
         return second.start + min(1.5, (second.end - second.start) / 2)
     raise ValueError(f"unknown fault {fault!r}")
+
+
+def hit_turn(label: dict[str, Any], t: float) -> int:
+    """The user turn whose reply or transcript is in the making at `t`: the last one begun by then."""
+    starts = [turn.start for turn in user_turns(label)]
+    return max((k for k, s in enumerate(starts) if s <= t), default=0)
 
 
 def one_run(
@@ -207,6 +215,7 @@ def one_run(
             os.kill(run.stub_pid, signal.SIGKILL)
             t_kill = time.monotonic()
             run.killed_at_s = round(t_kill - t0, 2)
+            run.hit_turn = hit_turn(label, run.killed_at_s)
 
             def recovered() -> bool:
                 if serve.value("duet_triton_restarts_total") > restarts0:
@@ -228,6 +237,7 @@ def one_run(
         events = read_events(out / "events.jsonl")
         score = score_file(label, read_reply(out / "reply.wav"), events)
         run.answered = [t.latency_ms is not None for t in score.turns]
+        run.latency_ms = [None if t.latency_ms is None else round(t.latency_ms) for t in score.turns]
         run.errors = [str(e.get("code")) for e in events if e.get("type") == "error"]
         run.ended = any(e.get("type") == "session_ended" for e in events)
     except (OSError, ValueError) as exc:
@@ -241,19 +251,31 @@ def lost_against(run: Run, baseline: Run) -> int:
     return sum(1 for b, r in zip(baseline.answered, run.answered, strict=True) if b and not r)
 
 
+def hit_latency(run: Run, baseline: Run | None) -> str:
+    if run.hit_turn is None or baseline is None or run.hit_turn >= len(run.latency_ms):
+        return "-"
+
+    def ms(v: float | None) -> str:
+        return "missed" if v is None else f"{v:.0f}"
+
+    return f"turn {run.hit_turn + 1}: {ms(baseline.latency_ms[run.hit_turn])} → {ms(run.latency_ms[run.hit_turn])}"
+
+
 def table(runs: Sequence[Run]) -> str:
     head = (
-        "| fault | killed at (session s) | recovery (s) | by | turns answered | turns lost | errors in session "
-        "| session ended |"
+        "| fault | killed at (session s) | recovery (s) | by | turns answered | turns lost "
+        "| turn hit: response latency, baseline → fault (ms) | errors in session | session ended |"
     )
-    rows = [head, "|---|---|---|---|---|---|---|---|"]
+    rows = [head, "|---|---|---|---|---|---|---|---|---|"]
+    baseline = next((r for r in runs if r.fault == "none"), None)
     for r in runs:
         errors = ", ".join(f"{c} x{r.errors.count(c)}" for c in dict.fromkeys(r.errors)) or "none"
         rows.append(
             f"| {r.fault} | {'-' if r.killed_at_s is None else f'{r.killed_at_s:.1f}'} "
             f"| {'-' if r.fault == 'none' else ('not recovered' if r.recovery_s is None else f'{r.recovery_s:.2f}')} "
             f"| {r.recovered_by or '-'} | {sum(r.answered)}/{len(r.answered)} "
-            f"| {'-' if r.lost is None else r.lost} | {errors} | {'yes' if r.ended else 'no'} |"
+            f"| {'-' if r.lost is None else r.lost} | {hit_latency(r, baseline)} | {errors} "
+            f"| {'yes' if r.ended else 'no'} |"
         )
     return "\n".join(rows)
 
