@@ -132,7 +132,9 @@ class EmbeddedTriton:
             py_backend / "triton_python_backend_utils.py",
             self.layout.stub,
         ):
-            (farm / src.name).symlink_to(src)
+            link = farm / src.name
+            link.unlink(missing_ok=True)  # a restart builds it again
+            link.symlink_to(src)
         return farm.parent
 
     def preflight(self, env: dict[str, str]) -> None:
@@ -192,7 +194,13 @@ class EmbeddedTriton:
     def start(self) -> EmbeddedTriton:
         with self._lock:
             self._closed = False
-        return self._launch(log_mode="wb")
+        try:
+            return self._launch(log_mode="wb")
+        except _Crashed as exc:
+            # Seen on a loaded 2-core machine: the Python backend aborts the server while stubs start
+            # (`boost::interprocess::lock_exception`). A crash, unlike a refused config, is worth one more try.
+            log.warning("tritonserver crashed while starting; starting it once more: %s", exc.message[:200])
+            return self._launch(log_mode="ab")
 
     def _launch(self, log_mode: str) -> EmbeddedTriton:
         env = self._env()
@@ -214,9 +222,8 @@ class EmbeddedTriton:
             if self._proc is not proc:
                 raise TritonStartError("tritonserver was stopped while it was being started")
             if proc.poll() is not None:
-                raise TritonStartError(
-                    f"tritonserver exited with code {proc.returncode} while starting:\n{self.log_tail()}"
-                )
+                error = _Crashed if proc.returncode < 0 else TritonStartError  # < 0: killed by a signal
+                raise error(f"tritonserver exited with code {proc.returncode} while starting:\n{self.log_tail()}")
             if self._ready():
                 waited = self.settings.startup_timeout_s - (deadline - time.monotonic())
                 log.info("tritonserver ready after %.1fs", waited)
@@ -328,6 +335,10 @@ class EmbeddedTriton:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Crashed(TritonStartError):
+    """tritonserver died of a signal (an abort, a segfault) while starting."""
 
 
 def _children(pid: int) -> list[int]:
