@@ -3,7 +3,7 @@
     .venv/bin/python perf/bench_face.py                   # CPU, every part (about 4 minutes on a loaded 2-core box)
     .venv/bin/python perf/bench_face.py --quick           # smaller speed grid, shorter clips
     python perf/bench_face.py --device cuda --speed-only  # a GPU box with torch + torchvision (nvJPEG) only
-    .venv/bin/python perf/bench_face.py --sync-only       # A/V sync of `duet render` on the decoded MP4 (~1 min)
+    .venv/bin/python perf/bench_face.py --sync-only       # A/V sync only: parts 2 and 2b (about 2 minutes)
 
 Parts (outputs in --out, default perf/out/face):
 
@@ -610,7 +610,10 @@ def build_sync_clip(renderer: FaceRenderer, sentences: Sequence[str], log: Calla
 
 
 def sync_report(clip: SyncClip, renderer: FaceRenderer) -> dict[str, Any]:
+    from perf.av_sync import voice_level
+
     marks = measure(clip.frames, static=True)
+    a_t, level = voice_level(clip.pcm.astype(np.float32) / 32768.0, 16000, 0.0)
     ok = np.array([m is not None for m in marks])
     gap = np.array([lip_gap(m) if m is not None else np.nan for m in marks])
     # reference openings measured the same way: neutral face and a full lip press
@@ -630,6 +633,9 @@ def sync_report(clip: SyncClip, renderer: FaceRenderer) -> dict[str, Any]:
         for ph in s.phonemes:
             sym = base_symbol(ph.p)
             centre = s.t0 + 0.5 * (ph.s + ph.e)
+            # offsets are against the voice's own event for the phoneme (closure silence, vowel peak), not
+            # the span centre: piper's spans sit ~28 ms late on their audio (docs/face.md)
+            sound = sound_event(a_t, level, {"p": ph.p, "s": s.t0 + ph.s, "e": s.t0 + ph.e})
             if sym in BILABIALS:
                 t_ext = extremum_time(times, g, centre, SYNC_WINDOW_S, "min", PLATEAU_IOD)
                 near = np.abs(times - centre) <= max(0.5 * (ph.e - ph.s), 0.5 / FPS) + 1e-9
@@ -639,7 +645,8 @@ def sync_report(clip: SyncClip, renderer: FaceRenderer) -> dict[str, Any]:
                     "p": ph.p,
                     "centre": round(centre, 4),
                     "dur_ms": round(1000 * (ph.e - ph.s)),
-                    "offset_ms": None if t_ext is None else round(1000 * (t_ext - centre), 1),
+                    "offset_ms": None if t_ext is None or sound is None else round(1000 * (t_ext - sound), 1),
+                    "vs_timings_ms": None if t_ext is None else round(1000 * (t_ext - centre), 1),
                     "gap_min_window": round(window_min, 4),
                     "gap_min_during": round(float(g[near].min()), 4) if near.any() else None,
                     "closed": window_min < thr,
@@ -651,7 +658,8 @@ def sync_report(clip: SyncClip, renderer: FaceRenderer) -> dict[str, Any]:
                     "p": ph.p,
                     "centre": round(centre, 4),
                     "dur_ms": round(1000 * (ph.e - ph.s)),
-                    "offset_ms": None if t_ext is None else round(1000 * (t_ext - centre), 1),
+                    "offset_ms": None if t_ext is None or sound is None else round(1000 * (t_ext - sound), 1),
+                    "vs_timings_ms": None if t_ext is None else round(1000 * (t_ext - centre), 1),
                 })  # fmt: skip
 
     def summary(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -749,7 +757,8 @@ def e2e_sync_report(out_dir: Path, text: str, log: Callable[[str], None]) -> dic
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"duet render failed: {proc.stderr.strip()[-400:]}")
+        said = [line for line in proc.stderr.splitlines() if line.startswith("duet:")]  # not Triton's log
+        raise RuntimeError(f"duet render failed: {' / '.join(said)[:600] or proc.stderr.strip()[-400:]}")
     log(f"  duet render (embedded stack unless DUET_SERVER) took {time.perf_counter() - t0:.1f} s")
     done = next(e for e in map(json.loads, events.read_text().splitlines()) if e.get("type") == "render_done")
     return {
@@ -927,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sync-only",
         action="store_true",
-        help="only the end-to-end A/V sync (duet render, then both measurements on the decoded MP4)",
+        help="only A/V sync: rendered frames (part 2), then duet render measured on the decoded MP4 (2b)",
     )
     args = ap.parse_args(argv)
 
@@ -956,8 +965,12 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("torchvision missing: encode_jpeg fell back to OpenCV on the CPU")
     results: dict[str, Any] = {"env": env, "args": vars(args)}
     if args.sync_only:
+        log("2. A/V sync (piper + motion.generate, rendered 512x512 at 25 fps, MediaPipe on frames)")
+        renderer = FaceRenderer(portrait, 512, 512, device="cpu")
+        results["sync"] = sync_report(build_sync_clip(renderer, SYNC_SENTENCES, log), renderer)
         log("2b. A/V sync end to end (duet render through Triton, measured on the MP4's video and audio)")
         results["sync_e2e"] = e2e_sync_report(out_dir, " ".join(SYNC_SENTENCES), log)
+        print_sync(results["sync"])
         print_sync_e2e(results["sync_e2e"])
         path = out_dir / "sync.json"
         path.write_text(json.dumps(results, indent=1, default=str, ensure_ascii=False) + "\n")
@@ -1064,22 +1077,7 @@ def print_tables(res: Mapping[str, Any]) -> None:
               f"{h['gpu_1080_sessions_at_40fps']:.1f} sessions at 40 fps")  # fmt: skip
 
     if "sync" in res:
-        s = res["sync"]
-        print()
-        print(f"### A/V sync, measured on rendered frames ({s['frames_with_face']}/{s['frames']} frames with a face)")
-        print()
-        rows = []
-        for kind, key in (("bilabial p/b/m (minimum)", "bilabial"), ("open vowel (maximum)", "open_vowel")):
-            d = s[key]
-            closed = f"{d['closed']}/{d['n']}" if "closed" in d else "-"
-            rows.append([kind, d["n"], d["with_extremum"], fmt(d["p50_abs_ms"]), fmt(d["p95_abs_ms"]),
-                         fmt(d["median_signed_ms"]), f"{d['within_target']}/{d['with_extremum']}", closed])  # fmt: skip
-        header = ["phonemes", "n", "local extreme found", "p50 |offset| ms", "p95 |offset| ms", "median signed ms",
-                  "within ±40 ms", "lips closed"]  # fmt: skip
-        print(markdown_table(header, rows))
-        print(f"\nlip gap (iod): neutral {s['neutral_gap_iod']:.3f}, full press {s['pressed_gap_iod']:.3f}, "
-              f"closed below {s['closed_threshold_iod']:.3f}; correlation of the measured gap with "
-              f"jaw_open*(1-lip_press): {fmt(s['corr_gap_vs_jaw_x_unpressed'], 3)}")  # fmt: skip
+        print_sync(res["sync"])
     if "sync_e2e" in res:
         print_sync_e2e(res["sync_e2e"])
 
@@ -1121,6 +1119,25 @@ def print_tables(res: Mapping[str, Any]) -> None:
     if "talking" in res:
         tk = res["talking"]
         print(f"\ntalking clip: {tk['path']} ({tk['frames']} frames, {tk['seconds']} s)")
+
+
+def print_sync(s: Mapping[str, Any]) -> None:
+    print()
+    print(f"### A/V sync, measured on rendered frames ({s['frames_with_face']}/{s['frames']} frames with a face; "
+          "offsets: the lip gap's extreme minus the voice's own event for the phoneme)")  # fmt: skip
+    print()
+    rows = []
+    for kind, key in (("bilabial p/b/m (minimum)", "bilabial"), ("open vowel (maximum)", "open_vowel")):
+        d = s[key]
+        closed = f"{d['closed']}/{d['n']}" if "closed" in d else "-"
+        rows.append([kind, d["n"], d["with_extremum"], fmt(d["p50_abs_ms"]), fmt(d["p95_abs_ms"]),
+                     fmt(d["median_signed_ms"]), f"{d['within_target']}/{d['with_extremum']}", closed])  # fmt: skip
+    header = ["phonemes", "n", "local extreme found", "p50 |offset| ms", "p95 |offset| ms", "median signed ms",
+              "within ±40 ms", "lips closed"]  # fmt: skip
+    print(markdown_table(header, rows))
+    print(f"\nlip gap (iod): neutral {s['neutral_gap_iod']:.3f}, full press {s['pressed_gap_iod']:.3f}, "
+          f"closed below {s['closed_threshold_iod']:.3f}; correlation of the measured gap with "
+          f"jaw_open*(1-lip_press): {fmt(s['corr_gap_vs_jaw_x_unpressed'], 3)}")  # fmt: skip
 
 
 def print_sync_e2e(e2e: Mapping[str, Any]) -> None:
