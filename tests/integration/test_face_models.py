@@ -139,3 +139,18 @@ def test_a_clip_streams_voice_and_face_on_one_clock(face_server: EmbeddedTriton)
     assert frames == list(range(len(frames)))  # every frame once, none missing
     assert len(frames) == int(np.ceil((speech_s + 0.4) * spec.fps))
     assert any(p["p"] == "m" for p in done["phonemes"])  # timings on the clip clock, for sync checks
+
+
+def test_an_idle_clip_is_exactly_its_duration_with_silent_audio(face_server: EmbeddedTriton) -> None:
+    spec = ClipSpec(text="", duration=1.3, width=128, height=128, fps=20.0, listening=True)
+
+    async def job(m: TritonModels) -> list[Any]:
+        return [item async for item in render_clip(m, spec)]
+
+    items = asyncio.run(with_models(face_server.grpc_url, job))
+    audio = [i for i in items if isinstance(i, AudioPiece)]
+    frames = sorted(i.first + k for i in items if isinstance(i, RenderedFrames) for k in range(len(i.jpegs)))
+    done = items[-1]
+    assert isinstance(done, dict) and done["idle"] and done["listening"] and done["speech_s"] == 0.0
+    assert sum(a.pcm.shape[0] for a in audio) == round(1.3 * 16000) and not any(a.pcm.any() for a in audio)
+    assert frames == list(range(26)) and done["phonemes"] == []
