@@ -49,14 +49,16 @@ class TokenBucket:
 
 
 class AudioClock:
-    """How far a stream's audio runs ahead of the wall clock since its first chunk: `take(d, now)` returns how
+    """How far a stream's audio runs ahead of the wall clock since it began: `take(d, now)` returns how
     long to wait before accepting `d` more seconds so that it stays at most `burst_s` ahead. A stream that fell
     behind (the server stalled, or the client paused) may catch up at any speed: only running ahead costs."""
 
-    def __init__(self, burst_s: float) -> None:
+    def __init__(self, burst_s: float, start: float | None = None) -> None:
         self.burst = burst_s
         self.audio_s = 0.0
-        self.first: float | None = None
+        # From the session's start rather than the first chunk read: on a loaded server the first read may be
+        # late, and the chunks queued behind it would look like a client running ahead.
+        self.first: float | None = start
 
     def ahead(self, now: float) -> float:
         return 0.0 if self.first is None else self.audio_s - (now - self.first)

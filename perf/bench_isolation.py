@@ -363,6 +363,8 @@ async def run(args: argparse.Namespace, server: str, metrics: str) -> dict[str, 
             str(args.hostile),
             "--call",
             args.call,
+            "--kinds",
+            args.kinds,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             preexec_fn=lambda: os.nice(10),
@@ -423,11 +425,13 @@ def table(res: dict[str, Any], hostile: int) -> str:
 async def hostile_worker(args: argparse.Namespace) -> None:
     """`--hostile-worker`: run the hostile streams until stdin closes, then print the tally as one JSON line."""
     speech = read_pcm16(DATA / f"{args.call}.wav")
+    kinds = args.kinds.split(",")
     stop = asyncio.Event()
     tally = Tally()
     tasks = [
         asyncio.create_task(
-            hostile(KINDS[i % len(KINDS)], i, args.server, speech, stop, tally), name=f"hostile-{KINDS[i % 6]}-{i}"
+            hostile(kinds[i % len(kinds)], i, args.server, speech, stop, tally),
+            name=f"hostile-{kinds[i % len(kinds)]}-{i}",
         )
         for i in range(args.hostile)
     ]
@@ -450,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of hostile traffic before the call")
     ap.add_argument("--out", default=str(ROOT / "perf" / "out" / "isolation.json"))
     ap.add_argument("--server-log", default="", help="write the server's log to this file")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"hostile kinds, in equal shares (of {','.join(KINDS)})")
     ap.add_argument("--hostile-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

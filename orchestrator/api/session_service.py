@@ -411,7 +411,8 @@ class SessionService(pb_grpc.SessionServicer):
         try:
             self.telemetry.sessions.labels(mode=opts.mode).inc()
             log.info("session %s started (%s)", sid, opts.mode)
-            stream = _Stream(last_audio=self._clock(), audio=AudioClock(self.settings.server.audio_burst_s))
+            began = self._clock()
+            stream = _Stream(last_audio=began, audio=AudioClock(self.settings.server.audio_burst_s, start=began))
             session = self._build(sid, opts, persona, outbox, stream)
             inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=self.settings.server.inbox_chunks)
             await outbox.put(event_message({"type": "session_started", "t": 0.0, "conversation_id": sid}))

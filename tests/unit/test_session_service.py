@@ -191,10 +191,12 @@ def start_message(**options: str) -> pb.ClientMessage:
     return pb.ClientMessage(start=pb.Start(audio_format=fmt, options={"mode": "acoustic", **options}))
 
 
-def service(**server: Any) -> SessionService:
+def service(clock: Any = None, **server: Any) -> SessionService:
     server = {"starts_per_s": 1e6, "starts_per_connection_per_s": 1e6, **server}
     s = Settings(server=dataclasses.replace(Settings().server, **server))
-    return SessionService(models=FakeTriton(), settings=s)  # type: ignore[arg-type]
+    if clock is None:
+        return SessionService(models=FakeTriton(), settings=s)  # type: ignore[arg-type]
+    return SessionService(models=FakeTriton(), settings=s, clock=clock)  # type: ignore[arg-type]
 
 
 async def converse(
@@ -381,7 +383,7 @@ async def test_starts_beyond_the_rate_are_refused(monkeypatch: pytest.MonkeyPatc
     import orchestrator.api.session_service as service_module
 
     monkeypatch.setattr(service_module, "RATE_LIMITED_DELAY_S", 0.0)
-    svc = service(starts_per_connection_per_s=1.0, starts_per_s=3.0)
+    svc = service(clock=lambda: 100.0, starts_per_connection_per_s=1.0, starts_per_s=3.0)  # time stands still
     first = [codes(await converse(svc, one_second_then_end())) for _ in range(3)]
     assert first == [[], [], ["rate_limited"]]  # a burst of 2 s worth, then refused
     other = [codes(await converse(svc, one_second_then_end(), peer=f"ipv4:127.0.0.1:{p}")) for p in range(5)]
