@@ -57,6 +57,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
     background: list[asyncio.Task[None]] = []
     server: grpc.aio.Server | None = None
     service: SessionService | None = None
+    lag: asyncio.Task[None] | None = None
     telemetry = Telemetry()
     try:
         await models.ready(tuple(m for m in settings.triton.models if m in SERVED_MODELS))
@@ -76,6 +77,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         pb_grpc.add_SessionServicer_to_server(service, server)  # type: ignore[no-untyped-call]
         port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
         own_metrics = telemetry.serve(settings.metrics)
+        lag = asyncio.create_task(telemetry.watch_loop(), name="telemetry-loop-lag")
         await server.start()
         yield Running(
             address=f"{settings.server.host}:{port}",
@@ -88,6 +90,9 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
             await server.stop(grace=2.0)
         if service is not None:
             await service.close()
+        if lag is not None:
+            lag.cancel()
+            await asyncio.gather(lag, return_exceptions=True)
         telemetry.close()
         for task in background:
             task.cancel()

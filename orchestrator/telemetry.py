@@ -7,13 +7,15 @@ One `Telemetry` per service (its own registry, so tests and several servers in o
 - `duet_drops_total{kind}`: input dropped by a bound (`video_frame`, `text`, `audio_chunk`);
 - `duet_paced_sessions_total`, `duet_pacing_delay_seconds_total`: audio read at real time instead of faster;
 - `duet_stage_latency_seconds{stage}`: wall-clock latency per stage (`floor_decision`, `asr_final`,
-  `llm_first_token`, `tts_first_chunk`, `first_audio`).
+  `llm_first_token`, `tts_first_chunk`, `first_audio`);
+- `duet_event_loop_lag_seconds`: how late the orchestrator's event loop runs a timer (every session shares it).
 
 Served by prometheus-client's own HTTP server thread on `metrics.host:metrics.port` (loopback by default).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -52,6 +54,12 @@ class Telemetry:
         self.latency = Histogram(
             "duet_stage_latency_seconds", "Wall-clock latency per stage", ["stage"], buckets=BUCKETS, registry=r
         )
+        self.loop_lag = Histogram(
+            "duet_event_loop_lag_seconds",
+            "How late the orchestrator's event loop runs a timer (all sessions share the loop)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         for stage in STAGES:  # every series exists from the start (a scrape sees zeros, not absences)
             self.latency.labels(stage=stage)
         self._server: Any = None
@@ -70,6 +78,14 @@ class Telemetry:
 
     def first_audio(self, seconds: float) -> None:
         self.latency.labels(stage="first_audio").observe(max(seconds, 0.0))
+
+    async def watch_loop(self, period_s: float = 0.25) -> None:
+        """Measure the event loop's lag for ever (run it as an owned task): a busy loop delays every session."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period_s
+            await asyncio.sleep(period_s)
+            self.loop_lag.observe(max(loop.time() - due, 0.0))
 
     def serve(self, s: MetricsSettings) -> str | None:
         """Start the HTTP endpoint; returns its URL (None when disabled)."""

@@ -334,6 +334,13 @@ def summary(values: list[float | None]) -> dict[str, Any]:
     }
 
 
+def loop_lag(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Mean lag of the orchestrator's event loop between two scrapes."""
+    n = after.get("duet_event_loop_lag_seconds_count", 0.0) - before.get("duet_event_loop_lag_seconds_count", 0.0)
+    total = after.get("duet_event_loop_lag_seconds_sum", 0.0) - before.get("duet_event_loop_lag_seconds_sum", 0.0)
+    return round(total / n, 4) if n > 0 else None
+
+
 async def sample_open(metrics: str, into: list[float]) -> None:
     while True:
         into.append(scrape(metrics)["duet_sessions_open"])
@@ -392,6 +399,7 @@ async def run(args: argparse.Namespace, server: str, metrics: str) -> dict[str, 
                 "server_drops": delta(after, before, "duet_drops_total"),
                 "server_paced_sessions": delta(after, before, "duet_paced_sessions_total"),
                 "server_pacing_wait_s": delta(after, before, "duet_pacing_delay_seconds_total"),
+                "server_loop_lag_mean_s": loop_lag(before, after),
             }
         )
         results["hostile"].append(call)
