@@ -24,6 +24,7 @@ from orchestrator.errors import BadOption, BadTimings, DuetError
 from orchestrator.face.emotions import EMOTIONS, EmotionCue
 from orchestrator.face.idle import hash01
 from orchestrator.face.motion import FloorEvent, MotionRequest, Phoneme, Sentence
+from orchestrator.face.visemes import LEAD_S
 from orchestrator.triton import I16, FaceModels, RenderedFrames, SpeechSynthesizer
 
 SAMPLE_RATE = 16000
@@ -34,7 +35,8 @@ MAX_AUDIO_S = 120.0
 MAX_DURATION_S = MAX_AUDIO_S
 PHRASE_S = (1.6, 3.4)  # a listening clip's user talks in phrases this long...
 GAP_S = (0.35, 0.8)  # ...with pauses this long between them (the replica nods at some)
-ANTICIPATION_S = 0.1  # the mouth moves before the sound: a window stops this far short of known speech
+# the mouth moves before the sound (and its shapes lead their spans): a window stops this far short of known speech
+ANTICIPATION_S = 0.1 + LEAD_S
 
 
 class ClipModels(FaceModels, SpeechSynthesizer, Protocol):
