@@ -112,9 +112,9 @@ class Healer:
     def failed(self, model: str, message: str, now: float, sent: float | None = None) -> list[Action]:
         """A request to `model` (sent at `sent`) failed at `now` with `message`.
 
-        Only Triton's dead-stub error counts. It names the instance whose stub died, which for an ensemble is
-        one of its members; a name that is neither the model nor a member falls back to the model (or, for
-        an ensemble, all its members).
+        Only Triton's dead-stub error counts. It names the instance whose stub died (`<model>_<group>_<index>`),
+        which for an ensemble is one of its members; a name not of that form that is neither the model nor a
+        member falls back to the model (or, for an ensemble, all its members).
         """
         instance = dead_stub_instance(message)
         if instance is None:
@@ -123,12 +123,13 @@ class Healer:
         return [a for m in self.culprits(model, instance) for a in self._dead(m, now, sent, reason, "request")]
 
     def culprits(self, model: str, instance: str) -> tuple[str, ...]:
+        """The models to reload for a dead `instance` seen by a request to `model`."""
         m = _INSTANCE.match(instance)
-        named = m.group("model") if m else instance
-        members = self.members.get(model, ())
-        if named == model or named in members:
-            return (named,)
-        return members or (model,)
+        if m:  # `<model>_<group>_<index>`: that model, the one requested or an ensemble's member
+            return (m.group("model"),)
+        if instance == model or instance in self.members.get(model, ()):
+            return (instance,)
+        return self.members.get(model, ()) or (model,)
 
     def stubs(self, alive: Mapping[str, Iterable[int]], now: float) -> list[Action]:
         """A probe found these stubs alive (model -> pids). A model whose stub was seen and is gone now, with

@@ -599,6 +599,13 @@ class ModelHealer:
             self.healer.members = await self.models.ensembles()
         except ModelUnavailable as exc:
             log.warning("model healing: ensembles unknown (%s); a failing ensemble heals all it names", exc)
+        try:
+            await self._loop()
+        except Exception:  # healing must not stop unnoticed (cancellation is no Exception: it passes)
+            log.exception("model healing stopped")
+            raise
+
+    async def _loop(self) -> None:
         async with asyncio.TaskGroup() as tg:
             while True:
                 if self.probe is not None:

@@ -76,6 +76,9 @@ def test_an_unrecognised_instance_heals_the_model_or_all_members() -> None:
     ]
     h2 = Healer()
     assert reloads(h2.failed("llm", "Stub process 'custom' is not healthy.", now=0.0)) == ["llm"]
+    # members unknown (Triton's configs could not be read): the instance's own model, not the ensemble
+    h3 = Healer()
+    assert reloads(h3.failed("floor", "in ensemble 'floor', Stub process 'turn_0_0' is not healthy.", 0.0)) == ["turn"]
 
 
 def test_a_failed_reload_is_retried_with_doubling_backoff() -> None:
