@@ -154,3 +154,15 @@ def test_an_idle_clip_is_exactly_its_duration_with_silent_audio(face_server: Emb
     assert isinstance(done, dict) and done["idle"] and done["listening"] and done["speech_s"] == 0.0
     assert sum(a.pcm.shape[0] for a in audio) == round(1.3 * 16000) and not any(a.pcm.any() for a in audio)
     assert frames == list(range(26)) and done["phonemes"] == []
+
+
+def test_a_duration_longer_than_the_speech_idles_to_its_end(face_server: EmbeddedTriton) -> None:
+    spec = ClipSpec(text="Hi.", duration=2.5, width=128, height=128, fps=20.0)
+
+    async def job(m: TritonModels) -> list[Any]:
+        return [item async for item in render_clip(m, spec)]
+
+    items = asyncio.run(with_models(face_server.grpc_url, job))
+    done = items[-1]
+    assert isinstance(done, dict) and not done["idle"] and 0.2 < done["speech_s"] < 1.5
+    assert done["frames"] == 50 and sum(len(i.jpegs) for i in items if isinstance(i, RenderedFrames)) == 50
