@@ -60,16 +60,23 @@ class _Ring:
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._buf = np.zeros(cap, dtype=np.float32)
-        self._tag = np.full(cap, -1, dtype=np.int64)  # which sample index each slot holds
+        # Allocated at the first write (the far ring holds 20 s: 6 MB a session, most of a session's start cost,
+        # and a session whose replica never speaks never needs it).
+        self._buf: F32 | None = None
+        self._tag: npt.NDArray[np.int64] | None = None  # which sample index each slot holds
 
     def write(self, start: int, x: F32) -> None:
+        if self._buf is None or self._tag is None:
+            self._buf = np.zeros(self.cap, dtype=np.float32)
+            self._tag = np.full(self.cap, -1, dtype=np.int64)
         idx = np.arange(start, start + x.shape[0], dtype=np.int64)
         self._buf[idx % self.cap] = x
         self._tag[idx % self.cap] = idx
 
     def read(self, start: int, end: int) -> F32:
         """Samples [start, end); never-written (or overwritten) samples read as zeros."""
+        if self._buf is None or self._tag is None:
+            return np.zeros(max(end - start, 0), dtype=np.float32)
         idx = np.arange(start, end, dtype=np.int64)
         slot = idx % self.cap
         return np.where(self._tag[slot] == idx, self._buf[slot], np.float32(0.0)).astype(np.float32)
