@@ -139,6 +139,10 @@ class ConversationSession:
         self._awaiting_final = False  # a speech-end decode is due: floor events wait for its transcript
         self._asr_final_ms = 0.0
         self._held: list[tuple[str, float]] = []  # floor events waiting for the final transcript
+        # Speech that began after a held eot_commit belongs to the next turn, whose ASR can only start once that
+        # commit has ended the current one: its schedule calls ("start"/"end", audio time) wait here.
+        self._next_turn: list[tuple[str, float]] = []
+        self._releasing = asyncio.Lock()
         self._last_speech_end = 0.0
         self._commit_t = 0.0
         self._closed = False
@@ -214,10 +218,13 @@ class ConversationSession:
         await self.floor.finish()
         if self.perception is not None:
             await self.perception.finish()
-        while self._asr_task is not None and not self._asr_task.done():  # a decode may chain the final one
-            await asyncio.gather(self._asr_task, return_exceptions=True)
-        self._awaiting_final = False
-        await self._release_held()
+        while True:  # a decode may chain the final one, and a released commit may start the next turn's
+            while self._asr_task is not None and not self._asr_task.done():
+                await asyncio.gather(self._asr_task, return_exceptions=True)
+            self._awaiting_final = False
+            await self._release_held()
+            if not self._held:
+                break
         deadline = self._clock() + END_OF_STREAM_WAIT_S
         while self._clock() < deadline:
             pending = [r.task for r in self._replies.values() if r.task is not None and not r.task.done()]
@@ -263,16 +270,17 @@ class ConversationSession:
         if self.face is not None:
             self.face.floor_event(kind, t)
         onset = t - self.floor.machine.s.speech_start_ms / 1000  # speech_start is confirmed this late
+        next_turn = any(k == "eot_commit" for k, _ in self._held)  # (a slow final decode: the user went on)
         if kind == "speech_start" and not self.floor.machine.replica_speaking:
-            self._schedule.speech_start(onset)
+            self._speech_start(onset, next_turn)
         elif kind == "barge_in":  # speech over the replica became a real turn: transcribe from its onset
-            self._schedule.speech_start(t - self.floor.machine.s.barge_in_ms / 1000)
+            self._speech_start(t - self.floor.machine.s.barge_in_ms / 1000, next_turn)
         elif kind == "speech_end":
             self._last_speech_end = t - self.floor.machine.s.speech_end_ms / 1000  # the last voiced audio
-            window = self._schedule.speech_end(t + FINAL_PAD_S)
-            self._awaiting_final = window is not None or self._schedule.in_flight is not None
-            if window is not None:
-                self._decode_window(window)
+            if next_turn:
+                self._next_turn.append(("end", t + FINAL_PAD_S))
+            else:
+                self._speech_end(t + FINAL_PAD_S)
         elif kind == "eot_commit":
             self._commit_t = t
         if self._awaiting_final or self._held:
@@ -280,7 +288,7 @@ class ConversationSession:
             return
         await self._floor_to_machine(kind, t)
 
-    async def _floor_to_machine(self, kind: str, t: float) -> None:
+    async def _floor_to_machine(self, kind: str, t: float, *, held: bool = False) -> None:
         if self.perception is not None and kind in ("speech_start", "eot_commit"):
             # after the final transcript (held events wait for it): the summary can quote the user's words
             await self.perception.floor_event(kind, t, self._turn_text or None)
@@ -292,6 +300,26 @@ class ConversationSession:
             self._transcript.reset()
             self._awaiting_final = False
             self.floor.text("")
+            later = self._held[1:] if held else self._held
+            if not any(k == "eot_commit" for k, _ in later):  # the user's next turn may begin now
+                calls, self._next_turn = self._next_turn, []
+                for call, at in calls:
+                    if call == "start":
+                        self._speech_start(at, False)
+                    else:
+                        self._speech_end(at)
+
+    def _speech_start(self, onset: float, next_turn: bool) -> None:
+        if next_turn:
+            self._next_turn.append(("start", onset))
+        else:
+            self._schedule.speech_start(onset)
+
+    def _speech_end(self, at: float) -> None:
+        window = self._schedule.speech_end(at)
+        self._awaiting_final = window is not None or self._schedule.in_flight is not None
+        if window is not None:
+            self._decode_window(window)
 
     # ---- streaming ASR ----------------------------------------------------------------------------------
 
@@ -335,9 +363,11 @@ class ConversationSession:
             await self._release_held()
 
     async def _release_held(self) -> None:
-        while self._held and not self._awaiting_final:
-            kind, t = self._held.pop(0)
-            await self._floor_to_machine(kind, t)
+        async with self._releasing:  # the ASR task and `finish` both release; one at a time, in order
+            while self._held and not self._awaiting_final:
+                kind, t = self._held[0]  # still held while handled: events arriving meanwhile queue behind it
+                await self._floor_to_machine(kind, t, held=True)
+                self._held.pop(0)
 
     # ---- actions ----------------------------------------------------------------------------------------
 
