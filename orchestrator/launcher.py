@@ -267,6 +267,7 @@ class EmbeddedTriton:
         """The live Python stubs of this server by model (model -> pids); None when the server is not running.
 
         Read from /proc (the server's children and their command lines): cheap enough to poll twice a second.
+        Blocking (up to 50 ms): call it from a worker thread.
         """
         proc = self._proc
         if proc is None or proc.poll() is not None:
@@ -279,6 +280,10 @@ class EmbeddedTriton:
                 continue  # it has just exited
             if len(argv) > 1 and (m := self._stub_model.match(argv[1].decode(errors="replace"))):
                 found.setdefault(m.group("model"), set()).add(pid)
+        if not found:
+            time.sleep(0.05)  # no stub at all: maybe the server itself is dying (a kill takes a moment)
+        if proc.poll() is not None:
+            return None  # it died while we read: its stubs are gone because it is, not one by one
         return {model: frozenset(pids) for model, pids in found.items()}
 
     def restart(self) -> EmbeddedTriton:

@@ -202,7 +202,12 @@ class TritonModels:
             dead = healer.failed(model, exc.message, sent) or not healer.healthy(model)
             if not dead or not await healer.wait_healthy(model, self.heal_wait_s):
                 raise
-        return await self._infer(model, inputs, outputs)
+        sent = healer.now()
+        try:
+            return await self._infer(model, inputs, outputs)
+        except ModelUnavailable as exc:
+            healer.failed(model, exc.message, sent)  # it killed the new stub too: that starts another reload
+            raise
 
     # --- the repository API (model healing) ---
 
@@ -361,10 +366,13 @@ class TritonModels:
                     yield result
                 return
             except ModelUnavailable as exc:
-                if healer is None or started or attempt == 2:
+                if healer is None:
                     raise
+                # reported even when it cannot be sent again: the failure is what starts the reload
                 dead = isinstance(exc, StubDied) or healer.failed(model, exc.message, sent)
-                if not (dead or not healer.healthy(model)) or not await healer.wait_healthy(model, self.heal_wait_s):
+                if started or attempt == 2 or not (dead or not healer.healthy(model)):
+                    raise
+                if not await healer.wait_healthy(model, self.heal_wait_s):
                     raise
             finally:
                 await responses.aclose()

@@ -332,6 +332,7 @@ def test_a_dead_tritonserver_is_restarted_and_the_client_reconnects(lone_llm: Em
         assert reply
         assert server.restarts == 1
         assert server._proc is not proc and server.running
-        assert healer.count("reload") == 0  # a fresh server needs no model reloads
+        assert healer.count("healed") == 0  # a fresh server needs no model reloads
+        assert healer.healer.unhealthy() == []
 
     asyncio.run(healing(server, body))
