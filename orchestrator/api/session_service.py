@@ -472,8 +472,13 @@ class SessionService(pb_grpc.SessionServicer):
         stream: _Stream,
     ) -> Session:
         burst = self.settings.server.audio_burst_s
+        def bulk() -> bool:
+            # Ahead of real time now, or caught sending faster than real time once (a flood): such a session
+            # keeps only what live sessions leave, for the rest of its life.
+            return stream.paced or stream.audio.ahead(self._clock()) > burst
+
         # the gate's key is this session's own object: a client-chosen conversation id may repeat
-        models = GatedModels(self.models, self.gate, object(), bulk=lambda: stream.audio.ahead(self._clock()) > burst)
+        models = GatedModels(self.models, self.gate, object(), bulk=bulk)
         speech_end_wall: list[float] = []  # wall arrival of the audio where the user's speech last ended
         replies_heard: set[int] = set()
 
