@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import typing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,11 +13,12 @@ import pytest
 from duet.talk import Bleed, Speaker
 from orchestrator.api.session_service import parse_options
 from orchestrator.config import Settings
+from orchestrator.conversation import ConversationModels, ConversationSession
 from orchestrator.dialogue import Dialogue
 from orchestrator.errors import BadOption
 from orchestrator.persona import Persona, load_persona
 from orchestrator.playback import Playback, ReplyAudio
-from orchestrator.triton import ChatMessage, SpeechChunk
+from orchestrator.triton import ChatMessage, SpeechChunk, Transcript
 
 PERSONAS = Path(__file__).resolve().parents[2] / "personas"
 
@@ -209,3 +213,78 @@ def test_perception_is_on_for_conversations_and_perceive_sessions_only() -> None
         parse_options(s, {"perception": "sometimes"})
     with pytest.raises(BadOption):
         parse_options(s, {"mode": "perceive", "video": "true"})  # the replica's face needs replies
+
+
+# ---- the conversation's ASR turns ------------------------------------------------------------------------
+
+
+class ScriptedASR:
+    """Stands in for Triton's `asr` (only `transcribe` is called here): each decode waits until the test
+    answers it, so a final transcript can be made to arrive late, as under load."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool, asyncio.Future[Transcript]]] = []
+
+    async def transcribe(self, audio: Any, prompt: str = "", *, word_timings: bool = True) -> Transcript:
+        del prompt
+        answer: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+        self.calls.append((int(audio.shape[0]), word_timings, answer))
+        return await answer
+
+
+async def _next_turn_while_the_last_final_decodes() -> tuple[list[dict[str, Any]], ScriptedASR]:
+    settings = Settings()
+    events: list[dict[str, Any]] = []
+
+    async def emit(event: dict[str, Any]) -> None:
+        events.append(event)
+
+    async def send_audio(pcm: bytes, reply_id: int, t: float) -> None:
+        del pcm, reply_id, t
+
+    asr = ScriptedASR()
+    session = ConversationSession(
+        typing.cast(ConversationModels, asr), None, settings, persona(), emit, send_audio, replies=False
+    )
+    floor = session.floor
+    speech_start_s = settings.floor.speech_start_ms / 1000
+
+    def until(t: float) -> None:  # the audio clock moves on (the floor models are not needed here)
+        while floor.timeline.now < t - 1e-9:
+            floor.timeline.push(np.zeros(320, dtype="<i2").tobytes())
+
+    async def floor_event(kind: str, t: float) -> None:
+        until(t)
+        await session._on_floor_event({"type": kind, "t": t})
+        await asyncio.sleep(0)
+
+    await floor_event("speech_start", 0.3 + speech_start_s)  # turn 1: 0.3-2.0 s
+    await floor_event("speech_end", 2.2)
+    assert [c[1] for c in asr.calls] == [True]  # its final decode, still running when...
+    await floor_event("eot_commit", 2.6)  # ...the floor commits (held for the final) and the user goes on
+    await floor_event("speech_start", 3.0 + speech_start_s)  # turn 2: 3.0-4.0 s
+    await floor_event("speech_end", 4.2)
+    asr.calls[0][2].set_result(Transcript("my bill is wrong"))  # turn 1's final arrives late
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert len(asr.calls) == 2, "turn 2 was never transcribed"
+    assert asr.calls[1][1]  # its own final decode, of its own audio (from just before 3.0 s to 4.2 s + pad)
+    assert asr.calls[1][0] < round(1.6 * 16000)
+    asr.calls[1][2].set_result(Transcript("it was charged twice"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    await session.close()
+    return events, asr
+
+
+def test_a_turn_begun_while_the_last_final_decodes_gets_its_own_transcript() -> None:
+    events, _ = asyncio.run(_next_turn_while_the_last_final_decodes())
+    finals = [e["text"] for e in events if e["type"] == "transcript" and e["final"]]
+    assert finals == ["my bill is wrong", "it was charged twice"]
+    assert [e["type"] for e in events if e["type"] != "transcript"] == [
+        "speech_start",
+        "speech_end",
+        "eot_commit",
+        "speech_start",
+        "speech_end",
+    ]
