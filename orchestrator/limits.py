@@ -12,6 +12,8 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
 
+BULK_PAUSE_S = 0.02
+
 
 class TokenBucket:
     """`rate` units per wall second with `capacity` units of slack. For audio (the audio clock against the wall
@@ -105,6 +107,7 @@ class FairGate:
         self.bulk_capacity = capacity if bulk_capacity is None else bulk_capacity
         self.inflight = 0
         self.bulk_inflight = 0
+        self.live_at = float("-inf")  # loop time of the last live request (bulk yields while live ones are about)
         self._held: dict[Hashable, int] = {}
         self._waiting: OrderedDict[Hashable, deque[tuple[asyncio.Future[None], bool]]] = OrderedDict()
 
@@ -155,7 +158,13 @@ class FairGate:
             return False
         return self.inflight < self.capacity and self.held(key) < self.per_key
 
+    def live_recently(self, now: float, within_s: float = 1.0) -> bool:
+        return now - self.live_at < within_s
+
     def _take(self, key: Hashable, bulk: bool) -> None:
+        if not bulk:
+            with contextlib.suppress(RuntimeError):  # (no running loop: a test calling it directly)
+                self.live_at = asyncio.get_running_loop().time()
         self.inflight += 1
         self.bulk_inflight += bulk
         self._held[key] = self.held(key) + 1
@@ -210,7 +219,13 @@ class GatedModels:
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         bulk = self._bulk()
         async with self._gate.slot(self._key, bulk):
-            return await getattr(self._models, method)(*args, **kwargs)
+            result = await getattr(self._models, method)(*args, **kwargs)
+            if bulk and self._gate.live_recently(asyncio.get_running_loop().time()):
+                # While live sessions are about, a bulk slot is held a little longer after each request: all bulk
+                # work together then makes at most `bulk_capacity / BULK_PAUSE_S` requests a second (CPU in the
+                # orchestrator and in Triton that live sessions keep). Alone, bulk work runs at full speed.
+                await asyncio.sleep(BULK_PAUSE_S)
+            return result
 
     async def vad(self, *args: Any) -> Any:
         return await self._call("vad", *args)

@@ -234,3 +234,14 @@ async def test_bad_frame_messages_carry_no_internals(abuse: Server) -> None:
     bad = [e for e in events(out) if e.get("code") == "bad_frame"]
     assert bad, events(out)
     assert all("0x" not in e["message"] and "object at" not in e["message"] for e in bad), bad
+
+
+def test_metrics_endpoint_exports_the_documented_series(abuse: Server) -> None:
+    from orchestrator.telemetry import STAGES
+
+    m = abuse.metrics()
+    for stage in STAGES:
+        assert f"duet_stage_latency_seconds_count{{stage={stage}}}" in m
+    for name in ("duet_sessions_open", "duet_paced_sessions_total", "duet_event_loop_lag_seconds_count"):
+        assert name in m
+    assert m["duet_event_loop_lag_seconds_count"] > 0  # the loop is being timed
