@@ -219,12 +219,15 @@ class GatedModels:
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         bulk = self._bulk()
         async with self._gate.slot(self._key, bulk):
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
             result = await getattr(self._models, method)(*args, **kwargs)
-            if bulk and self._gate.live_recently(asyncio.get_running_loop().time()):
-                # While live sessions are about, a bulk slot is held a little longer after each request: all bulk
-                # work together then makes at most `bulk_capacity / BULK_PAUSE_S` requests a second (CPU in the
-                # orchestrator and in Triton that live sessions keep). Alone, bulk work runs at full speed.
-                await asyncio.sleep(BULK_PAUSE_S)
+            if bulk and self._gate.live_recently(loop.time()):
+                # While live sessions are about, a bulk slot is held idle after each request for twice as long as
+                # the request took (at least BULK_PAUSE_S): all bulk work together then keeps a model busy at
+                # most a third of the time per slot, and the CPU in Triton and here goes to the live sessions.
+                # Alone, bulk work runs at full speed.
+                await asyncio.sleep(max(BULK_PAUSE_S, 2 * (loop.time() - t0)))
             return result
 
     async def vad(self, *args: Any) -> Any:
