@@ -53,7 +53,11 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
     models = TritonModels(url, timeout_s=settings.triton.request_timeout_s)
     models.llm_timeout_s = settings.llm.timeout_s
     # a model whose stub died is reloaded (found by a failed request, or by watching the embedded server's stubs)
-    healer = ModelHealer(models, probe=embedded.stubs if embedded else None)
+    healer = ModelHealer(
+        models,
+        probe=embedded.stubs if embedded else None,
+        restart_server=embedded.kill if embedded else None,  # when reloads do not work; `supervise` restarts it
+    )
     background: list[asyncio.Task[None]] = []
     server: grpc.aio.Server | None = None
     service: SessionService | None = None

@@ -10,7 +10,8 @@ repository API (0.4-0.5 s for a small model). Nothing in Triton does that by its
 - `stubs`: a probe found these stub processes alive (model -> pids; only where the server is local);
 - `reloaded`: a reload finished, well or not;
 - `tick`: time passed (a reload that failed is retried after a backoff);
-and returns actions: `Reload` (unload + load that model now), `Healed`, `ReloadFailed`. One reload at a time
+and returns actions: `Reload` (unload + load that model now), `Healed`, `ReloadFailed`, and `RestartServer` when
+reloading does not work (a reload that hung, or several that failed). One reload at a time
 per model: failures seen while it reloads (or waits to retry) share it. A failure of a request sent before the
 model's last reload says nothing about the new stub, so it starts nothing. The I/O half (the repository calls,
 the probe, the clock, logs and counters) is `ModelHealer` in `orchestrator/triton.py`.
@@ -37,6 +38,9 @@ def dead_stub_instance(message: str) -> str | None:
 class HealingPolicy:
     backoff_s: float = 0.5  # wait before retrying a reload that failed; doubles each attempt
     max_backoff_s: float = 30.0
+    # When reloading is not enough, restart the whole server (where the healer can): after a reload that hung
+    # (Triton then refuses further loads of that model while the stuck one runs), or this many failed ones.
+    restart_after_failures: int = 3
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,15 @@ class ReloadFailed:
     retry_at: float
 
 
-Action = Reload | Healed | ReloadFailed
+@dataclass(frozen=True)
+class RestartServer:
+    """Reloading `model` does not work: restart tritonserver (the embedded one; an external one is retried)."""
+
+    model: str
+    reason: str
+
+
+Action = Reload | Healed | ReloadFailed | RestartServer
 
 
 class State(Enum):
@@ -152,8 +164,9 @@ class Healer:
                 m.pids = pids or None
         return actions
 
-    def reloaded(self, model: str, now: float, error: str | None = None) -> list[Action]:
-        """The reload of `model` finished at `now`: well (`error` None) or with `error`."""
+    def reloaded(self, model: str, now: float, error: str | None = None, *, hung: bool = False) -> list[Action]:
+        """The reload of `model` finished at `now`: well (`error` None) or with `error`; `hung`: it did not
+        finish at all within its time limit."""
         m = self._model(model)
         if m.state is not State.RELOADING:
             return []
@@ -163,7 +176,11 @@ class Healer:
             return [healed]
         delay = min(self.policy.backoff_s * 2 ** (m.attempts - 1), self.policy.max_backoff_s)
         m.state, m.retry_at = State.WAITING, now + delay
-        return [ReloadFailed(model, m.attempts, error, m.retry_at)]
+        actions: list[Action] = [ReloadFailed(model, m.attempts, error, m.retry_at)]
+        if hung or m.attempts >= self.policy.restart_after_failures:
+            why = "its reload hung" if hung else f"{m.attempts} reloads failed"
+            actions.append(RestartServer(model, f"{why}: {error}"))
+        return actions
 
     def tick(self, now: float) -> list[Action]:
         """The retries due by `now`."""

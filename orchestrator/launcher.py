@@ -286,6 +286,13 @@ class EmbeddedTriton:
             return None  # it died while we read: its stubs are gone because it is, not one by one
         return {model: frozenset(pids) for model, pids in found.items()}
 
+    def kill(self) -> None:
+        """Kill the server at once: `supervise` starts it again (what the healer does when reloads do not work)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            log.warning("killing tritonserver (pid %d) for a restart", proc.pid)
+            proc.kill()
+
     def restart(self) -> EmbeddedTriton:
         """Start again after the server died, on the same ports (clients reconnect to the same address).
 

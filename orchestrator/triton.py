@@ -23,7 +23,15 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.errors import BadFaceParams, BadPortrait, ModelUnavailable
-from orchestrator.healing import Healed, Healer, HealingPolicy, Reload, ReloadFailed, dead_stub_instance
+from orchestrator.healing import (
+    Action,
+    Healed,
+    Healer,
+    HealingPolicy,
+    Reload,
+    RestartServer,
+    dead_stub_instance,
+)
 
 log = logging.getLogger("duet.triton")
 
@@ -132,6 +140,10 @@ class StubDied(ModelUnavailable):
     """The model's stub process died while it held this request (the healer is reloading the model)."""
 
 
+class ReloadHung(ModelUnavailable):
+    """A reload did not finish in its time: Triton refuses to load that model again while the stuck load runs."""
+
+
 # tritonclient's own channel defaults, plus a short reconnect backoff: after Triton restarts (or an external
 # one comes back) the channel is usable within ~1 s, not after gRPC's default backoff of up to 120 s.
 _KEEPALIVE = grpcclient.KeepAliveOptions()
@@ -211,7 +223,7 @@ class TritonModels:
 
     # --- the repository API (model healing) ---
 
-    async def reload(self, model: str, timeout_s: float = 120.0) -> None:
+    async def reload(self, model: str, timeout_s: float = 30.0) -> None:
         """Unload and load `model` again: what brings back a model whose stub died (a plain load of an unchanged
         model does nothing). Ensembles that use it come back by themselves."""
         try:
@@ -221,7 +233,7 @@ class TritonModels:
         except InferenceServerException as exc:
             raise ModelUnavailable(f"reloading model {model!r} failed: {exc.message()}") from exc
         except TimeoutError as exc:
-            raise ModelUnavailable(f"reloading model {model!r} took over {timeout_s:.0f}s") from exc
+            raise ReloadHung(f"reloading model {model!r} took over {timeout_s:.0f}s") from exc
 
     async def ensembles(self) -> dict[str, tuple[str, ...]]:
         """The loaded ensembles and the models each runs (`floor` -> `turn`, `prosody`, `floor_fusion`)."""
@@ -525,7 +537,8 @@ class ModelHealer:
       that fails meanwhile, and those wait for it (`wait_healthy`) and are sent once more.
     - Where the server is local, `probe` (model -> live stub pids, e.g. `EmbeddedTriton.stubs`) is polled
       every `probe_interval_s`, so a dead stub is reloaded before a request has to fail on it.
-    - A reload is Triton's repository API: unload, then load. One that fails is retried after a backoff.
+    - A reload is Triton's repository API: unload, then load. One that fails is retried after a backoff;
+      one that hangs, or keeps failing, restarts the server through `restart_server` where there is one.
     `run()` is the owned task that does the reloads; `counts` and `heals` say what it did (logs say it too).
     """
 
@@ -535,13 +548,15 @@ class ModelHealer:
         *,
         probe: Callable[[], Mapping[str, frozenset[int]] | None] | None = None,
         policy: HealingPolicy | None = None,
+        restart_server: Callable[[], None] | None = None,
         probe_interval_s: float = 0.5,
-        reload_timeout_s: float = 120.0,
+        reload_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.healer = Healer(policy=policy)
         self.models = models
         self.probe = probe
+        self.restart_server = restart_server  # kills the (embedded) server, for its supervisor to start again
         self.probe_interval_s = probe_interval_s
         self.reload_timeout_s = reload_timeout_s
         self.now = clock
@@ -551,6 +566,7 @@ class ModelHealer:
         self.heals: list[Healed] = []  # every heal, in order (the last few hundred)
         self._due: list[Reload] = []
         self._deaths: Counter[str] = Counter()
+        self._restarting = False
         self._waits: dict[str, set[asyncio.Timeout]] = {}  # streams' waits for their next response, by model
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # replaced on every change of health: waiters wake and look again
@@ -599,6 +615,7 @@ class ModelHealer:
     def server_restarted(self) -> None:
         """The whole server came back fresh (see `EmbeddedTriton.supervise`): forget its old stubs."""
         self.healer.forget()
+        self._restarting = False
         self._notify()
 
     async def run(self) -> None:
@@ -638,14 +655,15 @@ class ModelHealer:
         self.counts["reload", reload.model] += 1
         t0 = self.now()
         error: str | None = None
+        hung = False
         try:
             await self.models.reload(reload.model, self.reload_timeout_s)
         except ModelUnavailable as exc:
-            error = exc.message
+            error, hung = exc.message, isinstance(exc, ReloadHung)
         log.info("model %r: unload + load took %.2f s", reload.model, self.now() - t0)
-        self._act(self.healer.reloaded(reload.model, self.now(), error))
+        self._act(self.healer.reloaded(reload.model, self.now(), error, hung=hung))
 
-    def _act(self, actions: list[Reload | Healed | ReloadFailed]) -> None:
+    def _act(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Reload):
                 if a.attempt == 1:
@@ -661,6 +679,14 @@ class ModelHealer:
                 self.counts["healed", a.model] += 1
                 self.heals = [*self.heals[-255:], a]
                 log.warning("model %r healed: back %.2f s after its stub was found dead", a.model, a.down_s)
+            elif isinstance(a, RestartServer):
+                if self.restart_server is None or self._restarting:
+                    log.error("model %r cannot be healed by reloading (%s); retrying", a.model, a.reason)
+                    continue
+                self._restarting = True  # until `server_restarted`: one restart at a time
+                self.counts["server_restart", a.model] += 1
+                log.error("model %r cannot be healed by reloading (%s): restarting tritonserver", a.model, a.reason)
+                self.restart_server()
             else:
                 self.counts["reload_failed", a.model] += 1
                 log.error(

@@ -163,12 +163,16 @@ async def text(models: TritonModels, request: LlmRequest = ASK) -> str:
 
 
 async def healing(
-    server: EmbeddedTriton, body: Callable[[TritonModels, ModelHealer], Awaitable[Any]], *, probe: bool = True
+    server: EmbeddedTriton,
+    body: Callable[[TritonModels, ModelHealer], Awaitable[Any]],
+    *,
+    probe: bool = True,
+    **healer_options: Any,
 ) -> Any:
     """Run `body` with an adapter and its healer (probing the server's stubs when `probe`) and a supervisor."""
     models = TritonModels(server.grpc_url, timeout_s=10.0)
     models.llm_timeout_s = 20.0
-    healer = ModelHealer(models, probe=server.stubs if probe else None)
+    healer = ModelHealer(models, probe=server.stubs if probe else None, **healer_options)
 
     async def restarted() -> None:
         healer.server_restarted()
@@ -339,3 +343,26 @@ def test_a_dead_tritonserver_is_restarted_and_the_client_reconnects(lone_llm: Em
         assert healer.healer.unhealthy() == []
 
     asyncio.run(healing(server, body))
+
+
+def test_a_reload_that_hangs_restarts_the_server(lone_llm: EmbeddedTriton) -> None:
+    """When reloading does not work (here: every reload "hangs", its time limit being 1 ms), the healer
+    restarts tritonserver through the launcher, and the model comes back with the fresh server."""
+    server = lone_llm
+
+    async def body(models: TritonModels, healer: ModelHealer) -> None:
+        assert await text(models)
+        await asyncio.sleep(1.0)  # the probe has seen the stub
+        os.kill(stub_pid(server, "llm"), signal.SIGKILL)
+        t_kill = time.monotonic()
+        reply, _, failures = await answered_after(lambda: text(models))
+        print(
+            f"[healing] llm stub killed, reloads hung: server restarted, answering {time.monotonic() - t_kill:.2f} s "
+            f"later ({failures} requests failed meanwhile)"
+        )
+        assert reply
+        assert healer.counts["server_restart", "llm"] == 1, healer.counts
+        assert server.restarts == 1
+        assert healer.healer.unhealthy() == []
+
+    asyncio.run(healing(server, body, restart_server=server.kill, reload_timeout_s=0.001))

@@ -10,6 +10,7 @@ from orchestrator.healing import (
     HealingPolicy,
     Reload,
     ReloadFailed,
+    RestartServer,
     State,
     dead_stub_instance,
 )
@@ -98,6 +99,21 @@ def test_a_failed_reload_is_retried_with_doubling_backoff() -> None:
     assert [a.retry_at for a in h.reloaded("llm", now=5.0, error="x") if isinstance(a, ReloadFailed)] == [7.0]
     h.tick(7.0)
     assert h.reloaded("llm", now=7.2) == [Healed("llm", down_s=7.2, attempts=5)]
+
+
+def test_a_reload_that_hangs_or_keeps_failing_asks_for_a_server_restart() -> None:
+    h = Healer(policy=HealingPolicy(backoff_s=0.5, restart_after_failures=3))
+    h.failed("asr", "Stub process 'asr_0_0' is not healthy.", now=0.0)
+    hung = h.reloaded("asr", now=30.0, error="took over 30s", hung=True)
+    assert [type(a) for a in hung] == [ReloadFailed, RestartServer]
+    assert h.state("asr") is State.WAITING  # still retried: an external server cannot be restarted from here
+    h2 = Healer(policy=HealingPolicy(backoff_s=0.5, restart_after_failures=3))
+    h2.failed("llm", DEAD_LLM, now=0.0)
+    kinds = []
+    for t in (1.0, 3.0, 6.0):
+        h2.tick(t)
+        kinds.append([type(a) for a in h2.reloaded("llm", now=t, error="load failed")])
+    assert kinds == [[ReloadFailed], [ReloadFailed], [ReloadFailed, RestartServer]]
 
 
 def test_a_failure_of_a_request_sent_before_the_reload_starts_nothing() -> None:
