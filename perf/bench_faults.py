@@ -228,7 +228,10 @@ def one_run(
 
             took = wait_until(recovered, heal_wait_s)
             run.recovery_s = None if took is None else round(time.monotonic() - t_kill, 2)
-        run.talk_rc = talk.wait(timeout=3 * duration + 120)
+        try:
+            run.talk_rc = talk.wait(timeout=3 * duration + 120)
+        except subprocess.TimeoutExpired:
+            run.errors.append("duet talk timed out")  # counted against the system, not dropped
     finally:
         if talk.poll() is None:
             talk.kill()
@@ -238,11 +241,11 @@ def one_run(
         score = score_file(label, read_reply(out / "reply.wav"), events)
         run.answered = [t.latency_ms is not None for t in score.turns]
         run.latency_ms = [None if t.latency_ms is None else round(t.latency_ms) for t in score.turns]
-        run.errors = [str(e.get("code")) for e in events if e.get("type") == "error"]
+        run.errors += [str(e.get("code")) for e in events if e.get("type") == "error"]
         run.ended = any(e.get("type") == "session_ended" for e in events)
     except (OSError, ValueError) as exc:
         run.answered = [False] * len(user_turns(label))
-        run.errors = [f"no outputs: {exc}"]
+        run.errors.append(f"no outputs: {type(exc).__name__}")
     return run
 
 
