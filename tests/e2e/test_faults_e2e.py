@@ -261,8 +261,11 @@ async def test_asr_failing_mid_turn_is_a_typed_error_and_the_turn_still_ends(
 # ---- a client leaving during a reply -------------------------------------------------------------------
 
 
-async def leave(server: DuetServer, audio: bytes, at: Callable[[Call], Awaitable[bool]], what: str) -> Call:
-    """A client that says its turn, streams silence until `at(call)` holds, and vanishes; its session must end."""
+async def leave(
+    server: DuetServer, audio: bytes, at: Callable[[Call], Awaitable[bool]], what: str, snapshot: Callable[[], Any]
+) -> tuple[Call, Any]:
+    """A client that says its turn, streams silence until `at(call)` holds, and vanishes; its session must end.
+    Returns the call and `snapshot()` taken the moment it left."""
     cid = f"leaver-{uuid.uuid4().hex[:8]}"
     async with call(server.address, persona="storyteller", conversation_id=cid, options={"speculation": "false"}) as c:
         await c.send(audio)
@@ -270,8 +273,9 @@ async def leave(server: DuetServer, audio: bytes, at: Callable[[Call], Awaitable
         while not await at(c):
             assert c.sent < limit, f"no {what} within 30 s of audio: {[e['type'] for e in c.events]}"
             await c.send(SILENCE)
+    at_leave = snapshot()
     await asyncio.to_thread(server.wait_logged, f"session {cid} ended", 30)
-    return c
+    return c, at_leave
 
 
 async def test_client_leaving_during_a_reply_cancels_its_model_requests_and_ends_the_session(
@@ -290,7 +294,7 @@ async def test_client_leaving_during_a_reply_cancels_its_model_requests_and_ends
     async def generating(c: Call) -> bool:
         return c.find(of("reply_started")) is not None and await asyncio.to_thread(llm, "generated_tokens") > tokens
 
-    c = await leave(duet_server, turn, generating, "LLM tokens for the reply")
+    c, _ = await leave(duet_server, turn, generating, "LLM tokens for the reply", lambda: None)
     assert not c.find(of("reply_cancelled")) and not c.find(of("replica_turn"))
     await asyncio.to_thread(wait_for, lambda: llm("cancelled_requests") >= before + 1, 15, "llm to see the cancel")
     tokens = llm("generated_tokens")
@@ -299,11 +303,29 @@ async def test_client_leaving_during_a_reply_cancels_its_model_requests_and_ends
 
     # 2. the client leaves while its reply is heard: nothing of that session stays in Triton
     async def heard(c: Call) -> bool:
-        return c.find(of("replica_speaking_start")) is not None
+        start = c.find(of("replica_speaking_start"))
+        return start is not None and bool(c.audio(start["reply_id"]))
 
-    c = await leave(duet_server, turn, heard, "reply")
+    def work() -> tuple[float, ...]:  # llm tokens, tts requests: what the reply would go on costing
+        tts = metric(url, "nv_inference_request_success", "tts") + metric(url, "nv_inference_request_failure", "tts")
+        return llm("generated_tokens"), tts
+
+    c, at_leave = await leave(duet_server, turn, heard, "reply", work)
     rid = c.find(of("replica_speaking_start"))["reply_id"]  # type: ignore[index]
     assert c.audio(rid) and c.find(of("replica_turn", reply_id=rid)) is None  # left before the reply ended
+    # what was in flight at the leave finishes (the llm stops at its next token, tts after its sentence) ...
+    last, settled = work(), None
+    for _ in range(50):
+        await asyncio.sleep(0.3)
+        if (now := work()) == last:
+            settled = now
+            break
+        last = now
+    assert settled is not None, "llm/tts kept working after the client left"
+    await asyncio.sleep(2.0)
+    assert work() == settled  # ... and the rest of the reply is neither generated nor synthesised for nobody
+    tokens_after, tts_after = (a - b for a, b in zip(settled, at_leave, strict=True))
+    assert tokens_after <= 3 and tts_after <= 1, (settled, at_leave)  # tts: one sentence at a time
     await asyncio.to_thread(
         wait_for,
         lambda: (
