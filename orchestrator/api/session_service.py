@@ -472,6 +472,7 @@ class SessionService(pb_grpc.SessionServicer):
         stream: _Stream,
     ) -> Session:
         burst = self.settings.server.audio_burst_s
+
         def bulk() -> bool:
             # Ahead of real time now, or caught sending faster than real time once (a flood): such a session
             # keeps only what live sessions leave, for the rest of its life.
