@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of hostile traffic before the call")
     ap.add_argument("--out", default=str(ROOT / "perf" / "out" / "isolation.json"))
     ap.add_argument("--server-log", default="", help="write the server's log to this file")
+    ap.add_argument("--env", action="append", default=[], metavar="DUET_X=V", help="a setting for the server")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"hostile kinds, in equal shares (of {','.join(KINDS)})")
     ap.add_argument("--hostile-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server", default="", help=argparse.SUPPRESS)
@@ -469,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.hostile_worker:
         asyncio.run(hostile_worker(args))
         return 0
-    procs, server, metrics = start_stack({"DUET_SERVER__IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S)}, args.server_log)
+    env = {"DUET_SERVER__IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S), **dict(kv.split("=", 1) for kv in args.env)}
+    procs, server, metrics = start_stack(env, args.server_log)
     try:
         res = asyncio.run(run(args, server, metrics))
     finally:
