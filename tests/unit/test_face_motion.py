@@ -20,6 +20,7 @@ from orchestrator.face.motion import (
     mouth_openness,
 )
 from orchestrator.face.visemes import LEAD_S, MOUTH, VISEMES, Phoneme, Sentence, parse_phonemes, viseme
+from tests.conftest import require
 
 IX = params.INDEX
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +47,7 @@ def at(frames: np.ndarray, t: float, fps: float = 30.0, start: float = 0.0) -> n
 
 @pytest.fixture(scope="module")
 def piper() -> list[tuple[str, tuple[Phoneme, ...]]]:
-    if not VOICE.exists():
-        pytest.skip("piper voice not installed (make setup)")
+    require(VOICE, "the piper voice")
     from orchestrator.inference.tts import PiperSpeaker
 
     speaker = PiperSpeaker(str(VOICE))

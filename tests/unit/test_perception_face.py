@@ -25,8 +25,12 @@ from orchestrator.perception.expression import (
     to_eight,
 )
 from orchestrator.perception.face import DEFAULT_MODEL, BadFrame, FaceAnalyzer, FaceTrack, decode_frame
+from tests.conftest import require
 
-pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="run scripts/bootstrap.sh (emotion model)")
+
+@pytest.fixture(scope="module", autouse=True)
+def _emotion_model() -> None:
+    require(DEFAULT_MODEL, "the expression model")
 
 
 @pytest.fixture(scope="module")

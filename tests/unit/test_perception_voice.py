@@ -32,6 +32,7 @@ from orchestrator.perception.voice import (
     VoiceTracker,
     utterance_stats,
 )
+from tests.conftest import require
 
 SR = 16_000
 VOICE = Path(__file__).resolve().parents[2] / "model_repository/tts/1/voices/en_US-joe-medium.onnx"
@@ -224,8 +225,7 @@ def test_own_vad_splits_utterances_at_long_silence() -> None:
 
 @pytest.fixture(scope="module")
 def speak() -> Callable[..., I16]:
-    if not VOICE.exists():
-        pytest.skip("piper voice not installed (make setup)")
+    require(VOICE, "the piper voice")
     from orchestrator.inference.tts import PiperSpeaker
 
     speaker = PiperSpeaker(VOICE)
