@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
-	bench-echo bench-load bench-pa-speech bench-face bench-perception serve clean
+	bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults bench-isolation serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,7 +40,9 @@ integration: setup  ## real tritonserver, real models
 e2e: setup  ## whole stack through the real CLI and SDK
 	@$(PY) -m pytest -q tests/e2e
 
-bench: setup bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech bench-face bench-perception  ## every benchmark table
+BENCHES := bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech bench-face bench-perception \
+	bench-faults bench-isolation
+bench: setup $(BENCHES)  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
 	@$(PY) perf/bench_turns.py --split check --out perf/out/bench_turns_check.json
@@ -70,6 +72,12 @@ bench-face: setup  ## face renderer speed (render vs OpenCV remap), A/V sync, em
 bench-perception: setup  ## perception freshness through the stack, accuracy tables, cost; perf_analyzer
 	@$(PY) perf/bench_perception.py
 	@bash perf/pa_perception.sh
+
+bench-faults: setup  ## kill the llm, tts and asr stubs mid-session: time to recovery, turns lost (docs/robustness.md)
+	@$(PY) perf/bench_faults.py --repeats 2
+
+bench-isolation: setup  ## a healthy call alone vs beside 50 hostile streams: latency, how each hostile one ended
+	@$(PY) perf/bench_isolation.py --hostile 50
 
 serve: setup  ## run the stack in the foreground
 	@$(VENV)/bin/duet serve
