@@ -67,7 +67,7 @@ class ServerSettings:
     # New sessions per second, server-wide and per client connection (each with 2 s worth of burst); beyond
     # them a `start` is refused with `rate_limited`, after a short delay, so a reconnect loop costs little.
     # (One process's channels to the same server share a connection: a gateway's users all count here.)
-    starts_per_s: float = 50.0
+    starts_per_s: float = 10.0  # a 64-session server rarely sees more; churn beyond it cost live sessions
     starts_per_connection_per_s: float = 10.0
     session_inflight: int = 4  # unary Triton requests one session may have in flight (streams not counted)
     triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
