@@ -237,6 +237,7 @@ OUTBOX_MESSAGES = 2048  # events and audio not yet written to a slow client (the
 PACED_MODES = ("conversation", "perceive")  # sessions on the live clock; floor/acoustic may run ahead
 PEERS_TRACKED = 4096  # client connections whose start rate is remembered
 RATE_LIMITED_DELAY_S = 1.0  # a refused `start` is answered after this long
+QUIET_S = 5.0  # a connection that started nothing for this long is not held to the server-wide start rate
 
 
 def _peer(context: Any) -> str:
@@ -276,7 +277,8 @@ class SessionService(pb_grpc.SessionServicer):
         self._clock = clock
         self._sessions: set[asyncio.Task[None]] = set()  # owned: every session's task, until it has ended
         self._starts = TokenBucket(2 * sv.starts_per_s, sv.starts_per_s)  # server-wide
-        self._peer_starts: OrderedDict[str, TokenBucket] = OrderedDict()  # per client connection (LRU)
+        # per client connection (LRU): its start rate and when it last started a session
+        self._peer_starts: OrderedDict[str, tuple[TokenBucket, float]] = OrderedDict()
         self._personas: dict[str, tuple[int, Persona]] = {}  # loaded personas by name, with the file's mtime
 
     def _check_capacity(self) -> None:
@@ -285,17 +287,22 @@ class SessionService(pb_grpc.SessionServicer):
             raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
 
     def _check_start_rate(self, peer: str) -> None:
-        """A `start` beyond the server's or this connection's rate of new sessions is refused."""
+        """A `start` beyond this connection's rate of new sessions is refused, and so is one beyond the server's
+        rate, unless its connection has started nothing for `QUIET_S`: a reconnect loop on some connections
+        cannot lock out a client that comes to make one call."""
         sv, now = self.settings.server, self._clock()
-        bucket = self._peer_starts.pop(peer, None) or TokenBucket(
-            2 * sv.starts_per_connection_per_s, sv.starts_per_connection_per_s
+        known = self._peer_starts.pop(peer, None)
+        bucket, last = known or (
+            TokenBucket(2 * sv.starts_per_connection_per_s, sv.starts_per_connection_per_s),
+            float("-inf"),
         )
-        self._peer_starts[peer] = bucket
+        self._peer_starts[peer] = (bucket, last)
         while len(self._peer_starts) > PEERS_TRACKED:
             self._peer_starts.popitem(last=False)
         if not bucket.admit(1, now):
             raise RateLimited(f"this connection starts sessions faster than {sv.starts_per_connection_per_s:g}/s")
-        if not self._starts.admit(1, now):
+        self._peer_starts[peer] = (bucket, now)
+        if not self._starts.admit(1, now) and now - last < QUIET_S:
             raise RateLimited(f"the server is starting sessions at its limit of {sv.starts_per_s:g}/s; retry shortly")
 
     def _persona(self, name: str) -> Persona:
