@@ -38,6 +38,16 @@ system_prompt: >-
 max_tokens: 1000
 max_sentences: 60
 """
+# The storyteller's limits with Max's prompt: SmolLM2 answers Sam's prompt in a dozen tokens to some openings
+# ("Hi. I'm calling about my bill." -> 11 tokens), over before a speculation on it is cancelled; Max's prompt
+# gets 40-300 tokens on the same openings.
+RACONTEUR = """\
+name: Rae
+system_prompt: >-
+  You are Max, a storyteller. Whatever the caller says, answer with a very long, detailed story of many sentences.
+max_tokens: 200
+max_sentences: 12
+"""
 # A persona whose voice the tts model does not have: every reply fails in TTS while the LLM is generating.
 VOICELESS = """\
 name: Val
@@ -48,7 +58,7 @@ max_tokens: 300
 max_sentences: 12
 speculation: false
 """
-TEST_PERSONAS = {"storyteller": STORYTELLER, "marathon": MARATHON, "voiceless": VOICELESS}
+TEST_PERSONAS = {"storyteller": STORYTELLER, "marathon": MARATHON, "raconteur": RACONTEUR, "voiceless": VOICELESS}
 
 
 class DuetServer:

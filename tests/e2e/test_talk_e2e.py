@@ -82,10 +82,10 @@ def metric(url: str, name: str) -> float:
 def test_speculation_is_cancelled_end_to_end_when_the_user_goes_on(server: str, triton: Any, tmp_path: Path) -> None:
     """A hair-trigger tentative threshold makes every hold pause start a speculative reply; the user goes
     on talking, so each must be cancelled and never heard. A reply cancelled while its LLM stream is open
-    must stop generating in Triton (the model's cancelled-requests counter rises); the storyteller persona's
+    must stop generating in Triton (the model's cancelled-requests counter rises); the raconteur persona's
     long replies make sure some still are when the user resumes."""
     before = metric(triton.metrics_url, "duet_llm_cancelled_requests_total")
-    r = talk(server, tmp_path, "--persona", "storyteller", "--option", "floor.tentative_threshold=0.05")
+    r = talk(server, tmp_path, "--persona", "raconteur", "--option", "floor.tentative_threshold=0.05")
     assert r.returncode == 0, r.stderr
     events = read_events(tmp_path)
     cancelled = [e for e in events if e["type"] == "reply_cancelled"]
