@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,18 @@ def require_module(name: str, what: str) -> ModuleType:
         pytest.fail(
             f"{what} cannot be imported ({exc}): setup is a prerequisite, run scripts/bootstrap.sh", pytrace=False
         )
+
+
+def metric(url: str, name: str, *, missing_ok: bool = False, **labels: str) -> float:
+    """A counter or gauge on a Prometheus endpoint (Triton's or the orchestrator's), summed over the samples
+    whose labels include `labels`. A series that is not there fails (a missing metric must not read as 0),
+    unless `missing_ok`: a labelled counter only appears once it has counted."""
+    from orchestrator.telemetry import parse_metrics
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    values = [s.value for s in parse_metrics(text) if s.name == name and labels.items() <= s.labels.items()]
+    assert values or missing_ok, f"{url} exports no {name} with {labels}"
+    return sum(values)
 
 
 def read_wav(path: Path) -> npt.NDArray[np.int16]:

@@ -28,7 +28,7 @@ from duet.sdk import ReplyAudio, Session
 from duet.wav import CHUNK_SAMPLES, SAMPLE_RATE, chunks
 from orchestrator.config import Settings, TritonSettings
 from orchestrator.launcher import EmbeddedTriton, free_port
-from tests.conftest import read_wav
+from tests.conftest import metric, read_wav
 from tests.e2e.conftest import DuetServer, start_server, stop_server, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -128,15 +128,6 @@ def segment(audio: npt.NDArray[np.int16], start: float, end: float) -> bytes:
     return audio[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)].tobytes()
 
 
-def metric(url: str, name: str, model: str) -> float:
-    """A counter or gauge on Triton's /metrics, summed over the model's instances."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    pattern = rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$"
-    values = [float(v) for labels, v in re.findall(pattern, text, re.M) if f'model="{model}"' in labels]
-    assert values, f"Triton exports no {name} for {model!r}"  # a missing metric must not read as 0
-    return sum(values)
-
-
 def first_turn(sample: npt.NDArray[np.int16], label: dict[str, Any]) -> bytes:
     return segment(sample, 0.0, float(label["turns"][0]["end"]) + 0.1)
 
@@ -153,7 +144,7 @@ async def test_tts_failing_mid_reply_is_a_typed_error_the_llm_request_is_cancell
 ) -> None:
     """The voiceless persona's first clause fails in tts while the LLM is still generating its long story:
     the turn gets a typed, non-fatal error, its LLM request stops in Triton, and the next turn is tried."""
-    before = metric(triton.metrics_url, "duet_llm_cancelled_requests_total", "llm")
+    before = metric(triton.metrics_url, "duet_llm_cancelled_requests_total", model="llm")
     async with call(server, persona="voiceless") as c:
         await c.send(sample_audio.tobytes())
         await c.send(SILENCE * 100)
@@ -177,7 +168,7 @@ async def test_tts_failing_mid_reply_is_a_typed_error_the_llm_request_is_cancell
     failed = sum(r == "failed" for r in cancelled.values())
     await asyncio.to_thread(
         wait_for,
-        lambda: metric(triton.metrics_url, "duet_llm_cancelled_requests_total", "llm") >= before + failed,
+        lambda: metric(triton.metrics_url, "duet_llm_cancelled_requests_total", model="llm") >= before + failed,
         15,
         f"{failed} cancelled llm requests",
     )
@@ -286,7 +277,7 @@ async def test_client_leaving_during_a_reply_cancels_its_model_requests_and_ends
     turn = first_turn(sample_audio, sample_label)
 
     def llm(name: str) -> float:
-        return metric(url, f"duet_llm_{name}_total", "llm")
+        return metric(url, f"duet_llm_{name}_total", model="llm")
 
     # 1. the client leaves while its reply is being generated (Triton's llm counts its tokens going up)
     before, tokens = llm("cancelled_requests"), llm("generated_tokens")
@@ -306,9 +297,8 @@ async def test_client_leaving_during_a_reply_cancels_its_model_requests_and_ends
         start = c.find(of("replica_speaking_start"))
         return start is not None and bool(c.audio(start["reply_id"]))
 
-    def work() -> tuple[float, ...]:  # llm tokens, tts requests: what the reply would go on costing
-        tts = metric(url, "nv_inference_request_success", "tts") + metric(url, "nv_inference_request_failure", "tts")
-        return llm("generated_tokens"), tts
+    def work() -> tuple[float, ...]:  # llm tokens, tts sentences: what the reply would go on costing
+        return llm("generated_tokens"), metric(url, "duet_tts_sentences_total", model="tts")
 
     c, at_leave = await leave(duet_server, turn, heard, "reply", work)
     rid = c.find(of("replica_speaking_start"))["reply_id"]  # type: ignore[index]
@@ -329,8 +319,8 @@ async def test_client_leaving_during_a_reply_cancels_its_model_requests_and_ends
     await asyncio.to_thread(
         wait_for,
         lambda: (
-            metric(url, "nv_inference_pending_request_count", "tts") == 0
-            and metric(url, "nv_inference_pending_request_count", "llm") == 0
+            metric(url, "nv_inference_pending_request_count", model="tts") == 0
+            and metric(url, "nv_inference_pending_request_count", model="llm") == 0
         ),
         15,
         "no pending tts/llm requests",

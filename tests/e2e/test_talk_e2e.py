@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import urllib.request
 import wave
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy.typing as npt
 
 import duet
 from duet.wav import CHUNK_SAMPLES, SAMPLE_RATE, chunks
+from tests.conftest import metric
 
 DUET = str(Path(sys.executable).parent / "duet")
 
@@ -72,11 +72,6 @@ def test_spoken_exchange_writes_the_session_outputs(server: str, tmp_path: Path,
     assert starts[-1]["t"] > user_end - 0.05  # never over the user's last words
     lat = starts[-1]["latency"]
     assert {"floor_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_chunk_ms"} <= set(lat)
-
-
-def metric(url: str, name: str) -> float:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()  # EmbeddedTriton.metrics_url ends in /metrics
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_speculation_is_cancelled_end_to_end_when_the_user_goes_on(server: str, triton: Any, tmp_path: Path) -> None:

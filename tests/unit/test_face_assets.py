@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +71,7 @@ def test_cache_hit_skips_face_mesh(
         raise AssertionError("the face mesh ran on a cache hit")
 
     monkeypatch.setattr(assets, "_detect_landmarks", no_mesh)
-    t = time.perf_counter()
-    again = prepare_portrait(astronaut_png, cache_dir)
-    elapsed = time.perf_counter() - t
-    assert elapsed < 0.5  # a PNG decode and an npz load (measured ~15 ms; generous under load)
+    again = prepare_portrait(astronaut_png, cache_dir)  # no_mesh fails the test if the mesh runs again
     np.testing.assert_array_equal(again.landmarks, portrait.landmarks)
     assert again.iod == portrait.iod and again.mouth_open == portrait.mouth_open
     np.testing.assert_array_equal(again.image, portrait.image)

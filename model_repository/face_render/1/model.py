@@ -37,6 +37,18 @@ class TritonPythonModel:
             threads=int(p.get("torch_threads", "2")),
         )
         self.round_frames = int(p.get("gpu_batch_frames" if self.pool.on_gpu else "cpu_batch_frames", "4"))
+        # Frames drawn, on Triton's /metrics: a cancelled request stops adding to it (the family must outlive
+        # its metric, so both are kept).
+        self._frames_family = pb_utils.MetricFamily(
+            name="duet_face_frames_total",
+            description="Frames drawn by the face_render model (stops growing when a request is cancelled)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.frames = self._frames_family.Metric(labels={"model": args["model_name"], "version": args["model_version"]})
+
+    def finalize(self):
+        del self.frames  # the metric before its family (Triton refuses the other order)
+        del self._frames_family
 
     def _job(self, request):
         sender = request.get_response_sender()
@@ -72,6 +84,7 @@ class TritonPythonModel:
                     share = max(self.round_frames // len(members), 1)
                     spans = [(job, job.next, min(job.next + share, len(job.params))) for job in members]
                     frames = self.pool.render(key, np.concatenate([job.params[a:b] for job, a, b in spans]))
+                    self.frames.increment(sum(b - a for _, a, b in spans))
                     pos = 0
                     for job, a, b in spans:
                         jpegs = self.pool.encode(frames[pos : pos + b - a], job.quality)

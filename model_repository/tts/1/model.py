@@ -10,6 +10,10 @@ import triton_python_backend_utils as pb_utils
 from orchestrator.inference.tts import VoiceLibrary, sentences
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+COUNTERS = {
+    "duet_tts_sentences_total": "Sentences synthesised by the tts model (stops growing when a request is cancelled)",
+    "duet_tts_cancelled_requests_total": "tts requests that stopped with sentences left because the client cancelled",
+}
 
 
 class _Reply:
@@ -42,6 +46,18 @@ class TritonPythonModel:
             noise_scale=float(params.get("noise_scale", "0")),
             noise_w=float(params.get("noise_w", "0")),
         )
+        labels = {"model": args["model_name"], "version": args["model_version"]}
+        # Triton requires each MetricFamily to outlive its Metrics, so the families are kept on the model.
+        self._families = {
+            name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            for name, text in COUNTERS.items()
+        }
+        self.spoken = self._families["duet_tts_sentences_total"].Metric(labels=labels)
+        self.cancelled = self._families["duet_tts_cancelled_requests_total"].Metric(labels=labels)
+
+    def finalize(self):
+        del self.spoken, self.cancelled  # metrics before their families (Triton refuses the other order)
+        self._families.clear()
 
     def execute(self, requests):
         replies = []
@@ -57,10 +73,13 @@ class TritonPythonModel:
             while replies:
                 for reply in list(replies):
                     if reply.request.is_cancelled() or not reply.pending:
+                        if reply.pending:
+                            self.cancelled.increment(1)
                         replies.remove(reply)
                         reply.sender.send(flags=FINAL)
                         continue
                     spoken = reply.speaker.synthesize(reply.pending.popleft())
+                    self.spoken.increment(1)
                     reply.sender.send(
                         pb_utils.InferenceResponse(
                             output_tensors=[
