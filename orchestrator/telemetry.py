@@ -123,4 +123,13 @@ def parse_metrics(text: str) -> list[Sample]:
     ]
 
 
-__all__ = ["STAGES", "Sample", "Telemetry", "parse_metrics"]
+def metrics_by_key(text: str) -> dict[str, float]:
+    """`name{label=value,...}` (labels sorted; bare `name` without labels) -> value, for every sample."""
+    out: dict[str, float] = {}
+    for s in parse_metrics(text):
+        key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+        out[key] = s.value
+    return out
+
+
+__all__ = ["STAGES", "Sample", "Telemetry", "metrics_by_key", "parse_metrics"]

@@ -105,13 +105,14 @@ def voice_level(audio: F32, rate: int, t0: float, hop_s: float = LAG_STEP_S) -> 
 
 
 class Lips:
-    """MediaPipe FaceMesh with irises: (478, 2) pixel landmarks of one frame, or None without a face."""
+    """MediaPipe FaceMesh with irises: (478, 2) pixel landmarks of one frame, or None without a face.
+    `static`: every frame detected on its own (no tracking between frames)."""
 
-    def __init__(self) -> None:
+    def __init__(self, static: bool = True) -> None:
         import mediapipe as mp
 
         self.mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, refine_landmarks=True, max_num_faces=1, min_detection_confidence=0.5
+            static_image_mode=static, refine_landmarks=True, max_num_faces=1, min_detection_confidence=0.5
         )
 
     def __call__(self, rgb: U8) -> F64 | None:

@@ -537,27 +537,6 @@ def time_alternatives(portrait: fa.Portrait, quick: bool, log: Callable[[str], N
 
 
 # --------------------------------------------------------------------------------------- mediapipe
-class Mesh:
-    """MediaPipe FaceMesh with irises; (478, 2) landmarks in pixels, or None when no face is found."""
-
-    def __init__(self, static: bool) -> None:
-        import mediapipe as mp
-
-        self.mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static, refine_landmarks=True, max_num_faces=1, min_detection_confidence=0.5
-        )
-
-    def __call__(self, rgb: U8) -> F64 | None:
-        h, w = rgb.shape[:2]
-        res = self.mesh.process(np.ascontiguousarray(rgb))
-        if not res.multi_face_landmarks:
-            return None
-        return np.array([[q.x * w, q.y * h] for q in res.multi_face_landmarks[0].landmark], dtype=np.float64)
-
-    def close(self) -> None:
-        self.mesh.close()
-
-
 def render_frames(renderer: FaceRenderer, params: F32, chunk: int = 16) -> list[U8]:
     out: list[U8] = []
     for i in range(0, params.shape[0], chunk):
@@ -567,7 +546,9 @@ def render_frames(renderer: FaceRenderer, params: F32, chunk: int = 16) -> list[
 
 
 def measure(frames: Sequence[U8], static: bool) -> list[F64 | None]:
-    mesh = Mesh(static)
+    from perf.av_sync import Lips
+
+    mesh = Lips(static)
     try:
         return [mesh(f) for f in frames]
     finally:
@@ -845,7 +826,9 @@ def expression_report(renderer: FaceRenderer) -> tuple[dict[str, Any], dict[str,
 def contact_sheet(images: Mapping[str, U8], report: Mapping[str, Any], reference: U8, path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
-    mesh = Mesh(static=True)
+    from perf.av_sync import Lips
+
+    mesh = Lips(static=True)
     try:
         lm = mesh(reference)
     finally:

@@ -51,7 +51,7 @@ from duet.proto import session_pb2_grpc as pb_grpc  # noqa: E402
 from duet.sdk import ReplyAudio, probe  # noqa: E402
 from duet.wav import read_pcm16  # noqa: E402
 from orchestrator.launcher import free_port  # noqa: E402
-from orchestrator.telemetry import parse_metrics  # noqa: E402
+from orchestrator.telemetry import metrics_by_key  # noqa: E402
 
 DATA = ROOT / "perf" / "data" / "conversations"
 KINDS = ("flood", "bulk", "garbage", "idle", "churn", "text")
@@ -96,12 +96,7 @@ def start_stack(env_extra: dict[str, str], log_path: str = "") -> tuple[list[sub
 
 def scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as resp:  # loopback
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for s in parse_metrics(text):
-        key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
-        out[key] = s.value
-    return out
+        return metrics_by_key(resp.read().decode())
 
 
 def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> dict[str, float]:

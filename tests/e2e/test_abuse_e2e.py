@@ -18,7 +18,7 @@ import pytest
 from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.launcher import free_port
-from orchestrator.telemetry import parse_metrics
+from orchestrator.telemetry import metrics_by_key
 from tests.e2e.conftest import DuetServer, persona_folder, start_server, stop_server, wait_for
 
 MAX_SESSIONS = 8
@@ -38,12 +38,7 @@ class Server:
     def metrics(self) -> dict[str, float]:
         """name{label=value,...} -> value, from the orchestrator's /metrics."""
         with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:  # loopback only
-            text = resp.read().decode()
-        out: dict[str, float] = {}
-        for s in parse_metrics(text):
-            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
-            out[key] = s.value
-        return out
+            return metrics_by_key(resp.read().decode())
 
     def open_sessions(self) -> float:
         return self.metrics()["duet_sessions_open"]
