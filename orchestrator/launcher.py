@@ -258,10 +258,7 @@ class EmbeddedTriton:
 
     def child_pids(self) -> Sequence[int]:
         """PIDs of the Python stubs (children of tritonserver), for crash detection and tests."""
-        if self._proc is None:
-            return []
-        out = subprocess.run(["pgrep", "-P", str(self._proc.pid)], capture_output=True, text=True, check=False).stdout
-        return [int(x) for x in out.split()]
+        return [] if self._proc is None else child_pids(self._proc.pid)
 
     def stubs(self) -> dict[str, frozenset[int]] | None:
         """The live Python stubs of this server by model (model -> pids); None when the server is not running.
@@ -273,12 +270,9 @@ class EmbeddedTriton:
         if proc is None or proc.poll() is not None:
             return None
         found: dict[str, set[int]] = {}
-        for pid in _children(proc.pid):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue  # it has just exited
-            if len(argv) > 1 and (m := self._stub_model.match(argv[1].decode(errors="replace"))):
+        for pid in child_pids(proc.pid):
+            argv = process_argv(pid)  # empty when it has just exited
+            if len(argv) > 1 and (m := self._stub_model.match(argv[1])):
                 found.setdefault(m.group("model"), set()).add(pid)
         if not found:
             time.sleep(0.05)  # no stub at all: maybe the server itself is dying (a kill takes a moment)
@@ -353,13 +347,22 @@ class _Crashed(TritonStartError):
     """tritonserver died of a signal (an abort, a segfault) while starting."""
 
 
-def _children(pid: int) -> list[int]:
-    """PIDs of `pid`'s children: each thread lists the ones it started."""
+def child_pids(pid: int) -> list[int]:
+    """PIDs of `pid`'s children (Linux /proc): each thread lists the ones it started."""
     out: list[int] = []
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         with contextlib.suppress(OSError):
             out += [int(x) for x in children.read_text().split()]
     return out
+
+
+def process_argv(pid: int) -> list[str]:
+    """A process's command line (Linux /proc); empty once it has exited."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
 
 
 @contextlib.contextmanager

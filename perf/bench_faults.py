@@ -27,7 +27,6 @@ Prints a Markdown table and writes perf/out/bench_faults.json. A benchmark, not 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from orchestrator.launcher import child_pids, process_argv  # noqa: E402
 from perf.bench_conversation import (  # noqa: E402
     DATA,
     duet_cli,
@@ -61,24 +61,9 @@ SERVING_LINE = re.compile(r"duet serving sessions on (\S+)")
 
 
 # ----------------------------------------------------------------------------------------------- processes
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for f in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            out += [int(x) for x in f.read_text().split()]
-    return out
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 def tritonserver_of(serve_pid: int) -> int:
-    for pid in children(serve_pid):
-        argv = cmdline(pid)
+    for pid in child_pids(serve_pid):
+        argv = process_argv(pid)
         if argv and Path(argv[0]).name == "tritonserver":
             return pid
     raise RuntimeError(f"no tritonserver under duet serve ({serve_pid})")
@@ -88,8 +73,8 @@ def stub_of(serve_pid: int, model: str) -> int:
     """The pid of `model`'s stub: tritonserver's child whose command line holds the model's file."""
     model_file = f"{REPOSITORY.resolve()}/{model}/1/model.py"
     triton = tritonserver_of(serve_pid)
-    for pid in children(triton):
-        if model_file in cmdline(pid):
+    for pid in child_pids(triton):
+        if model_file in process_argv(pid):
             return pid
     raise RuntimeError(f"no stub for {model!r} under tritonserver {triton}")
 

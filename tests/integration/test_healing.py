@@ -13,7 +13,6 @@ run `EmbeddedTriton.supervise` too, and accept a restart in place of a heal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ import pytest
 
 from orchestrator.config import TritonSettings
 from orchestrator.errors import ModelUnavailable
-from orchestrator.launcher import EmbeddedTriton
+from orchestrator.launcher import EmbeddedTriton, child_pids, process_argv
 from orchestrator.triton import ChatMessage, LlmRequest, ModelHealer, TritonModels
 
 pytestmark = pytest.mark.integration
@@ -70,7 +69,7 @@ def test_a_spoken_session_goes_on_after_the_llm_stub_is_killed_mid_reply(tmp_pat
             grpc_port = running.triton_url.rsplit(":", 1)[1]
             triton = next(
                 pid
-                for pid in _children(os.getpid())
+                for pid in child_pids(os.getpid())
                 if f"--grpc-port={grpc_port}" in _cmdline(pid) and "tritonserver" in _cmdline(pid)
             )
             events: list[dict[str, Any]] = []
@@ -79,7 +78,7 @@ def test_a_spoken_session_goes_on_after_the_llm_stub_is_killed_mid_reply(tmp_pat
                 events.append(event)
                 # the reply to the first turn (not a speculation inside it): the LLM is at work on it
                 if event.get("type") == "reply_started" and float(event["t"]) >= first_turn["end"] and not killed:
-                    pid = next(p for p in _children(triton) if model_file in _cmdline(p))
+                    pid = next(p for p in child_pids(triton) if model_file in _cmdline(p))
                     os.kill(pid, signal.SIGKILL)
                     killed["t"] = float(event["t"])
                     killed["wall"] = time.monotonic()
@@ -107,19 +106,8 @@ def test_a_spoken_session_goes_on_after_the_llm_stub_is_killed_mid_reply(tmp_pat
     assert any(e["type"] == "session_ended" for e in events)
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for f in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            out += [int(x) for x in f.read_text().split()]
-    return out
-
-
 def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
-    except OSError:
-        return ""
+    return " ".join(process_argv(pid))
 
 
 @pytest.fixture(scope="module")
