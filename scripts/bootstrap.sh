@@ -41,7 +41,8 @@ PYEOF
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 mkdir -p "$CACHE"
 PIPLOG=$CACHE/pip-install.log
-"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip > "$PIPLOG" 2>&1
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip > "$PIPLOG" 2>&1 \
+  || { tail -20 "$PIPLOG" >&2; echo "[bootstrap] upgrading pip failed (full log: $PIPLOG)" >&2; exit 1; }
 
 # llama.cpp (the local LLM runtime) builds from source. Its default, -march=native, ties the library to the
 # build machine's CPU (a build with this machine's AVX-512/AMX kernels crashed in llama_decode), and pip's
