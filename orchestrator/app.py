@@ -15,9 +15,10 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.api.session_service import SessionService
 from orchestrator.config import Settings
-from orchestrator.launcher import EmbeddedTriton
+from orchestrator.models.launcher import EmbeddedTriton
+from orchestrator.models.ports import LanguageModel
+from orchestrator.models.triton import ModelHealer, TritonModels
 from orchestrator.telemetry import Telemetry
-from orchestrator.triton import LanguageModel, ModelHealer, TritonModels
 
 log = logging.getLogger("duet")
 
@@ -27,7 +28,7 @@ SERVED_MODELS = ("vad", "floor", "asr", "llm", "tts")  # what sessions call dire
 def language_model(settings: Settings, models: TritonModels) -> LanguageModel | None:
     """The LLM replies come from: the local `llm` model in Triton, or an OpenAI-compatible endpoint."""
     if settings.llm.backend == "openai":
-        from orchestrator.openai_llm import OpenAIChat
+        from orchestrator.models.openai_llm import OpenAIChat
 
         return OpenAIChat(settings.llm)
     return models if "llm" in settings.triton.models else None

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.launcher import child_pids, process_argv  # noqa: E402
+from orchestrator.models.launcher import child_pids, process_argv  # noqa: E402
 from perf.bench_conversation import (  # noqa: E402
     DATA,
     duet_cli,
@@ -105,7 +105,7 @@ class Serve:
 
 
 def start_serve(cli: str, out: Path, wait_s: float = 300.0) -> Serve:
-    from orchestrator.launcher import free_port
+    from orchestrator.models.launcher import free_port
 
     log_path = out / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -50,7 +50,7 @@ from duet.proto import session_pb2 as pb  # noqa: E402
 from duet.proto import session_pb2_grpc as pb_grpc  # noqa: E402
 from duet.sdk import ReplyAudio, probe  # noqa: E402
 from duet.wav import read_pcm16  # noqa: E402
-from orchestrator.launcher import free_port  # noqa: E402
+from orchestrator.models.launcher import free_port  # noqa: E402
 from orchestrator.telemetry import metrics_by_key  # noqa: E402
 
 DATA = ROOT / "perf" / "data" / "conversations"

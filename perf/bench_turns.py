@@ -50,7 +50,7 @@ import onnxruntime as ort
 
 from duet.wav import read_pcm16
 from orchestrator.inference.vad import onnx_session
-from orchestrator.launcher import free_port
+from orchestrator.models.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from duet.wav import read_pcm16  # noqa: E402
 from orchestrator.config import TritonSettings  # noqa: E402
-from orchestrator.launcher import EmbeddedTriton  # noqa: E402
+from orchestrator.models.launcher import EmbeddedTriton  # noqa: E402
 from perf.pa_summary import row  # noqa: E402  (one perf_analyzer CSV row reader for every pa_*.sh)
 
 SR = 16000

@@ -66,7 +66,7 @@ for layout in $LAYOUTS; do
   REPO=$repo $PY -c '
 import os, signal, threading
 from orchestrator.config import TritonSettings
-from orchestrator.launcher import EmbeddedTriton
+from orchestrator.models.launcher import EmbeddedTriton
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 with EmbeddedTriton(TritonSettings(model_repository=os.environ["REPO"], models=("llm",))) as s:

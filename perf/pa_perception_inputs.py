@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from duet.wav import read_pcm16  # noqa: E402
 from orchestrator.config import TritonSettings  # noqa: E402
-from orchestrator.launcher import EmbeddedTriton  # noqa: E402
+from orchestrator.models.launcher import EmbeddedTriton  # noqa: E402
 from orchestrator.perception.prosody_features import frame_pcm  # noqa: E402
 from perf.pa_summary import row  # noqa: E402
 

@@ -32,7 +32,7 @@ for n in 1 2; do
   REPO=$repo $PY -c '
 import os, signal, threading
 from orchestrator.config import TritonSettings
-from orchestrator.launcher import EmbeddedTriton
+from orchestrator.models.launcher import EmbeddedTriton
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 with EmbeddedTriton(TritonSettings(model_repository=os.environ["REPO"], models=("tts",))) as s:

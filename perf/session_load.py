@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "clients"))
 
 from duet.talk import talk  # noqa: E402
-from orchestrator.launcher import free_port  # noqa: E402
+from orchestrator.models.launcher import free_port  # noqa: E402
 
 DATA = ROOT / "perf" / "data" / "conversations"
 METRIC = re.compile(r'^(nv_inference_(?:queue|compute_infer)_duration_us|nv_inference_request_success)\{model="(\w+)"')

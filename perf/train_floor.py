@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "clients"))
 
 from duet.wav import read_pcm16  # noqa: E402
-from orchestrator.audio import SAMPLE_RATE, AudioTimeline  # noqa: E402
 from orchestrator.config import AsrSettings, FloorSettings  # noqa: E402
 from orchestrator.inference.turn import SmartTurn, pcm_to_float  # noqa: E402
 from orchestrator.inference.vad import SileroBatch  # noqa: E402
+from orchestrator.signal.audio import SAMPLE_RATE, AudioTimeline  # noqa: E402
 from orchestrator.signal.prosody import PROSODY_FEATURES, prosody_batch  # noqa: E402
 from orchestrator.turns.floor import Emit, Evaluate, FloorMachine  # noqa: E402
 from orchestrator.turns.fusion import BASE_FEATURES, FusionWeights, feature_vector, fit_logistic  # noqa: E402
@@ -342,7 +342,7 @@ def logit_of(w: FusionWeights, x: F64) -> F64:
 
 # ---- real streaming ASR (--asr) ---------------------------------------------------------------------------
 #
-# The conversation loop (orchestrator/conversation.py) feeds the floor the newest Whisper transcript of the
+# The conversation loop (orchestrator/session/) feeds the floor the newest Whisper transcript of the
 # current turn: every `partial_interval_ms` of audio while the user speaks it re-decodes [turn start - pad,
 # now], and at each speech_end it decodes [turn start - pad, speech_end + FINAL_PAD_S] (the "final"). One
 # decode runs at a time; each result reaches the floor `delay_ms` after the decode started. A turn lasts from

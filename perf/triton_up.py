@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.config import TritonSettings
-from orchestrator.launcher import EmbeddedTriton
+from orchestrator.models.launcher import EmbeddedTriton
 
 
 def main() -> int:

@@ -69,7 +69,7 @@ def sample_label() -> dict[str, object]:
 @pytest.fixture(scope="session")
 def triton() -> Iterator[object]:
     from orchestrator.config import TritonSettings
-    from orchestrator.launcher import EmbeddedTriton
+    from orchestrator.models.launcher import EmbeddedTriton
 
     with EmbeddedTriton(TritonSettings()) as server:
         yield server

@@ -33,8 +33,8 @@ import numpy as np
 
 from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
+from orchestrator.api.limits import AudioClock, FrameRate, TokenBucket
 from orchestrator.config import FaceSettings, FloorSettings, Settings, coerce_bool, validate, with_floor_options
-from orchestrator.conversation import ConversationModels, ConversationSession
 from orchestrator.errors import (
     AudioTooFast,
     BadAudioFormat,
@@ -53,12 +53,20 @@ from orchestrator.face.clip import AudioPiece, ClipModels, ClipSpec, check_spec,
 from orchestrator.face.driver import FaceDriver
 from orchestrator.face.emotions import EMOTIONS
 from orchestrator.face.library import FaceLibrary, check_size
-from orchestrator.limits import AudioClock, FairGate, FrameRate, GatedModels, TokenBucket
-from orchestrator.perception.pipeline import PerceptionModels, PerceptionSession
-from orchestrator.persona import Persona, load_persona
-from orchestrator.session import FloorSession
+from orchestrator.models.fairness import FairGate, GatedModels
+from orchestrator.models.ports import (
+    ConversationModels,
+    FaceModels,
+    FloorModels,
+    LanguageModel,
+    PerceptionModels,
+    RenderedFrames,
+)
+from orchestrator.perception.pipeline import PerceptionSession
+from orchestrator.session.conversation import ConversationSession
+from orchestrator.session.floor import FloorSession
+from orchestrator.session.persona import Persona, load_persona
 from orchestrator.telemetry import Telemetry
-from orchestrator.triton import FaceModels, FloorModels, LanguageModel, RenderedFrames
 
 log = logging.getLogger("duet.session")
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orchestrator.errors import BadPortrait
-from orchestrator.imaging import UnreadableImage, decode_rgb
+from orchestrator.signal.imaging import UnreadableImage, decode_rgb
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]

@@ -25,7 +25,7 @@ from orchestrator.face.emotions import EMOTIONS, EmotionCue
 from orchestrator.face.idle import hash01
 from orchestrator.face.motion import FloorEvent, MotionRequest, Phoneme, Sentence
 from orchestrator.face.visemes import LEAD_S
-from orchestrator.triton import I16, FaceModels, RenderedFrames, SpeechSynthesizer
+from orchestrator.models.ports import I16, FaceModels, RenderedFrames, SpeechSynthesizer
 
 SAMPLE_RATE = 16000
 TAIL_S = 0.4  # frames after the last sound: the mouth closes, the face settles

@@ -25,7 +25,7 @@ from orchestrator.config import FaceSettings
 from orchestrator.errors import DuetError
 from orchestrator.face.emotions import EmotionCue
 from orchestrator.face.motion import FLOOR_EVENTS, FloorEvent, MotionRequest, Phoneme, Sentence
-from orchestrator.triton import FaceModels, SpeechChunk
+from orchestrator.models.ports import FaceModels, SpeechChunk
 
 log = logging.getLogger("duet.face")
 

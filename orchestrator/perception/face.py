@@ -36,7 +36,6 @@ import numpy as np
 import numpy.typing as npt
 
 from orchestrator.errors import DuetError
-from orchestrator.imaging import UnreadableImage, decode_rgb
 from orchestrator.perception.expression import (
     EMOTIONS,
     INPUT_SIDE,
@@ -46,6 +45,7 @@ from orchestrator.perception.expression import (
     contempt_score,
     to_eight,
 )
+from orchestrator.signal.imaging import UnreadableImage, decode_rgb
 
 
 class BadFrame(DuetError):

@@ -22,12 +22,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from orchestrator.errors import DuetError
+from orchestrator.models.ports import PerceptionModels
 from orchestrator.perception import fusion
 from orchestrator.perception.prosody_features import frame_pcm
 from orchestrator.perception.tools import PerceptionTool, PerceptionTools
@@ -38,16 +39,6 @@ log = logging.getLogger("duet.perception")
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 HOP = 320
 NOTE_WINDOW_S = 20.0  # events older than this (stream time) no longer shape the LLM note
-
-
-class PerceptionModels(Protocol):
-    async def voice_features(self, frames: npt.NDArray[np.int16]) -> npt.NDArray[np.float32]:
-        """(n, CONTEXT + 320) int16 hops -> (n, K) feature rows (`perception_audio`)."""
-        ...
-
-    async def analyze_frame(self, image: bytes) -> dict[str, Any]:
-        """One JPEG/PNG camera frame -> `frame_result` (`perception_face`)."""
-        ...
 
 
 def frame_result(analysis: Any) -> dict[str, Any]:

@@ -27,7 +27,7 @@ class _Word(Protocol):
 
 
 class Hypothesis(Protocol):
-    """What a recogniser returns (orchestrator.triton.Transcript fits): text and optionally its words."""
+    """What a recogniser returns (orchestrator.models.ports.Transcript fits): text and optionally its words."""
 
     @property
     def text(self) -> str: ...

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from orchestrator.config import REPO_ROOT
-from orchestrator.launcher import free_port
+from orchestrator.models.launcher import free_port
 
 DUET = str(Path(sys.executable).parent / "duet")
 LOG_LINES = 100_000  # the server's lines kept (for checks and failure messages); a test run logs far fewer

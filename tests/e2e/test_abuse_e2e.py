@@ -17,7 +17,7 @@ import pytest
 
 from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
-from orchestrator.launcher import free_port
+from orchestrator.models.launcher import free_port
 from orchestrator.telemetry import metrics_by_key
 from tests.e2e.conftest import DuetServer, persona_folder, start_server, stop_server, wait_for
 

@@ -27,7 +27,7 @@ import duet
 from duet.sdk import ReplyAudio, Session
 from duet.wav import CHUNK_SAMPLES, SAMPLE_RATE, chunks
 from orchestrator.config import Settings, TritonSettings
-from orchestrator.launcher import EmbeddedTriton, free_port
+from orchestrator.models.launcher import EmbeddedTriton, free_port
 from tests.conftest import metric, read_wav
 from tests.e2e.conftest import DuetServer, start_server, stop_server, wait_for
 

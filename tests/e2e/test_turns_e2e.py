@@ -216,7 +216,7 @@ def test_cli_rejects_non_wav_and_wrong_rate(server: str, tmp_path: Path) -> None
 
 
 def test_cli_starts_the_embedded_stack_when_no_server(sample_label: dict[str, Any]) -> None:
-    from orchestrator.launcher import free_port
+    from orchestrator.models.launcher import free_port
 
     res = cli_turns(f"127.0.0.1:{free_port()}", "--speed", "0")
     assert res.returncode == 0, res.stderr
@@ -226,7 +226,7 @@ def test_cli_starts_the_embedded_stack_when_no_server(sample_label: dict[str, An
 
 async def test_triton_dying_gives_sessions_a_typed_error(sample_audio: npt.NDArray[np.int16]) -> None:
     from orchestrator.config import TritonSettings
-    from orchestrator.launcher import EmbeddedTriton, free_port
+    from orchestrator.models.launcher import EmbeddedTriton, free_port
 
     triton = EmbeddedTriton(TritonSettings()).start()
     port = free_port()

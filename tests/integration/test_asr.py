@@ -16,8 +16,9 @@ from tritonclient.utils import InferenceServerException
 
 from orchestrator.config import REPO_ROOT, TritonSettings
 from orchestrator.errors import ModelUnavailable
-from orchestrator.launcher import EmbeddedTriton
-from orchestrator.triton import Transcript, TritonModels
+from orchestrator.models.launcher import EmbeddedTriton
+from orchestrator.models.ports import Transcript
+from orchestrator.models.triton import TritonModels
 from tests.conftest import read_wav
 
 pytestmark = pytest.mark.integration

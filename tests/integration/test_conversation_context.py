@@ -15,10 +15,11 @@ import pytest
 
 from duet.wav import CHUNK_SAMPLES, SAMPLE_RATE, chunks
 from orchestrator.config import Settings
-from orchestrator.conversation import ConversationSession
-from orchestrator.persona import load_persona
-from orchestrator.triton import LlmRequest, TritonModels
-from orchestrator.turns.speculation import Phase
+from orchestrator.models.ports import LlmRequest
+from orchestrator.models.triton import TritonModels
+from orchestrator.session.conversation import ConversationSession
+from orchestrator.session.persona import load_persona
+from orchestrator.turns.replies import Phase
 
 pytestmark = pytest.mark.integration
 

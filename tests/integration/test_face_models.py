@@ -17,8 +17,9 @@ from orchestrator.face import params as fp
 from orchestrator.face.clip import AudioPiece, ClipSpec, render_clip
 from orchestrator.face.emotions import EmotionCue
 from orchestrator.face.motion import MotionRequest, generate
-from orchestrator.launcher import EmbeddedTriton
-from orchestrator.triton import RenderedFrames, TritonModels
+from orchestrator.models.launcher import EmbeddedTriton
+from orchestrator.models.ports import RenderedFrames
+from orchestrator.models.triton import TritonModels
 from tests.conftest import metric
 
 pytestmark = pytest.mark.integration

@@ -26,8 +26,9 @@ import pytest
 
 from orchestrator.config import TritonSettings
 from orchestrator.errors import ModelUnavailable
-from orchestrator.launcher import EmbeddedTriton, child_pids, process_argv
-from orchestrator.triton import ChatMessage, LlmRequest, ModelHealer, TritonModels
+from orchestrator.models.launcher import EmbeddedTriton, child_pids, process_argv
+from orchestrator.models.ports import ChatMessage, LlmRequest
+from orchestrator.models.triton import ModelHealer, TritonModels
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def test_a_spoken_session_goes_on_after_the_llm_stub_is_killed_mid_reply(tmp_pat
     from duet.talk import talk
     from orchestrator.app import running_stack
     from orchestrator.config import Settings
-    from orchestrator.launcher import free_port
+    from orchestrator.models.launcher import free_port
     from tests.conftest import SAMPLE, SAMPLE_LABEL, metric
 
     base = Settings()

@@ -15,8 +15,9 @@ import tritonclient.grpc.aio as grpcclient
 
 from orchestrator.config import TritonSettings
 from orchestrator.errors import ModelUnavailable
-from orchestrator.launcher import EmbeddedTriton
-from orchestrator.triton import ChatMessage, LlmRequest, TritonModels
+from orchestrator.models.launcher import EmbeddedTriton
+from orchestrator.models.ports import ChatMessage, LlmRequest
+from orchestrator.models.triton import TritonModels
 
 pytestmark = pytest.mark.integration
 

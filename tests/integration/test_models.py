@@ -9,13 +9,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from orchestrator.audio import HISTORY, SAMPLE_RATE, VAD_CONTEXT, VAD_WINDOW
 from orchestrator.config import REPO_ROOT
 from orchestrator.errors import ModelUnavailable
 from orchestrator.inference.turn import SmartTurn, pcm_to_float
 from orchestrator.inference.vad import SileroBatch
+from orchestrator.models.triton import TritonModels
+from orchestrator.signal.audio import HISTORY, SAMPLE_RATE, VAD_CONTEXT, VAD_WINDOW
 from orchestrator.signal.prosody import prosody_features
-from orchestrator.triton import TritonModels
 from orchestrator.turns.fusion import FusionWeights, feature_vector
 
 pytestmark = pytest.mark.integration
@@ -130,7 +130,7 @@ async def test_bad_tensor_is_a_typed_error_and_the_model_keeps_serving(triton: A
 
 
 async def test_unreachable_triton_is_a_typed_error() -> None:
-    from orchestrator.launcher import free_port
+    from orchestrator.models.launcher import free_port
 
     models = TritonModels(f"127.0.0.1:{free_port()}", timeout_s=2.0)
     try:

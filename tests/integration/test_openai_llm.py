@@ -15,9 +15,9 @@ import pytest
 
 from orchestrator.config import REPO_ROOT, LlmSettings
 from orchestrator.errors import BadOption, ModelUnavailable
-from orchestrator.launcher import free_port
-from orchestrator.openai_llm import OpenAIChat
-from orchestrator.triton import ChatMessage, LlmRequest
+from orchestrator.models.launcher import free_port
+from orchestrator.models.openai_llm import OpenAIChat
+from orchestrator.models.ports import ChatMessage, LlmRequest
 from tests.conftest import require_module
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ import skimage.data
 from PIL import Image
 
 from orchestrator.config import TritonSettings
-from orchestrator.launcher import EmbeddedTriton
+from orchestrator.models.launcher import EmbeddedTriton
+from orchestrator.models.triton import TritonModels
 from orchestrator.perception.face import BadFrame
 from orchestrator.perception.prosody_features import frame_features, frame_pcm
-from orchestrator.triton import TritonModels
 
 pytestmark = pytest.mark.integration
 

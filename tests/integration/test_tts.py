@@ -13,8 +13,9 @@ import pytest
 from orchestrator.config import REPO_ROOT, TritonSettings
 from orchestrator.errors import ModelUnavailable
 from orchestrator.inference.tts import SAMPLE_RATE, VoiceLibrary, sentences
-from orchestrator.launcher import EmbeddedTriton
-from orchestrator.triton import SpeechChunk, TritonModels
+from orchestrator.models.launcher import EmbeddedTriton
+from orchestrator.models.ports import SpeechChunk
+from orchestrator.models.triton import TritonModels
 from tests.conftest import metric
 
 pytestmark = pytest.mark.integration

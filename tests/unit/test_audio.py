@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.audio import HISTORY, VAD_CONTEXT, VAD_WINDOW, AudioTimeline
 from orchestrator.errors import BadAudioChunk
+from orchestrator.signal.audio import HISTORY, VAD_CONTEXT, VAD_WINDOW, AudioTimeline
 
 
 def pcm(values: np.ndarray) -> bytes:

@@ -13,12 +13,12 @@ import pytest
 from duet.talk import Bleed, Speaker
 from orchestrator.api.session_service import parse_options
 from orchestrator.config import Settings
-from orchestrator.conversation import ConversationModels, ConversationSession
-from orchestrator.dialogue import Dialogue
 from orchestrator.errors import BadOption
-from orchestrator.persona import Persona, load_persona
-from orchestrator.playback import Playback, ReplyAudio
-from orchestrator.triton import ChatMessage, SpeechChunk, Transcript
+from orchestrator.models.ports import ChatMessage, ConversationModels, SpeechChunk, Transcript
+from orchestrator.session.conversation import ConversationSession
+from orchestrator.session.dialogue import Dialogue
+from orchestrator.session.persona import Persona, load_persona
+from orchestrator.session.playback import Playback, ReplyAudio
 
 PERSONAS = Path(__file__).resolve().parents[2] / "personas"
 

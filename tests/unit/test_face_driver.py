@@ -19,7 +19,7 @@ from orchestrator.face.driver import place_segment, trim
 from orchestrator.face.library import FaceLibrary, check_params, check_size
 from orchestrator.face.motion import EmotionCue, MotionRequest, Sentence, generate
 from orchestrator.face.motion import Phoneme as MotionPhoneme
-from orchestrator.triton import Phoneme, SpeechChunk
+from orchestrator.models.ports import Phoneme, SpeechChunk
 
 SR = 16000
 

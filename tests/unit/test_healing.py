@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from orchestrator.healing import (
+from orchestrator.models.healing import (
     Healed,
     Healer,
     HealingPolicy,

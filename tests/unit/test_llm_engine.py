@@ -149,11 +149,11 @@ def test_bad_limits_are_input_errors(engine: LlamaEngine) -> None:
         generate_text(engine, [Message("user", "word " * 2000)], max_tokens=4, temperature=0.3)
 
 
-# --- the OpenAI-compatible backend's stream parsing (orchestrator/openai_llm.py) ---
+# --- the OpenAI-compatible backend's stream parsing (orchestrator/models/openai_llm.py) ---
 
 
 def test_sse_events_split_anywhere_are_reassembled() -> None:
-    from orchestrator.openai_llm import SseParser
+    from orchestrator.models.openai_llm import SseParser
 
     stream = b': keep-alive\r\n\r\ndata: {"a": 1}\r\n\r\nevent: x\ndata: line one\ndata: line two\n\ndata: [DONE]\n\n'
     whole = SseParser().feed(stream)
@@ -164,7 +164,7 @@ def test_sse_events_split_anywhere_are_reassembled() -> None:
 
 def test_delta_text_and_endpoint_errors() -> None:
     from orchestrator.errors import ModelUnavailable
-    from orchestrator.openai_llm import _endpoint_message, delta_text
+    from orchestrator.models.openai_llm import _endpoint_message, delta_text
 
     assert delta_text('{"choices": [{"delta": {"content": "Hi"}}]}') == "Hi"
     assert delta_text('{"choices": [{"delta": {"role": "assistant"}}]}') == ""

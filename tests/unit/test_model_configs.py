@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audio import HISTORY, VAD_CONTEXT, VAD_WINDOW
 from orchestrator.config import TritonSettings
+from orchestrator.signal.audio import HISTORY, VAD_CONTEXT, VAD_WINDOW
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 TENSOR = re.compile(r'\{\s*name:\s*"(\w+)"\s+data_type:\s*(\w+)\s+dims:\s*\[([^\]]*)\]')

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from duet.proto import session_pb2 as pb
+from orchestrator.api.limits import AudioClock, FrameRate, TokenBucket
 from orchestrator.api.session_service import SessionService, _End, _Stamped
 from orchestrator.config import Settings
 from orchestrator.errors import DuetError, public_message
-from orchestrator.limits import AudioClock, FairGate, FrameRate, TokenBucket
-from orchestrator.session import MAX_FLOOR_CONTEXT_CHARS, MAX_FLOOR_TEXT_CHARS, bounded_context, bounded_text
+from orchestrator.models.fairness import FairGate
+from orchestrator.session.floor import MAX_FLOOR_CONTEXT_CHARS, MAX_FLOOR_TEXT_CHARS, bounded_context, bounded_text
 
 
 async def endless() -> AsyncIterator[pb.ClientMessage]:

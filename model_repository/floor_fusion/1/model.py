@@ -31,11 +31,18 @@ class TritonPythonModel:
             text = pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy()
             context = pb_utils.get_input_tensor_by_name(r, "CONTEXT").as_numpy()
             try:
-                rows = np.stack([
-                    feature_vector(float(p_turn[i, 0]), prosody[i], 1000.0 * float(pause[i, 0]) / SAMPLE_RATE,
-                                   _text(text, i), _text(context, i))
-                    for i in range(p_turn.shape[0])
-                ])
+                rows = np.stack(
+                    [
+                        feature_vector(
+                            float(p_turn[i, 0]),
+                            prosody[i],
+                            1000.0 * float(pause[i, 0]) / SAMPLE_RATE,
+                            _text(text, i),
+                            _text(context, i),
+                        )
+                        for i in range(p_turn.shape[0])
+                    ]
+                )
                 p = self.weights.predict(rows).astype(np.float32).reshape(-1, 1)
             except ValueError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))

@@ -28,8 +28,6 @@ class TritonPythonModel:
             error = pb_utils.TritonError(str(exc))
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
         return [
-            pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("PROB", p), pb_utils.Tensor("STATE_OUT", s)]
-            )
+            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PROB", p), pb_utils.Tensor("STATE_OUT", s)])
             for p, s in zip(split_rows(prob, sizes), split_rows(state, sizes), strict=True)
         ]

@@ -6,7 +6,7 @@ the stub finds its libraries relative to its real location). Before starting we 
 that cannot load its libraries would otherwise leave the server "loading" forever.
 
 `supervise` restarts a server that died, on the same ports, so clients reconnect to the same address; `stubs`
-lists the live Python stubs by model, the probe the model healer (`orchestrator/healing.py`) uses to notice
+lists the live Python stubs by model, the probe the model healer (`orchestrator/models/healing.py`) uses to notice
 a stub that died.
 """
 

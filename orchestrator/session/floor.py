@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.audio import HISTORY, SAMPLE_RATE, VAD_WINDOW, AudioTimeline
 from orchestrator.config import FloorSettings
-from orchestrator.triton import F32, FloorEstimate, FloorModels
+from orchestrator.models.ports import F32, FloorEstimate, FloorModels
+from orchestrator.signal.audio import HISTORY, SAMPLE_RATE, VAD_WINDOW, AudioTimeline
 from orchestrator.turns.floor import Action, Emit, Evaluate, FloorMachine
 
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.config import FloorSettings
 from orchestrator.turns.floor import Evaluate, FloorMachine
-from orchestrator.turns.speculation import (
+from orchestrator.turns.replies import (
     Action,
     CancelReply,
     CommitReplicaTurn,

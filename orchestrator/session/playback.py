@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.triton import I16, SpeechChunk
+from orchestrator.models.ports import I16, SpeechChunk
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.persona import Persona
-from orchestrator.triton import ChatMessage, LlmRequest
+from orchestrator.models.ports import ChatMessage, LlmRequest
+from orchestrator.session.persona import Persona
 
 
 @dataclass

@@ -14,7 +14,7 @@ and returns actions: `Reload` (unload + load that model now), `Healed`, `ReloadF
 reloading does not work (a reload that hung, or several that failed). One reload at a time
 per model: failures seen while it reloads (or waits to retry) share it. A failure of a request sent before the
 model's last reload says nothing about the new stub, so it starts nothing. The I/O half (the repository calls,
-the probe, the clock, logs and counters) is `ModelHealer` in `orchestrator/triton.py`.
+the probe, the clock, logs and counters) is `ModelHealer` in `orchestrator/models/triton.py`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The pieces and who owns what:
 - `FloorSession` runs VAD and the floor model on the (echo-reduced) user audio and reports floor events.
 - Streaming ASR re-decodes the user's current turn while they speak (partials feed the floor model's
   lexical input) and once more at each speech end (the transcript replies are built from).
-- `ReplyMachine` (pure, `turns/speculation.py`) decides when to start, release, cancel, pause, resume and
+- `ReplyMachine` (pure, `turns/replies.py`) decides when to start, release, cancel, pause, resume and
   stop replies and when history is written; this class only executes its actions.
 - Each reply runs as one owned task: LLM tokens → clause splitter → TTS, its audio buffered in a
   `ReplyAudio`. Cancelling the task closes the model streams, which cancels the Triton requests.
@@ -24,24 +24,24 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from orchestrator.audio import SAMPLE_RATE
 from orchestrator.config import Settings
-from orchestrator.dialogue import Dialogue
 from orchestrator.errors import DuetError
 from orchestrator.face.driver import FaceDriver
+from orchestrator.models.ports import ConversationModels, LanguageModel
 from orchestrator.perception.pipeline import PerceptionSession
-from orchestrator.persona import Persona
-from orchestrator.playback import Playback, ReplyAudio, Segment
-from orchestrator.session import FloorSession
+from orchestrator.session.dialogue import Dialogue
+from orchestrator.session.floor import FloorSession
+from orchestrator.session.persona import Persona
+from orchestrator.session.playback import Playback, ReplyAudio, Segment
+from orchestrator.signal.audio import SAMPLE_RATE
 from orchestrator.signal.echo import EchoCanceller
 from orchestrator.speech.clauses import ClauseSplitter
 from orchestrator.speech.transcript import DecodeWindow, PartialSchedule, StreamingTranscript
-from orchestrator.triton import I16, FloorModels, LanguageModel, SpeechSynthesizer, Transcript
-from orchestrator.turns import speculation as sp
+from orchestrator.turns import replies as sp
 
 log = logging.getLogger("duet.conversation")
 
@@ -61,12 +61,6 @@ async def aclose(stream: Any) -> None:
     close = getattr(stream, "aclose", None)
     if close is not None:
         await close()
-
-
-class ConversationModels(FloorModels, SpeechSynthesizer, Protocol):
-    """What a conversation needs from the serving layer (`TritonModels` provides all of it)."""
-
-    async def transcribe(self, audio: I16, prompt: str = "", *, word_timings: bool = True) -> Transcript: ...
 
 
 @dataclass

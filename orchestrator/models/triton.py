@@ -1,7 +1,9 @@
-"""The only module that imports `tritonclient`: typed async calls to the Duet models over one gRPC channel.
+"""The Triton adapter, and the only module that imports `tritonclient`: typed async calls to the Duet models
+over one gRPC channel, and the healer that reloads a model whose stub died.
 
-Everything else sees the small `FloorModels` protocol, so the session logic stays testable and the
-transport stays replaceable. Failures become `ModelUnavailable` with the model's own message.
+It implements the protocols of `orchestrator.models.ports`; everything else sees only those, so the session
+logic stays testable with fakes and the transport stays replaceable. Failures become `ModelUnavailable` with
+the model's own message.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,7 +24,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.errors import BadFaceParams, BadPortrait, ModelUnavailable
-from orchestrator.healing import (
+from orchestrator.models.healing import (
     Action,
     Healed,
     Healer,
@@ -32,108 +33,19 @@ from orchestrator.healing import (
     RestartServer,
     dead_stub_instance,
 )
+from orchestrator.models.ports import (
+    F32,
+    I16,
+    FloorEstimate,
+    LlmRequest,
+    Phoneme,
+    RenderedFrames,
+    SpeechChunk,
+    Transcript,
+    Word,
+)
 
 log = logging.getLogger("duet.triton")
-
-F32 = npt.NDArray[np.float32]
-I16 = npt.NDArray[np.int16]
-
-
-@dataclass(frozen=True)
-class FloorEstimate:
-    p_yield: float
-    p_turn: float
-    prosody: F32  # the end-of-phrase prosody vector the fusion used
-
-
-class FloorModels(Protocol):
-    async def vad(self, audio: I16, state: F32) -> tuple[float, F32]: ...
-
-    async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate: ...
-
-    async def fuse(self, acoustics: FloorEstimate, pause_samples: int, text: str, context: str) -> FloorEstimate: ...
-
-
-@dataclass(frozen=True)
-class Word:
-    text: str
-    start: float  # seconds from the start of the audio given to the recogniser
-    end: float
-    probability: float
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str
-    words: tuple[Word, ...] = ()
-
-
-class SpeechRecognizer(Protocol):
-    async def transcribe(self, audio: I16, prompt: str = "") -> Transcript:
-        """Transcribe 16 kHz PCM16 (one utterance, at most ~28 s); `prompt` is earlier conversation text."""
-        ...
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-
-@dataclass(frozen=True)
-class LlmRequest:
-    messages: tuple[ChatMessage, ...]
-    max_tokens: int = 96
-    temperature: float = 0.3
-    stop: tuple[str, ...] = ()
-    request_id: str = ""
-
-
-class LanguageModel(Protocol):
-    def generate(self, request: LlmRequest) -> AsyncIterator[str]:
-        """Stream text pieces. Closing the iterator early (`aclose()`, or cancelling the task iterating it)
-        cancels the request end to end: the model stops generating."""
-        ...
-
-
-@dataclass(frozen=True)
-class Phoneme:
-    phoneme: str
-    start: float  # seconds from the start of this chunk's audio
-    end: float
-
-
-@dataclass(frozen=True)
-class SpeechChunk:
-    pcm: I16  # 16 kHz mono
-    text: str  # the text this audio speaks
-    phonemes: tuple[Phoneme, ...] = ()
-
-
-class SpeechSynthesizer(Protocol):
-    def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
-        """Stream audio sentence by sentence; closing the iterator early cancels the request."""
-        ...
-
-
-@dataclass(frozen=True)
-class RenderedFrames:
-    """A run of JPEG frames from `face_render`: frame numbers `first`, `first + 1`, ... of the request."""
-
-    first: int
-    jpegs: tuple[bytes, ...]
-
-
-class FaceModels(Protocol):
-    async def face_motion(self, request_json: str) -> F32:
-        """Per-frame face parameters (frames, SIZE) for a `orchestrator.face.motion.MotionRequest`."""
-        ...
-
-    def render_frames(
-        self, face: str, params: F32, width: int, height: int, quality: int
-    ) -> AsyncIterator[RenderedFrames]:
-        """JPEG frames for `params`, streamed in runs as they are drawn; closing early cancels the request."""
-        ...
 
 
 class StubDied(ModelUnavailable):
@@ -531,7 +443,7 @@ class TritonModels:
 
 
 class ModelHealer:
-    """Heals the models of one `TritonModels` whose stub died: the I/O around `orchestrator.healing.Healer`.
+    """Heals the models of one `TritonModels` whose stub died: the I/O around `orchestrator.models.healing.Healer`.
 
     - Requests report their failures (`failed`); the dead-stub one starts a reload, shared by every request
       that fails meanwhile, and those wait for it (`wait_healthy`) and are sent once more.

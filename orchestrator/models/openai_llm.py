@@ -20,7 +20,7 @@ import aiohttp
 
 from orchestrator.config import LlmSettings
 from orchestrator.errors import BadOption, DuetError, ModelUnavailable
-from orchestrator.triton import LlmRequest
+from orchestrator.models.ports import LlmRequest
 
 MAX_EVENT_BYTES = 1 << 20  # one SSE event; a delta is a few hundred bytes
 
