@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
-	bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults bench-isolation serve clean
+	bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults bench-isolation bench-micro \
+	bench-micro-save serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,7 +42,7 @@ e2e: setup  ## whole stack through the real CLI and SDK
 	@$(PY) -m pytest -q tests/e2e
 
 BENCHES := bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech bench-face bench-perception \
-	bench-faults bench-isolation
+	bench-faults bench-isolation bench-micro
 bench: setup $(BENCHES)  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
@@ -78,6 +79,24 @@ bench-faults: setup  ## kill the llm, tts and asr stubs mid-session: time to rec
 
 bench-isolation: setup  ## a healthy call alone vs beside 50 hostile streams: latency, how each hostile one ended
 	@$(PY) perf/bench_isolation.py --hostile 50
+
+# Micro-benchmarks (pytest-benchmark) of the hot pure functions; docs/micro-benchmarks.md reads the table.
+# `bench_*.py` files are collected only here (python_files); `make test`/`make unit` never see them. One BLAS
+# thread, as the Triton launcher runs the models.
+MICRO_BASELINE := perf/micro/baseline
+BENCH_MICRO := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest perf/micro -q -p no:cacheprovider -o python_files='bench_*.py' \
+	--benchmark-group-by=group --benchmark-sort=name --benchmark-columns=median,mean,iqr,min,rounds \
+	--benchmark-time-unit=us --benchmark-warmup=on --benchmark-warmup-iterations=200 \
+	--benchmark-min-rounds=25 --benchmark-max-time=0.5
+
+bench-micro: setup  ## micro-benchmarks of the hot pure functions, against the checked-in baseline
+	@$(BENCH_MICRO) --benchmark-storage=file://$(MICRO_BASELINE) --benchmark-compare=0001 $(BENCH_MICRO_ARGS)
+
+bench-micro-save: setup  ## re-measure and replace the micro-benchmark baseline (after an intended speed change)
+	@rm -rf $(MICRO_BASELINE).new
+	@$(BENCH_MICRO) --benchmark-storage=file://$(MICRO_BASELINE).new --benchmark-save=baseline $(BENCH_MICRO_ARGS)
+	@$(PY) perf/micro/scrub_baseline.py $(MICRO_BASELINE).new
+	@rm -rf $(MICRO_BASELINE) && mv $(MICRO_BASELINE).new $(MICRO_BASELINE) && ls $(MICRO_BASELINE)/*/*.json
 
 serve: setup  ## run the stack in the foreground
 	@$(VENV)/bin/duet serve

@@ -24,13 +24,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from orchestrator.config import MetricsSettings
+from orchestrator.events import Event, FloorEvent, ReplicaSpeakingStart
 
 log = logging.getLogger("duet.telemetry")
 
 STAGES = ("floor_decision", "asr_final", "llm_first_token", "tts_first_chunk", "first_audio")
 # Seconds: from a fast model call to a reply that a loaded machine delivers late.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
-# Event fields (milliseconds) that carry a stage's wall-clock latency, in `replica_speaking_start.latency`.
+# Fields (milliseconds) of `replica_speaking_start.latency` that carry a stage's wall-clock latency.
 _REPLY_STAGES = {
     "asr_final_ms": "asr_final",
     "llm_first_token_ms": "llm_first_token",
@@ -65,16 +66,15 @@ class Telemetry:
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
-    def observe_event(self, event: dict[str, Any]) -> None:
+    def observe_event(self, event: Event) -> None:
         """Stage latencies from the session's own events (their wall-clock fields)."""
-        kind = event.get("type")
-        if kind == "eot_commit" and isinstance(event.get("compute_ms"), int | float):
-            self.latency.labels(stage="floor_decision").observe(float(event["compute_ms"]) / 1000)
-        elif kind == "replica_speaking_start":
+        if isinstance(event, FloorEvent) and event.kind == "eot_commit" and event.compute_ms is not None:
+            self.latency.labels(stage="floor_decision").observe(event.compute_ms / 1000)
+        elif isinstance(event, ReplicaSpeakingStart):
             for key, stage in _REPLY_STAGES.items():
-                value = (event.get("latency") or {}).get(key)
-                if isinstance(value, int | float) and value > 0:
-                    self.latency.labels(stage=stage).observe(float(value) / 1000)
+                value = getattr(event.latency, key)
+                if value is not None and value > 0:
+                    self.latency.labels(stage=stage).observe(value / 1000)
 
     def first_audio(self, seconds: float) -> None:
         self.latency.labels(stage="first_audio").observe(max(seconds, 0.0))

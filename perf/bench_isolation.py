@@ -208,8 +208,6 @@ async def one_session(
                     tally.notices[f"{kind}:{msg.error.code}"] += 1
             elif msg.WhichOneof("kind") == "event" and msg.event.type == "session_ended":
                 outcome = "session_ended"
-            elif msg.WhichOneof("kind") == "event" and msg.event.type == "error":
-                tally.notices[f"{kind}:{json.loads(msg.event.json).get('code')}"] += 1
     except grpc.aio.AioRpcError as exc:  # e.g. a stream reset while the client was still writing
         outcome = f"rpc_{exc.code().name.lower()}"
     except asyncio.CancelledError:

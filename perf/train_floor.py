@@ -48,7 +48,7 @@ from orchestrator.inference.turn import SmartTurn, pcm_to_float  # noqa: E402
 from orchestrator.inference.vad import SileroBatch  # noqa: E402
 from orchestrator.signal.audio import SAMPLE_RATE, AudioTimeline  # noqa: E402
 from orchestrator.signal.prosody import PROSODY_FEATURES, prosody_batch  # noqa: E402
-from orchestrator.turns.floor import Emit, Evaluate, FloorMachine  # noqa: E402
+from orchestrator.turns.floor import Evaluate, FloorMachine  # noqa: E402
 from orchestrator.turns.fusion import BASE_FEATURES, FusionWeights, feature_vector, fit_logistic  # noqa: E402
 from orchestrator.turns.lexical import lexical  # noqa: E402
 
@@ -123,8 +123,6 @@ def replay(
                     windows.append(tl.window(a.t))
                     pauses.append(round(a.pause_ms * SAMPLE_RATE / 1000))
                     actions += fsm.on_estimate(a.request_id, 0.0)
-                elif isinstance(a, Emit):
-                    pass
     return points, windows, pauses
 
 

@@ -127,7 +127,7 @@ async def _items(call: AsyncIterator[pb.ServerMessage]) -> AsyncIterator[Item]:
             elif kind == "error":
                 if msg.error.fatal:
                     raise DuetError(msg.error.code, msg.error.message)
-                yield {"type": "error", "code": msg.error.code, "message": msg.error.message}
+                yield {"type": "error", "t": msg.error.t, "code": msg.error.code, "message": msg.error.message}
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             raise ServerUnavailable(f"stream lost: {exc.details()}") from exc

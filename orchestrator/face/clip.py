@@ -16,11 +16,12 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from orchestrator.errors import BadOption, BadTimings, DuetError
+from orchestrator.events import RenderDone, RenderPhoneme
 from orchestrator.face.emotions import EMOTIONS, EmotionCue
 from orchestrator.face.idle import hash01
 from orchestrator.face.motion import FloorEvent, MotionRequest, Phoneme, Sentence
@@ -79,10 +80,10 @@ class ClipStats:
     first_audio_ms: float | None = None
     motion_ms: float = 0.0
     render_ms: float = 0.0
-    phonemes: list[dict[str, Any]] = field(default_factory=list)  # on the clip clock (for sync checks)
+    phonemes: list[RenderPhoneme] = field(default_factory=list)  # on the clip clock (for sync checks)
 
 
-ClipItem = AudioPiece | RenderedFrames | dict[str, Any]
+ClipItem = AudioPiece | RenderedFrames | RenderDone
 
 
 def parse_timings(raw: str, audio_s: float) -> tuple[Phoneme, ...]:
@@ -238,24 +239,23 @@ async def render_clip(models: ClipModels, spec: ClipSpec, stats: ClipStats | Non
         await asyncio.gather(runner, return_exceptions=True)
     stats.speech_s = 0.0 if spec.idle else float(state["speech_end"])
     stats.phonemes = [
-        {"p": p.p, "s": round(s.t0 + p.s, 4), "e": round(s.t0 + p.e, 4)} for s in speech for p in s.phonemes
+        RenderPhoneme(p.p, round(s.t0 + p.s, 4), round(s.t0 + p.e, 4)) for s in speech for p in s.phonemes
     ]
-    yield {
-        "type": "render_done",
-        "frames": stats.frames,
-        "fps": spec.fps,
-        "width": spec.width,
-        "height": spec.height,
-        "emotion": spec.emotion,
-        "intensity": spec.intensity,
-        "duration_s": round(stats.frames / spec.fps, 3),
-        "speech_s": round(stats.speech_s, 3),
-        "idle": spec.idle,
-        "listening": spec.listening,
-        "first_audio_ms": stats.first_audio_ms,
-        "first_frame_ms": stats.first_frame_ms,
-        "total_ms": elapsed_ms(),
-        "motion_ms": round(stats.motion_ms, 1),
-        "render_ms": round(stats.render_ms, 1),
-        "phonemes": stats.phonemes,
-    }
+    yield RenderDone(
+        frames=stats.frames,
+        fps=spec.fps,
+        width=spec.width,
+        height=spec.height,
+        emotion=spec.emotion,
+        intensity=spec.intensity,
+        duration_s=round(stats.frames / spec.fps, 3),
+        speech_s=round(stats.speech_s, 3),
+        idle=spec.idle,
+        listening=spec.listening,
+        first_audio_ms=stats.first_audio_ms,
+        first_frame_ms=stats.first_frame_ms,
+        total_ms=elapsed_ms(),
+        motion_ms=round(stats.motion_ms, 1),
+        render_ms=round(stats.render_ms, 1),
+        phonemes=tuple(stats.phonemes),
+    )

@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from orchestrator.config import FaceSettings
-from orchestrator.errors import DuetError
+from orchestrator.errors import DuetError, public_message
+from orchestrator.events import ErrorEvent, Event, VideoStats
 from orchestrator.face.emotions import EmotionCue
 from orchestrator.face.motion import FLOOR_EVENTS, FloorEvent, MotionRequest, Phoneme, Sentence
 from orchestrator.models.ports import FaceModels, SpeechChunk
@@ -33,7 +35,13 @@ SAMPLE_RATE = 16000
 HISTORY_S = 5.0  # timeline items older than this before the next frame cannot affect it
 TAIL_S = 0.4  # after the last audio at the end of a session: the mouth closes
 
-VideoSink = Callable[[bytes, float, int], Awaitable[None]]  # jpeg, t (session seconds), frame index
+
+class VideoOut(Protocol):
+    """Where the frames go (the session's outlet): `video` never waits; `event` reports a failure."""
+
+    def video(self, jpeg: bytes, t: float, index: int) -> None: ...
+
+    async def event(self, event: Event) -> None: ...
 
 
 def place_segment(chunks: Sequence[SpeechChunk], first: int, last: int, at: float) -> list[Sentence]:
@@ -78,17 +86,18 @@ class FaceStats:
     # (the video buffer a client needs to show lips in step with the voice)
     lag_ms: list[float] = field(default_factory=list)
 
-    def summary(self) -> dict[str, float | int | None]:
+    def event(self, t: float) -> VideoStats:
         def pct(xs: list[float], q: float) -> float | None:
             return round(float(np.percentile(xs, q)), 1) if xs else None
 
-        return {
-            "frames": self.frames,
-            "dropped": self.dropped,
-            "lag_ms_p50": pct(self.lag_ms, 50),
-            "lag_ms_p95": pct(self.lag_ms, 95),
-            "chunk_ms_p50": pct(self.render_ms, 50),
-        }
+        return VideoStats(
+            t=round(t, 4),
+            frames=self.frames,
+            dropped=self.dropped,
+            lag_ms_p50=pct(self.lag_ms, 50),
+            lag_ms_p95=pct(self.lag_ms, 95),
+            chunk_ms_p50=pct(self.render_ms, 50),
+        )
 
 
 class FaceDriver:
@@ -96,7 +105,7 @@ class FaceDriver:
         self,
         models: FaceModels,
         settings: FaceSettings,
-        send_video: VideoSink,
+        out: VideoOut,
         *,
         face: str,
         emotion: str,
@@ -105,7 +114,7 @@ class FaceDriver:
     ) -> None:
         self.models = models
         self.s = settings
-        self._send = send_video
+        self.out = out
         self.face = face
         self.seed = seed
         self.name = name
@@ -192,9 +201,14 @@ class FaceDriver:
                     n = min(target - self._next, 50)
                     await self._render(self._next, n)
                     self._next += n
-        except DuetError as err:  # the session goes on without video; the caller reports it
+        except DuetError as err:  # the session goes on without video; the client is told at once
             self.failure = err
             log.warning("%s: video stopped: %s", self.name, err.message)
+            await self.out.event(ErrorEvent.of(err, self._now))
+        except Exception as exc:  # a bug: the session goes on without video, and says so
+            self.failure = DuetError(f"the replica's video stopped: {public_message(str(exc))}")
+            log.exception("%s: video failed", self.name)
+            await self.out.event(ErrorEvent.of(self.failure, self._now))
 
     async def _render(self, first: int, n: int) -> None:
         loop = asyncio.get_running_loop()
@@ -203,7 +217,7 @@ class FaceDriver:
         async for run in self.models.render_frames(self.face, params, self.s.width, self.s.height, self.s.quality):
             for i, jpeg in enumerate(run.jpegs):
                 index = first + run.first + i
-                await self._send(jpeg, round(index / self.s.fps, 4), index)
+                self.out.video(jpeg, round(index / self.s.fps, 4), index)
                 self.stats.frames += 1
                 if self._end is None:  # live: the input clock runs at real time
                     due = self._wall - (self._now - index / self.s.fps)

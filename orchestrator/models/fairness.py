@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+
+from orchestrator.models.ports import F32, I16, FloorEstimate, RenderedFrames, SessionModels, SpeechChunk, Transcript
+
+T = TypeVar("T")
 
 BULK_PAUSE_S = 0.02
 
@@ -130,23 +134,22 @@ class FairGate:
 class GatedModels:
     """One session's view of the shared model client: its unary requests pass the `FairGate` under its own key
     (in the bulk lane while `bulk()` says the session runs ahead of real time); streams (LLM, TTS, face frames)
-    and everything else go straight through (each session holds at most a few)."""
+    go straight through (each session holds at most a few)."""
 
-    def __init__(self, models: Any, gate: FairGate, key: Hashable, bulk: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, models: SessionModels, gate: FairGate, key: Hashable, bulk: Callable[[], bool] = lambda: False
+    ) -> None:
         self._models = models
         self._gate = gate
         self._key = key
         self._bulk = bulk
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._models, name)
-
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         bulk = self._bulk()
         async with self._gate.slot(self._key, bulk):
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            result = await getattr(self._models, method)(*args, **kwargs)
+            result = await call()
             if bulk and self._gate.live_recently(loop.time()):
                 # While live sessions are about, a bulk slot is held idle after each request for twice as long as
                 # the request took (at least BULK_PAUSE_S): all bulk work together then keeps a model busy at
@@ -155,23 +158,38 @@ class GatedModels:
                 await asyncio.sleep(max(BULK_PAUSE_S, 2 * (loop.time() - t0)))
             return result
 
-    async def vad(self, *args: Any) -> Any:
-        return await self._call("vad", *args)
+    # ---- unary: through the gate ---------------------------------------------------------------------------
 
-    async def floor(self, *args: Any) -> Any:
-        return await self._call("floor", *args)
+    async def vad(self, audio: I16, state: F32) -> tuple[float, F32]:
+        return await self._call(lambda: self._models.vad(audio, state))
 
-    async def fuse(self, *args: Any) -> Any:
-        return await self._call("fuse", *args)
+    async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate:
+        return await self._call(lambda: self._models.floor(audio, pause_samples, text, context))
 
-    async def transcribe(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._call("transcribe", *args, **kwargs)
+    async def fuse(self, acoustics: FloorEstimate, pause_samples: int, text: str, context: str) -> FloorEstimate:
+        return await self._call(lambda: self._models.fuse(acoustics, pause_samples, text, context))
 
-    async def face_motion(self, *args: Any) -> Any:
-        return await self._call("face_motion", *args)
+    async def transcribe(self, audio: I16, prompt: str = "", *, word_timings: bool = True) -> Transcript:
+        return await self._call(lambda: self._models.transcribe(audio, prompt, word_timings=word_timings))
 
-    async def voice_features(self, *args: Any) -> Any:
-        return await self._call("voice_features", *args)
+    async def face_motion(self, request_json: str) -> F32:
+        return await self._call(lambda: self._models.face_motion(request_json))
 
-    async def analyze_frame(self, *args: Any) -> Any:
-        return await self._call("analyze_frame", *args)
+    async def voice_features(self, frames: I16) -> F32:
+        return await self._call(lambda: self._models.voice_features(frames))
+
+    async def analyze_frame(self, image: bytes) -> dict[str, Any]:
+        return await self._call(lambda: self._models.analyze_frame(image))
+
+    # ---- streams: straight through ---------------------------------------------------------------------------
+
+    def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
+        return self._models.synthesize(text, voice)
+
+    def render_frames(
+        self, face: str, params: F32, width: int, height: int, quality: int
+    ) -> AsyncIterator[RenderedFrames]:
+        return self._models.render_frames(face, params, width, height, quality)
+
+
+__all__ = ["FairGate", "GatedModels"]

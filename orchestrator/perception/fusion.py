@@ -40,9 +40,9 @@ import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from orchestrator.errors import DuetError
+from orchestrator.events import ArcSegment, Event, HeadPose, PerceptionEvent, UtteranceSummary, VoiceReading
 
 
 class BadPerceptionInput(DuetError):
@@ -56,8 +56,6 @@ EMOTIONS: tuple[str, ...] = ("neutral", "happiness", "sadness", "anger", "fear",
 NEGATIVE_EMOTIONS: tuple[str, ...] = ("sadness", "anger", "fear", "disgust", "contempt")
 GAZES: tuple[str, ...] = ("camera", "away")
 VOICE_STATES: tuple[str, ...] = ("arousal", "hesitancy", "uncertainty", "tension", "flatness")
-
-Event = dict[str, Any]
 
 # How an expression reads in a sentence about the user ("The user is smiling").
 _EXPRESSION_PRED: dict[str, str] = {
@@ -309,6 +307,14 @@ def _r(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _opt_bool(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
 def _seconds(value: float) -> str:
     n = max(1, round(value))
     return f"{n} second" if n == 1 else f"{n} seconds"
@@ -367,7 +373,7 @@ class Fuser:
 
     # ---- inputs -----------------------------------------------------------------------------------------
 
-    def observe_face(self, obs: FaceObservation, now: float | None = None) -> list[Event]:
+    def observe_face(self, obs: FaceObservation, now: float | None = None) -> list[PerceptionEvent]:
         """Take one analysed frame; `now` is the emit time on the arrival clock (default: its arrival)."""
         if self._face is not None and obs.t < self._face.t:
             return []
@@ -397,7 +403,7 @@ class Fuser:
                 self._eyes.update(obs.eyes_closed, obs.t, s.eyes_closed_s if obs.eyes_closed else 0.0)
         return self._maybe_emit(obs.t, now)
 
-    def observe_voice(self, obs: VoiceObservation, now: float | None = None) -> list[Event]:
+    def observe_voice(self, obs: VoiceObservation, now: float | None = None) -> list[PerceptionEvent]:
         """Take one utterance's (or partial's) voice states; `now` as in `observe_face`."""
         if self._voice is not None and obs.t_end < self._voice.t_end:
             return []
@@ -413,7 +419,7 @@ class Fuser:
             self._voice_confident = True
         return self._maybe_emit(obs.t_end, now)
 
-    def poll(self, t: float, now: float | None = None) -> list[Event]:
+    def poll(self, t: float, now: float | None = None) -> list[PerceptionEvent]:
         """Emit a change that the rate limit held back, if its time has come (no new input needed)."""
         return self._maybe_emit(t, now)
 
@@ -523,7 +529,7 @@ class Fuser:
         )
         return not settling
 
-    def _maybe_emit(self, t: float, now: float | None) -> list[Event]:
+    def _maybe_emit(self, t: float, now: float | None) -> list[PerceptionEvent]:
         stable = self._stable()
         changes: list[str] = []
         for aspect, new in stable.items():
@@ -606,7 +612,7 @@ class Fuser:
 
     def _event(
         self, t: float, now: float | None, changes: list[str], stable: Mapping[str, object], baseline: list[str]
-    ) -> Event:
+    ) -> PerceptionEvent:
         order = ("presence", "head_turned", "gaze", "eyes_closed_long", "expression", "arousal", "hesitancy")
         changes = sorted(changes, key=order.index)
         modalities = {_ASPECT_MODALITY[a] for a in changes}
@@ -631,44 +637,43 @@ class Fuser:
         arrivals = [o.arrived for o in (self._face, voice) if o is not None]
         emit = max(arrivals) if now is None else now
         modality = "fused" if len(modalities) > 1 else next(iter(modalities))
-        return {
-            "type": "perception",
-            "t": round(self._newest_t(), 3),
-            "modality": modality,
-            "text": text,
-            "faces": faces if isinstance(faces, int) else None,
-            "emotion": {e: round(p, 3) for e, p in self._smoothed.items()} if self._smoothed and face else None,
-            "head_pose": (
-                {"yaw": _r(face.yaw, 1), "pitch": _r(face.pitch, 1), "roll": _r(face.roll, 1)}
+        return PerceptionEvent(
+            t=round(self._newest_t(), 3),
+            modality=modality,
+            text=text,
+            faces=faces if isinstance(faces, int) else None,
+            emotion={e: round(p, 3) for e, p in self._smoothed.items()} if self._smoothed and face else None,
+            head_pose=(
+                HeadPose(yaw=_r(face.yaw, 1), pitch=_r(face.pitch, 1), roll=_r(face.roll, 1))
                 if face is not None and face.yaw is not None
                 else None
             ),
             # Before the gaze is confirmed (the first few frames), the latest frame's reading is the best we have.
-            "gaze": stable["gaze"] if stable["gaze"] is not None or face is None else face.gaze,
-            "voice": (
-                {
-                    "arousal": _r(voice.arousal),
-                    "hesitancy": _r(voice.hesitancy),
-                    "pitch_hz": _r(voice.pitch_hz, 1),
-                    "rate_sps": _r(voice.rate_sps, 2),
-                    "uncertainty": _r(voice.uncertainty),
-                    "tension": _r(voice.tension),
-                    "flatness": _r(voice.flatness),
-                }
+            gaze=_opt_str(stable["gaze"] if stable["gaze"] is not None or face is None else face.gaze),
+            voice=(
+                VoiceReading(
+                    arousal=_r(voice.arousal),
+                    hesitancy=_r(voice.hesitancy),
+                    pitch_hz=_r(voice.pitch_hz, 1),
+                    rate_sps=_r(voice.rate_sps, 2),
+                    uncertainty=_r(voice.uncertainty),
+                    tension=_r(voice.tension),
+                    flatness=_r(voice.flatness),
+                )
                 if voice is not None
                 else None
             ),
-            "latency_ms": round(max(0.0, emit - max(arrivals)) * 1000.0, 1) if arrivals else 0.0,
-            # Extra keys: what changed (or was first read), and the discrete states the sentence was built from.
-            "changes": changes,
-            "baseline": baseline,
-            "expression": stable["expression"],
-            "head_turned": stable["head_turned"],
-            "eyes_closed_long": stable["eyes_closed_long"],
-            "arousal_band": stable["arousal"],
-            "hesitancy_band": stable["hesitancy"],
-            "mouth_open": _r(face.mouth_open) if face is not None else None,
-        }
+            latency_ms=round(max(0.0, emit - max(arrivals)) * 1000.0, 1) if arrivals else 0.0,
+            # Extra fields: what changed (or was first read), and the discrete states the sentence was built from.
+            changes=tuple(changes),
+            baseline=tuple(baseline),
+            expression=_opt_str(stable["expression"]),
+            head_turned=_opt_bool(stable["head_turned"]),
+            eyes_closed_long=_opt_bool(stable["eyes_closed_long"]),
+            arousal_band=_opt_str(stable["arousal"]),
+            hesitancy_band=_opt_str(stable["hesitancy"]),
+            mouth_open=_r(face.mouth_open) if face is not None else None,
+        )
 
     def _sentence(self, changes: Sequence[str], faces: object, preds: list[str]) -> str:
         if "presence" not in changes or not isinstance(faces, int):
@@ -699,7 +704,9 @@ class Fuser:
 
     # ---- utterance summary ------------------------------------------------------------------------------
 
-    def end_turn(self, t_start: float, t_end: float, transcript: str | None = None, now: float | None = None) -> Event:
+    def end_turn(
+        self, t_start: float, t_end: float, transcript: str | None = None, now: float | None = None
+    ) -> UtteranceSummary:
         """Describe the user's turn [t_start, t_end] (stream time): its arc, and cues that disagree."""
         t_start, t_end = _time("t_start", t_start), _time("t_end", t_end)
         if t_end <= t_start:
@@ -717,23 +724,22 @@ class Fuser:
         emit = max(arrivals, default=0.0) if now is None else now
         modalities = {m for m, obs in (("visual", faces), ("audio", voices)) if obs}
         face_emotion = _mean_emotion([o.emotion for o in faces if o.emotion is not None])
-        return {
-            "type": "utterance_summary",
-            "t": round(t_end, 3),
-            "start": round(t_start, 3),
-            "end": round(t_end, 3),
-            "text": text,
-            "arc": arc,
-            "disagreement": bool(disagreements),
-            "disagreements": disagreements,
-            "modality": ("fused" if len(modalities) > 1 else next(iter(modalities))) if modalities else None,
-            "faces": max((o.faces for o in faces), default=None),
-            "emotion": {e: round(p, 3) for e, p in face_emotion.items()} if face_emotion else None,
-            "gaze_away_fraction": _r(cues.away_fraction),
-            "voice": {k: _r(v) for k, v in cues.voice.items()} or None,
-            "transcript_tone": tone,
-            "latency_ms": round(max(0.0, emit - max(arrivals)) * 1000.0, 1) if arrivals else 0.0,
-        }
+        return UtteranceSummary(
+            t=round(t_end, 3),
+            start=round(t_start, 3),
+            end=round(t_end, 3),
+            text=text,
+            arc=tuple(arc),
+            disagreement=bool(disagreements),
+            disagreements=tuple(disagreements),
+            modality=("fused" if len(modalities) > 1 else next(iter(modalities))) if modalities else None,
+            faces=max((o.faces for o in faces), default=None),
+            emotion={e: round(p, 3) for e, p in face_emotion.items()} if face_emotion else None,
+            gaze_away_fraction=_r(cues.away_fraction),
+            voice={k: _r(v) for k, v in cues.voice.items()} or None,
+            transcript_tone=tone,
+            latency_ms=round(max(0.0, emit - max(arrivals)) * 1000.0, 1) if arrivals else 0.0,
+        )
 
 
 # ---- utterance summary helpers (module level: pure functions of the observations) -----------------------
@@ -807,7 +813,7 @@ def _mood(voice: VoiceObservation | None, faces: Sequence[FaceObservation]) -> s
 
 def _arc(
     t_start: float, t_end: float, faces: Sequence[FaceObservation], voices: Sequence[VoiceObservation]
-) -> list[dict[str, Any]]:
+) -> list[ArcSegment]:
     duration = t_end - t_start
     # About one-second slices (finer for short turns, at most 12 for long ones): enough to place a change.
     width = duration / 12.0 if duration > 12.0 else min(1.0, max(0.25, duration / 4.0))
@@ -831,35 +837,35 @@ def _arc(
     for i in range(1, len(filled) - 1):
         if filled[i - 1] == filled[i + 1] != filled[i]:
             filled[i] = filled[i - 1]
-    segments: list[dict[str, Any]] = []
+    segments: list[ArcSegment] = []
     for i, lab in enumerate(filled):
         lo, hi = round(i * width, 3), round(min(duration, (i + 1) * width), 3)
-        if segments and segments[-1]["state"] == lab:
-            segments[-1]["to_s"] = hi
+        if segments and segments[-1].state == lab:
+            segments[-1] = ArcSegment(from_s=segments[-1].from_s, to_s=hi, state=lab)
         else:
-            segments.append({"from_s": lo, "to_s": hi, "state": lab})
+            segments.append(ArcSegment(from_s=lo, to_s=hi, state=lab))
     return segments
 
 
-def _arc_phrase(arc: Sequence[Mapping[str, Any]], with_times: bool) -> str:
+def _arc_phrase(arc: Sequence[ArcSegment], with_times: bool) -> str:
     """The arc as "started calm, grew tense around 4 s and ended hesitant" (times optional)."""
     if len(arc) == 1:
-        state = str(arc[0]["state"])
+        state = arc[0].state
         return "was looking away throughout" if state == "looking away" else f"seemed {state} throughout"
-    parts = [f"started {arc[0]['state']}"]
+    parts = [f"started {arc[0].state}"]
     middle = list(arc[1:-1])
     if len(middle) > 2:  # keep the two longest middle states: a summary is not a log
-        keep = sorted(middle, key=lambda s: float(s["to_s"]) - float(s["from_s"]), reverse=True)[:2]
+        keep = sorted(middle, key=lambda s: s.to_s - s.from_s, reverse=True)[:2]
         middle = [s for s in middle if s in keep]
     for seg in [*middle, arc[-1]] if len(arc) == 2 else middle:
-        when = f" around {round(float(seg['from_s']))} s" if with_times else ""
-        parts.append(f"{_ARC_CHANGE[str(seg['state'])]}{when}")
+        when = f" around {round(seg.from_s)} s" if with_times else ""
+        parts.append(f"{_ARC_CHANGE[seg.state]}{when}")
     if len(arc) > 2:
-        parts.append(f"ended {arc[-1]['state']}")
+        parts.append(f"ended {arc[-1].state}")
     return _join(parts)
 
 
-def _arc_text(arc: Sequence[Mapping[str, Any]]) -> str:
+def _arc_text(arc: Sequence[ArcSegment]) -> str:
     if not arc:
         return "There were no voice or camera cues during this turn."
     return f"Over this turn the user {_arc_phrase(arc, with_times=True)}."
@@ -964,34 +970,32 @@ def _disagreements(tone: str | None, word: str | None, cues: _Cues) -> list[str]
 # ---- the LLM's system note ------------------------------------------------------------------------------
 
 
-def _note_from_state(event: Mapping[str, Any]) -> tuple[str, set[str]] | None:
+def _note_from_state(event: PerceptionEvent) -> tuple[str, set[str]] | None:
     """A clause about the user's current state from a perception event's structured fields (not its text)."""
-    faces = event.get("faces")
+    faces = event.faces
     sources: set[str] = set()
     preds: list[str] = []
     reading: str | None = None
-    voice = event.get("voice") if isinstance(event.get("voice"), Mapping) else None
+    voice = event.voice
     if voice is not None:
-        hes, aro = voice.get("hesitancy"), voice.get("arousal")
-        if isinstance(hes, (int, float)) and hes >= 0.6:
+        hes, aro = voice.hesitancy, voice.arousal
+        if hes is not None and hes >= 0.6:
             preds.append("sounds hesitant")
-        if isinstance(aro, (int, float)) and aro >= 0.7:
+        if aro is not None and aro >= 0.7:
             preds.append("sounds animated")
-        elif isinstance(aro, (int, float)) and aro <= 0.3:
+        elif aro is not None and aro <= 0.3:
             preds.append("sounds subdued")
         if preds:
             sources.add("voice")
     n_voice = len(preds)
-    expression = event.get("expression")
-    if not isinstance(expression, str):
-        expression = _dominant(event.get("emotion") if isinstance(event.get("emotion"), Mapping) else None, 0.5)
-    if isinstance(expression, str) and expression != "neutral" and expression in _EXPRESSION_PRED:
+    expression = event.expression if event.expression is not None else _dominant(event.emotion, 0.5)
+    if expression is not None and expression != "neutral" and expression in _EXPRESSION_PRED:
         preds.append(_EXPRESSION_PRED[expression].replace("is smiling", "smiles"))
-    if event.get("gaze") == "away":
+    if event.gaze == "away":
         preds.append("looks away")
-    elif event.get("head_turned") is True:
+    elif event.head_turned is True:
         preds.append("has turned away from the camera")
-    if event.get("eyes_closed_long") is True:
+    if event.eyes_closed_long is True:
         preds.append("has had their eyes closed for a while")
         reading = "they may be tired"
     if len(preds) > n_voice:
@@ -1002,10 +1006,10 @@ def _note_from_state(event: Mapping[str, Any]) -> tuple[str, set[str]] | None:
         reading = "they may be frustrated"
     elif expression in ("sadness", "fear"):
         reading = "they may be upset"
-    if isinstance(faces, int) and faces == 0:
+    if faces == 0:
         return "Nobody is in view of the camera right now", {"camera"}
     subject = "The user"
-    if isinstance(faces, int) and faces >= 2:
+    if faces is not None and faces >= 2:
         subject = f"{_people(faces).capitalize()} people are in view, and the user"
         sources.add("camera")
         if not preds:
@@ -1016,26 +1020,27 @@ def _note_from_state(event: Mapping[str, Any]) -> tuple[str, set[str]] | None:
     return (f"{clause}; {reading}" if reading else clause), sources
 
 
-def system_note(events: Iterable[Mapping[str, Any]]) -> str:
+def system_note(events: Iterable[Event]) -> str:
     """The marked note for the LLM context: at most two sentences, no numbers, hedged; "" if nothing to say.
 
-    It describes the newest of the latest `perception` event and the latest `utterance_summary` in `events`
-    (in order), built from their structured fields so the wording stays short whatever the events' texts say.
+    It describes the newest of the latest `PerceptionEvent` and the latest `UtteranceSummary` in `events`
+    (in order; other events are skipped), built from their structured fields so the wording stays short
+    whatever the events' texts say.
     """
-    latest: Mapping[str, Any] | None = None
+    latest: PerceptionEvent | UtteranceSummary | None = None
     for event in events:
-        if event.get("type") in ("perception", "utterance_summary"):
+        if isinstance(event, PerceptionEvent | UtteranceSummary):
             latest = event
     if latest is None:
         return ""
     sources: set[str]
-    if latest.get("type") == "utterance_summary":
-        modality = latest.get("modality")
+    if isinstance(latest, UtteranceSummary):
+        modality = latest.modality
         sources = {"voice", "camera"} if modality == "fused" else {"voice"} if modality == "audio" else {"camera"}
-        disagreements = latest.get("disagreements") or []
-        arc = latest.get("arc") or []
+        disagreements = latest.disagreements
+        arc = latest.arc
         if disagreements:
-            first = str(disagreements[0])
+            first = disagreements[0]
             if first.startswith("said"):
                 sources.add("words")
             sentence = (
@@ -1044,7 +1049,7 @@ def system_note(events: Iterable[Mapping[str, Any]]) -> str:
             sentence += " may not match"
         elif arc:
             sentence = f"Over their last turn the user {_arc_phrase(arc, with_times=False)}"
-            reading = _ARC_READING.get(str(arc[-1].get("state")))
+            reading = _ARC_READING.get(arc[-1].state)
             sentence += f"; {reading}" if reading else ""
         else:
             return ""

@@ -12,6 +12,11 @@
   dialogue's perception note (a marked system message before the user's turn).
 
 `frame_result`/`face_observation` are the wire format of `perception_face` and its mapping into the fuser.
+
+Everything the session sends its client goes through `emit` as a typed event (`orchestrator.events`). Nothing
+here ends the session: a model failure (voice or camera) or an unusable frame is a non-fatal `ErrorEvent` and
+the owned loop goes on; a bug in an owned loop is logged with its traceback, reported as a non-fatal
+`ErrorEvent` with code `internal`, and stops that loop only (the session goes on without the modality).
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from orchestrator.errors import DuetError
+from orchestrator.errors import DuetError, public_message
+from orchestrator.events import ErrorEvent, Event, PerceptionEvent, PerceptionStats, UtteranceSummary
 from orchestrator.models.ports import PerceptionModels
 from orchestrator.perception import fusion
 from orchestrator.perception.prosody_features import frame_pcm
 from orchestrator.perception.tools import PerceptionTool, PerceptionTools
-from orchestrator.perception.voice import UtteranceSummary, VoiceTracker
+from orchestrator.perception.voice import UtteranceSummary as VoiceSummary
+from orchestrator.perception.voice import VoiceTracker
 
 log = logging.getLogger("duet.perception")
 
-EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+EventSink = Callable[[Event], Awaitable[None]]
 HOP = 320
 NOTE_WINDOW_S = 20.0  # events older than this (stream time) no longer shape the LLM note
 
@@ -79,7 +86,7 @@ def face_observation(result: dict[str, Any], t: float, arrival: float) -> fusion
     )
 
 
-def voice_observation(summary: UtteranceSummary, final: bool, arrival: float) -> fusion.VoiceObservation:
+def voice_observation(summary: VoiceSummary, final: bool, arrival: float) -> fusion.VoiceObservation:
     s, v = summary.stats, summary.states
     return fusion.VoiceObservation(
         t_start=s.t_start,
@@ -98,26 +105,29 @@ def voice_observation(summary: UtteranceSummary, final: bool, arrival: float) ->
 
 
 @dataclass
-class PerceptionStats:
+class PerceptionCounters:
+    """What a session's perception measured and counted, for its closing `PerceptionStats` event."""
+
     audio_ms: list[float] = field(default_factory=list)  # newest hop's arrival -> its features in the tracker
     visual_ms: list[float] = field(default_factory=list)  # frame arrival -> its observation fused
     frames: int = 0
     dropped: int = 0
     bad_frames: int = 0
 
-    def summary(self) -> dict[str, Any]:
+    def event(self, t: float) -> PerceptionStats:
         def pct(xs: list[float], q: float) -> float | None:
             return round(float(np.percentile(xs, q)), 1) if xs else None
 
-        return {
-            "audio_ms_p50": pct(self.audio_ms, 50),
-            "audio_ms_p95": pct(self.audio_ms, 95),
-            "visual_ms_p50": pct(self.visual_ms, 50),
-            "visual_ms_p95": pct(self.visual_ms, 95),
-            "frames": self.frames,
-            "dropped": self.dropped,
-            "bad_frames": self.bad_frames,
-        }
+        return PerceptionStats(
+            t=round(t, 4),
+            audio_ms_p50=pct(self.audio_ms, 50),
+            audio_ms_p95=pct(self.audio_ms, 95),
+            visual_ms_p50=pct(self.visual_ms, 50),
+            visual_ms_p95=pct(self.visual_ms, 95),
+            frames=self.frames,
+            dropped=self.dropped,
+            bad_frames=self.bad_frames,
+        )
 
 
 class PerceptionSession:
@@ -139,7 +149,7 @@ class PerceptionSession:
         self.fuser = fusion.Fuser()
         self.tracker = VoiceTracker()
         self.tools = PerceptionTools(tools)
-        self.stats = PerceptionStats()
+        self.stats = PerceptionCounters()
         self.name = name
         self._clock = clock
         self._hops_per_call = hops_per_call
@@ -152,7 +162,7 @@ class PerceptionSession:
         self._audio_wake = asyncio.Event()
         self._frame: tuple[bytes, float, float] | None = None  # newest camera frame waiting: (data, t, arrival)
         self._frame_wake = asyncio.Event()
-        self._recent: deque[dict[str, Any]] = deque(maxlen=32)
+        self._recent: deque[PerceptionEvent | UtteranceSummary] = deque(maxlen=32)
         self._turn_start: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -192,7 +202,7 @@ class PerceptionSession:
     async def finish(self) -> None:
         await self._flush_voice()
         await self.close()
-        await self._emit({"type": "perception_stats", "t": round(self._t_audio, 4), **self.stats.summary()})
+        await self._emit(self.stats.event(self._t_audio))
 
     async def close(self) -> None:
         self._closing = True
@@ -209,10 +219,11 @@ class PerceptionSession:
             self._audio_wake.clear()
             try:
                 await self._flush_voice()
-            except DuetError as err:
-                await self._emit(
-                    {"type": "error", "t": round(self._t_audio, 4), "code": err.code, "message": err.message}
-                )
+            except DuetError as err:  # a model failure or a rejected reading: reported; the next audio is tried
+                await self._emit(ErrorEvent.of(err, self._t_audio))  # not fatal: the session goes on
+            except Exception as exc:  # a bug: reported, and the voice side stops (cancellation passes through)
+                await self._report_bug("voice", exc, self._t_audio)
+                return
 
     async def _flush_voice(self) -> None:
         if not self._pcm:
@@ -250,26 +261,36 @@ class PerceptionSession:
             data, t, arrival = self._frame
             self._frame = None
             try:
-                result = await self.models.analyze_frame(data)
-            except DuetError as err:
-                if err.code != "bad_frame":
-                    raise
-                self.stats.bad_frames += 1
-                await self._emit({"type": "error", "t": round(t, 4), "code": err.code, "message": err.message})
-                continue
-            self.stats.frames += 1
-            events = self.fuser.observe_face(face_observation(result, t, arrival), now=self._clock())
-            self.stats.visual_ms.append(round((self._clock() - arrival) * 1000, 1))
-            await self._publish(events)
-            await self._publish(self.tools.update(self.fuser.snapshot()))
+                await self._analyze_frame(data, t, arrival)
+            except DuetError as err:  # an unusable frame or a model failure: reported, and the next frame is tried
+                if err.code == "bad_frame":
+                    self.stats.bad_frames += 1
+                await self._emit(ErrorEvent.of(err, t))
+            except Exception as exc:  # a bug: reported, and the camera side stops (cancellation passes through)
+                await self._report_bug("camera", exc, t)
+                return
+
+    async def _analyze_frame(self, data: bytes, t: float, arrival: float) -> None:
+        result = await self.models.analyze_frame(data)
+        self.stats.frames += 1
+        events = self.fuser.observe_face(face_observation(result, t, arrival), now=self._clock())
+        self.stats.visual_ms.append(round((self._clock() - arrival) * 1000, 1))
+        await self._publish(events)
+        await self._publish(self.tools.update(self.fuser.snapshot()))
 
     # ---- out ------------------------------------------------------------------------------------------------
 
-    async def _publish(self, events: Sequence[dict[str, Any]]) -> None:
+    async def _publish(self, events: Sequence[Event]) -> None:
         for event in events:
             await self._emit(event)
-            if event.get("type") in ("perception", "utterance_summary"):
+            if isinstance(event, PerceptionEvent | UtteranceSummary):
                 self._recent.append(event)
         if events and self.on_note is not None:
-            newest = max(float(e.get("t", 0.0)) for e in self._recent) if self._recent else 0.0
-            self.on_note(fusion.system_note([e for e in self._recent if float(e["t"]) >= newest - NOTE_WINDOW_S]))
+            newest = max(e.t for e in self._recent) if self._recent else 0.0
+            self.on_note(fusion.system_note([e for e in self._recent if e.t >= newest - NOTE_WINDOW_S]))
+
+    async def _report_bug(self, side: str, exc: Exception, t: float) -> None:
+        """A bug in an owned loop: logged with its traceback; the client hears an `internal` error, no internals."""
+        log.error("%s: the %s loop failed and stops", self.name, side, exc_info=exc)
+        message = f"{side} perception stopped after an internal error ({type(exc).__name__}); the session goes on"
+        await self._emit(ErrorEvent(t=round(t, 4), code="internal", message=public_message(message), fatal=False))

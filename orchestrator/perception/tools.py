@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import DuetError
+from orchestrator.events import PerceptionToolCall
 from orchestrator.perception.fusion import EMOTIONS, GAZES, PerceptionSnapshot
 
 
@@ -381,12 +382,12 @@ class PerceptionTools:
         self._state = {t.name: _ToolState([_ClauseState() for _ in t.condition.clauses]) for t in self.tools}
         self._last_t: float | None = None
 
-    def update(self, snap: PerceptionSnapshot) -> list[dict[str, Any]]:
+    def update(self, snap: PerceptionSnapshot) -> list[PerceptionToolCall]:
         t = snap.t
         if self._last_t is not None and t < self._last_t:
             return []  # a snapshot from the past cannot start or end a duration
         self._last_t = t
-        calls: list[dict[str, Any]] = []
+        calls: list[PerceptionToolCall] = []
         for tool in self.tools:
             state = self._state[tool.name]
             values = [c.subject.read(snap) for c in tool.condition.clauses]
@@ -416,7 +417,7 @@ class PerceptionTools:
     @staticmethod
     def _call(
         tool: PerceptionTool, state: _ToolState, values: Sequence[float | str | None], snap: PerceptionSnapshot
-    ) -> dict[str, Any]:
+    ) -> PerceptionToolCall:
         evidence: dict[str, Any] = {}
         held: dict[str, float] = {}
         for clause, cs, value in zip(tool.condition.clauses, state.clauses, values, strict=True):
@@ -430,10 +431,4 @@ class PerceptionTools:
                 held[clause.subject.label] = round(snap.t - cs.since, 3)
         if held:
             evidence["held_s"] = held
-        return {
-            "type": "perception_tool_call",
-            "t": round(snap.t, 3),
-            "name": tool.name,
-            "when": tool.when,
-            "evidence": evidence,
-        }
+        return PerceptionToolCall(t=round(snap.t, 3), name=tool.name, when=tool.when, evidence=evidence)

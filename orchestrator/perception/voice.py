@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -184,23 +184,6 @@ class UtteranceSummary:
             "tension": round(v.tension, 3),
             "flatness": round(v.flatness, 3),
         }
-
-    def event(self, kind: str = "utterance_summary") -> dict[str, Any]:
-        """A DESIGN.md event dict from the audio side alone (the fusion module adds the visual keys)."""
-        return {
-            "type": kind,
-            "t": round(self.stats.t_end, 3),
-            "modality": "audio",
-            "text": self.states.text,
-            "faces": None,
-            "emotion": {k: round(p, 3) for k, p in self.states.emotion.items()},
-            "head_pose": None,
-            "gaze": None,
-            "voice": self.voice(),
-            "clipped": self.stats.clipped,
-            "warmup": self.states.warmup,
-        }
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Utterance measures

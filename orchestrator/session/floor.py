@@ -9,19 +9,21 @@ other; Triton batches their requests.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import numpy as np
 
 from orchestrator.config import FloorSettings
+from orchestrator.events import FloorEvent
 from orchestrator.models.ports import F32, FloorEstimate, FloorModels
+from orchestrator.session.base import Control
 from orchestrator.signal.audio import HISTORY, SAMPLE_RATE, VAD_WINDOW, AudioTimeline
-from orchestrator.turns.floor import Action, Emit, Evaluate, FloorMachine
+from orchestrator.turns.floor import Action, Evaluate, FloorMachine
 
-EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+FloorSink = Callable[[FloorEvent], Awaitable[None]]
 Clock = Callable[[], float]
 
 WINDOW_MS = 1000.0 * VAD_WINDOW / SAMPLE_RATE
@@ -49,18 +51,23 @@ def bounded_context(text: str, limit: int = MAX_FLOOR_CONTEXT_CHARS) -> str:
 
 
 class FloorSession:
-    """Feeds one user's audio through VAD and the floor model and reports floor events to `emit`."""
+    """Feeds one user's audio through VAD and the floor model and reports floor events to `emit`.
+
+    On its own it is the `acoustic` session (floor events from audio alone); a `ConversationSession` runs one
+    inside it and gives it the user's transcript and the replica's last words."""
 
     def __init__(
         self,
         models: FloorModels,
         floor: FloorSettings,
-        emit: EventSink,
+        emit: FloorSink,
         *,
         max_chunk_ms: int = 200,
         clock: Clock = time.perf_counter,
         history: int = HISTORY,
+        name: str = "floor",
     ) -> None:
+        self.name = name
         self.models = models
         self.machine = FloorMachine(floor)
         self.timeline = AudioTimeline(max_chunk_ms=max_chunk_ms, history=max(history, HISTORY))
@@ -71,6 +78,23 @@ class FloorSession:
         self.user_text = ""  # latest user transcript of the current turn (partial or final)
         self.context = ""  # what the replica said last
         self._acoustics: FloorEstimate | None = None  # last full evaluation (Smart Turn + prosody)
+
+    @property
+    def now(self) -> float:
+        return self.timeline.now
+
+    async def start(self) -> None:
+        pass  # nothing of its own runs between chunks
+
+    def video(self, jpeg: bytes, t: float, arrival: float) -> None:
+        pass  # the floor is decided from audio (and text) alone
+
+    async def control(self, kind: Control) -> None:
+        # The client speaks for the replica here: it marks the replica's speech, and an interrupt ends it.
+        self.replica(kind is Control.REPLICA_SPEAKING_START)
+
+    async def close(self) -> None:
+        pass
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         """One audio chunk; `arrival` is the wall time it reached the server (defaults to now)."""
@@ -96,7 +120,7 @@ class FloorSession:
 
     async def _run(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Emit):
+            if isinstance(action, FloorEvent):
                 await self._send(action)
             elif isinstance(action, Evaluate):
                 await self._evaluate(action)
@@ -119,8 +143,8 @@ class FloorSession:
                 return arrived
         return self._arrivals[0][1] if self._arrivals else self._clock()
 
-    async def _send(self, e: Emit) -> None:
-        if e.type == "eot_commit":
+    async def _send(self, e: FloorEvent) -> None:
+        if e.kind == "eot_commit":
             self.user_text = ""
         compute_ms = (self._clock() - self._arrival_of(e.t)) * 1000.0
-        await self._emit({"type": e.type, "t": round(e.t, 4), "compute_ms": round(compute_ms, 2), **e.data})
+        await self._emit(dataclasses.replace(e, t=round(e.t, 4), compute_ms=round(compute_ms, 2)))

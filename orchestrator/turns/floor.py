@@ -24,9 +24,10 @@ Every emitted event carries `t`: the end time of the last audio chunk the decisi
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from orchestrator.config import FloorSettings
+from orchestrator.events import FloorEvent
 
 
 class Phase(enum.Enum):
@@ -34,13 +35,6 @@ class Phase(enum.Enum):
     SPEAKING = "speaking"
     PAUSED = "paused"  # user speech ended; the floor is still the user's until commit
     COMMITTED = "committed"  # the user yielded; the replica holds the floor
-
-
-@dataclass(frozen=True)
-class Emit:
-    type: str
-    t: float
-    data: dict[str, float | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ class Evaluate:
     reuse_acoustics: bool = False
 
 
-Action = Emit | Evaluate
+Action = FloorEvent | Evaluate  # an event to emit, or an evaluation to run
 
 
 @dataclass
@@ -108,7 +102,7 @@ class FloorMachine:
                 heard_ms = (window_end - self._segment_start) * 1000
                 if self._replica_segment and not self._barged_in and heard_ms >= self.s.barge_in_ms:
                     self._barged_in = True
-                    out.append(Emit("barge_in", t))
+                    out.append(FloorEvent("barge_in", t))
             elif self._run.unvoiced_ms >= self.s.speech_end_ms:
                 out += self._speech_end(t)
             elif self._user_turn():
@@ -135,13 +129,13 @@ class FloorMachine:
         out: list[Action] = []
         commit = p_yield >= self.s.commit_threshold and ev.pause_ms >= self.s.min_commit_pause_ms
         if commit and self.phase is Phase.SPEAKING:
-            out.append(Emit("speech_end", ev.t))  # committed from the fast path: close the segment first
+            out.append(FloorEvent("speech_end", ev.t))  # committed from the fast path: close the segment first
         # Tentative only once speech_end is confirmed (or together with a commit): a fast-path estimate inside
         # a short dip in speech would start speculation the next words make stale at once.
         paused = self.phase is Phase.PAUSED or commit
         if p_yield >= self.s.tentative_threshold and not self._tentative and paused:
             self._tentative = True
-            out.append(Emit("eot_tentative", ev.t, {"p_yield": round(p_yield, 4)}))
+            out.append(FloorEvent("eot_tentative", ev.t, p_yield=round(p_yield, 4)))
         if commit:
             out += self._commit(ev.t, reason="model", p_yield=p_yield)
         return out
@@ -165,7 +159,7 @@ class FloorMachine:
     def _speech_start(self, window_end: float, t: float) -> list[Action]:
         out: list[Action] = []
         if self._tentative:
-            out.append(Emit("eot_cancel", t))
+            out.append(FloorEvent("eot_cancel", t))
         self._tentative = False
         self._pending = None  # an answer about the old pause is now stale
         self._last_eval_t = None
@@ -176,15 +170,15 @@ class FloorMachine:
             self._barged_in = False
         self.phase = Phase.SPEAKING
         self._last_voiced_end = window_end
-        out.append(Emit("speech_start", t))
+        out.append(FloorEvent("speech_start", t))
         return out
 
     def _speech_end(self, t: float) -> list[Action]:
-        out: list[Action] = [Emit("speech_end", t)]
+        out: list[Action] = [FloorEvent("speech_end", t)]
         if self._replica_segment and not self._barged_in:
             # Short speech over the replica's voice ("mm-hm", "right", a cough): the replica keeps the floor.
             heard_ms = round((self._last_voiced_end - self._segment_start) * 1000, 1)
-            out.append(Emit("backchannel", t, {"duration_ms": heard_ms}))
+            out.append(FloorEvent("backchannel", t, duration_ms=heard_ms))
             self.phase = Phase.COMMITTED
             self._replica_segment = False
             self._pending = None
@@ -210,11 +204,9 @@ class FloorMachine:
         out: list[Action] = []
         if not self._tentative:
             sure = 1.0 if p_yield is None else p_yield
-            out.append(Emit("eot_tentative", t, {"p_yield": round(sure, 4)}))
-        data: dict[str, float | str] = {"reason": reason}
-        if p_yield is not None:
-            data["p_yield"] = round(p_yield, 4)
-        out.append(Emit("eot_commit", t, data))
+            out.append(FloorEvent("eot_tentative", t, p_yield=round(sure, 4)))
+        p = None if p_yield is None else round(p_yield, 4)
+        out.append(FloorEvent("eot_commit", t, reason=reason, p_yield=p))
         self.phase = Phase.COMMITTED
         self._tentative = False
         self._pending = None

@@ -16,8 +16,11 @@ Phases (`phase`, derived from the state so it can never disagree with it)
   not one (it changes many times a second; the next request simply carries it).
 - RESPONDING: the turn was committed (`CommitUserTurn`); its reply (the speculative one if its snapshot
   still matches, else a fresh one) is released as soon as its first audio is buffered.
-- SPEAKING / PAUSED: the released reply is on the timeline. User speech pauses it; a `backchannel` resumes
-  it; a `barge_in` (or a commit of real words) stops it, and what was heard becomes the replica's turn.
+- SPEAKING / PAUSED: the released reply is on the timeline. User speech pauses it; a `backchannel` (or a
+  commit of mere noise) resumes it once the user has stayed quiet `resume_after_s` (the session's clock
+  reaches the machine through `tick`): "Sorry, | actually..." starts with a short burst too, and speech before
+  then keeps the replica paused. A `barge_in` (or a commit of real words) stops it, and what was heard
+  becomes the replica's turn.
 - ENDED: `finish` was called and nothing is playing.
 
 Rules beyond the obvious ones
@@ -158,11 +161,15 @@ class _Reply:
         return self.audio or self.done
 
 
+RESUME_AFTER_S = 0.3  # quiet needed after a backchannel before the replica resumes
+
+
 class ReplyMachine:
     """One session's replies. Feed it in audio-time order; it never looks at a wall clock."""
 
-    def __init__(self, speculation: bool = True) -> None:
+    def __init__(self, speculation: bool = True, resume_after_s: float = RESUME_AFTER_S) -> None:
         self.speculation = speculation
+        self.resume_after_s = resume_after_s
         self.replies_started = 0
         self.replies_released = 0
         self.released_from_speculation = 0
@@ -178,6 +185,8 @@ class ReplyMachine:
         self._pending: _Reply | None = None  # the unreleased reply (at most one)
         self._playing: _Reply | None = None  # the released reply on the timeline
         self._paused = False
+        self._resume_at: float | None = None  # the paused reply resumes at this time, if the user stays quiet
+        self._now = 0.0  # the newest time seen (`tick` and every input)
         self._stopping: dict[int, _Reply] = {}  # StopPlayback sent, waiting for on_playback_stopped
         self._failed: Snapshot | None = None  # a speculation failed on it: do not speculate on it again
 
@@ -208,9 +217,18 @@ class ReplyMachine:
 
     # ---- inputs ---------------------------------------------------------------------------------------
 
+    def tick(self, now: float) -> list[Action]:
+        """The session clock reached `now` (every input chunk): a resume whose quiet has held happens now."""
+        self._now = max(self._now, now)
+        if self._resume_at is None or now < self._resume_at or self._playing is None:
+            return []
+        self._resume_at, self._paused = None, False
+        return [ResumePlayback(self._playing.id, now)]
+
     def on_floor(self, event: str, t: float) -> list[Action]:
         if self._ended:
             return []
+        self._now = max(self._now, t)
         out: list[Action] = []
         pending = self._pending
         if event == "eot_tentative":
@@ -222,7 +240,9 @@ class ReplyMachine:
                 out.append(self._cancel(pending, "user_continued", t))
             if event == "speech_start":
                 self._held = pending is not None and pending.committed
-                if self._playing is not None and not self._paused:
+                if self._resume_at is not None:
+                    self._resume_at = None  # still paused: the resume simply does not happen
+                elif self._playing is not None and not self._paused:
                     self._paused = True
                     out.append(PausePlayback(self._playing.id, t))
         elif event == "backchannel":
@@ -290,7 +310,7 @@ class ReplyMachine:
         reply = self._playing
         if reply is None or reply.id != reply_id:
             return []  # (a stopped reply is settled by on_playback_stopped: what was heard)
-        self._playing, self._paused = None, False
+        self._playing, self._paused, self._resume_at = None, False, None
         return [CommitReplicaTurn(reply.id, reply.text, False, t), *self._try_release(t)]
 
     def on_playback_stopped(self, reply_id: int, spoken_text: str, t: float) -> list[Action]:
@@ -304,13 +324,15 @@ class ReplyMachine:
         return [*out, CommitReplicaTurn(reply.id, spoken_text, True, t), *self._try_release(t)]
 
     def finish(self, t: float) -> list[Action]:
-        """Session ending: unreleased work is cancelled; a released reply may play out (or resume)."""
+        """Session ending: unreleased work is cancelled; a released reply may play out. A paused one is no longer
+        paused: the session sends the rest of it straight after what was heard (there is no input clock left to
+        resume on)."""
         if self._ended:
             return []
         out: list[Action] = []
         if self._pending is not None:
             out.append(self._cancel(self._pending, "ended", t))
-        out += self._resume(t)
+        self._paused, self._resume_at = False, None
         self._ended, self._tentative, self._held = True, False, False
         return out
 
@@ -382,16 +404,18 @@ class ReplyMachine:
         return [ReleaseReply(reply.id, t)]
 
     def _resume(self, t: float) -> list[Action]:
-        if self._playing is None or not self._paused:
-            return []
-        self._paused = False
-        return [ResumePlayback(self._playing.id, t)]
+        """Resume the paused reply once the user has been quiet `resume_after_s` (see `tick`)."""
+        if self._playing is not None and self._paused:
+            self._resume_at = max(t, self._now) + self.resume_after_s
+            if self.resume_after_s <= 0:
+                return self.tick(self._resume_at)
+        return []
 
     def _stop(self, t: float, *, tell: bool = True) -> list[Action]:
         """Take the playing reply off the timeline; `on_playback_stopped` then says what was heard."""
         reply = self._playing
         assert reply is not None
-        self._playing, self._paused = None, False
+        self._playing, self._paused, self._resume_at = None, False, None
         self._stopping[reply.id] = reply
         out: list[Action] = []
         if not reply.done:  # before the stop: the session still tracks the request it must cancel

@@ -226,9 +226,11 @@ async def test_bad_frame_messages_carry_no_internals(abuse: Server) -> None:
     frames = [pb.ClientMessage(video=pb.VideoFrame(jpeg=b"not an image at all", t=0.1))]
     # audio after the frame keeps the session open while the frame is analysed
     out = await asyncio.wait_for(exchange(abuse, [start(mode="perceive"), *frames, *[audio()] * 100, END]), 60)
-    bad = [e for e in events(out) if e.get("code") == "bad_frame"]
-    assert bad, events(out)
-    assert all("0x" not in e["message"] and "object at" not in e["message"] for e in bad), bad
+    # every error of a session travels as the stream's typed Error message, with the session time it happened at
+    bad = [m.error for m in out if m.WhichOneof("kind") == "error" and m.error.code == "bad_frame"]
+    assert bad, out
+    assert all(not e.fatal and 0.0 <= e.t <= 2.0 for e in bad), bad
+    assert all("0x" not in e.message and "object at" not in e.message for e in bad), bad
 
 
 def test_metrics_endpoint_exports_the_documented_series(abuse: Server) -> None:

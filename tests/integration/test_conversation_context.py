@@ -20,6 +20,7 @@ from orchestrator.models.triton import TritonModels
 from orchestrator.session.conversation import ConversationSession
 from orchestrator.session.persona import load_persona
 from orchestrator.turns.replies import Phase
+from tests.recording import RecordingOutlet
 
 pytestmark = pytest.mark.integration
 
@@ -44,21 +45,14 @@ async def converse(triton: Any, pcm: npt.NDArray[np.int16]) -> tuple[list[dict[s
     floor = dataclasses.replace(settings.floor, tentative_threshold=0.05)
     models = TritonModels(triton.grpc_url, timeout_s=30.0)
     llm = RecordingLLM(models)
-    events: list[dict[str, Any]] = []
-
-    async def emit(event: dict[str, Any]) -> None:
-        events.append(event)
-
-    async def send_audio(pcm: bytes, reply_id: int, t: float) -> None:
-        del pcm, reply_id, t
-
+    out = RecordingOutlet()
+    marks: list[tuple[int, dict[str, Any]]] = []  # (events before it, mark)
     session = ConversationSession(
         models,
         llm,
         settings,
         load_persona(settings.conversation.personas_dir, "default"),
-        emit,
-        send_audio,
+        out,
         floor=floor,
         name="ctx-test",
     )
@@ -74,12 +68,16 @@ async def converse(triton: Any, pcm: npt.NDArray[np.int16]) -> tuple[list[dict[s
             if not changed and session.machine.phase is Phase.SPECULATING:
                 # an `overwrite_context` interaction arrives while a speculative reply is being prepared
                 changed = True
-                events.append({"type": "test_context_set", "t": session.now, "reply_id": session.machine.active_reply})
+                mark = {"type": "test_context_set", "t": session.now, "reply_id": session.machine.active_reply}
+                marks.append((len(out.events), mark))
                 await session.set_context(CONTEXT)
         await session.finish()
     finally:
         await session.close()
         await models.close()
+    events = out.dicts
+    for at, mark in reversed(marks):
+        events.insert(at, mark)
     return events, llm
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from orchestrator.config import TritonSettings
 from orchestrator.errors import BadFaceParams, BadPortrait
+from orchestrator.events import RenderDone
 from orchestrator.face import params as fp
 from orchestrator.face.clip import AudioPiece, ClipSpec, render_clip
 from orchestrator.face.emotions import EmotionCue
@@ -129,13 +130,13 @@ def test_a_clip_streams_voice_and_face_on_one_clock(face_server: EmbeddedTriton)
     audio = [i for i in items if isinstance(i, AudioPiece)]
     runs = [i for i in items if isinstance(i, RenderedFrames)]
     done = items[-1]
-    assert isinstance(done, dict) and done["type"] == "render_done"
+    assert isinstance(done, RenderDone)
     speech_s = sum(a.pcm.shape[0] for a in audio) / 16000
-    assert done["speech_s"] == pytest.approx(speech_s, abs=1e-3)
+    assert done.speech_s == pytest.approx(speech_s, abs=1e-3)
     frames = sorted(run.first + k for run in runs for k in range(len(run.jpegs)))
     assert frames == list(range(len(frames)))  # every frame once, none missing
     assert len(frames) == int(np.ceil((speech_s + 0.4) * spec.fps))
-    assert any(p["p"] == "m" for p in done["phonemes"])  # timings on the clip clock, for sync checks
+    assert any(p.p == "m" for p in done.phonemes)  # timings on the clip clock, for sync checks
 
 
 def test_an_idle_clip_is_exactly_its_duration_with_silent_audio(face_server: EmbeddedTriton) -> None:
@@ -148,9 +149,9 @@ def test_an_idle_clip_is_exactly_its_duration_with_silent_audio(face_server: Emb
     audio = [i for i in items if isinstance(i, AudioPiece)]
     frames = sorted(i.first + k for i in items if isinstance(i, RenderedFrames) for k in range(len(i.jpegs)))
     done = items[-1]
-    assert isinstance(done, dict) and done["idle"] and done["listening"] and done["speech_s"] == 0.0
+    assert isinstance(done, RenderDone) and done.idle and done.listening and done.speech_s == 0.0
     assert sum(a.pcm.shape[0] for a in audio) == round(1.3 * 16000) and not any(a.pcm.any() for a in audio)
-    assert frames == list(range(26)) and done["phonemes"] == []
+    assert frames == list(range(26)) and done.phonemes == ()
 
 
 def test_a_duration_longer_than_the_speech_idles_to_its_end(face_server: EmbeddedTriton) -> None:
@@ -161,5 +162,5 @@ def test_a_duration_longer_than_the_speech_idles_to_its_end(face_server: Embedde
 
     items = asyncio.run(with_models(face_server.grpc_url, job))
     done = items[-1]
-    assert isinstance(done, dict) and not done["idle"] and 0.2 < done["speech_s"] < 1.5
-    assert done["frames"] == 50 and sum(len(i.jpegs) for i in items if isinstance(i, RenderedFrames)) == 50
+    assert isinstance(done, RenderDone) and not done.idle and 0.2 < done.speech_s < 1.5
+    assert done.frames == 50 and sum(len(i.jpegs) for i in items if isinstance(i, RenderedFrames)) == 50

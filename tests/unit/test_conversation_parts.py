@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 from duet.talk import Bleed, Speaker
-from orchestrator.api.session_service import parse_options
+from orchestrator.api.options import parse_options
 from orchestrator.config import Settings
 from orchestrator.errors import BadOption
+from orchestrator.events import FloorEvent
 from orchestrator.models.ports import ChatMessage, ConversationModels, SpeechChunk, Transcript
 from orchestrator.session.conversation import ConversationSession
 from orchestrator.session.dialogue import Dialogue
 from orchestrator.session.persona import Persona, load_persona
 from orchestrator.session.playback import Playback, ReplyAudio
+from tests.recording import RecordingOutlet
 
 PERSONAS = Path(__file__).resolve().parents[2] / "personas"
 
@@ -234,18 +236,9 @@ class ScriptedASR:
 
 async def _next_turn_while_the_last_final_decodes() -> tuple[list[dict[str, Any]], ScriptedASR]:
     settings = Settings()
-    events: list[dict[str, Any]] = []
-
-    async def emit(event: dict[str, Any]) -> None:
-        events.append(event)
-
-    async def send_audio(pcm: bytes, reply_id: int, t: float) -> None:
-        del pcm, reply_id, t
-
+    out = RecordingOutlet()
     asr = ScriptedASR()
-    session = ConversationSession(
-        typing.cast(ConversationModels, asr), None, settings, persona(), emit, send_audio, replies=False
-    )
+    session = ConversationSession(typing.cast(ConversationModels, asr), None, settings, persona(), out, replies=False)
     floor = session.floor
     speech_start_s = settings.floor.speech_start_ms / 1000
 
@@ -255,7 +248,7 @@ async def _next_turn_while_the_last_final_decodes() -> tuple[list[dict[str, Any]
 
     async def floor_event(kind: str, t: float) -> None:
         until(t)
-        await session._on_floor_event({"type": kind, "t": t})
+        await session._on_floor_event(FloorEvent(kind, t))
         await asyncio.sleep(0)
 
     await floor_event("speech_start", 0.3 + speech_start_s)  # turn 1: 0.3-2.0 s
@@ -274,7 +267,7 @@ async def _next_turn_while_the_last_final_decodes() -> tuple[list[dict[str, Any]
     for _ in range(10):
         await asyncio.sleep(0)
     await session.close()
-    return events, asr
+    return out.dicts, asr
 
 
 def test_a_turn_begun_while_the_last_final_decodes_gets_its_own_transcript() -> None:

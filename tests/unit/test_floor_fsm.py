@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from orchestrator.config import FloorSettings
-from orchestrator.turns.floor import Emit, Evaluate, FloorMachine, Phase
+from orchestrator.events import FloorEvent
+from orchestrator.turns.floor import Evaluate, FloorMachine, Phase
 
 WIN = 0.032  # VAD window, s
 
@@ -21,16 +22,16 @@ def run(
     settings: FloorSettings | None = None,
     replica: list[tuple[float, float]] | None = None,
     eval_lag_windows: int = 0,
-) -> list[Emit]:
+) -> list[FloorEvent]:
     """Drive the machine: `segments` are (start, end) of voiced audio; `p_yield(t, pause_ms)` answers
     evaluations, delivered after `eval_lag_windows` further windows (0 = before the next window)."""
     fsm = FloorMachine(settings or FloorSettings())
-    events: list[Emit] = []
+    events: list[FloorEvent] = []
     pending: list[tuple[int, Evaluate]] = []
 
-    def apply(actions: list[Emit | Evaluate], i: int) -> None:
+    def apply(actions: list[FloorEvent | Evaluate], i: int) -> None:
         for a in actions:
-            if isinstance(a, Emit):
+            if isinstance(a, FloorEvent):
                 events.append(a)
             else:
                 pending.append((i + eval_lag_windows, a))
@@ -49,7 +50,7 @@ def run(
     return events
 
 
-def types(events: list[Emit]) -> list[str]:
+def types(events: list[FloorEvent]) -> list[str]:
     return [e.type for e in events]
 
 
@@ -58,7 +59,7 @@ def test_single_turn_confident_model_commits_fast() -> None:
     assert types(ev) == ["speech_start", "speech_end", "eot_tentative", "eot_commit"]
     commit = ev[-1]
     assert commit.t - 2.0 <= 0.1  # first unvoiced window already decides
-    assert commit.data["reason"] == "model"
+    assert commit.reason == "model"
 
 
 def test_hold_pause_never_commits_while_model_says_hold() -> None:
@@ -87,7 +88,7 @@ def test_max_pause_commits_even_if_model_never_sure() -> None:
     s = FloorSettings(max_pause_ms=1200)
     ev = run([(0.5, 1.5)], 4.0, lambda t, pause: 0.1, settings=s)
     commit = next(e for e in ev if e.type == "eot_commit")
-    assert commit.data["reason"] == "max_pause"
+    assert commit.reason == "max_pause"
     assert 1.5 + 1.2 - 0.05 <= commit.t <= 1.5 + 1.2 + 0.07
 
 
@@ -149,7 +150,7 @@ def test_barge_in_while_replica_speaks_then_user_turn() -> None:
 def test_finish_commits_open_pause() -> None:
     ev = run([(0.5, 1.9)], 2.0, lambda t, pause: 0.1)
     assert types(ev)[-1] == "eot_commit"
-    assert ev[-1].data["reason"] == "end_of_stream"
+    assert ev[-1].reason == "end_of_stream"
 
 
 def test_phase_after_commit_and_new_turn() -> None:

@@ -299,11 +299,35 @@ def test_backchannel_pauses_then_resumes_and_full_text_is_committed() -> None:
     assert m.on_floor("speech_start", 2.0) == [PausePlayback(rid, 2.0)]
     assert m.phase is Phase.PAUSED
     assert m.on_floor("speech_end", 2.2) == []
-    assert m.on_floor("backchannel", 2.2) == [ResumePlayback(rid, 2.2)]
-    assert m.on_reply_done(rid, "It is noon.", 2.3) == []
+    assert m.on_floor("backchannel", 2.2) == []  # resumes once the user has stayed quiet a moment
+    assert m.tick(2.4) == [] and m.phase is Phase.PAUSED
+    assert m.on_reply_done(rid, "It is noon.", 2.45) == []
+    assert m.tick(2.5) == [ResumePlayback(rid, 2.5)] and m.phase is Phase.SPEAKING
+    assert m.tick(2.6) == []
     assert m.on_playback_end(rid, 3.0) == [CommitReplicaTurn(rid, "It is noon.", False, 3.0)]
     assert m.on_playback_end(rid, 3.1) == []  # once only
     assert phase(m) is Phase.LISTENING
+
+
+def test_speech_before_the_resume_keeps_the_replica_paused() -> None:
+    m = ReplyMachine()
+    rid = answered(m)
+    assert m.on_floor("speech_start", 2.0) == [PausePlayback(rid, 2.0)]
+    assert m.on_floor("backchannel", 2.2) == []
+    assert m.on_floor("speech_start", 2.4) == []  # "Sorry, | actually...": no second pause, and no resume
+    assert m.tick(2.6) == [] and m.tick(5.0) == [] and m.phase is Phase.PAUSED
+    assert m.on_floor("backchannel", 5.1) == []  # it was a backchannel after all
+    assert m.tick(5.4) == [ResumePlayback(rid, 5.4)]
+
+
+def test_a_stop_during_the_resume_delay_cancels_the_resume() -> None:
+    m = ReplyMachine()
+    rid = answered(m)
+    m.on_reply_done(rid, "It is noon.", 1.5)
+    m.on_floor("speech_start", 2.0)
+    m.on_floor("backchannel", 2.2)
+    assert m.on_floor("barge_in", 2.3) == [StopPlayback(rid, 2.3)]
+    assert m.tick(3.0) == []
 
 
 def test_barge_in_while_generating_cancels_and_stops_then_new_turn() -> None:
@@ -347,7 +371,8 @@ def test_commit_of_noise_while_paused_resumes() -> None:
     m = ReplyMachine()
     rid = answered(m)
     m.on_floor("speech_start", 2.0)
-    assert m.on_floor("eot_commit", 2.5) == [ResumePlayback(rid, 2.5)]
+    assert m.on_floor("eot_commit", 2.5) == []
+    assert m.tick(2.8) == [ResumePlayback(rid, 2.8)]
 
 
 def test_reentrant_stop_keeps_history_in_order() -> None:
@@ -397,7 +422,7 @@ def test_finish_cancels_unreleased_and_lets_playing_reply_end() -> None:
     m.on_transcript("and", False, 2.1)
     spec = speculate(m, "and tomorrow", 2.2)
     acts = m.finish(2.5)
-    assert acts == [CancelReply(spec.reply_id, "ended", 2.5), ResumePlayback(rid, 2.5)]
+    assert acts == [CancelReply(spec.reply_id, "ended", 2.5)]  # and the paused reply is paused no more
     assert m.on_floor("eot_commit", 2.6) == [] and m.on_transcript("x", True, 2.6) == []
     assert m.phase is Phase.SPEAKING
     m.on_reply_done(rid, "It is noon.", 2.7)
@@ -506,10 +531,11 @@ class Session:
         rng, m = self.rng, self.m
         self.t = round(self.t + rng.choice([0.0, 0.02, 0.1, 0.4]), 3)
         ids = [*self.started, max(self.started, default=0) + 7]  # known, stale and unknown ids
-        kind = rng.choices(["floor", "text", "ctx", "audio", "done", "fail", "end", "stop"], [8, 5, 1, 4, 3, 1, 3, 2])[
-            0
-        ]
-        if kind == "floor":
+        kinds = ["floor", "text", "ctx", "audio", "done", "fail", "end", "stop", "tick"]
+        kind = rng.choices(kinds, [8, 5, 1, 4, 3, 1, 3, 2, 4])[0]
+        if kind == "tick":  # the session clock moves on (a resume may be due)
+            self.feed("tick", m.tick(self.t))
+        elif kind == "floor":
             event = rng.choice(FLOOR)
             self.feed(event, m.on_floor(event, self.t))
         elif kind == "text":
@@ -547,6 +573,7 @@ class Session:
         self.t += 1.0
         self.feed("finish", self.m.finish(self.t))
         self.ended = True
+        self.paused = False  # the session sends the rest of a paused reply (see ReplyMachine.finish)
         assert self.m.on_floor("eot_commit", self.t) == [] and self.m.on_context_changed(self.t) == []
         for rid in sorted(self.stopping):
             self.stopped(rid)

@@ -10,12 +10,22 @@ from typing import Any
 import pytest
 
 from duet.proto import session_pb2 as pb
+from orchestrator.api.inbox import Inbox
 from orchestrator.api.limits import AudioClock, FrameRate, TokenBucket
-from orchestrator.api.session_service import SessionService, _End, _Stamped
+from orchestrator.api.outbox import Outbox
+from orchestrator.api.session_service import Inboxed, SessionService
 from orchestrator.config import Settings
 from orchestrator.errors import DuetError, public_message
 from orchestrator.models.fairness import FairGate
 from orchestrator.session.floor import MAX_FLOOR_CONTEXT_CHARS, MAX_FLOOR_TEXT_CHARS, bounded_context, bounded_text
+
+
+def drain(outbox: Outbox) -> list[pb.ServerMessage]:
+    """What the outbox would write now (without waiting)."""
+    out = []
+    while (msg := outbox._take()) is not None:
+        out.append(msg)
+    return out
 
 
 async def endless() -> AsyncIterator[pb.ClientMessage]:
@@ -26,7 +36,7 @@ async def endless() -> AsyncIterator[pb.ClientMessage]:
 
 async def test_reader_blocked_on_full_inbox_ends_on_cancel() -> None:
     service = SessionService(models=None, settings=Settings())  # type: ignore[arg-type]
-    inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=2)
+    inbox: Inbox[Inboxed] = Inbox(2)
     reader = asyncio.create_task(service._read(endless(), inbox), name="test-reader")
     await asyncio.sleep(0.05)  # the reader fills the inbox and blocks on the next put
     assert inbox.full() and not reader.done()
@@ -42,9 +52,9 @@ async def test_reader_marks_end_after_client_end() -> None:
         yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))  # after END: not read
 
     service = SessionService(models=None, settings=Settings())  # type: ignore[arg-type]
-    inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=8)
+    inbox: Inbox[Inboxed] = Inbox(8)
     await service._read(messages(), inbox)
-    items = [inbox.get_nowait() for _ in range(inbox.qsize())]
+    items = [inbox.get_nowait() for _ in range(len(inbox))]
     assert [type(i).__name__ for i in items] == ["_Stamped", "_Stamped", "_End"]
 
 
@@ -303,16 +313,16 @@ async def test_fast_audio_is_read_at_real_time_beyond_the_burst() -> None:
         for _ in range(50):  # 1 s of audio, as fast as possible
             yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
 
-    inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=100)
-    outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
+    inbox: Inbox[Inboxed] = Inbox(100)
+    outbox = Outbox()
     await svc._read(flood(), inbox, outbox, pace=True)
-    notices = [outbox.get_nowait() for _ in range(outbox.qsize())]
+    notices = drain(outbox)
     assert [m.error.code for m in notices] == ["audio_too_fast"] and not notices[0].error.fatal
     assert svc.telemetry.pacing_delay._value.get() >= 0.7  # the 0.8 s beyond the burst, less read time
     assert svc.telemetry.paced._value.get() == 1
     # floor/acoustic sessions are not paced: `duet turns --speed 0` stays as fast as the server can go
-    await svc._read(flood(), asyncio.Queue(maxsize=100), outbox, pace=False)
-    assert outbox.empty() and svc.telemetry.paced._value.get() == 1
+    await svc._read(flood(), Inbox(100), outbox, pace=False)
+    assert drain(outbox) == [] and svc.telemetry.paced._value.get() == 1
 
 
 async def test_camera_frames_beyond_the_rate_are_dropped_before_the_inbox() -> None:
@@ -322,9 +332,9 @@ async def test_camera_frames_beyond_the_rate_are_dropped_before_the_inbox() -> N
         for i in range(200):
             yield pb.ClientMessage(video=pb.VideoFrame(jpeg=b"x", t=i / 1000))
 
-    inbox: asyncio.Queue[_Stamped | _End] = asyncio.Queue(maxsize=300)
+    inbox: Inbox[Inboxed] = Inbox(300)
     await svc._read(frames(), inbox)
-    assert inbox.qsize() <= 5  # 200 frames in a few ms: one or two pass, then _End
+    assert len(inbox) <= 5  # 200 frames in a few ms: one or two pass, then _End
 
 
 async def test_a_client_that_keeps_sending_garbage_is_ended() -> None:
@@ -347,8 +357,8 @@ async def test_a_byte_flood_is_read_at_a_bounded_rate() -> None:
         for _ in range(3):
             yield pb.ClientMessage(text=pb.TextInput(text="x" * 100_000))
 
-    outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
-    await svc._read(flood(), asyncio.Queue(maxsize=10), outbox)
+    outbox = Outbox()
+    await svc._read(flood(), Inbox(10), outbox)
     assert svc.telemetry.pacing_delay._value.get() >= 0.45  # 300 kB at 200 kB/s beyond a 200 kB burst
 
 

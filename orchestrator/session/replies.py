@@ -1,0 +1,192 @@
+"""The reply runner: each reply the reply machine starts runs as one owned task, LLM → clauses → TTS.
+
+The LLM's tokens go through the clause splitter; each clause is synthesised as soon as it is complete, and
+its audio is appended to the reply's `ReplyAudio` (which playback reads once the reply is released). A
+spoken reply is short: generation stops after the persona's `max_sentences`. The runner reports progress
+(first audio, done, failed) to its owner, which feeds the reply machine. Cancelling a reply cancels its task;
+that closes the model streams, which cancels the requests in Triton (or the HTTP stream of an
+OpenAI-compatible endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestrator.errors import DuetError
+from orchestrator.events import ReplyLatency
+from orchestrator.models.ports import LanguageModel, LlmRequest, SpeechSynthesizer
+from orchestrator.session.persona import Persona
+from orchestrator.session.playback import ReplyAudio
+from orchestrator.speech.clauses import ClauseSplitter
+
+Clock = Callable[[], float]
+END_OF_STREAM_WAIT_S = 60.0  # at the end of the input, how long a reply still generating may take to finish
+
+
+async def aclose(stream: AsyncIterator[Any]) -> None:
+    """Close an async generator early (closing it cancels the model request behind it)."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
+@dataclass
+class Reply:
+    """One reply in flight: its audio as it is synthesised, and what it cost so far."""
+
+    audio: ReplyAudio
+    speculative: bool
+    started_wall: float
+    task: asyncio.Task[None] | None = None
+    tokens: int = 0
+    generating: bool = False  # the LLM stream is open (a cancel now stops it in the model)
+    asr_final_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    tts_first_chunk_ms: float | None = None
+
+    @property
+    def reply_id(self) -> int:
+        return self.audio.reply_id
+
+    def latency(self, floor_ms: float | None = None) -> ReplyLatency:
+        return ReplyLatency(self.asr_final_ms, self.llm_first_token_ms, self.tts_first_chunk_ms, floor_ms)
+
+
+class ReplyProgress(Protocol):
+    """What the runner tells its owner (the conversation session feeds each to the reply machine)."""
+
+    async def reply_audio(self, reply_id: int) -> None:
+        """The reply's first audio is buffered: it is playable."""
+        ...
+
+    async def reply_done(self, reply_id: int, text: str) -> None:
+        """Generation finished; `text` is what will be said."""
+        ...
+
+    async def reply_failed(self, reply_id: int, error: DuetError) -> None: ...
+
+
+class ReplyRunner:
+    def __init__(
+        self,
+        llm: LanguageModel | None,
+        tts: SpeechSynthesizer,
+        persona: Persona,
+        progress: ReplyProgress,
+        *,
+        first_clause_min_chars: int,
+        clause_max_chars: int,
+        name: str = "session",
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.llm = llm
+        self.tts = tts
+        self.persona = persona
+        self.progress = progress
+        self.name = name
+        self._clock = clock
+        self._clauses = (first_clause_min_chars, clause_max_chars)
+        self._replies: dict[int, Reply] = {}
+
+    def get(self, reply_id: int) -> Reply | None:
+        return self._replies.get(reply_id)
+
+    def start(self, reply_id: int, request: LlmRequest, *, speculative: bool, asr_final_ms: float) -> Reply:
+        reply = Reply(ReplyAudio(reply_id), speculative, self._clock(), asr_final_ms=asr_final_ms)
+        self._replies[reply_id] = reply
+        reply.task = asyncio.create_task(self._run(reply, request), name=f"{self.name}-reply-{reply_id}")
+        return reply
+
+    async def cancel(self, reply_id: int) -> tuple[Reply, bool] | None:
+        """Stop a reply end to end and forget it. Returns it, and whether the cancel stopped the model while it
+        was generating (None if the reply is unknown)."""
+        reply = self._replies.pop(reply_id, None)
+        if reply is None:
+            return None
+        generating = reply.generating
+        task = reply.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return reply, generating
+
+    def forget(self, reply_id: int) -> None:
+        """The reply has been heard (its turn is written): nothing of it is needed any more."""
+        self._replies.pop(reply_id, None)
+
+    async def settle(self, wait_s: float = END_OF_STREAM_WAIT_S) -> None:
+        """Let the replies still generating finish (at the end of the input), at most `wait_s`."""
+        deadline = self._clock() + wait_s
+        while self._clock() < deadline:
+            pending = [r.task for r in self._replies.values() if r.task is not None and not r.task.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending, timeout=max(deadline - self._clock(), 0.01))
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self._replies.values() if r.task is not None and not r.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- one reply ---------------------------------------------------------------------------------------
+
+    async def _run(self, reply: Reply, request: LlmRequest) -> None:
+        rid = reply.reply_id
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
+        failure: DuetError | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._think(reply, request, clauses), name=f"{self.name}-reply-{rid}-llm")
+                tg.create_task(self._speak(reply, clauses), name=f"{self.name}-reply-{rid}-tts")
+        except* DuetError as group:
+            first = group.exceptions[0]
+            failure = first if isinstance(first, DuetError) else DuetError(str(first))
+        if failure is not None:
+            await self.progress.reply_failed(rid, failure)
+            return
+        # What will be said: the spoken clauses (generation may have run a few tokens past the last one).
+        reply.audio.text = " ".join(" ".join(c.text for c in reply.audio.chunks).split())
+        reply.audio.done = True
+        await self.progress.reply_done(rid, reply.audio.text)
+
+    async def _think(self, reply: Reply, request: LlmRequest, clauses: asyncio.Queue[str | None]) -> None:
+        if self.llm is None:
+            raise DuetError("no LLM is configured for replies")
+        splitter = ClauseSplitter(first_clause_min_chars=self._clauses[0], clause_max_chars=self._clauses[1])
+        reply.generating = True
+        try:
+            sentences = 0
+            stream = self.llm.generate(request)
+            async for piece in stream:
+                if reply.tokens == 0:
+                    reply.llm_first_token_ms = round((self._clock() - reply.started_wall) * 1000, 1)
+                reply.tokens += 1
+                for clause in splitter.feed(piece):
+                    await clauses.put(clause)
+                    sentences += clause.rstrip().endswith((".", "!", "?"))
+                if sentences >= self.persona.max_sentences:
+                    # A spoken reply is short: stop generating (this cancels the request in the model).
+                    await aclose(stream)
+                    break
+            else:
+                for clause in splitter.flush():
+                    await clauses.put(clause)
+        finally:
+            reply.generating = False
+            await clauses.put(None)
+
+    async def _speak(self, reply: Reply, clauses: asyncio.Queue[str | None]) -> None:
+        first = True
+        while (clause := await clauses.get()) is not None:
+            t0 = self._clock()
+            async for chunk in self.tts.synthesize(clause, self.persona.voice):
+                reply.audio.chunks.append(chunk)
+                if first:
+                    first = False
+                    reply.tts_first_chunk_ms = round((self._clock() - t0) * 1000, 1)
+                    await self.progress.reply_audio(reply.reply_id)

@@ -1,0 +1,416 @@
+"""The conversation session with fake models: no server, virtual time, milliseconds per test.
+
+The fakes answer like the real models would for the scripted audio: the user's speech is a square wave whose
+amplitude says which words it holds (the fake recogniser reads the amplitude back), VAD hears anything loud,
+the floor model grows sure of a yield as the pause grows, the LLM streams a fixed reply and the TTS speaks
+each clause as a block of samples. Every model can be told to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from orchestrator.config import FaceSettings, Settings
+from orchestrator.errors import ModelUnavailable
+from orchestrator.events import (
+    ErrorEvent,
+    FloorEvent,
+    ReplicaSpeakingStart,
+    ReplicaSpeakingStop,
+    ReplicaTurn,
+    ReplyCancelled,
+    ReplyStarted,
+    UserTurn,
+)
+from orchestrator.face.driver import FaceDriver
+from orchestrator.models.ports import (
+    F32,
+    I16,
+    FloorEstimate,
+    LlmRequest,
+    RenderedFrames,
+    SpeechChunk,
+    Transcript,
+)
+from orchestrator.perception.pipeline import PerceptionSession
+from orchestrator.perception.prosody_features import N_FEATURES
+from orchestrator.session.base import Control
+from orchestrator.session.conversation import ConversationSession
+from orchestrator.session.persona import Persona
+from tests.recording import RecordingOutlet
+
+SR = 16000
+CHUNK = 320  # 20 ms
+WORDS = {3000: "what time is it", 5000: "and tomorrow", 7000: "thanks bye", 2000: "mm hm"}
+
+
+class FakeModels:
+    """Stands in for Triton (every model a session calls); `fail` names the models that raise."""
+
+    def __init__(self, *, reply: str = "Sure, it is noon.", speech_s: float = 0.4) -> None:
+        self.reply = reply
+        self.speech_s = speech_s  # TTS audio per clause
+        self.fail: set[str] = set()
+        self.calls: dict[str, int] = {}
+        self.llm_requests: list[LlmRequest] = []
+
+    def _call(self, model: str) -> None:
+        self.calls[model] = self.calls.get(model, 0) + 1
+        if model in self.fail:
+            raise ModelUnavailable(f"model {model!r} failed: fake failure")
+
+    async def vad(self, audio: I16, state: F32) -> tuple[float, F32]:
+        self._call("vad")
+        return (1.0 if np.abs(audio[-512:]).mean() > 500 else 0.0), state
+
+    async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate:
+        self._call("floor")
+        return self._estimate(pause_samples)
+
+    async def fuse(self, acoustics: FloorEstimate, pause_samples: int, text: str, context: str) -> FloorEstimate:
+        self._call("floor")
+        return self._estimate(pause_samples)
+
+    @staticmethod
+    def _estimate(pause_samples: int) -> FloorEstimate:
+        # unsure early in a pause (a tentative end: speculation starts), sure after 250 ms (the commit)
+        p = 0.5 if pause_samples < 0.25 * SR else 0.95
+        return FloorEstimate(p_yield=p, p_turn=p, prosody=np.zeros(8, dtype=np.float32))
+
+    async def transcribe(self, audio: I16, prompt: str = "", *, word_timings: bool = True) -> Transcript:
+        self._call("asr")
+        await asyncio.sleep(0)
+        loudest = int(np.abs(audio.astype(np.int32)).max()) if audio.size else 0
+        return Transcript(WORDS.get(loudest, ""))
+
+    async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
+        self.llm_requests.append(request)
+        self._call("llm")
+        for piece in self.reply.split(" "):
+            await asyncio.sleep(0)
+            yield piece + " "
+
+    async def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
+        self._call("tts")
+        await asyncio.sleep(0)
+        yield SpeechChunk(pcm=np.full(round(self.speech_s * SR), 900, dtype=np.int16), text=text.strip())
+
+    async def face_motion(self, request_json: str) -> F32:
+        self._call("face_motion")
+        return np.zeros((1, 4), dtype=np.float32)
+
+    async def render_frames(
+        self, face: str, params: F32, width: int, height: int, quality: int
+    ) -> AsyncIterator[RenderedFrames]:
+        self._call("face_render")
+        yield RenderedFrames(0, tuple(b"jpeg" for _ in range(params.shape[0])))
+
+    async def voice_features(self, frames: I16) -> F32:
+        self._call("perception_audio")
+        return np.zeros((frames.shape[0], N_FEATURES), dtype=np.float32)
+
+    async def analyze_frame(self, image: bytes) -> dict[str, Any]:
+        self._call("perception_face")
+        return {"faces": 0, "width": 64, "height": 64}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def speech(amplitude: int, seconds: float) -> I16:
+    n = round(seconds * SR)
+    return np.where(np.arange(n) % 2 == 0, amplitude, -amplitude).astype(np.int16)
+
+
+def silence(seconds: float) -> I16:
+    return np.zeros(round(seconds * SR), dtype=np.int16)
+
+
+def persona(**kw: Any) -> Persona:
+    return Persona(id="t", name="T", system_prompt="Be brief.", max_tokens=32, **kw)
+
+
+def session(
+    models: FakeModels, *, speculation: bool = True, settings: Settings | None = None, **kw: Any
+) -> tuple[ConversationSession, RecordingOutlet, Clock]:
+    out, clock = RecordingOutlet(), Clock()
+    s = ConversationSession(
+        models,
+        models,
+        settings or Settings(),
+        persona(),
+        out,
+        speculation=speculation,
+        echo_suppression=False,
+        name="t",
+        clock=clock,
+        **kw,
+    )
+    return s, out, clock
+
+
+async def play(s: ConversationSession, clock: Clock, audio: I16, *, settle: int = 4) -> None:
+    """Send `audio` in 20 ms chunks at (virtual) real time, letting the session's tasks run between chunks."""
+    for i in range(0, audio.shape[0], CHUNK):
+        clock.t += CHUNK / SR
+        await s.audio(audio[i : i + CHUNK].tobytes(), clock())
+        for _ in range(settle):
+            await asyncio.sleep(0)
+
+
+def of(out: RecordingOutlet, cls: type[Any]) -> list[Any]:
+    return [e for e in out.events if isinstance(e, cls)]
+
+
+def floor_kinds(out: RecordingOutlet) -> list[str]:
+    return [e.kind for e in out.events if isinstance(e, FloorEvent)]
+
+
+def heard_audio(out: RecordingOutlet, reply_id: int) -> float:
+    return sum(len(pcm) // 2 for pcm, rid, _ in out.audio_out if rid == reply_id) / SR
+
+
+# ---- a turn answered --------------------------------------------------------------------------------------
+
+
+async def test_a_turn_is_answered_and_both_turns_enter_the_history() -> None:
+    models = FakeModels()
+    s, out, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([silence(0.5), speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    assert floor_kinds(out)[:2] == ["speech_start", "speech_end"] and "eot_commit" in floor_kinds(out)
+    [user] = of(out, UserTurn)
+    assert user.text == "what time is it" and user.turn == 0
+    [started] = of(out, ReplyStarted)
+    assert not started.speculative and started.transcript == "what time is it"
+    [speaking] = of(out, ReplicaSpeakingStart)
+    assert speaking.reply_id == started.reply_id and not speaking.from_speculation
+    assert speaking.t >= user.t  # released at the commit, never before
+    assert speaking.latency.llm_first_token_ms is not None and speaking.latency.tts_first_chunk_ms is not None
+    [stop] = of(out, ReplicaSpeakingStop)
+    assert not stop.interrupted and stop.spoken_text == "Sure, it is noon."
+    [replica] = of(out, ReplicaTurn)
+    assert replica.text == "Sure, it is noon." and not replica.interrupted
+    assert heard_audio(out, started.reply_id) == pytest.approx(models.speech_s * models.calls["tts"], abs=1e-3)
+    first_t = min(t for _, rid, t in out.audio_out if rid == started.reply_id)
+    assert first_t == pytest.approx(speaking.t, abs=1e-3)  # the audio sits where the replica started speaking
+    assert [(t.role, t.text) for t in s.dialogue.turns] == [
+        ("user", "what time is it"),
+        ("assistant", "Sure, it is noon."),
+    ]
+    assert not [e for e in out.events if isinstance(e, ErrorEvent)]
+
+
+async def test_the_floor_events_reach_the_client_before_anything_they_cause() -> None:
+    s, out, clock = session(FakeModels(), speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    types = out.types()
+    assert types.index("eot_commit") < types.index("user_turn") < types.index("reply_started")
+    assert types.index("transcript") < types.index("user_turn")  # the words before the turn built on them
+
+
+# ---- speculation --------------------------------------------------------------------------------------------
+
+
+async def test_a_speculative_reply_is_released_at_the_commit() -> None:
+    s, out, clock = session(FakeModels())
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    types = out.types()
+    [started] = of(out, ReplyStarted)
+    assert started.speculative and types.index("eot_tentative") < types.index("reply_started")
+    assert types.index("reply_started") < types.index("eot_commit")  # prepared while the floor was undecided
+    [speaking] = of(out, ReplicaSpeakingStart)
+    assert speaking.reply_id == started.reply_id and speaking.from_speculation
+    assert s.machine.released_from_speculation == 1 and s.machine.wasted == 0
+
+
+async def test_a_speculation_is_cancelled_when_the_user_goes_on() -> None:
+    models = FakeModels()
+    s, out, clock = session(models)
+    audio = np.concatenate([speech(3000, 1.0), silence(0.2), speech(5000, 0.8), silence(2.0)])
+    await play(s, clock, audio)
+    await s.finish()
+    cancelled = of(out, ReplyCancelled)
+    assert cancelled and cancelled[0].reason == "user_continued"
+    assert "eot_cancel" in floor_kinds(out)
+    [user] = of(out, UserTurn)  # one turn: the pause was a hold
+    [speaking] = of(out, ReplicaSpeakingStart)
+    assert speaking.reply_id not in {c.reply_id for c in cancelled}  # the cancelled reply is never heard
+    assert {rid for _, rid, _ in out.audio_out} == {speaking.reply_id}
+    assert user.t <= speaking.t
+
+
+# ---- interruptions ------------------------------------------------------------------------------------------
+
+
+async def test_a_barge_in_stops_the_replica_and_what_was_heard_is_the_replica_turn() -> None:
+    models = FakeModels(speech_s=3.0)  # a long reply, for the user to talk over
+    s, out, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(1.0)]))
+    [speaking] = of(out, ReplicaSpeakingStart)
+    await play(s, clock, np.concatenate([speech(7000, 1.2), silence(2.0)]))
+    await s.finish()
+    stops = of(out, ReplicaSpeakingStop)
+    assert stops[0].reply_id == speaking.reply_id and stops[0].interrupted
+    assert "barge_in" in floor_kinds(out) and out.types().count("replica_paused") == 1
+    turns = of(out, ReplicaTurn)
+    assert turns[0].interrupted and turns[0].text == stops[0].spoken_text
+    assert turns[0].text != "Sure, it is noon."  # only the part heard
+    # the client was told to drop the rest (the outlet's cut) at the pause, where the user started speaking
+    assert out.cuts and out.cuts[0][0] == speaking.reply_id
+    users = of(out, UserTurn)
+    assert [u.text for u in users] == ["what time is it", "thanks bye"]
+    assert len(of(out, ReplicaSpeakingStart)) == 2  # and the new turn is answered
+    assert [t.role for t in s.dialogue.turns] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_a_backchannel_pauses_the_replica_which_resumes_after_a_quiet_moment() -> None:
+    models = FakeModels(speech_s=2.0)
+    s, out, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(0.8)]))
+    await play(s, clock, np.concatenate([speech(2000, 0.3), silence(3.0)]))  # "mm-hm"
+    await s.finish()
+    assert "backchannel" in floor_kinds(out)
+    types = out.types()
+    paused, resumed = types.index("replica_paused"), types.index("replica_resumed")
+    assert paused < types.index("backchannel") < resumed
+    t_back = next(e.t for e in out.events if isinstance(e, FloorEvent) and e.kind == "backchannel")
+    t_resumed = next(e.t for e in out.events if e.type == "replica_resumed")
+    assert t_resumed == pytest.approx(t_back + 0.3, abs=0.03)  # after 0.3 s of quiet (the reply machine's rule)
+    [turn] = of(out, ReplicaTurn)
+    assert not turn.interrupted and turn.text == "Sure, it is noon."
+    assert len(of(out, UserTurn)) == 1
+
+
+async def test_an_interrupt_stops_the_replica_at_once() -> None:
+    models = FakeModels(speech_s=3.0)
+    s, out, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(1.0)]))
+    await s.control(Control.INTERRUPT)
+    [stop] = of(out, ReplicaSpeakingStop)
+    assert stop.interrupted and stop.t == pytest.approx(s.now, abs=1e-3)
+    await play(s, clock, silence(1.0))
+    await s.finish()
+    assert heard_audio(out, stop.reply_id) < 1.0 and of(out, ReplicaTurn)[0].interrupted
+
+
+# ---- models failing: each is reported, and the session goes on where it can ---------------------------------
+
+
+@pytest.mark.parametrize("model", ["vad", "floor"])
+async def test_a_failing_floor_model_ends_the_session_with_its_typed_error(model: str) -> None:
+    models = FakeModels()
+    s, _, clock = session(models)
+    models.fail.add(model)
+    with pytest.raises(ModelUnavailable):  # the transport reports it as the fatal error that ends the session
+        await play(s, clock, np.concatenate([speech(3000, 1.0), silence(1.0)]))
+    await s.close()
+
+
+@pytest.mark.parametrize("model", ["asr", "llm", "tts"])
+async def test_a_failing_turn_model_is_reported_and_the_next_turn_is_answered(model: str) -> None:
+    models = FakeModels()
+    s, out, clock = session(models, speculation=False)
+    models.fail.add(model)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    errors = of(out, ErrorEvent)
+    assert errors and {e.code for e in errors} == {"model_unavailable"}
+    assert not any(e.fatal for e in errors) and model in errors[0].message
+    assert not of(out, ReplicaSpeakingStart)  # nothing to say for that turn
+    if model != "asr":  # (without a transcript there was no turn to answer)
+        assert [c.reason for c in of(out, ReplyCancelled)] == ["failed"]
+    models.fail.clear()
+    await play(s, clock, np.concatenate([speech(5000, 0.8), silence(2.0)]))
+    await s.finish()
+    assert of(out, ReplicaSpeakingStart), "the session did not recover"
+    assert of(out, ReplicaTurn)[-1].text == "Sure, it is noon."
+
+
+class BrokenFace(FakeModels):
+    async def face_motion(self, request_json: str) -> F32:
+        self._call("face_motion")
+        raise ModelUnavailable("model 'face_motion' failed: fake failure")
+
+
+async def test_a_failing_face_is_reported_at_once_and_the_conversation_goes_on() -> None:
+    models = BrokenFace()
+    out, clock = RecordingOutlet(), Clock()
+    face_settings = dataclasses.replace(FaceSettings(), fps=25.0)
+    face = FaceDriver(models, face_settings, out, face="astronaut", emotion="neutral", name="t")
+    s = ConversationSession(
+        models, models, Settings(), persona(), out, speculation=False, echo_suppression=False, clock=clock, face=face
+    )
+    await s.start()
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    errors = of(out, ErrorEvent)
+    assert [e.code for e in errors] == ["model_unavailable"] and "face_motion" in errors[0].message
+    assert errors[0].t < 1.0 and not errors[0].fatal  # reported when it happened, not at the end
+    await s.finish()
+    assert of(out, ReplicaTurn)[0].text == "Sure, it is noon."  # the voice went on without the face
+    assert out.types().count("error") == 1  # and not reported twice
+
+
+class BrokenCamera(FakeModels):
+    async def analyze_frame(self, image: bytes) -> dict[str, Any]:
+        self._call("perception_face")
+        raise ModelUnavailable("model 'perception_face' failed: fake failure")
+
+
+async def test_a_failing_camera_is_reported_and_the_conversation_goes_on() -> None:
+    models = BrokenCamera()
+    out, clock = RecordingOutlet(), Clock()
+    perception = PerceptionSession(models, out.event, name="t", clock=clock)
+    s = ConversationSession(
+        models,
+        models,
+        Settings(),
+        persona(),
+        out,
+        speculation=False,
+        echo_suppression=False,
+        clock=clock,
+        perception=perception,
+    )
+    await s.start()
+    s.video(b"frame", 0.1, clock())
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    errors = of(out, ErrorEvent)
+    assert errors and errors[0].code == "model_unavailable" and "perception_face" in errors[0].message
+    assert of(out, ReplicaTurn)[0].text == "Sure, it is noon."
+
+
+# ---- without replies: the floor and perceive sessions -----------------------------------------------------
+
+
+async def test_without_replies_the_client_marks_the_replica_speaking() -> None:
+    s, out, clock = session(FakeModels(), replies=False)
+    await s.control(Control.REPLICA_SPEAKING_START)
+    await play(s, clock, np.concatenate([speech(7000, 1.0), silence(1.5)]))
+    await s.control(Control.REPLICA_SPEAKING_STOP)
+    await s.finish()
+    assert "barge_in" in floor_kinds(out)  # speech over the (client's) replica
+    assert not of(out, ReplyStarted) and not out.audio_out  # and nothing of its own
+    assert [e.text for e in of(out, UserTurn)] == []  # no history is kept without replies
+
+
+async def test_the_tests_run_in_milliseconds() -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    s, _, clock = session(FakeModels())
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    assert loop.time() - t0 < 2.0  # a 3 s conversation, in virtual time
