@@ -1,4 +1,5 @@
-"""The Duet service: Triton (embedded unless configured), the model client and the gRPC session server."""
+"""The Duet service, wired: Triton (embedded unless configured), the model client and its healer, the LLM
+backend, the metrics and the gRPC session server. Wiring only: each part lives in its own module."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
-from prometheus_client.core import CounterMetricFamily, Metric
 
 from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.api.session_service import SessionService
@@ -73,7 +73,8 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
                 healer.server_restarted()
 
             background.append(asyncio.create_task(embedded.supervise(restarted), name="triton-supervisor"))
-        telemetry.registry.register(HealingMetrics(healer, embedded))
+        restarts = (lambda: embedded.restarts) if embedded is not None else (lambda: 0)
+        telemetry.watch_healing(lambda: healer.counts, restarts)
         limit = settings.server.max_message_bytes
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
@@ -105,23 +106,6 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         await models.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
-
-
-class HealingMetrics:
-    """Prometheus view of the healer's and the supervisor's counts (read at scrape time)."""
-
-    def __init__(self, healer: ModelHealer, embedded: EmbeddedTriton | None) -> None:
-        self.healer, self.embedded = healer, embedded
-
-    def collect(self) -> Iterator[Metric]:
-        events = CounterMetricFamily(
-            "duet_model_healing", "Model healing, by event and model", labels=["event", "model"]
-        )
-        for (event, model), n in sorted(self.healer.counts.items()):
-            events.add_metric([event, model], n)
-        yield events
-        restarts = self.embedded.restarts if self.embedded else 0
-        yield CounterMetricFamily("duet_triton_restarts", "Embedded tritonserver restarts", value=restarts)
 
 
 async def serve(settings: Settings, on_ready: Callable[[Running], None] | None = None) -> None:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from orchestrator.config import MetricsSettings
 from orchestrator.events import Event, FloorEvent, ReplicaSpeakingStart
@@ -75,6 +77,11 @@ class Telemetry:
                 value = getattr(event.latency, key)
                 if value is not None and value > 0:
                     self.latency.labels(stage=stage).observe(value / 1000)
+
+    def watch_healing(self, counts: Callable[[], Mapping[tuple[str, str], int]], restarts: Callable[[], int]) -> None:
+        """Export the model healer's counts (`duet_model_healing_total{event,model}`) and the embedded
+        tritonserver's restarts (`duet_triton_restarts_total`), read at scrape time."""
+        self.registry.register(_HealingMetrics(counts, restarts))
 
     def first_audio(self, seconds: float) -> None:
         self.latency.labels(stage="first_audio").observe(max(seconds, 0.0))
@@ -133,3 +140,19 @@ def metrics_by_key(text: str) -> dict[str, float]:
 
 
 __all__ = ["STAGES", "Sample", "Telemetry", "metrics_by_key", "parse_metrics"]
+
+
+class _HealingMetrics:
+    """Prometheus view of the healer's and the supervisor's counts (read at scrape time)."""
+
+    def __init__(self, counts: Callable[[], Mapping[tuple[str, str], int]], restarts: Callable[[], int]) -> None:
+        self.counts, self.restarts = counts, restarts
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "duet_model_healing", "Model healing, by event and model", labels=["event", "model"]
+        )
+        for (event, model), n in sorted(self.counts().items()):
+            events.add_metric([event, model], n)
+        yield events
+        yield CounterMetricFamily("duet_triton_restarts", "Embedded tritonserver restarts", value=self.restarts())

@@ -185,6 +185,7 @@ class UtteranceSummary:
             "flatness": round(v.flatness, 3),
         }
 
+
 # ---------------------------------------------------------------------------------------------------------
 # Utterance measures
 

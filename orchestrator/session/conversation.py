@@ -97,8 +97,9 @@ class ConversationSession:
             name=name,
         )
         use_echo = settings.conversation.echo_suppression if echo_suppression is None else echo_suppression
-        max_chunk = settings.server.max_audio_chunk_ms * SAMPLE_RATE // 1000
-        self.echo = EchoCanceller(SAMPLE_RATE, max_chunk=max_chunk) if use_echo else None
+        # The canceller's own block size, not the largest chunk a client may send (it splits those): its FFT size
+        # and adaptation step follow the block, and a 200 ms block made it 2x dearer and 7x slower to converge.
+        self.echo = EchoCanceller(SAMPLE_RATE) if use_echo else None
         self.gate = TranscriptGate(
             self.floor.machine.s,
             partial_interval_ms=settings.asr.partial_interval_ms,

@@ -78,13 +78,14 @@ class AudioTimeline:
 
     def _write(self, x: I16) -> None:
         cap = self._hist.shape[0]
-        if x.shape[0] >= cap:
+        n = x.shape[0]  # the clock advances by the whole chunk, even one longer than the ring keeps
+        if n >= cap:
             x = x[-cap:]
-        start = self._n % cap
+        start = (self._n + n - x.shape[0]) % cap
         first = min(cap - start, x.shape[0])
         self._hist[start : start + first] = x[:first]
         self._hist[: x.shape[0] - first] = x[first:]
-        self._n += x.shape[0]
+        self._n += n
 
     def span(self, start: int, end: int) -> I16:
         """Samples [start, end) of the stream; zeros before sample 0. Must lie within the kept history."""
@@ -93,9 +94,11 @@ class AudioTimeline:
             raise ValueError(f"samples [{start}, {end}) are not in the kept history")
         out = np.zeros(end - start, dtype=np.int16)
         lo = max(start, 0, self._n - cap)
-        if lo < end:
-            idx = np.arange(lo, end) % cap
-            out[lo - start :] = self._hist[idx]
+        if lo < end:  # one or two slices of the ring (an index array of the whole span costs 40x more)
+            a, n = lo % cap, end - lo
+            first = min(cap - a, n)
+            out[lo - start : lo - start + first] = self._hist[a : a + first]
+            out[lo - start + first :] = self._hist[: n - first]
         return out
 
     def window(self, end_t: float, length: int = HISTORY) -> I16:

@@ -59,3 +59,20 @@ def test_bad_chunks_are_refused_without_changing_state(chunk: bytes, needle: str
     with pytest.raises(BadAudioChunk, match=needle):
         tl.push(chunk)
     assert tl.samples == 320
+
+
+def test_span_matches_the_stream_at_every_wrap() -> None:
+    rng = np.random.default_rng(3)
+    tl = AudioTimeline(max_chunk_ms=200, history=4000)  # (a ring a little over a chunk: it wraps often)
+    stream: list[int] = []
+    for _ in range(300):
+        chunk = rng.integers(-3000, 3000, int(rng.integers(1, 3200)), dtype=np.int16)
+        tl.push(chunk.astype("<i2").tobytes())
+        stream += chunk.tolist()
+        n = len(stream)
+        for length in (1, 17, 512, 4000):
+            if length > n:
+                continue
+            end = int(rng.integers(max(n - 4000 + length, length), n + 1))
+            assert tl.span(end - length, end).tolist() == stream[end - length : end]
+    assert tl.window(0.01, 400)[:240].tolist() == [0] * 240  # before sample 0: zeros

@@ -414,3 +414,63 @@ async def test_the_tests_run_in_milliseconds() -> None:
     await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
     await s.finish()
     assert loop.time() - t0 < 2.0  # a 3 s conversation, in virtual time
+
+
+# ---- the walk of one audio chunk ----------------------------------------------------------------------------
+
+# The stages a chunk passes through, in order (the session module itself is the hub that executes the actions
+# between them; data classes and accessors are not stages).
+STAGES = [
+    "orchestrator.session.floor",  # VAD and the floor model
+    "orchestrator.turns.floor",  # the floor machine decides
+    "orchestrator.speech.gate",  # the event waits for its words, or goes on
+    "orchestrator.turns.replies",  # the reply machine decides
+    "orchestrator.session.dialogue",  # the user's turn is written
+    "orchestrator.session.voice",  # the reply goes on the timeline
+    "orchestrator.session.playback",  # and its audio out
+]
+
+
+async def test_one_chunk_walks_the_stages_in_order_from_audio_to_floor_event_to_reply_audio() -> None:
+    import sys
+
+    s, out, clock = session(FakeModels())
+    audio = np.concatenate([speech(3000, 1.0), silence(2.0)])
+    entered: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        module = frame.f_globals.get("__name__", "")
+        if event == "call" and module in STAGES and module not in entered:
+            entered.append(module)
+
+    for i in range(0, audio.shape[0], CHUNK):
+        entered.clear()
+        before, audio_before = len(out.events), len(out.audio_out)
+        clock.t += CHUNK / SR
+        sys.setprofile(profile)
+        try:
+            await s.audio(audio[i : i + CHUNK].tobytes(), clock())
+        finally:
+            sys.setprofile(None)
+        new = out.events[before:]
+        if any(isinstance(e, FloorEvent) and e.kind == "eot_commit" for e in new):
+            # this chunk's walk: a floor event out, the turn committed, the prepared reply released and heard
+            assert [e.type for e in new] == ["eot_commit", "user_turn", "replica_speaking_start"]
+            assert len(out.audio_out) > audio_before
+            assert entered == STAGES
+            break
+        for _ in range(4):
+            await asyncio.sleep(0)
+    else:
+        pytest.fail("no commit")
+    await s.close()
+
+
+def test_the_session_echo_canceller_runs_on_its_own_block_size() -> None:
+    from orchestrator.signal.echo import EchoCanceller
+
+    s, _, _ = session(FakeModels(), settings=Settings())
+    s2 = ConversationSession(FakeModels(), None, Settings(), persona(), RecordingOutlet(), echo_suppression=True)
+    assert s.echo is None and s2.echo is not None
+    # not the largest chunk a client may send (200 ms): that made its FFTs 4x larger and its adaptation 7x slower
+    assert s2.echo.fft_size == EchoCanceller().fft_size
