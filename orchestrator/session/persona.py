@@ -32,6 +32,9 @@ class Persona:
     emotion: str = ""  # the face's resting emotion (empty: the server's default)
     # conditions on what perception sees/hears that fire `perception_tool_call` (orchestrator/perception/tools.py)
     perception_tools: tuple[PerceptionTool, ...] = ()
+    greeting: str = ""  # spoken as soon as a conversation starts (empty: the replica waits for the user)
+    llm_model: str = ""  # the local model replies come from (a name the `llm` model serves; empty: its default)
+    vocabulary: tuple[str, ...] = ()  # names and terms the recogniser should expect ("Dr. Patel", product names)
 
 
 def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
@@ -58,6 +61,9 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
         "face",
         "emotion",
         "perception_tools",
+        "greeting",
+        "llm_model",
+        "vocabulary",
     }
     unknown = set(data) - allowed
     if unknown:
@@ -78,9 +84,24 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
             face=str(data.get("face", "")),
             emotion=str(data.get("emotion", "")),
             perception_tools=parse_tools(data.get("perception_tools")),
+            greeting=_text(data.get("greeting", ""), "greeting"),
+            llm_model=_text(data.get("llm_model", ""), "llm_model"),
+            vocabulary=_terms(data.get("vocabulary", [])),
         )
     except (TypeError, ValueError) as exc:
         raise BadOption(f"persona {persona_id!r}: {exc}") from exc
     if not 1 <= persona.max_tokens <= 1024 or not 0.0 <= persona.temperature <= 2.0 or persona.max_sentences < 1:
         raise BadOption(f"persona {persona_id!r}: need max_tokens 1..1024, temperature 0..2, max_sentences >= 1")
     return persona
+
+
+def _text(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be text")
+    return value.strip()
+
+
+def _terms(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("vocabulary must be a list of non-empty terms")
+    return tuple(v.strip() for v in value)
