@@ -150,6 +150,18 @@ class ReplyCancelled(Event):
 
 
 @dataclass(frozen=True)
+class ReplyClauseDropped(Event):
+    """A clause of a reply that was not spoken: it narrated a note, repeated an earlier sentence, carried
+    markup or code, or was the unfinished end of the reply (`orchestrator/speech/guard.py`)."""
+
+    type: ClassVar[str] = "reply_clause_dropped"
+    t: float
+    reply_id: int
+    reason: str  # "narration" | "repetition" | "markup" | "incomplete"
+    text: str
+
+
+@dataclass(frozen=True)
 class ReplyLatency:
     """Wall milliseconds of a reply's stages (each present once measured)."""
 
@@ -386,6 +398,7 @@ __all__ = [
     "ReplicaSpeakingStop",
     "ReplicaTurn",
     "ReplyCancelled",
+    "ReplyClauseDropped",
     "ReplyLatency",
     "ReplyStarted",
     "SessionEnded",

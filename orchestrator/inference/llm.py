@@ -1,9 +1,11 @@
-"""The local language model: a GGUF run by llama.cpp, streamed token by token with a cancellation check.
+"""The local language models: GGUFs run by llama.cpp, streamed token by token with a cancellation check.
 
-The Triton `llm` model is thin glue around `LlamaEngine`. One engine owns one llama.cpp context, which is
-not thread safe, so a Triton instance holds one engine and serves one request at a time. The engine keeps
-its context between requests: llama.cpp then reuses the KV cache for the prompt prefix it already holds
-(the system prompt and earlier turns of a growing conversation) and only evaluates the new suffix.
+The Triton `llm` model is thin glue around this module. One `LlamaEngine` owns one llama.cpp context, which
+is not thread safe, so it serves one request at a time. The engine keeps its context between requests:
+llama.cpp then reuses the KV cache for the prompt prefix it already holds (the system prompt and earlier
+turns of a growing conversation) and only evaluates the new suffix. An `EnginePool` holds several engines of
+one GGUF and sends each request to the one that holds its conversation; `ModelPools` holds one pool per
+served model and routes a request by the model it names (`ModelSpec`, from the model's config).
 
 Text is streamed as it is generated, except what might be the start of a stop sequence: that is held back
 until the next tokens show whether it is one (`StopMatcher`), so a stop string split across tokens never
@@ -15,10 +17,11 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,13 @@ MAX_STOP_CHARS = 64
 
 class LlmInputError(ValueError):
     """A request the model cannot serve (bad JSON, unknown role, too long); the message says which input."""
+
+
+class UnknownModel(LlmInputError):
+    """A request named a model this server does not serve. `code` is the client's typed error (bad_option):
+    the model sends it as "bad_option: <message>" and the Triton adapter raises `BadOption` from it."""
+
+    code = "bad_option"
 
 
 @dataclass(frozen=True)
@@ -343,3 +353,131 @@ class EnginePool:
                 taken[1](self._engines[i])
             except Exception:  # a job reports its own errors; the worker must outlive any of them
                 logging.getLogger("duet.llm").exception("llm job failed on engine %d", i)
+
+
+# --- several models in one Triton model, chosen by name ---
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MODEL_KEY = "model."  # config parameter `model.<name>` describes one served model
+SPEC_FIELDS = ("file", "engines", "n_threads", "n_ctx")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: its GGUF (in the model's version folder) and its pool of llama.cpp contexts."""
+
+    name: str
+    file: str
+    engines: int = 2  # contexts, each holding one conversation's KV cache
+    n_threads: int = 1  # threads per context
+    n_ctx: int = 2048
+
+
+def parse_model_spec(name: str, text: str) -> ModelSpec:
+    """`file=X.gguf engines=2 n_threads=1 n_ctx=2048` (only `file` is required)."""
+    if not MODEL_NAME.match(name):
+        raise ValueError(f"llm model name {name!r} is invalid (letters, digits, '.', '_' and '-'; at most 64)")
+    fields: dict[str, str] = {}
+    for item in text.split():
+        key, eq, value = item.partition("=")
+        if not eq or key not in SPEC_FIELDS or key in fields or not value:
+            keys = ", ".join(SPEC_FIELDS)
+            raise ValueError(f"llm model {name!r}: bad item {item!r} (expected key=value, keys {keys})")
+        fields[key] = value
+    if "file" not in fields:
+        raise ValueError(f"llm model {name!r}: no file=... given")
+    if "/" in fields["file"] or not fields["file"].endswith(".gguf"):
+        raise ValueError(f"llm model {name!r}: file must be a .gguf in the model's folder, got {fields['file']!r}")
+    try:
+        spec = ModelSpec(name, fields["file"], **{k: int(v) for k, v in fields.items() if k != "file"})
+    except ValueError as exc:
+        raise ValueError(f"llm model {name!r}: {exc}") from exc
+    if not (1 <= spec.engines <= 8 and 1 <= spec.n_threads <= 64 and 256 <= spec.n_ctx <= 32768):
+        raise ValueError(f"llm model {name!r}: need engines 1..8, n_threads 1..64, n_ctx 256..32768")
+    return spec
+
+
+def parse_model_specs(params: Mapping[str, str]) -> tuple[tuple[ModelSpec, ...], str]:
+    """The served models and the default one, from the `llm` config's parameters: one `model.<name>` per model
+    (see `parse_model_spec`) and `default_model` (may be left out when one model is served)."""
+    specs = tuple(
+        parse_model_spec(key.removeprefix(MODEL_KEY), value)
+        for key, value in sorted(params.items())
+        if key.startswith(MODEL_KEY)
+    )
+    if not specs:
+        raise ValueError(f"the llm config lists no model (a parameter {MODEL_KEY}<name> per model)")
+    names = [s.name for s in specs]
+    default = params.get("default_model", names[0] if len(names) == 1 else "")
+    if default not in names:
+        raise ValueError(f"default_model {default!r} is not one of the listed models: {', '.join(names)}")
+    return specs, default
+
+
+def parse_model_name(raw: str | bytes | None) -> str:
+    """MODEL: the name of a served model; absent or empty = the default."""
+    if raw is None:
+        return ""
+    try:
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError as exc:
+        raise LlmInputError(f"MODEL is not UTF-8: {exc}") from exc
+    return name.strip()
+
+
+class ModelPools:
+    """One `EnginePool` per served model; a request goes to the pool of the model it names ("" = the default).
+    Each pool keeps its own prefix routing: a session that changes model starts a fresh cache there."""
+
+    def __init__(self, pools: Mapping[str, EnginePool], default: str) -> None:
+        if default not in pools:
+            raise ValueError(f"default model {default!r} is not served")
+        self._pools = dict(pools)
+        self.default = default
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._pools)
+
+    @classmethod
+    def load(
+        cls,
+        specs: Sequence[ModelSpec],
+        default: str,
+        folder: Path,
+        engine: Callable[[Path, ModelSpec], LlamaEngine] | None = None,
+    ) -> ModelPools:
+        """Load the listed models (only those: a 1.5B model's pool costs ~2 GB), each GGUF from `folder`."""
+        make = engine or (lambda path, spec: LlamaEngine(path, n_ctx=spec.n_ctx, n_threads=spec.n_threads))
+        missing = [s for s in specs if not (folder / s.file).is_file()]
+        if missing:
+            names = ", ".join(f"{s.name} ({s.file})" for s in missing)
+            raise FileNotFoundError(
+                f"llm: the GGUF of {names} is not in the model's folder ({folder.name}/): setup extracts the "
+                "default model; docs/replies.md says how to fetch another"
+            )
+        pools: dict[str, EnginePool] = {}
+        try:
+            for spec in specs:
+                pools[spec.name] = EnginePool([make(folder / spec.file, spec) for _ in range(spec.engines)])
+        except BaseException:
+            for pool in pools.values():
+                pool.close()
+            raise
+        return cls(pools, default)
+
+    def resolve(self, name: str) -> str:
+        """The served model a request's MODEL means; an unknown name is `UnknownModel`."""
+        if not name:
+            return self.default
+        if name not in self._pools:
+            raise UnknownModel(f"unknown llm model {name!r}; this server serves {', '.join(self._pools)}")
+        return name
+
+    def submit(self, name: str, messages: Sequence[Message], job: Callable[[LlamaEngine], None]) -> None:
+        """Queue `job(engine)` on the pool of the model `name` resolves to (see `EnginePool.submit`)."""
+        self._pools[self.resolve(name)].submit(messages, job)
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()

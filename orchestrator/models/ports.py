@@ -65,6 +65,7 @@ class LlmRequest:
     temperature: float = 0.3
     stop: tuple[str, ...] = ()
     request_id: str = ""
+    model: str = ""  # which local model (a name the `llm` model serves); "" = its default
 
 
 class LanguageModel(Protocol):

@@ -34,6 +34,7 @@ from orchestrator.events import (
     FloorEvent,
     ReplicaTurn,
     ReplyCancelled,
+    ReplyClauseDropped,
     ReplyStarted,
     TranscriptEvent,
     UserTurn,
@@ -52,6 +53,7 @@ from orchestrator.session.voice import ReplicaVoice
 from orchestrator.signal.audio import SAMPLE_RATE
 from orchestrator.signal.echo import EchoCanceller
 from orchestrator.speech.gate import Heard, TranscriptGate
+from orchestrator.speech.guard import ReplyGuard
 from orchestrator.turns import replies as rm
 
 log = logging.getLogger("duet.conversation")
@@ -152,6 +154,8 @@ class ConversationSession:
             self.face.start()
         if self.perception is not None:
             self.perception.start()
+        if self.replying and self.persona.greeting:
+            await self._apply(self.machine.greet(self.persona.greeting, self.now))
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         if self.echo is not None:
@@ -298,6 +302,9 @@ class ConversationSession:
         await self.out.event(ErrorEvent.of(error, self.now))
         await self._apply(self.machine.on_reply_failed(reply_id, error.message, self.now))
 
+    async def clause_dropped(self, reply_id: int, reason: str, text: str) -> None:
+        await self.out.event(ReplyClauseDropped(round(self.now, 4), reply_id, reason, text))
+
     # ---- the reply machine's actions ------------------------------------------------------------------------
 
     async def _apply(self, actions: list[rm.Action]) -> None:
@@ -326,10 +333,13 @@ class ConversationSession:
                 await self.out.event(ReplicaTurn(round(a.t, 4), a.reply_id, a.text, a.interrupted))
 
     async def _start_reply(self, a: rm.StartReply) -> None:
-        request = self.dialogue.request(a.snapshot.transcript, request_id=f"{self.name}-{a.reply_id}")
-        self.runner.start(
-            a.reply_id, request, speculative=a.speculative, asr_final_ms=round(self.transcriber.final_ms, 1)
-        )
+        asr_ms = round(self.transcriber.final_ms, 1)
+        if a.script:
+            self.runner.start(a.reply_id, None, speculative=False, asr_final_ms=asr_ms, script=a.script)
+        else:
+            request = self.dialogue.request(a.snapshot.transcript, request_id=f"{self.name}-{a.reply_id}")
+            guard = ReplyGuard(notes=self.dialogue.notes, said=self.dialogue.said())
+            self.runner.start(a.reply_id, request, speculative=a.speculative, asr_final_ms=asr_ms, guard=guard)
         await self.out.event(
             ReplyStarted(
                 round(self.now, 4),

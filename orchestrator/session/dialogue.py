@@ -1,16 +1,61 @@
-"""Conversation history and the LLM request built from it.
+"""Conversation history and the LLM request built from it: the prompt architecture.
 
 Only committed turns enter the history: the user's turn at `eot_commit`, the replica's turn when its
 reply has played out or, if the user interrupted, the part that was actually heard. A speculative reply
 is built from `history + the transcript snapshot` without touching the history.
+
+The request, in order (what a small model cannot misread, and what keeps the LLM's prefix cache):
+1. one system message: the persona's prompt, then the house rules of a spoken call (talk to the user as
+   "you", answer what they just said in short complete sentences, never repeat, no markup, NOTE lines are
+   private), then the conversation's context under a heading of its own. It changes only when the context
+   does, so the model's cached prefix survives every turn;
+2. the committed history, user and replica turns alternating;
+3. the notes about this turn (what perception makes of the user; later knowledge and memories), in one
+   system message, each line marked NOTE and written as guidance, not as a line to say;
+4. the user's turn.
+The prompt asks; `orchestrator/speech/guard.py` enforces: a clause that narrates a note or repeats an earlier
+one is never spoken.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from orchestrator.models.ports import ChatMessage, LlmRequest
 from orchestrator.session.persona import Persona
+
+# The house rules of a spoken call, after the persona's own prompt (kept short: every token is evaluated).
+SPEAKING_RULES = (
+    'You are on a live voice call. Speak to the person directly, as "you". Answer what they just said in one '
+    "or two short, complete sentences, then stop. Never repeat something you already said. No lists, markdown, "
+    "code or emoji. Lines marked NOTE are private notes for you: use them, but never read them out or mention them."
+)
+CONTEXT_HEADING = "What you know for this call:"
+
+
+_SUBJECT = re.compile(r"\b([Tt])he (?:user|caller)\b('s)?")
+_PLURAL = {"is": "are", "has": "have", "was": "were", "does": "do", "looks": "look", "sounds": "sound",
+           "seems": "seem", "appears": "appear", "keeps": "keep", "smiles": "smile", "frowns": "frown",
+           "speaks": "speak"}  # fmt: skip
+
+
+def _about_them(sentence: str) -> str:
+    """ "The user sounds tense and looks away" -> "They sound tense and look away" (one clause)."""
+    if not _SUBJECT.search(sentence):
+        return sentence
+    out = _SUBJECT.sub(lambda m: ("T" if m.group(1) == "T" else "t") + ("heir" if m.group(2) else "hey"), sentence)
+    return " ".join(_PLURAL.get(w, w) for w in out.split(" "))
+
+
+def note_line(note: str) -> str:
+    """A note as the model sees it: marked NOTE, about "them" (the person it talks to; a third-person "the user"
+    is what a small model copies into its reply), without the producer's tag."""
+    text = note.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[text.index("]") + 1 :].strip()
+    parts = re.split(r"(?<=[.;!?])(\s+)", text)
+    return "NOTE: " + "".join(_about_them(p) for p in parts)
 
 
 @dataclass
@@ -45,22 +90,36 @@ class Dialogue:
     def last_replica_text(self) -> str:
         return next((t.text for t in reversed(self.turns) if t.role == "assistant"), "")
 
+    @property
+    def system_prompt(self) -> str:
+        prompt = f"{self.persona.system_prompt}\n\n{SPEAKING_RULES}"
+        return f"{prompt}\n\n{CONTEXT_HEADING}\n{self.context}" if self.context else prompt
+
+    @property
+    def notes(self) -> list[str]:
+        """This turn's notes, as the model sees them (the reply guard keeps them from being read out)."""
+        return [note_line(n) for n in (self.perception_note,) if n.strip()]
+
+    def said(self) -> list[str]:
+        """What the replica said so far (the guard keeps it from saying it again)."""
+        return [t.text for t in self.turns if t.role == "assistant" and t.text]
+
     def request(self, user_text: str, *, request_id: str = "") -> LlmRequest:
         """The chat for a reply to `user_text` (the current turn's transcript, committed or not)."""
-        system = f"{self.persona.system_prompt}\n\n{self.context}" if self.context else self.persona.system_prompt
-        messages = [ChatMessage("system", system)]
+        messages = [ChatMessage("system", self.system_prompt)]
         recent = [t for t in self.turns if t.text][-self.history_turns :]
         messages += [ChatMessage(t.role, t.text) for t in recent]
         if not recent or recent[-1].role != "user" or recent[-1].text != user_text:
             messages.append(ChatMessage("user", user_text))
-        if self.perception_note:
-            messages.insert(len(messages) - 1, ChatMessage("system", self.perception_note))
+        if notes := self.notes:
+            messages.insert(len(messages) - 1, ChatMessage("system", "\n".join(notes)))
         return LlmRequest(
             messages=tuple(_merge_same_role(messages)),
             max_tokens=self.persona.max_tokens,
             temperature=self.persona.temperature,
             stop=self.stop,
             request_id=request_id,
+            model=self.persona.llm_model,
         )
 
 

@@ -1,8 +1,11 @@
-"""The reply runner: each reply the reply machine starts runs as one owned task, LLM → clauses → TTS.
+"""The reply runner: each reply the reply machine starts runs as one owned task, LLM → clauses → guard → TTS.
 
-The LLM's tokens go through the clause splitter; each clause is synthesised as soon as it is complete, and
-its audio is appended to the reply's `ReplyAudio` (which playback reads once the reply is released). A
-spoken reply is short: generation stops after the persona's `max_sentences`. The runner reports progress
+The LLM's tokens go through the clause splitter; each clause passes the reply guard (`speech/guard.py`: no
+narration of notes, no repetition, no markup, no unfinished last sentence) and is synthesised as soon as it
+is complete, its audio appended to the reply's `ReplyAudio` (which playback reads once the reply is
+released). A spoken reply is short: generation stops after the persona's `max_sentences` spoken sentences.
+If the guard drops everything, the replica asks the user to say it again rather than stay silent. A scripted
+reply (the greeting) skips the LLM. The runner reports progress
 (first audio, done, failed) to its owner, which feeds the reply machine. Cancelling a reply cancels its task;
 that closes the model streams, which cancels the requests in Triton (or the HTTP stream of an
 OpenAI-compatible endpoint).
@@ -22,8 +25,10 @@ from orchestrator.models.ports import LanguageModel, LlmRequest, SpeechSynthesiz
 from orchestrator.session.persona import Persona
 from orchestrator.session.playback import ReplyAudio
 from orchestrator.speech.clauses import ClauseSplitter
+from orchestrator.speech.guard import ReplyGuard, complete
 
 Clock = Callable[[], float]
+FALLBACK = "Sorry, could you say that again?"  # when the guard let nothing of a reply through
 END_OF_STREAM_WAIT_S = 60.0  # at the end of the input, how long a reply still generating may take to finish
 
 
@@ -69,6 +74,10 @@ class ReplyProgress(Protocol):
 
     async def reply_failed(self, reply_id: int, error: DuetError) -> None: ...
 
+    async def clause_dropped(self, reply_id: int, reason: str, text: str) -> None:
+        """The guard kept a clause from being spoken."""
+        ...
+
 
 class ReplyRunner:
     def __init__(
@@ -95,10 +104,23 @@ class ReplyRunner:
     def get(self, reply_id: int) -> Reply | None:
         return self._replies.get(reply_id)
 
-    def start(self, reply_id: int, request: LlmRequest, *, speculative: bool, asr_final_ms: float) -> Reply:
+    def start(
+        self,
+        reply_id: int,
+        request: LlmRequest | None,
+        *,
+        speculative: bool,
+        asr_final_ms: float,
+        guard: ReplyGuard | None = None,
+        script: str = "",
+    ) -> Reply:
+        """Start a reply: generated from `request`, or the `script` spoken as it is (then `request` is None)."""
         reply = Reply(ReplyAudio(reply_id), speculative, self._clock(), asr_final_ms=asr_final_ms)
         self._replies[reply_id] = reply
-        reply.task = asyncio.create_task(self._run(reply, request), name=f"{self.name}-reply-{reply_id}")
+        guard = guard or ReplyGuard()
+        reply.task = asyncio.create_task(
+            self._run(reply, request, guard, script), name=f"{self.name}-reply-{reply_id}"
+        )
         return reply
 
     async def cancel(self, reply_id: int) -> tuple[Reply, bool] | None:
@@ -135,13 +157,14 @@ class ReplyRunner:
 
     # ---- one reply ---------------------------------------------------------------------------------------
 
-    async def _run(self, reply: Reply, request: LlmRequest) -> None:
+    async def _run(self, reply: Reply, request: LlmRequest | None, guard: ReplyGuard, script: str) -> None:
         rid = reply.reply_id
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
         failure: DuetError | None = None
+        think = self._recite(script, clauses) if request is None else self._think(reply, request, guard, clauses)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._think(reply, request, clauses), name=f"{self.name}-reply-{rid}-llm")
+                tg.create_task(think, name=f"{self.name}-reply-{rid}-llm")
                 tg.create_task(self._speak(reply, clauses), name=f"{self.name}-reply-{rid}-tts")
         except* DuetError as group:
             first = group.exceptions[0]
@@ -154,11 +177,14 @@ class ReplyRunner:
         reply.audio.done = True
         await self.progress.reply_done(rid, reply.audio.text)
 
-    async def _think(self, reply: Reply, request: LlmRequest, clauses: asyncio.Queue[str | None]) -> None:
+    async def _think(
+        self, reply: Reply, request: LlmRequest, guard: ReplyGuard, clauses: asyncio.Queue[str | None]
+    ) -> None:
         if self.llm is None:
             raise DuetError("no LLM is configured for replies")
         splitter = ClauseSplitter(first_clause_min_chars=self._clauses[0], clause_max_chars=self._clauses[1])
         reply.generating = True
+        dropped = False
         try:
             sentences = 0
             stream = self.llm.generate(request)
@@ -167,17 +193,40 @@ class ReplyRunner:
                     reply.llm_first_token_ms = round((self._clock() - reply.started_wall) * 1000, 1)
                 reply.tokens += 1
                 for clause in splitter.feed(piece):
-                    await clauses.put(clause)
-                    sentences += clause.rstrip().endswith((".", "!", "?"))
+                    if await self._passes(reply, guard, clause, last=False):
+                        await clauses.put(clause)
+                        sentences += complete(clause)
+                    else:
+                        dropped = True
                 if sentences >= self.persona.max_sentences:
                     # A spoken reply is short: stop generating (this cancels the request in the model).
                     await aclose(stream)
                     break
             else:
-                for clause in splitter.flush():
-                    await clauses.put(clause)
+                rest = splitter.flush()
+                for i, clause in enumerate(rest):
+                    if await self._passes(reply, guard, clause, last=i == len(rest) - 1):
+                        await clauses.put(clause)
+                    else:
+                        dropped = True
+            if dropped and not guard.spoken:  # nothing fit to say: better to ask than to stay silent
+                await clauses.put(FALLBACK)
         finally:
             reply.generating = False
+            await clauses.put(None)
+
+    async def _passes(self, reply: Reply, guard: ReplyGuard, clause: str, *, last: bool) -> bool:
+        reason = guard.finish(clause) if last else guard.check(clause)
+        if reason is not None:
+            await self.progress.clause_dropped(reply.reply_id, reason, clause)
+        return reason is None
+
+    async def _recite(self, script: str, clauses: asyncio.Queue[str | None]) -> None:
+        splitter = ClauseSplitter(first_clause_min_chars=self._clauses[0], clause_max_chars=self._clauses[1])
+        try:
+            for clause in [*splitter.feed(script), *splitter.flush()]:
+                await clauses.put(clause)
+        finally:
             await clauses.put(None)
 
     async def _speak(self, reply: Reply, clauses: asyncio.Queue[str | None]) -> None:

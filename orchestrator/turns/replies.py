@@ -23,6 +23,9 @@ Phases (`phase`, derived from the state so it can never disagree with it)
   becomes the replica's turn.
 - ENDED: `finish` was called and nothing is playing.
 
+A conversation may open with the replica's greeting (`greet`): a scripted reply, committed from the start,
+released as soon as its audio is ready, interruptible like any other; the user speaking first wins.
+
 Rules beyond the obvious ones
 - Speech after a commit, before the reply is released, holds the release instead of cancelling: a cough
   would otherwise leave the turn unanswered. Once the new speech yields words (a non-empty transcript) the
@@ -76,6 +79,7 @@ class StartReply:
     snapshot: Snapshot
     speculative: bool
     t: float
+    script: str = ""  # say exactly this (the greeting) instead of generating a reply
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class _Reply:
     audio: bool = False  # first audio chunk buffered
     done: bool = False  # generation finished
     text: str = ""  # full text, known when done
+    script: str = ""  # a scripted reply (the greeting): no snapshot can make it stale
 
     @property
     def playable(self) -> bool:
@@ -272,7 +277,7 @@ class ReplyMachine:
         self._context += 1
         out: list[Action] = []
         pending = self._pending
-        if pending is not None:
+        if pending is not None and not pending.script:  # (a script does not depend on the context)
             out.append(self._cancel(pending, "context_changed", t))
             if pending.committed:  # the turn still needs its reply, built on the new context
                 snap = Snapshot(pending.snapshot.turn, pending.snapshot.transcript, self._context)
@@ -280,6 +285,16 @@ class ReplyMachine:
             elif self._tentative:
                 out += self._speculate(t)
         return out
+
+    def greet(self, text: str, t: float) -> list[Action]:
+        """The session starts with the replica's greeting: a scripted reply, released as soon as its audio is
+        ready and interruptible like any other. Nothing happens if the user already has the floor."""
+        if self._ended or not text.strip() or self._pending is not None or self._playing is not None:
+            return []
+        self._pending = _Reply(self._next_id, self.snapshot, False, committed=True, script=text)
+        self._next_id += 1
+        self.replies_started += 1
+        return [StartReply(self._pending.id, self._pending.snapshot, False, t, script=text)]
 
     def on_reply_audio(self, reply_id: int, t: float) -> list[Action]:
         reply = self._pending

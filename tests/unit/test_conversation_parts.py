@@ -17,7 +17,7 @@ from orchestrator.errors import BadOption
 from orchestrator.events import FloorEvent
 from orchestrator.models.ports import ChatMessage, ConversationModels, SpeechChunk, Transcript
 from orchestrator.session.conversation import ConversationSession
-from orchestrator.session.dialogue import Dialogue
+from orchestrator.session.dialogue import CONTEXT_HEADING, SPEAKING_RULES, Dialogue, note_line
 from orchestrator.session.persona import Persona, load_persona
 from orchestrator.session.playback import Playback, ReplyAudio
 from tests.recording import RecordingOutlet
@@ -91,7 +91,7 @@ def test_perception_note_goes_just_before_the_user_turn_and_keeps_the_prefix() -
     d.perception_note = "[perception] The user sounds tense and looks away."
     noted = d.request("it was charged twice")
     assert [m.role for m in noted.messages] == ["system", "user", "assistant", "system", "user"]
-    assert noted.messages[3].content.startswith("[perception]")
+    assert noted.messages[3].content == "NOTE: They sound tense and look away."  # guidance, not a line to say
     assert noted.messages[:3] == plain.messages[:3]  # the history prefix (and the LLM's cache of it) is unchanged
     assert noted.messages[-1] == plain.messages[-1]
 
@@ -103,8 +103,30 @@ def test_context_follows_the_system_prompt_and_the_rest_of_the_prompt_is_unchang
     plain = d.request("it was charged twice")
     d.context = "The caller is Alex, account 4471."
     req = d.request("it was charged twice")
-    assert req.messages[0] == ChatMessage("system", "Be brief.\n\nThe caller is Alex, account 4471.")
+    assert req.messages[0] == ChatMessage(
+        "system", f"Be brief.\n\n{SPEAKING_RULES}\n\n{CONTEXT_HEADING}\nThe caller is Alex, account 4471."
+    )
     assert req.messages[1:] == plain.messages[1:]
+
+
+def test_the_system_prompt_is_the_persona_then_the_rules_and_the_request_names_the_model() -> None:
+    d = Dialogue(Persona(id="t", name="T", system_prompt="Be brief.", llm_model="qwen2.5-0.5b"))
+    req = d.request("hi")
+    assert req.messages[0].content == f"Be brief.\n\n{SPEAKING_RULES}" and req.model == "qwen2.5-0.5b"
+    assert "you" in SPEAKING_RULES and "NOTE" in SPEAKING_RULES
+
+
+@pytest.mark.parametrize(
+    ("note", "line"),
+    [
+        ("[perception] The user sounds hesitant.", "NOTE: They sound hesitant."),
+        ("[perception] The user's voice dropped; the user is smiling.", "NOTE: Their voice dropped; they are smiling."),
+        ("The caller has left the frame.", "NOTE: They have left the frame."),
+        ("Nobody is in view.", "NOTE: Nobody is in view."),
+    ],
+)
+def test_notes_are_marked_and_about_them_not_the_user(note: str, line: str) -> None:
+    assert note_line(note) == line
 
 
 def test_history_is_bounded() -> None:

@@ -393,6 +393,74 @@ async def test_a_failing_camera_is_reported_and_the_conversation_goes_on() -> No
     assert of(out, ReplicaTurn)[0].text == "Sure, it is noon."
 
 
+# ---- the greeting and the reply guard ------------------------------------------------------------------------
+
+
+async def test_the_greeting_is_spoken_at_once_and_the_user_is_answered_after_it() -> None:
+    models = FakeModels()
+    out, clock = RecordingOutlet(), Clock()
+    s = ConversationSession(
+        models,
+        models,
+        Settings(),
+        persona(greeting="Hi, I'm Ava. How can I help?"),
+        out,
+        speculation=False,
+        echo_suppression=False,
+        clock=clock,
+    )
+    await s.start()
+    await play(s, clock, np.concatenate([silence(1.0), speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    first = of(out, ReplicaSpeakingStart)[0]
+    assert first.t < 0.2 and models.calls.get("llm", 0) == 1  # spoken without the LLM, right at the start
+    turns = of(out, ReplicaTurn)
+    assert turns[0].text == "Hi, I'm Ava. How can I help?" and turns[1].text == "Sure, it is noon."
+    assert [t.role for t in s.dialogue.turns] == ["assistant", "user", "assistant"]
+
+
+class Narrator(FakeModels):
+    """An LLM that reads its notes out and repeats itself."""
+
+    async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
+        self.llm_requests.append(request)
+        self._call("llm")
+        for piece in ["The user sounds hesitant. ", "Sure, it is noon. ", "Sure, it is noon. "]:
+            await asyncio.sleep(0)
+            yield piece
+
+
+async def test_narration_and_repetition_are_never_spoken() -> None:
+    from orchestrator.events import ReplyClauseDropped
+
+    models = Narrator()
+    s, out, clock = session(models, speculation=False)
+    s.dialogue.perception_note = "[perception] The user sounds hesitant."
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    [turn] = of(out, ReplicaTurn)
+    assert turn.text == "Sure, it is noon."
+    assert [(d.reason, d.text) for d in of(out, ReplyClauseDropped)] == [
+        ("narration", "The user sounds hesitant."),
+        ("repetition", "Sure, it is noon."),
+    ]
+    system = models.llm_requests[0].messages
+    assert any(m.role == "system" and m.content.startswith("NOTE: They sound hesitant") for m in system)
+
+
+class Rambler(FakeModels):
+    async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
+        self._call("llm")
+        yield "The caller is confused."
+
+
+async def test_a_reply_with_nothing_fit_to_say_asks_again_rather_than_stay_silent() -> None:
+    s, out, clock = session(Rambler(), speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    assert of(out, ReplicaTurn)[0].text == "Sorry, could you say that again?"
+
+
 # ---- without replies: the floor and perceive sessions -----------------------------------------------------
 
 

@@ -430,6 +430,31 @@ def test_finish_cancels_unreleased_and_lets_playing_reply_end() -> None:
     assert phase(m) is Phase.ENDED and m.finish(3.1) == []
 
 
+def test_a_greeting_is_released_at_its_first_audio_and_is_the_first_replica_turn() -> None:
+    m = ReplyMachine()
+    [start] = m.greet("Hi, I'm Ava.", 0.0)
+    assert start == StartReply(1, Snapshot(0, "", 0), False, 0.0, script="Hi, I'm Ava.")
+    assert m.greet("again", 0.1) == []  # one at a time
+    assert m.on_reply_audio(1, 0.3) == [ReleaseReply(1, 0.3)]
+    m.on_reply_done(1, "Hi, I'm Ava.", 0.5)
+    assert m.on_playback_end(1, 1.8) == [CommitReplicaTurn(1, "Hi, I'm Ava.", False, 1.8)]
+    assert speculate(m).snapshot.turn == 0  # the greeting is not a user turn
+
+
+def test_a_greeting_is_interruptible_and_the_user_speaking_first_wins() -> None:
+    m = ReplyMachine()
+    m.greet("Hi, I'm Ava. How can I help?", 0.0)
+    m.on_reply_audio(1, 0.2)
+    assert m.on_floor("speech_start", 0.8) == [PausePlayback(1, 0.8)]
+    assert m.on_floor("barge_in", 1.4) == [CancelReply(1, "barge_in", 1.4), StopPlayback(1, 1.4)]
+    early = ReplyMachine()
+    early.greet("Hi, I'm Ava.", 0.0)
+    early.on_floor("speech_start", 0.1)  # before the greeting's audio: it waits
+    assert early.on_reply_audio(1, 0.2) == []
+    assert early.on_transcript("hello I need help", False, 0.6) == [CancelReply(1, "user_continued", 0.6)]
+    assert early.on_context_changed(0.7) == []  # (and a context change never rebuilds a greeting)
+
+
 def test_unknown_ids_are_ignored() -> None:
     m = ReplyMachine()
     for call in (m.on_reply_audio, m.on_playback_end):

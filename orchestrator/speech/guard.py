@@ -1,0 +1,99 @@
+"""The reply guard: what of a reply may be spoken, decided clause by clause before the TTS sees it.
+
+A small model does not always follow its prompt. Whatever the prompt says, these never reach the user's ear:
+- **narration**: the replica talking *about* the user or reading out its private notes ("The user sounds
+  hesitant", "This is an observation from voice cues", a run of five words copied from a note);
+- **repetition**: a clause the replica already said, in this reply or an earlier one (word for word after
+  normalising, or nearly: 85 % of the words of a clause of five or more);
+- **markup**: code, markdown, lists, braces or emoji (it is a voice call);
+- **incomplete**: the unfinished end of a reply (generation stopped mid-sentence), once something complete
+  has been said.
+
+Pure: text in, a reason out. The reply runner (`orchestrator/session/replies.py`) applies it and reports each
+dropped clause as a `reply_clause_dropped` event.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+# Talking about the person on the line in the third person, or about the notes themselves. ("the customer
+# service team", "the patient portal" are not about the person.)
+NARRATION = re.compile(
+    r"\b(the|this|our) (user|caller)\b|\b(user|caller)'s\b"
+    r"|\bthe (customer|patient|client)\b(?! (service|support|portal|account|care|center|centre|team|line))"
+    r"|\[perception\]|\bperception\b|\bobservations?\b|\b(voice|camera|visual|audio) cues?\b|\bmay be wrong\b",
+    re.IGNORECASE,
+)
+MARKUP = re.compile(r"```|`|\{|\}|\[|\]|\*|==|=>|\bdef |\bimport |\bprint\(|^\s*(#+|\d+\.|-|•)\s", re.MULTILINE)
+_WORD = re.compile(r"\d+(?:[.,:]\d+)*|[^\W\d_]+(?:'[^\W\d_]+)*")
+NOTE_RUN = 5  # this many consecutive words copied from a note is reading it out
+NEAR_DUPLICATE = 0.85  # share of a clause's words found in an earlier one
+MIN_REPEAT_WORDS = 3  # shorter clauses ("Okay.", "Thank you.") may come back
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation ("it's" and "3.5" stay whole)."""
+    return _WORD.findall(text.casefold())
+
+
+def _has_emoji(text: str) -> bool:
+    return any(unicodedata.category(c) == "So" or 0x1F000 <= ord(c) <= 0x1FAFF for c in text)
+
+
+def complete(text: str) -> bool:
+    """Whether `text` ends a sentence."""
+    return text.rstrip().rstrip("\"')").endswith((".", "!", "?"))
+
+
+class ReplyGuard:
+    """One reply's guard: knows the notes the prompt carried and what the replica already said."""
+
+    def __init__(self, *, notes: Iterable[str] = (), said: Iterable[str] = ()) -> None:
+        self._note_runs: set[tuple[str, ...]] = set()
+        for note in notes:
+            w = words(note)
+            self._note_runs |= {tuple(w[i : i + NOTE_RUN]) for i in range(len(w) - NOTE_RUN + 1)}
+        self._said: list[list[str]] = []  # earlier clauses, as words
+        for text in said:
+            self._said += [words(s) for s in re.split(r"(?<=[.!?,;:])\s+", text) if words(s)]
+        self.spoken: list[str] = []  # the clauses of this reply that passed
+
+    def check(self, clause: str) -> str | None:
+        """Why `clause` must not be spoken (None: it may). A clause that passes is remembered as said."""
+        reason = self._reason(clause)
+        if reason is None:
+            self.spoken.append(clause)
+            w = words(clause)
+            if w:
+                self._said.append(w)
+        return reason
+
+    def finish(self, tail: str) -> str | None:
+        """The reply's last, flushed piece: like `check`, and an unfinished sentence is dropped once something
+        complete was said (a reply is cut at its last complete sentence)."""
+        if not tail.strip():
+            return None
+        if not complete(tail) and any(complete(c) for c in self.spoken):
+            return "incomplete"
+        return self.check(tail)
+
+    def _reason(self, clause: str) -> str | None:
+        if MARKUP.search(clause) or _has_emoji(clause):
+            return "markup"
+        if NARRATION.search(clause):
+            return "narration"
+        w = words(clause)
+        if any(tuple(w[i : i + NOTE_RUN]) in self._note_runs for i in range(len(w) - NOTE_RUN + 1)):
+            return "narration"
+        if len(w) >= MIN_REPEAT_WORDS:
+            for earlier in self._said:
+                if w == earlier:
+                    return "repetition"
+                if len(w) >= 5 and len(earlier) >= 5:
+                    shared = sum(1 for x in w if x in set(earlier))
+                    if shared / len(w) >= NEAR_DUPLICATE and shared / len(earlier) >= NEAR_DUPLICATE:
+                        return "repetition"
+        return None

@@ -1,0 +1,84 @@
+"""The reply guard (pure): what of a reply may be spoken."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.speech.guard import ReplyGuard, complete, words
+
+NOTE = "NOTE: They sound hesitant. This is an observation from voice cues and may be wrong."
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "The user sounds hesitant.",
+        "The caller is uncertain about the correct charge.",
+        "The user's voice is not only animated but also read-only.",
+        "The customer seems unsure,",
+        "This is an observation from voice cues.",
+        "Based on my perception,",
+        "they sound hesitant. This is an observation from",  # a run copied from the note
+    ],
+)
+def test_narration_is_not_spoken(clause: str) -> None:
+    assert ReplyGuard(notes=[NOTE]).check(clause) == "narration"
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "You sound a little unsure, and that's okay.",
+        "Take your time.",
+        "I'll put you through to the customer service team.",
+        "Is the appointment for you or for someone else?",
+        "I'll make a note of that.",
+        "Your account number is 4471.",
+    ],
+)
+def test_talking_to_the_user_is_fine(clause: str) -> None:
+    assert ReplyGuard(notes=[NOTE]).check(clause) is None
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "Here's an example: `for i in range(3)`",
+        "```python",
+        "* First, open the app.",
+        "1. Open the app.",
+        '{"a": 1}',
+        "Great 😀",
+    ],
+)
+def test_markup_and_code_are_not_spoken(clause: str) -> None:
+    assert ReplyGuard().check(clause) == "markup"
+
+
+def test_a_sentence_said_before_is_not_said_again() -> None:
+    g = ReplyGuard(said=["I can help with that. What is your account number?"])
+    assert g.check("What is your account number?") == "repetition"
+    assert g.check("what is your Account Number") == "repetition"  # case and punctuation do not matter
+    assert g.check("Could you tell me your account number?") is None
+    assert g.check("Could you tell me your account number?") == "repetition"  # nor within the reply
+    assert g.check("Okay.") is None and g.check("Okay.") is None  # short acknowledgements may come back
+
+
+def test_a_near_duplicate_is_a_repetition() -> None:
+    g = ReplyGuard(said=["I see that you were charged twice this month for the same bill."])
+    assert g.check("I see you were charged twice this month for the same bill.") == "repetition"
+    assert g.check("You were charged twice, and I will open a dispute.") is None
+
+
+def test_the_unfinished_end_of_a_reply_is_cut_once_something_complete_was_said() -> None:
+    g = ReplyGuard()
+    assert g.check("Sure, I can help.") is None
+    assert g.finish("Could you tell me your") == "incomplete"
+    lone = ReplyGuard()
+    assert lone.finish("Sure") is None  # nothing else to say: better than silence
+    assert ReplyGuard().finish("") is None
+
+
+def test_words_and_sentence_ends() -> None:
+    assert words("It's $3.50, Dr. Patel!") == ["it's", "3.50", "dr", "patel"]
+    assert complete("Done.") and complete('He said "yes."') and complete("Really?") and not complete("and then")
