@@ -27,10 +27,21 @@ from orchestrator.session.persona import Persona
 
 # The house rules of a spoken call, after the persona's own prompt (kept short: every token is evaluated).
 SPEAKING_RULES = (
-    'You are on a live voice call. Speak to the person directly, as "you". Answer what they just said in one '
-    "or two short, complete sentences, then stop. Never repeat something you already said. No lists, markdown, "
-    "code or emoji. Lines marked NOTE are private notes for you: use them, but never read them out or mention them."
+    "You are on a live voice call. Speak to the person directly, as \"you\". {length} Never repeat something you "
+    "already said. No lists, markdown, code or emoji. Lines marked NOTE are private notes for you: use them, but "
+    "never read them out or mention them."
 )
+
+
+def speaking_rules(max_sentences: int) -> str:
+    """The rules, with the reply length the persona allows (a storyteller may take more than two sentences)."""
+    if max_sentences <= 2:
+        length = "Answer what they just said in one or two short, complete sentences, then stop."
+    else:
+        length = "Answer what they just said in complete sentences."
+    return SPEAKING_RULES.format(length=length)
+
+
 CONTEXT_HEADING = "What you know for this call:"
 
 
@@ -92,7 +103,7 @@ class Dialogue:
 
     @property
     def system_prompt(self) -> str:
-        prompt = f"{self.persona.system_prompt}\n\n{SPEAKING_RULES}"
+        prompt = f"{self.persona.system_prompt}\n\n{speaking_rules(self.persona.max_sentences)}"
         return f"{prompt}\n\n{CONTEXT_HEADING}\n{self.context}" if self.context else prompt
 
     @property

@@ -17,7 +17,7 @@ from orchestrator.errors import BadOption
 from orchestrator.events import FloorEvent
 from orchestrator.models.ports import ChatMessage, ConversationModels, SpeechChunk, Transcript
 from orchestrator.session.conversation import ConversationSession
-from orchestrator.session.dialogue import CONTEXT_HEADING, SPEAKING_RULES, Dialogue, note_line
+from orchestrator.session.dialogue import CONTEXT_HEADING, Dialogue, note_line, speaking_rules
 from orchestrator.session.persona import Persona, load_persona
 from orchestrator.session.playback import Playback, ReplyAudio
 from tests.recording import RecordingOutlet
@@ -104,7 +104,7 @@ def test_context_follows_the_system_prompt_and_the_rest_of_the_prompt_is_unchang
     d.context = "The caller is Alex, account 4471."
     req = d.request("it was charged twice")
     assert req.messages[0] == ChatMessage(
-        "system", f"Be brief.\n\n{SPEAKING_RULES}\n\n{CONTEXT_HEADING}\nThe caller is Alex, account 4471."
+        "system", f"Be brief.\n\n{speaking_rules(2)}\n\n{CONTEXT_HEADING}\nThe caller is Alex, account 4471."
     )
     assert req.messages[1:] == plain.messages[1:]
 
@@ -112,8 +112,9 @@ def test_context_follows_the_system_prompt_and_the_rest_of_the_prompt_is_unchang
 def test_the_system_prompt_is_the_persona_then_the_rules_and_the_request_names_the_model() -> None:
     d = Dialogue(Persona(id="t", name="T", system_prompt="Be brief.", llm_model="qwen2.5-0.5b"))
     req = d.request("hi")
-    assert req.messages[0].content == f"Be brief.\n\n{SPEAKING_RULES}" and req.model == "qwen2.5-0.5b"
-    assert "you" in SPEAKING_RULES and "NOTE" in SPEAKING_RULES
+    assert req.messages[0].content == f"Be brief.\n\n{speaking_rules(2)}" and req.model == "qwen2.5-0.5b"
+    assert "you" in speaking_rules(2) and "NOTE" in speaking_rules(2) and "two short" in speaking_rules(2)
+    assert "two short" not in speaking_rules(12)  # a storyteller may go on
 
 
 @pytest.mark.parametrize(
