@@ -54,6 +54,7 @@ from orchestrator.signal.audio import SAMPLE_RATE
 from orchestrator.signal.echo import EchoCanceller
 from orchestrator.speech.gate import Heard, TranscriptGate
 from orchestrator.speech.guard import ReplyGuard
+from orchestrator.speech.prompt import decoder_prompt
 from orchestrator.turns import replies as rm
 
 log = logging.getLogger("duet.conversation")
@@ -113,7 +114,7 @@ class ConversationSession:
             self.gate,
             self.floor.timeline,
             self,
-            prompt=lambda: self.dialogue.last_replica_text,
+            prompt=lambda: decoder_prompt(persona.vocabulary),  # never the replica's words (Whisper copies them)
             name=name,
             clock=clock,
         )

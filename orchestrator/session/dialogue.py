@@ -98,10 +98,6 @@ class Dialogue:
         self.turns.append(Turn("assistant", text, t, interrupted))
 
     @property
-    def last_replica_text(self) -> str:
-        return next((t.text for t in reversed(self.turns) if t.role == "assistant"), "")
-
-    @property
     def system_prompt(self) -> str:
         prompt = f"{self.persona.system_prompt}\n\n{speaking_rules(self.persona.max_sentences)}"
         return f"{prompt}\n\n{CONTEXT_HEADING}\n{self.context}" if self.context else prompt

@@ -53,7 +53,7 @@ class Transcriber:
         self.gate = gate
         self.timeline = timeline
         self.listener = listener
-        self.prompt = prompt  # earlier conversation text the recogniser is primed with
+        self.prompt = prompt  # text the recogniser is primed with (speech/prompt.py: never the replica's words)
         self.name = name
         self.final_ms = 0.0  # wall time of the last final decode
         self._clock = clock

@@ -10,6 +10,9 @@ words it concerns. The gate keeps that order:
 - An `eot_commit` that goes on closes the turn. Speech that began after a commit still queued belongs to the
   next turn, whose decodes can only start once that commit has closed this one: its schedule calls wait in
   the gate and are replayed then.
+- Speech over the replica is not transcribed until it becomes a `barge_in` (most of it is "mm-hm"). A barge-in
+  turn then starts at the first speech over the replica that led to it: a backchannel the user went on from
+  within `LINK_S` ("Okay, you know, | that's everything") is the start of the turn, not noise to drop.
 
 Pure: audio times in seconds on the session clock, given by the caller; the session runs the decodes.
 """
@@ -25,6 +28,7 @@ from orchestrator.speech.transcript import DecodeWindow, Hypothesis, PartialSche
 TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
 FINAL_PAD_S = 0.10  # and after speech end, for the final decode
 PARTIAL_MIN_AUDIO_S = 0.8  # no partial decode of less speech than this: short windows make Whisper loop
+LINK_S = 1.2  # speech over the replica this soon after a backchannel continues it (one barge-in turn)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class TranscriptGate:
         self._awaiting_final = False  # a speech end's decode is due: floor events wait for its transcript
         self._queue: deque[tuple[str, float]] = deque()  # floor events not yet acted on, the head in progress
         self._next_turn: list[tuple[str, float]] = []  # the next turn's schedule calls ("start"/"end", time)
+        self._overlap_onset: float | None = None  # the first speech over the replica not yet a turn or dropped
+        self._backchannel_at: float | None = None  # when the last backchannel over the replica ended
 
     @property
     def awaiting_final(self) -> bool:
@@ -78,10 +84,22 @@ class TranscriptGate:
         """A floor event at `t`: schedule the turn's decodes from it, and queue it. Returns decodes to run."""
         next_turn = any(k == "eot_commit" for k, _ in self._queue)  # (a slow final decode: the user went on)
         out: list[Decode] = []
+        onset = t - self.floor.speech_start_ms / 1000  # speech_start is confirmed this late
         if kind == "speech_start" and not replica_speaking:
-            self._speech_start(t - self.floor.speech_start_ms / 1000, next_turn)  # speech_start is confirmed late
-        elif kind == "barge_in":  # speech over the replica became a real turn: transcribe from its onset
-            self._speech_start(t - self.floor.barge_in_ms / 1000, next_turn)
+            self._overlap_onset = None
+            self._speech_start(onset, next_turn)
+        elif kind == "speech_start":  # over the replica: kept in mind until it is a backchannel or a barge-in
+            linked = self._backchannel_at is not None and onset - self._backchannel_at <= LINK_S
+            if self._overlap_onset is None or not linked:
+                self._overlap_onset = onset
+        elif kind == "backchannel":
+            self._backchannel_at = t - self.floor.speech_end_ms / 1000
+        elif kind == "barge_in":  # speech over the replica became a real turn: transcribe from its first words
+            start = t - self.floor.barge_in_ms / 1000
+            if self._overlap_onset is not None:
+                start = min(start, self._overlap_onset)
+            self._overlap_onset = self._backchannel_at = None
+            self._speech_start(start, next_turn)
         elif kind == "speech_end":
             if next_turn:
                 self._next_turn.append(("end", t + self.final_pad_s))

@@ -80,7 +80,7 @@ def test_committed_turns_enter_the_prompt_once_and_alternate() -> None:
     d.commit_user("and April", 6.0)  # no reply in between: merged for the chat template
     req = d.request("and April")
     assert req.messages[-1].content == "the March one and April"
-    assert d.last_replica_text.startswith("Sorry")
+    assert d.said() == ["Sorry to hear that. Which"]
 
 
 def test_perception_note_goes_just_before_the_user_turn_and_keeps_the_prefix() -> None:

@@ -126,3 +126,28 @@ def test_speech_over_the_replica_is_transcribed_only_once_it_is_a_barge_in() -> 
     g.delivered()
     partial = g.poll(3.0)
     assert partial is not None and partial.window.start_s == 1.64 - FLOOR.barge_in_ms / 1000 - TURN_PAD_S
+
+
+def test_a_barge_in_turn_starts_at_the_backchannel_the_user_went_on_from() -> None:
+    g = gate()
+    g.on_floor("speech_start", 2.0 + START, replica_speaking=True)  # "Okay, you know," over the replica
+    g.on_floor("speech_end", 2.6 + FLOOR.speech_end_ms / 1000, replica_speaking=True)
+    g.on_floor("backchannel", 2.6 + FLOOR.speech_end_ms / 1000, replica_speaking=True)
+    g.on_floor("speech_start", 3.2 + START, replica_speaking=True)  # "that's everything": 0.6 s later
+    g.on_floor("barge_in", 3.2 + FLOOR.barge_in_ms / 1000, replica_speaking=True)
+    while g.ready() is not None:
+        g.delivered()
+    partial = g.poll(5.0)
+    assert partial is not None and partial.window.start_s == 2.0 - TURN_PAD_S  # from "Okay", not "that's"
+
+
+def test_a_backchannel_long_before_is_not_part_of_the_barge_in_turn() -> None:
+    g = gate()
+    g.on_floor("speech_start", 2.0 + START, replica_speaking=True)  # "mm-hm"
+    g.on_floor("backchannel", 2.4, replica_speaking=True)
+    g.on_floor("speech_start", 6.0 + START, replica_speaking=True)  # much later: a new start
+    g.on_floor("barge_in", 6.0 + FLOOR.barge_in_ms / 1000, replica_speaking=True)
+    while g.ready() is not None:
+        g.delivered()
+    partial = g.poll(8.0)
+    assert partial is not None and abs(partial.window.start_s - (6.0 - TURN_PAD_S)) < 1e-6

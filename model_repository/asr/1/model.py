@@ -18,6 +18,8 @@ class TritonPythonModel:
             bucket_s=float(params.get("bucket_s", "1.0")),
             min_window_s=float(params.get("min_window_s", "4.0")),
             word_timestamps=params.get("word_timestamps", "true").lower() == "true",
+            beam_size=int(params.get("beam_size", "1")),
+            final_beam_size=int(params.get("final_beam_size", "5")),
         )
         self.recognizer = WhisperRecognizer(
             Path(__file__).parent / params.get("model_dir", "whisper-base"),
