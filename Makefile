@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
-	bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults bench-isolation bench-micro \
-	bench-micro-save serve clean
+	bench-asr bench-replies bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults \
+	bench-isolation bench-micro bench-micro-save serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,8 +41,8 @@ integration: setup  ## real tritonserver, real models
 e2e: setup  ## whole stack through the real CLI and SDK
 	@$(PY) -m pytest -q tests/e2e
 
-BENCHES := bench-turns bench-conversation bench-echo bench-load bench-pa bench-pa-speech bench-face bench-perception \
-	bench-faults bench-isolation bench-micro
+BENCHES := bench-turns bench-conversation bench-asr bench-replies bench-echo bench-load bench-pa bench-pa-speech bench-face \
+	bench-perception bench-faults bench-isolation bench-micro
 bench: setup $(BENCHES)  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
@@ -55,6 +55,13 @@ bench-pa: setup  ## perf_analyzer on vad / turn / floor at concurrency 1..32
 bench-conversation: setup  ## response latency, speculation, barge-in: speculation on vs off, held-out calls
 	@$(PY) perf/bench_conversation.py --split check --systems duet,duet-nospec
 	@$(PY) perf/bench_conversation.py --split check --systems duet --echo
+
+bench-asr: setup  ## transcripts of user turns: WER per prompt (recogniser alone), then duet talk (duplicates, leaks)
+	@$(PY) perf/bench_asr.py --view offline --split check --out perf/out/asr_offline_check.json
+	@$(PY) perf/bench_asr.py --view e2e --split check --out perf/out/asr_e2e_check.json
+
+bench-replies: setup  ## reply quality + LLM latency per candidate model, both LLM backends, held-out calls
+	@$(PY) perf/bench_replies.py --split check --seeds 1,2,3 --out perf/out/bench_replies_check.json
 
 bench-echo: setup  ## echo canceller vs muting the mic vs nothing, on simulated speaker bleed
 	@$(PY) perf/bench_echo.py

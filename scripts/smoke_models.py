@@ -8,13 +8,14 @@ name, and setup fails before anything else starts:
     python scripts/smoke_models.py            # every check; exit 1 naming each model that failed
     python scripts/smoke_models.py llm asr    # just these
 
-Each check does the least real work of its model: one token from the LLM, one decode from Whisper, one
+Each check does the least real work of its model: a few tokens from each LLM, one decode from Whisper, one
 sentence of piper speech, one face frame rendered and encoded, one window of VAD and Smart Turn, one camera
 frame through MediaPipe and the expression network.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -28,14 +29,21 @@ TIMEOUT_S = 180
 
 
 def _llm() -> str:
-    from orchestrator.inference.llm import LlamaEngine, Message, generate_text
+    """Every GGUF the `llm` config lists, the default first (one token each is enough to crash a bad build)."""
+    from orchestrator.inference.llm import LlamaEngine, Message, generate_text, parse_model_specs
 
-    gguf = next((REPO / "llm" / "1").glob("*.gguf"))
-    engine = LlamaEngine(gguf, n_ctx=512, n_threads=1)
-    text = generate_text(engine, [Message("user", "Say hello.")], max_tokens=4, temperature=0.0)
-    if not text.strip():
-        raise RuntimeError("the LLM generated no text")
-    return f"{gguf.name}: {text.strip()!r}"
+    config = (REPO / "llm" / "config.pbtxt").read_text()
+    params = dict(re.findall(r'key:\s*"([^"]+)"\s+value:\s*\{\s*string_value:\s*"([^"]*)"', config))
+    specs, default = parse_model_specs(params)
+    said = []
+    for spec in sorted(specs, key=lambda s: s.name != default):
+        gguf = REPO / "llm" / "1" / spec.file
+        engine = LlamaEngine(gguf, n_ctx=512, n_threads=1)
+        text = generate_text(engine, [Message("user", "Say hello.")], max_tokens=4, temperature=0.0)
+        if not text.strip():
+            raise RuntimeError(f"the LLM {spec.name} ({gguf.name}) generated no text")
+        said.append(f"{spec.name}{' (default)' if spec.name == default else ''}: {text.strip()!r}")
+    return "; ".join(said)
 
 
 def _tts() -> str:

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ class LlamaEngine:
         stop: Sequence[str] = (),
         cancelled: Callable[[], bool] = lambda: False,
         stats: GenerationStats | None = None,
-    ) -> Iterator[Step]:
+    ) -> Generator[Step, None, None]:
         """Generate the assistant's reply, one `Step` per token. `cancelled` is polled before each token;
         when it turns true generation stops at once. `stats` (if given) is filled in as it goes."""
         stats = stats if stats is not None else GenerationStats()

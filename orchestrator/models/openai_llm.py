@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -84,7 +84,10 @@ def _endpoint_message(body: str) -> str:
 
 
 class OpenAIChat:
-    """A `LanguageModel` backed by `{openai_base_url}/chat/completions`. Share one instance across sessions."""
+    """A `LanguageModel` backed by `{openai_base_url}/chat/completions`. Share one instance across sessions.
+
+    The request's `model` (a persona's `llm_model`), when set, names the endpoint's model; else
+    `llm.openai_model` does (and when both are empty the field is left out: the endpoint's default)."""
 
     def __init__(
         self, settings: LlmSettings, env: Mapping[str, str] | None = None, extra_body: Mapping[str, Any] | None = None
@@ -121,13 +124,14 @@ class OpenAIChat:
             "temperature": request.temperature,
             "stream": True,
         }
-        if self.model:
-            body["model"] = self.model
+        model = request.model or self.model  # a persona's `llm_model` overrides `llm.openai_model`
+        if model:
+            body["model"] = model
         if request.stop:
             body["stop"] = list(request.stop)
         return body
 
-    async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
+    async def generate(self, request: LlmRequest) -> AsyncGenerator[str, None]:
         """Stream the reply's text pieces; closing the generator early closes the HTTP response."""
         if self._session is None:  # created on first use: aiohttp wants a running event loop
             self._session = aiohttp.ClientSession(timeout=self._timeout)

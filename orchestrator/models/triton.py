@@ -23,7 +23,7 @@ import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from orchestrator.errors import BadFaceParams, BadPortrait, ModelUnavailable
+from orchestrator.errors import BadFaceParams, BadOption, BadPortrait, ModelUnavailable
 from orchestrator.models.healing import (
     Action,
     Healed,
@@ -250,6 +250,8 @@ class TritonModels:
             tensor("MAX_TOKENS", "INT32", np.array([request.max_tokens], dtype=np.int32)),
             tensor("TEMPERATURE", "FP32", np.array([request.temperature], dtype=np.float32)),
             tensor("STOP", "BYTES", np.array([json.dumps(list(request.stop)).encode()], dtype=np.object_)),
+            # Which served model ("" = the model's default); an unknown name comes back as a bad_option error.
+            tensor("MODEL", "BYTES", np.array([request.model.encode()], dtype=np.object_)),
         ]
 
     async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
@@ -257,7 +259,8 @@ class TritonModels:
 
         Closing this generator early (`aclose()`, or cancelling the task that iterates it) cancels the gRPC
         call; Triton then marks the request cancelled and the model stops generating at the next token.
-        `llm_timeout_s` bounds the wait for each piece, not the whole reply.
+        `llm_timeout_s` bounds the wait for each piece, not the whole reply. `request.model` names the served
+        model ("" = the default); a name the model does not serve is `BadOption`.
         """
         responses = self._stream(
             "llm", self._llm_inputs(request), ["TEXT"], self.llm_timeout_s, request_id=request.request_id
@@ -268,6 +271,11 @@ class TritonModels:
                     piece = result.as_numpy("TEXT").reshape(-1)[0]
                     if piece:
                         yield piece.decode() if isinstance(piece, bytes) else str(piece)
+        except ModelUnavailable as exc:  # the model names a typed input error as "<code>: ..."
+            marker = f": {BadOption.code}: "
+            if marker in exc.message:
+                raise BadOption(exc.message.split(marker, 1)[1]) from None
+            raise
         finally:
             await responses.aclose()  # closing us must cancel the request now, not when GC gets to it
 

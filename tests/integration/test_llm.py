@@ -1,4 +1,5 @@
-"""The decoupled `llm` model in a real tritonserver: streaming, limits, stop strings, errors, cancellation."""
+"""The decoupled `llm` model in a real tritonserver: streaming, limits, stop strings, errors, cancellation, and
+the models it serves by name."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient
 
-from orchestrator.config import TritonSettings
-from orchestrator.errors import ModelUnavailable
+from orchestrator.config import REPO_ROOT, TritonSettings
+from orchestrator.errors import BadOption, ModelUnavailable
+from orchestrator.inference.llm import parse_model_specs
 from orchestrator.models.launcher import EmbeddedTriton
 from orchestrator.models.ports import ChatMessage, LlmRequest
 from orchestrator.models.triton import TritonModels
@@ -37,6 +39,26 @@ def counters(server: EmbeddedTriton) -> dict[str, float]:
     for name, labels, value in re.findall(r"^(duet_llm_\w+)\{([^}]*)\} (\S+)$", text, re.M):
         if 'model="llm"' in labels:
             out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def served_models() -> tuple[list[str], str]:
+    """The models the `llm` config lists, and its default."""
+    text = (REPO_ROOT / "model_repository" / "llm" / "config.pbtxt").read_text()
+    specs, default = parse_model_specs(
+        dict(re.findall(r'key:\s*"([^"]+)"\s+value:\s*\{\s*string_value:\s*"([^"]*)"', text))
+    )
+    return [s.name for s in specs], default
+
+
+def tokens_by_model(server: EmbeddedTriton) -> dict[str, float]:
+    """Generated tokens so far, per served model (the `llm_model` label)."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for labels, value in re.findall(r"^duet_llm_generated_tokens_total\{([^}]*)\} (\S+)$", text, re.M):
+        name = re.search(r'llm_model="([^"]*)"', labels)
+        if 'model="llm"' in labels and name:
+            out[name.group(1)] = out.get(name.group(1), 0.0) + float(value)
     return out
 
 
@@ -194,3 +216,53 @@ def test_a_sessions_next_turn_reuses_its_cached_history(llm_server: EmbeddedTrit
     turns = asyncio.run(with_models(llm_server, conversation))
     for prompt, cached in turns[1:]:
         assert cached >= 0.6 * prompt, turns  # only the newest exchange was evaluated
+
+
+def test_a_request_naming_a_served_model_is_answered_by_that_model(llm_server: EmbeddedTriton) -> None:
+    """Each model the config lists answers the requests that name it (its own token counter grows, no other
+    model's does); an empty name is the default."""
+    names, default = served_models()
+    assert len(names) >= 2, names
+    for name in [*names, ""]:
+        before = tokens_by_model(llm_server)
+        request = ask("Say hello in three words.", max_tokens=6, temperature=0.0, model=name)
+        text = "".join(asyncio.run(with_models(llm_server, lambda m, r=request: collect(m.generate(r)))))
+        after = tokens_by_model(llm_server)
+        grew = {n for n in after if after[n] > before.get(n, 0.0)}
+        assert text.strip() and grew == {name or default}, (name, text, grew)
+
+
+def test_an_unknown_model_is_a_typed_error_naming_the_served_ones(llm_server: EmbeddedTriton) -> None:
+    names, _ = served_models()
+    request = ask("hi", max_tokens=4, model="no-such-model")
+    with pytest.raises(BadOption, match="unknown llm model 'no-such-model'") as caught:
+        asyncio.run(with_models(llm_server, lambda m: collect(m.generate(request))))
+    assert all(n in caught.value.message for n in names)
+
+
+def test_a_request_without_the_model_input_gets_the_default(llm_server: EmbeddedTriton) -> None:
+    """MODEL is optional: a client that predates it (sending only the four original inputs) is served."""
+    _, default = served_models()
+
+    async def four_inputs() -> list[str]:
+        client = grpcclient.InferenceServerClient(llm_server.grpc_url)
+        inputs = [i for i in TritonModels._llm_inputs(ask("Say hi.", max_tokens=4)) if i.name() != "MODEL"]
+
+        async def one() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": "llm", "inputs": inputs, "parameters": {"triton_enable_empty_final_response": True}}
+
+        texts = []
+        try:
+            async for result, error in client.stream_infer(inputs_iterator=one()):
+                assert error is None, error
+                if result.as_numpy("TEXT") is not None:
+                    texts.append(result.as_numpy("TEXT").reshape(-1)[0].decode())
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    return texts
+            return texts
+        finally:
+            await client.close()
+
+    before = tokens_by_model(llm_server).get(default, 0.0)
+    assert "".join(asyncio.run(asyncio.wait_for(four_inputs(), 60))).strip()
+    assert tokens_by_model(llm_server)[default] > before

@@ -177,6 +177,19 @@ def test_delta_text_and_endpoint_errors() -> None:
     assert _endpoint_message("<html>502 Bad Gateway</html>") == "<html>502 Bad Gateway</html>"
 
 
+def test_a_requests_model_overrides_the_configured_openai_model() -> None:
+    from orchestrator.config import LlmSettings
+    from orchestrator.models.openai_llm import OpenAIChat
+    from orchestrator.models.ports import ChatMessage, LlmRequest
+
+    settings = LlmSettings(backend="openai", openai_base_url="http://127.0.0.1:1/v1", openai_model="house-model")
+    request = LlmRequest((ChatMessage("user", "hi"),))
+    assert OpenAIChat(settings)._body(request)["model"] == "house-model"
+    assert OpenAIChat(settings)._body(LlmRequest(request.messages, model="persona-model"))["model"] == "persona-model"
+    unset = OpenAIChat(LlmSettings(backend="openai", openai_base_url="http://127.0.0.1:1/v1"))
+    assert "model" not in unset._body(request)  # the endpoint's own default
+
+
 # --- routing requests to the context that holds their conversation ---
 
 

@@ -66,3 +66,35 @@ def test_ensemble_steps_exist_and_batch_limits_fit() -> None:
     for s in steps:
         assert int(str(parse(s)["max_batch_size"])) >= int(str(floor["max_batch_size"]))
         assert s in TritonSettings().models
+
+
+def llm_parameters() -> dict[str, str]:
+    text = str(parse("llm")["text"])
+    return dict(re.findall(r'key:\s*"([^"]+)"\s+value:\s*\{\s*string_value:\s*"([^"]*)"', text))
+
+
+def test_llm_config_lists_its_models_and_setup_provides_each_one() -> None:
+    """Every GGUF the `llm` model loads is extracted by setup and checked against scripts/models.sha256."""
+    from orchestrator.inference.llm import parse_model_specs
+
+    specs, default = parse_model_specs(llm_parameters())
+    assert default in {s.name for s in specs}
+    digests = (REPO.parent / "scripts" / "models.sha256").read_text()
+    bootstrap = (REPO.parent / "scripts" / "bootstrap.sh").read_text()
+    for spec in specs:
+        assert f"model_repository/llm/1/{spec.file}" in digests, spec
+        assert spec.file in bootstrap, spec
+
+
+def test_llm_inputs_match_what_the_adapter_sends() -> None:
+    """The adapter sends exactly the config's inputs; MODEL is optional (a client may leave it out)."""
+    from orchestrator.models.ports import ChatMessage, LlmRequest
+    from orchestrator.models.triton import TritonModels
+
+    llm = parse("llm")
+    inputs = TritonModels._llm_inputs(LlmRequest((ChatMessage("user", "hi"),), model="smollm2-135m"))
+    assert {i.name() for i in inputs} == set(llm["input"])  # type: ignore[arg-type]
+    sent = {i.name(): i.datatype() for i in inputs}
+    assert sent["MODEL"] == "BYTES"
+    assert re.search(r'name: "MODEL" data_type: TYPE_STRING dims: \[ 1 \] optional: true', str(llm["text"]))
+    assert "decoupled: true" in str(llm["text"])

@@ -1,12 +1,15 @@
-"""Triton glue for the local LLM (decoupled); the logic is orchestrator.inference.llm.
+"""Triton glue for the local LLMs (decoupled); the logic is orchestrator.inference.llm.
 
-Each request streams its reply through its own response sender, one text piece per response, then an empty
-response with the FINAL flag. One instance holds a pool of llama.cpp contexts (`engines`, each `n_threads`
-threads) and routes every request to the free context that already holds the longest part of its
-conversation, so a session's next turn only evaluates its new messages. `request.is_cancelled()` is polled
-between tokens, so a discarded speculative reply stops costing compute as soon as the client cancels its
-stream. Counters on Triton's /metrics (`duet_llm_generated_tokens_total`, `duet_llm_cancelled_requests_total`,
-prompt and cached-prompt tokens) make that visible from outside.
+The model serves every GGUF its config lists (`model.<name>` parameters, `default_model`); a request names
+one in its optional MODEL input (absent or empty: the default), and an unknown name is answered with a
+"bad_option: ..." error that the client raises as `BadOption`. Each request streams its reply through its own
+response sender, one text piece per response, then an empty response with the FINAL flag. Each served model
+has its own pool of llama.cpp contexts (`engines`, each `n_threads` threads); a request goes to the free
+context of its model that already holds the longest part of its conversation, so a session's next turn only
+evaluates its new messages. `request.is_cancelled()` is polled between tokens, so a discarded speculative
+reply stops costing compute as soon as the client cancels its stream. Counters on Triton's /metrics
+(`duet_llm_generated_tokens_total`, `duet_llm_cancelled_requests_total`, prompt and cached-prompt tokens),
+labelled with the served model's name (`llm_model`), make that visible from outside.
 """
 
 import functools
@@ -18,18 +21,22 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from orchestrator.inference.llm import (
-    EnginePool,
     GenerationStats,
-    LlamaEngine,
     LlmInputError,
+    ModelPools,
+    UnknownModel,
     parse_messages,
+    parse_model_name,
+    parse_model_specs,
     parse_stop,
 )
 
 
-def _scalar(request, name):
+def _scalar(request, name, optional=False):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
+        if optional:
+            return None
         raise LlmInputError(f"input {name} is missing")
     return tensor.as_numpy().reshape(-1)[0]
 
@@ -46,12 +53,11 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = Path(__file__).parent / params.get("gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")
-        # Several llama.cpp contexts in this one instance (not several instances): the pool can then send
-        # each request to the context that already holds its conversation's KV cache.
-        n_ctx, n_threads = int(params.get("n_ctx", "2048")), int(params.get("n_threads", "1"))
-        engines = [LlamaEngine(path, n_ctx=n_ctx, n_threads=n_threads) for _ in range(int(params.get("engines", "2")))]
-        self.pool = EnginePool(engines)
+        # Several llama.cpp contexts per model in this one instance (not several instances): each model's pool
+        # can then send a request to the context that already holds its conversation's KV cache. Only the
+        # listed models are loaded.
+        specs, default = parse_model_specs(params)
+        self.pools = ModelPools.load(specs, default, Path(__file__).parent)
         # The stub's IPC to the server is not safe from several threads at once (the server crashed when two
         # workers sent and counted concurrently): every send, metric update and cancellation check takes this.
         self._ipc = threading.Lock()
@@ -65,16 +71,16 @@ class TritonPythonModel:
             name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
             for name, text in COUNTERS.items()
         }
-        metric = {name: family.Metric(labels=labels) for name, family in self._families.items()}
-        self.tokens = metric["duet_llm_generated_tokens_total"]
-        self.prompt_tokens = metric["duet_llm_prompt_tokens_total"]
-        self.cached_tokens = metric["duet_llm_cached_prompt_tokens_total"]
-        self.cancelled = metric["duet_llm_cancelled_requests_total"]
+        # One set of counters per served model: {served model: {counter name: metric}}.
+        self.metrics = {
+            served: {name: fam.Metric(labels={**labels, "llm_model": served}) for name, fam in self._families.items()}
+            for served in self.pools.names
+        }
 
     def finalize(self):
-        self.pool.close()
+        self.pools.close()
         # Metrics before their families (Triton refuses the other order).
-        del self.tokens, self.prompt_tokens, self.cached_tokens, self.cancelled
+        self.metrics.clear()
         self._families.clear()
 
     def _send(self, sender, response, flags=0):
@@ -96,11 +102,12 @@ class TritonPythonModel:
                 metric.increment(n)
 
     def execute(self, requests):
-        # Inputs are checked here so a bad request is answered at once; generation is queued on the engine
-        # pool and streamed from its worker thread, so execute returns immediately (decoupled).
+        # Inputs are checked here so a bad request is answered at once; generation is queued on its model's
+        # engine pool and streamed from that pool's worker thread, so execute returns immediately (decoupled).
         for request in requests:
             sender = request.get_response_sender()
             try:
+                served = self.pools.resolve(parse_model_name(_scalar(request, "MODEL", optional=True)))
                 messages = parse_messages(_scalar(request, "MESSAGES"))
                 options = {
                     "max_tokens": int(_scalar(request, "MAX_TOKENS")),
@@ -108,18 +115,22 @@ class TritonPythonModel:
                     "stop": parse_stop(_scalar(request, "STOP")),
                 }
             except LlmInputError as exc:
-                self._send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                # "<code>: <message>" for a typed error (an unknown model): the client raises that type.
+                message = f"{exc.code}: {exc}" if isinstance(exc, UnknownModel) else str(exc)
+                self._send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
                 self._send(sender, None, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
-            self.pool.submit(messages, functools.partial(self._generate, request, sender, messages, options))
+            job = functools.partial(self._generate, request, sender, messages, options, self.metrics[served])
+            self.pools.submit(served, messages, job)
 
-    def _generate(self, request, sender, messages, options, engine):
+    def _generate(self, request, sender, messages, options, metrics, engine):
         """Runs on a pool worker: stream one reply through the request's sender, FINAL flag last."""
         stats = GenerationStats()
         counted = 0
+        tokens = metrics["duet_llm_generated_tokens_total"]
         try:
             for step in engine.stream(messages, cancelled=lambda: self._cancelled(request), stats=stats, **options):
-                self._count(self.tokens, stats.generated_tokens - counted)
+                self._count(tokens, stats.generated_tokens - counted)
                 counted = stats.generated_tokens
                 if step.text:
                     out = pb_utils.Tensor("TEXT", np.array([[step.text.encode()]], dtype=np.object_))
@@ -133,8 +144,8 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(f"llm generation failed: {exc}")
                 self._send(sender, pb_utils.InferenceResponse(error=error))
         finally:
-            self._count(self.tokens, stats.generated_tokens - counted)
-            self._count(self.prompt_tokens, stats.prompt_tokens)
-            self._count(self.cached_tokens, stats.cached_tokens)
-            self._count(self.cancelled, int(stats.finish_reason == "cancelled"))
+            self._count(tokens, stats.generated_tokens - counted)
+            self._count(metrics["duet_llm_prompt_tokens_total"], stats.prompt_tokens)
+            self._count(metrics["duet_llm_cached_prompt_tokens_total"], stats.cached_tokens)
+            self._count(metrics["duet_llm_cancelled_requests_total"], int(stats.finish_reason == "cancelled"))
             self._send(sender, None, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
