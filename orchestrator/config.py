@@ -116,6 +116,10 @@ class LlmSettings:
     temperature: float = 0.3
     stop: tuple[str, ...] = ()
     history_turns: int = 12  # user+replica messages kept in the prompt
+    # Evaluate the history as soon as the replica's turn is committed (a 1-token request), so the next reply
+    # evaluates only the user's new words (docs/replies.md). Local backend only: an OpenAI-compatible
+    # endpoint is never sent such requests.
+    warm_history: bool = True
     timeout_s: float = 30.0
 
 

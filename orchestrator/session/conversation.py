@@ -109,6 +109,7 @@ class ConversationSession:
             max_utterance_s=settings.asr.max_utterance_s,
         )
         self.dialogue = Dialogue(persona, history_turns=settings.llm.history_turns, stop=settings.llm.stop)
+        self._warm_history = settings.llm.warm_history and settings.llm.backend == "triton"
         self.transcriber = Transcriber(
             models,
             self.gate,
@@ -329,6 +330,8 @@ class ConversationSession:
                 await self.out.event(UserTurn(round(a.t, 4), a.turn, a.text))
             elif isinstance(a, rm.CommitReplicaTurn):
                 self.dialogue.commit_replica(a.text, a.t, interrupted=a.interrupted)
+                if self._warm_history and (warm := self.dialogue.warm_request(request_id=f"{self.name}-warm")):
+                    self.runner.warm(warm)
                 self.floor.text(a.text, replica=True)  # the floor model's context: what the replica last said
                 self.runner.forget(a.reply_id)
                 await self.out.event(ReplicaTurn(round(a.t, 4), a.reply_id, a.text, a.interrupted))
@@ -339,7 +342,7 @@ class ConversationSession:
             self.runner.start(a.reply_id, None, speculative=False, asr_final_ms=asr_ms, script=a.script)
         else:
             request = self.dialogue.request(a.snapshot.transcript, request_id=f"{self.name}-{a.reply_id}")
-            guard = ReplyGuard(notes=self.dialogue.notes, said=self.dialogue.said())
+            guard = ReplyGuard(notes=self.dialogue.prompt_notes(), said=self.dialogue.said())
             self.runner.start(a.reply_id, request, speculative=a.speculative, asr_final_ms=asr_ms, guard=guard)
         await self.out.event(
             ReplyStarted(

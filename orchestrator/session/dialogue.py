@@ -9,9 +9,15 @@ The request, in order (what a small model cannot misread, and what keeps the LLM
    "you", answer what they just said in short complete sentences, never repeat, no markup, NOTE lines are
    private), then the conversation's context under a heading of its own. It changes only when the context
    does, so the model's cached prefix survives every turn;
-2. the committed history, user and replica turns alternating;
+2. the committed history, user and replica turns alternating, each user turn after the notes it was answered
+   with: the prompt only ever grows at its end, so the cached prefix of a turn's prompt reaches to the end of
+   the previous reply (dropping a turn's note from the history made every later turn evaluate the previous
+   user turn and reply again: 83 new prompt tokens instead of about 45, docs/replies.md). When the history
+   outgrows `history_turns`, its oldest half goes at once, not one turn per turn (which would move the start
+   of the history, and so miss the cache, on every turn);
 3. the notes about this turn (what perception makes of the user; later knowledge and memories), in one
-   system message, each line marked NOTE and written as guidance, not as a line to say;
+   system message, each line marked NOTE and written as guidance, not as a line to say; only when they
+   differ from the last notes the prompt shows (an unchanged note is not repeated on every turn);
 4. the user's turn.
 The prompt asks; `orchestrator/speech/guard.py` enforces: a clause that narrates a note or repeats an earlier
 one is never spoken.
@@ -56,7 +62,7 @@ def _about_them(sentence: str) -> str:
     if not _SUBJECT.search(sentence):
         return sentence
     out = _SUBJECT.sub(lambda m: ("T" if m.group(1) == "T" else "t") + ("heir" if m.group(2) else "hey"), sentence)
-    return " ".join(_PLURAL.get(w, w) for w in out.split(" "))
+    return re.sub(r"[a-z]+", lambda m: _PLURAL.get(m.group(0), m.group(0)), out)
 
 
 def note_line(note: str) -> str:
@@ -75,6 +81,7 @@ class Turn:
     text: str
     t: float  # session time it was committed
     interrupted: bool = False
+    notes: tuple[str, ...] = ()  # a user turn: the notes in force when it was committed (stay in the prompt)
 
 
 @dataclass
@@ -91,7 +98,7 @@ class Dialogue:
     context: str = ""
 
     def commit_user(self, text: str, t: float) -> None:
-        self.turns.append(Turn("user", text, t))
+        self.turns.append(Turn("user", text, t, notes=tuple(self.notes)))
 
     def commit_replica(self, text: str, t: float, *, interrupted: bool) -> None:
         # An interrupted reply is recorded as heard (no marker in the text: a small model imitates markers).
@@ -107,24 +114,74 @@ class Dialogue:
         """This turn's notes, as the model sees them (the reply guard keeps them from being read out)."""
         return [note_line(n) for n in (self.perception_note,) if n.strip()]
 
+    def prompt_notes(self) -> list[str]:
+        """Every note the prompt shows (the history's and this turn's), once each: what the guard must keep
+        from being read out."""
+        lines = [n for t in self._window() for n in t.notes] + self.notes
+        return list(dict.fromkeys(lines))
+
+    def _window(self, pending: int = 1) -> list[Turn]:
+        """The history the prompt carries: with the `pending` user turn not committed yet, at most
+        `history_turns` messages; trimmed in steps of half of that, starting with a user turn where it can."""
+        turns = [t for t in self.turns if t.text]
+        limit = max(1, self.history_turns)
+        if len(turns) + pending <= limit:
+            return turns
+        step = max(1, limit // 2)
+        start = min(-(-(len(turns) + pending - limit) // step) * step, len(turns))  # excess, in whole steps
+        while start < len(turns) - 1 and turns[start].role != "user":
+            start += 1
+        return turns[start:]
+
+    def _messages(self, recent: list[Turn], current: tuple[str, tuple[str, ...]] | None) -> list[ChatMessage]:
+        messages = [ChatMessage("system", self.system_prompt)]
+        shown: tuple[str, ...] = ()  # a note goes in where it first holds, not again on every later turn
+
+        def user_turn(text: str, notes: tuple[str, ...]) -> None:
+            nonlocal shown
+            if notes and notes != shown:
+                messages.append(ChatMessage("system", "\n".join(notes)))
+            shown = notes
+            messages.append(ChatMessage("user", text))
+
+        for turn in recent:
+            if turn.role == "user":
+                user_turn(turn.text, turn.notes)
+            else:
+                messages.append(ChatMessage(turn.role, turn.text))
+        if current is not None:
+            user_turn(*current)
+        return _merge_same_role(messages)
+
     def said(self) -> list[str]:
         """What the replica said so far (the guard keeps it from saying it again)."""
         return [t.text for t in self.turns if t.role == "assistant" and t.text]
 
     def request(self, user_text: str, *, request_id: str = "") -> LlmRequest:
         """The chat for a reply to `user_text` (the current turn's transcript, committed or not)."""
-        messages = [ChatMessage("system", self.system_prompt)]
-        recent = [t for t in self.turns if t.text][-self.history_turns :]
-        messages += [ChatMessage(t.role, t.text) for t in recent]
-        if not recent or recent[-1].role != "user" or recent[-1].text != user_text:
-            messages.append(ChatMessage("user", user_text))
-        if notes := self.notes:
-            messages.insert(len(messages) - 1, ChatMessage("system", "\n".join(notes)))
+        committed = bool(self.turns) and self.turns[-1].role == "user" and self.turns[-1].text == user_text
+        recent = self._window(pending=0 if committed else 1)
+        current = None if committed and recent else (user_text, tuple(self.notes))
         return LlmRequest(
-            messages=tuple(_merge_same_role(messages)),
+            messages=tuple(self._messages(recent, current)),
             max_tokens=self.persona.max_tokens,
             temperature=self.persona.temperature,
             stop=self.stop,
+            request_id=request_id,
+            model=self.persona.llm_model,
+        )
+
+    def warm_request(self, *, request_id: str = "") -> LlmRequest | None:
+        """The history as the next reply's prompt will start, to evaluate (one token generated, discarded) as
+        soon as the replica's turn is committed: the model's cache then holds it while the user speaks, and
+        the next reply evaluates only the user's new words (and a changed note). None before a first reply."""
+        recent = self._window(pending=1)
+        if not recent or recent[-1].role != "assistant":
+            return None
+        return LlmRequest(
+            messages=tuple(self._messages(recent, None)),
+            max_tokens=1,
+            temperature=0.0,
             request_id=request_id,
             model=self.persona.llm_model,
         )

@@ -5,7 +5,8 @@ narration of notes, no repetition, no markup, no unfinished last sentence) and i
 is complete, its audio appended to the reply's `ReplyAudio` (which playback reads once the reply is
 released). A spoken reply is short: generation stops after the persona's `max_sentences` spoken sentences.
 If the guard drops everything, the replica asks the user to say it again rather than stay silent. A scripted
-reply (the greeting) skips the LLM. The runner reports progress
+reply (the greeting) skips the LLM. `warm` has the model evaluate the history while the user speaks, so the
+next reply's prompt is mostly in the model's cache already. The runner reports progress
 (first audio, done, failed) to its owner, which feeds the reply machine. Cancelling a reply cancels its task;
 that closes the model streams, which cancels the requests in Triton (or the HTTP stream of an
 OpenAI-compatible endpoint).
@@ -14,6 +15,7 @@ OpenAI-compatible endpoint).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from orchestrator.session.persona import Persona
 from orchestrator.session.playback import ReplyAudio
 from orchestrator.speech.clauses import ClauseSplitter
 from orchestrator.speech.guard import ReplyGuard, complete
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 FALLBACK = "Sorry, could you say that again?"  # when the guard let nothing of a reply through
@@ -100,6 +104,29 @@ class ReplyRunner:
         self._clock = clock
         self._clauses = (first_clause_min_chars, clause_max_chars)
         self._replies: dict[int, Reply] = {}
+        self._warming: asyncio.Task[None] | None = None
+
+    def warm(self, request: LlmRequest) -> None:
+        """Send `request` (the history, one token to generate) and discard the answer: the model evaluates
+        the prompt now, not when the next reply needs it. Best effort: a failure is logged, never reported
+        (the reply that follows meets the same failure and reports it). A newer warm-up replaces one still
+        running."""
+        if self.llm is None:
+            return
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+        self._warming = asyncio.create_task(self._warm(request), name=f"{self.name}-llm-warm")
+
+    async def _warm(self, request: LlmRequest) -> None:
+        assert self.llm is not None
+        stream = self.llm.generate(request)
+        try:
+            async for _ in stream:
+                pass
+        except DuetError as exc:
+            log.info("%s: warming the LLM's cache failed: %s", self.name, exc)
+        finally:
+            await aclose(stream)
 
     def get(self, reply_id: int) -> Reply | None:
         return self._replies.get(reply_id)
@@ -151,6 +178,8 @@ class ReplyRunner:
 
     async def close(self) -> None:
         tasks = [r.task for r in self._replies.values() if r.task is not None and not r.task.done()]
+        if self._warming is not None and not self._warming.done():
+            tasks.append(self._warming)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

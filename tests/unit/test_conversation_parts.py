@@ -130,13 +130,69 @@ def test_notes_are_marked_and_about_them_not_the_user(note: str, line: str) -> N
     assert note_line(note) == line
 
 
+def test_the_prompt_only_grows_at_its_end_so_the_cached_prefix_holds() -> None:
+    d = Dialogue(persona(), history_turns=40)
+    d.perception_note = "[perception] The user sounds tense."
+    first = d.request("my bill is wrong").messages
+    assert [m.role for m in first] == ["system", "system", "user"]
+    d.commit_user("my bill is wrong", 1.0)
+    d.commit_replica("Sorry to hear that.", 2.0, interrupted=False)
+    same_note = d.request("it was charged twice").messages
+    assert same_note[: len(first)] == first  # the earlier turn keeps its note where it was
+    assert [m.role for m in same_note[len(first) :]] == ["assistant", "user"]  # an unchanged note is not repeated
+    d.perception_note = "[perception] The user smiles."
+    d.commit_user("it was charged twice", 3.0)
+    assert d.request("it was charged twice").messages[-2].content == "NOTE: They smile."
+    d.commit_replica("I see the two charges.", 4.0, interrupted=False)
+    d.perception_note = ""
+    later = d.request("thanks").messages
+    assert list(later[:-2]) == [*same_note[:-1], ChatMessage("system", "NOTE: They smile."),
+                          ChatMessage("user", "it was charged twice")]  # fmt: skip
+    assert later[-2] == ChatMessage("assistant", "I see the two charges.") and later[-1].role == "user"
+    assert d.prompt_notes() == ["NOTE: They sound tense.", "NOTE: They smile."]
+
+
+def test_the_history_window_moves_in_steps_and_starts_with_the_user() -> None:
+    d = Dialogue(persona(), history_turns=8)
+    prompts = []
+    for i in range(12):
+        d.commit_user(f"u{i}", i)
+        d.commit_replica(f"r{i}", i + 0.5, interrupted=False)
+        prompts.append(d.request("next").messages)
+    starts = [p[1].content for p in prompts]
+    assert starts == ["u0", "u0", "u0", "u2", "u2", "u4", "u4", "u6", "u6", "u8", "u8", "u10"]
+    assert all(len(p) - 1 <= 8 for p in prompts)  # the history and the user's turn: at most history_turns
+    # between two moves the earlier prompt, but for its last user turn, is a prefix of the next one
+    assert prompts[4][: len(prompts[3]) - 1] == prompts[3][:-1]
+
+
+def test_the_warm_request_is_the_next_prompt_but_its_last_user_turn() -> None:
+    d = Dialogue(persona(), history_turns=6)
+    assert d.warm_request() is None  # nothing said yet
+    d.perception_note = "[perception] The user sounds tense."
+    for i in range(9):
+        d.commit_user(f"u{i}", i)
+        if i % 3 == 2:
+            d.perception_note = f"[perception] Note {i}."
+        assert d.warm_request() is None  # the replica has not answered yet
+        d.commit_replica(f"r{i}", i + 0.5, interrupted=False)
+        warm = d.warm_request(request_id="w")
+        assert warm is not None and warm.max_tokens == 1 and warm.messages[-1] == ChatMessage("assistant", f"r{i}")
+        speculative = d.request(f"u{i + 1}").messages
+        d.commit_user(f"u{i + 1}", i + 1)
+        committed = d.request(f"u{i + 1}").messages
+        assert speculative == committed  # committing the words changes nothing
+        assert committed[: len(warm.messages)] == warm.messages  # even on a turn where the window moves
+        d.turns.pop()
+
+
 def test_history_is_bounded() -> None:
     d = Dialogue(persona(), history_turns=4)
     for i in range(10):
         d.commit_user(f"u{i}", i)
         d.commit_replica(f"r{i}", i + 0.5, interrupted=False)
     req = d.request("now")
-    assert len(req.messages) == 1 + 4 + 1
+    assert 1 + 2 <= len(req.messages) <= 1 + 4
 
 
 # ---- playback -----------------------------------------------------------------------------------------

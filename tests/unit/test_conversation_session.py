@@ -413,7 +413,13 @@ async def test_the_greeting_is_spoken_at_once_and_the_user_is_answered_after_it(
     await play(s, clock, np.concatenate([silence(1.0), speech(3000, 1.0), silence(2.0)]))
     await s.finish()
     first = of(out, ReplicaSpeakingStart)[0]
-    assert first.t < 0.2 and models.calls.get("llm", 0) == 1  # spoken without the LLM, right at the start
+    replies = [r for r in models.llm_requests if not r.request_id.endswith("-warm")]
+    assert first.t < 0.2 and len(replies) == 1  # spoken without the LLM, right at the start
+    # Each replica turn, once committed, has the model evaluate the history (one token, while the user speaks):
+    # the reply's prompt then starts with what is already in the model's cache.
+    warm = [r for r in models.llm_requests if r.request_id.endswith("-warm")]
+    assert [w.messages[-1].content for w in warm] == ["Hi, I'm Ava. How can I help?", "Sure, it is noon."]
+    assert warm[0].max_tokens == 1 and replies[0].messages[: len(warm[0].messages)] == warm[0].messages
     turns = of(out, ReplicaTurn)
     assert turns[0].text == "Hi, I'm Ava. How can I help?" and turns[1].text == "Sure, it is noon."
     assert [t.role for t in s.dialogue.turns] == ["assistant", "user", "assistant"]
