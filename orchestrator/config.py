@@ -116,7 +116,7 @@ class LlmSettings:
     temperature: float = 0.3
     stop: tuple[str, ...] = ()
     history_turns: int = 12  # user+replica messages kept in the prompt
-    # Evaluate the history as soon as the replica's turn is committed (a 1-token request), so the next reply
+    # Evaluate the history as soon as the replica's turn is committed (a prefill: MAX_TOKENS 0), so the next reply
     # evaluates only the user's new words (docs/replies.md). Local backend only: an OpenAI-compatible
     # endpoint is never sent such requests.
     warm_history: bool = True

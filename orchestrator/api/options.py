@@ -7,6 +7,7 @@ Every field is checked before any work starts; a bad one is a typed error (`bad_
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
     """`Start.options`, validated, as a session spec (the persona is the caller's to add). Options: `mode`
     (`orchestrator.session.factory.MODES`), `floor.*` (the floor's settings), `speculation`,
     `echo_suppression`, `perception` (conversation: on unless `perception=false`; perceive: on), `video` with
-    `video.fps`, `video.size=WxH`, `video.quality`, `video.face`."""
+    `video.fps`, `video.size=WxH`, `video.quality`, `video.face`, `llm_model` (a model the `llm` model serves,
+    or the OpenAI-compatible endpoint's; instead of the persona's; a name the model does not serve fails the
+    first reply with `bad_option`)."""
     floor_opts = {k: v for k, v in options.items() if k.startswith("floor.")}
     rest = {k: v for k, v in options.items() if not k.startswith("floor.")}
     floor = with_floor_options(settings.floor, floor_opts)
@@ -50,12 +53,21 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
     echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
     video = parse_video(settings.face, rest) if coerce_bool(rest.pop("video", "false"), "video") else None
     perceive = coerce_bool(rest.pop("perception", "true"), "perception") and mode in ("conversation", "perceive")
+    llm_model = rest.pop("llm_model", "").strip()
+    if llm_model and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", llm_model):
+        raise BadOption(f"option llm_model must be a model name (letters, digits, . _ : / -); not {llm_model!r}")
     if rest:
         raise BadOption(f"unknown session option(s) {sorted(rest)}")
     if video is not None and mode != "conversation":
         raise BadOption("video needs mode=conversation (the face speaks the replies)")
     return SessionSpec(
-        floor=floor, mode=mode, speculation=spec, echo_suppression=echo, video=video, perception=perceive
+        floor=floor,
+        mode=mode,
+        speculation=spec,
+        echo_suppression=echo,
+        video=video,
+        perception=perceive,
+        llm_model=llm_model,
     )
 
 

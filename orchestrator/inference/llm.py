@@ -48,8 +48,9 @@ class Message:
     content: str
 
 
-def parse_messages(raw: str | bytes) -> list[Message]:
-    """MESSAGES: a JSON list of {"role": "system"|"user"|"assistant", "content": str}, ending with a user turn."""
+def parse_messages(raw: str | bytes, *, prefill: bool = False) -> list[Message]:
+    """MESSAGES: a JSON list of {"role": "system"|"user"|"assistant", "content": str}, ending with a user turn
+    (or, for a prefill, `MAX_TOKENS` 0, with any turn: the conversation so far)."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -63,8 +64,11 @@ def parse_messages(raw: str | bytes) -> list[Message]:
         if m["role"] not in ROLES:
             raise LlmInputError(f"MESSAGES[{i}].role is {m['role']!r}; expected one of {', '.join(ROLES)}")
         out.append(Message(m["role"], m["content"]))
-    if out[-1].role == "assistant":
-        raise LlmInputError("MESSAGES must not end with an assistant turn: the model writes the next one")
+    if out[-1].role == "assistant" and not prefill:
+        raise LlmInputError(
+            "MESSAGES must not end with an assistant turn: the model writes the next one (MAX_TOKENS 0 evaluates a "
+            "conversation so far without generating)"
+        )
     return out
 
 
@@ -166,14 +170,21 @@ class LlamaEngine:
             eos_token=self._piece(self._eos),
             bos_token=self._piece(self._llama.token_bos()),
         )
+        self._history_formatter = Jinja2ChatFormatter(  # a prefill: the conversation so far, no turn opener
+            template=template,
+            eos_token=self._piece(self._eos),
+            bos_token=self._piece(self._llama.token_bos()),
+            add_generation_prompt=False,
+        )
 
     def _piece(self, token: int) -> str:
         return self._llama.detokenize([token], special=True).decode("utf-8", errors="replace")
 
-    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        """The conversation in the GGUF's own chat template, ending with the assistant's turn opener."""
+    def prompt_tokens(self, messages: Sequence[Message], *, opener: bool = True) -> list[int]:
+        """The conversation in the GGUF's own chat template, ending with the assistant's turn opener (unless
+        `opener` is false: then exactly the prefix that a later request adding turns will start with)."""
         chat: Any = [{"role": m.role, "content": m.content} for m in messages]
-        rendered = self._formatter(messages=chat)
+        rendered = (self._formatter if opener else self._history_formatter)(messages=chat)
         return list(self._llama.tokenize(rendered.prompt.encode(), add_bos=False, special=True))
 
     def _is_end_of_turn(self, token: int) -> bool:
@@ -181,14 +192,30 @@ class LlamaEngine:
 
         return token == self._eos or bool(llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token))
 
-    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+    def _held_prefix(self, tokens: Sequence[int]) -> int:
         held = list(self._llama._input_ids[: self._llama.n_tokens])
         n = 0
         for a, b in zip(held, tokens, strict=False):
             if a != b:
                 break
             n += 1
-        return min(n, len(tokens) - 1)  # llama.cpp re-evaluates at least one token to get fresh logits
+        return n
+
+    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+        return min(self._held_prefix(tokens), len(tokens) - 1)  # llama.cpp re-evaluates one token for logits
+
+    def prefill(self, messages: Sequence[Message], stats: GenerationStats | None = None) -> None:
+        """Evaluate the conversation so far into this context's KV cache, generating nothing: a later request
+        that continues it evaluates only what it adds. What the cache already holds is kept."""
+        stats = stats if stats is not None else GenerationStats()
+        tokens = self.prompt_tokens(messages, opener=False)
+        if len(tokens) >= self.n_ctx:
+            raise LlmInputError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
+        held = self._held_prefix(tokens)
+        stats.prompt_tokens, stats.cached_tokens, stats.finish_reason = len(tokens), held, "prefill"
+        if held < len(tokens):
+            self._llama.n_tokens = held  # eval drops the cache past this point, then appends the rest
+            self._llama.eval(tokens[held:])
 
     def stream(
         self,
@@ -203,10 +230,14 @@ class LlamaEngine:
         """Generate the assistant's reply, one `Step` per token. `cancelled` is polled before each token;
         when it turns true generation stops at once. `stats` (if given) is filled in as it goes."""
         stats = stats if stats is not None else GenerationStats()
-        if max_tokens < 1:
-            raise LlmInputError(f"MAX_TOKENS must be positive, got {max_tokens}")
+        if max_tokens < 0:
+            raise LlmInputError(f"MAX_TOKENS must be 0 (a prefill) or positive, got {max_tokens}")
         if not 0.0 <= temperature <= 2.0:
             raise LlmInputError(f"TEMPERATURE must be within [0, 2], got {temperature}")
+        if max_tokens == 0:  # a prefill: nothing to stream
+            if not cancelled():
+                self.prefill(messages, stats)
+            return
         tokens = self.prompt_tokens(messages)
         if len(tokens) >= self.n_ctx:
             raise LlmInputError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")

@@ -61,7 +61,7 @@ class ChatMessage:
 @dataclass(frozen=True)
 class LlmRequest:
     messages: tuple[ChatMessage, ...]
-    max_tokens: int = 96
+    max_tokens: int = 96  # 0: a prefill (the local model evaluates the messages, generates nothing)
     temperature: float = 0.3
     stop: tuple[str, ...] = ()
     request_id: str = ""

@@ -10,6 +10,7 @@ Modes:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class SessionSpec:
     echo_suppression: bool | None = None
     video: FaceSettings | None = None  # `video=true`: stream the replica's face
     perception: bool = False  # hear and see the user
+    llm_model: str = ""  # the `llm_model` option: which served LLM replies come from ("" = the persona's)
 
     @property
     def paced(self) -> bool:
@@ -61,7 +63,7 @@ def build_session(
         return FloorSession(models, spec.floor, outlet.event, max_chunk_ms=max_chunk_ms, clock=clock, name=name)
     if spec.mode == "conversation" and llm is None:
         raise BadOption("this server has no LLM configured; use mode=floor")
-    persona = spec.persona
+    persona = spec.persona if not spec.llm_model else dataclasses.replace(spec.persona, llm_model=spec.llm_model)
     face = None
     if spec.video is not None:
         face = FaceDriver(

@@ -107,7 +107,7 @@ class ReplyRunner:
         self._warming: asyncio.Task[None] | None = None
 
     def warm(self, request: LlmRequest) -> None:
-        """Send `request` (the history, one token to generate) and discard the answer: the model evaluates
+        """Send `request` (the history as a prefill: `max_tokens` 0, nothing generated): the model evaluates
         the prompt now, not when the next reply needs it. Best effort: a failure is logged, never reported
         (the reply that follows meets the same failure and reports it). A newer warm-up replaces one still
         running."""
@@ -124,7 +124,7 @@ class ReplyRunner:
             async for _ in stream:
                 pass
         except DuetError as exc:
-            log.info("%s: warming the LLM's cache failed: %s", self.name, exc)
+            log.warning("%s: warming the LLM's cache failed: %s", self.name, exc)
         finally:
             await aclose(stream)
 

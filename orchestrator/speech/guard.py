@@ -2,9 +2,12 @@
 
 A small model does not always follow its prompt. Whatever the prompt says, these never reach the user's ear:
 - **narration**: the replica talking *about* the user or reading out its private notes ("The user sounds
-  hesitant", "This is an observation from voice cues", a run of five words copied from a note);
+  hesitant", "This is an observation from voice cues", a run of five words copied from a note, or saying
+  back the state a note names: "you sound hesitant", "they might be unsure");
 - **repetition**: a clause the replica already said, in this reply or an earlier one (word for word after
-  normalising, or nearly: 85 % of the words of a clause of five or more);
+  normalising, or nearly: 85 % of the words of a clause of five or more), or a clause of four or more words
+  that is, to 85 % of its words, one run of an earlier sentence (however that sentence was split into
+  clauses: "If you have any questions," after "Let me know if you have any questions.");
 - **markup**: code, markdown, lists, braces or emoji (it is a voice call);
 - **incomplete**: the unfinished end of a reply (generation stopped mid-sentence), once something complete
   has been said.
@@ -27,11 +30,26 @@ NARRATION = re.compile(
     r"|\[perception\]|\bperception\b|\bobservations?\b|\b(voice|camera|visual|audio) cues?\b|\bmay be wrong\b",
     re.IGNORECASE,
 )
-MARKUP = re.compile(r"```|`|\{|\}|\[|\]|\*|==|=>|\bdef |\bimport |\bprint\(|^\s*(#+|\d+\.|-|•)\s", re.MULTILINE)
+MARKUP = re.compile(
+    r"```|`|\{|\}|\[|\]|\*|==|=>|\bdef |\bimport |\bprint\(|^\s*(#+|\d+\.|-|•)\s|:\s*1\.(\s|$)", re.MULTILINE
+)  # the last: a list opened after a colon ("follow these steps: 1. Open...") once the lines are joined
 _WORD = re.compile(r"\d+(?:[.,:]\d+)*|[^\W\d_]+(?:'[^\W\d_]+)*")
 NOTE_RUN = 5  # this many consecutive words copied from a note is reading it out
 NEAR_DUPLICATE = 0.85  # share of a clause's words found in an earlier one
 MIN_REPEAT_WORDS = 3  # shorter clauses ("Okay.", "Thank you.") may come back
+RUN_WORDS = 4  # a clause this long or longer that is (NEAR_DUPLICATE of it) a run of an earlier sentence
+# Saying a note's state back to the person: "you sound hesitant", "they might be a bit unsure", "you're upset".
+_ASCRIBE = re.compile(
+    r"\b(?:you|they)(?:'re| are| seem| sound| look| appear| feel| might be| may be| must be| could be)"
+    r"((?: [\w']+){1,3})",
+    re.IGNORECASE,
+)
+# Words of a note that are not a state (what is left of "NOTE: They sound hesitant; they may be unsure.").
+_NOT_STATE = frozenset(
+    "note they them their sound sounds look looks seem seems may be are is and or a an the to of at from over "
+    "last turn this that with started grew became away camera voice words face manner not match so observation "
+    "cues wrong".split()
+)
 
 
 def words(text: str) -> list[str]:
@@ -53,12 +71,17 @@ class ReplyGuard:
 
     def __init__(self, *, notes: Iterable[str] = (), said: Iterable[str] = ()) -> None:
         self._note_runs: set[tuple[str, ...]] = set()
+        self._states: set[str] = set()  # what the notes say the person is ("hesitant", "unsure")
         for note in notes:
             w = words(note)
             self._note_runs |= {tuple(w[i : i + NOTE_RUN]) for i in range(len(w) - NOTE_RUN + 1)}
+            self._states |= {x for x in w if len(x) > 3 and x not in _NOT_STATE}
         self._said: list[list[str]] = []  # earlier clauses, as words
+        self._sentences: list[list[str]] = []  # earlier sentences, whole, as words
         for text in said:
             self._said += [words(s) for s in re.split(r"(?<=[.!?,;:])\s+", text) if words(s)]
+            self._sentences += [w for sentence in re.split(r"(?<=[.!?])\s+", text) if (w := words(sentence))]
+        self._sentence: list[str] = []  # this reply's sentence so far (its clauses' words)
         self.spoken: list[str] = []  # the clauses of this reply that passed
 
     def check(self, clause: str) -> str | None:
@@ -69,6 +92,10 @@ class ReplyGuard:
             w = words(clause)
             if w:
                 self._said.append(w)
+            self._sentence += w
+            if complete(clause):  # the sentence is whole: later clauses must not say it again
+                self._sentences.append(self._sentence)
+                self._sentence = []
         return reason
 
     def finish(self, tail: str) -> str | None:
@@ -88,8 +115,14 @@ class ReplyGuard:
         w = words(clause)
         if any(tuple(w[i : i + NOTE_RUN]) in self._note_runs for i in range(len(w) - NOTE_RUN + 1)):
             return "narration"
+        if self._states and any(set(words(m.group(1))) & self._states for m in _ASCRIBE.finditer(clause)):
+            return "narration"
+        if len(w) >= RUN_WORDS:
+            run = max((_longest_run(w, s) for s in self._sentences), default=0)
+            if run >= RUN_WORDS and run >= NEAR_DUPLICATE * len(w):
+                return "repetition"
         if len(w) >= MIN_REPEAT_WORDS:
-            for earlier in self._said:
+            for earlier in [*self._said, *self._sentences]:  # clauses, and whole sentences ("You know, Jordan.")
                 if w == earlier:
                     return "repetition"
                 if len(w) >= 5 and len(earlier) >= 5:
@@ -97,3 +130,16 @@ class ReplyGuard:
                     if shared / len(w) >= NEAR_DUPLICATE and shared / len(earlier) >= NEAR_DUPLICATE:
                         return "repetition"
         return None
+
+
+def _longest_run(a: list[str], b: list[str]) -> int:
+    """The most consecutive words `a` and `b` have in common."""
+    best, prev = 0, [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best

@@ -266,3 +266,35 @@ def test_a_request_without_the_model_input_gets_the_default(llm_server: Embedded
     before = tokens_by_model(llm_server).get(default, 0.0)
     assert "".join(asyncio.run(asyncio.wait_for(four_inputs(), 60))).strip()
     assert tokens_by_model(llm_server)[default] > before
+
+
+def test_a_warmed_history_leaves_only_the_users_words_to_evaluate(llm_server: EmbeddedTriton) -> None:
+    """The session's warm-up (`Dialogue.warm_request`, sent when the replica's turn is committed) has the model
+    evaluate the history; the next reply's prompt then finds all of it cached but the user's new words."""
+    from orchestrator.session.dialogue import Dialogue
+    from orchestrator.session.persona import Persona
+
+    dialogue = Dialogue(Persona(id="t", name="T", system_prompt="You are Ada, a clinic receptionist.", max_tokens=12))
+    dialogue.perception_note = "[perception] The user sounds tense."
+
+    async def call(models: TritonModels) -> list[float]:
+        uncached = []
+        for words in ("Hi, I need to move my appointment.", "It is on Friday at ten.", "Monday would be better."):
+            before = counters(llm_server)
+            reply = "".join(await collect(models.generate(dialogue.request(words))))
+            after = counters(llm_server)
+            uncached.append(
+                (after["duet_llm_prompt_tokens_total"] - before["duet_llm_prompt_tokens_total"])
+                - (after["duet_llm_cached_prompt_tokens_total"] - before["duet_llm_cached_prompt_tokens_total"])
+            )
+            dialogue.commit_user(words, len(uncached))
+            dialogue.commit_replica(reply.strip() or "I see.", len(uncached) + 0.5, interrupted=False)
+            warm = dialogue.warm_request()
+            assert warm is not None and warm.max_tokens == 0
+            await collect(models.generate(warm))
+        return uncached
+
+    uncached = asyncio.run(with_models(llm_server, call))
+    # The first turn evaluates the system prompt and the note; each later one little more than its words
+    # (about 10 tokens, plus the chat template's markers).
+    assert uncached[0] > 40 and all(n <= 24 for n in uncached[1:]), uncached

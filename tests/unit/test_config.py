@@ -82,6 +82,9 @@ def test_floor_options_out_of_range_are_refused(key: str, value: str) -> None:
         {"floor.nonsense": "1"},
         {"nonsense": "1"},
         {"mode": "floor", "video": "true"},
+        {"llm_model": "a model"},
+        {"llm_model": "-x"},
+        {"llm_model": "x" * 200},
     ],
 )
 def test_session_options_refused_as_documented(options: dict[str, str]) -> None:
@@ -100,6 +103,8 @@ def test_session_options_within_range_pass() -> None:
     parsed = parse_options(Settings(), {**opts, "video": "true", "video.face": "my-face_2", "mode": "conversation"})
     assert parsed.floor.barge_in_ms == FLOOR_RANGES_MS["barge_in_ms"][0]
     assert parsed.video is not None and parsed.video.face == "my-face_2"
+    assert parsed.llm_model == ""  # the persona's
+    assert parse_options(Settings(), {"llm_model": "smollm2-135m"}).llm_model == "smollm2-135m"
 
 
 @pytest.mark.parametrize(

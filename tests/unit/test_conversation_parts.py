@@ -177,7 +177,7 @@ def test_the_warm_request_is_the_next_prompt_but_its_last_user_turn() -> None:
         assert d.warm_request() is None  # the replica has not answered yet
         d.commit_replica(f"r{i}", i + 0.5, interrupted=False)
         warm = d.warm_request(request_id="w")
-        assert warm is not None and warm.max_tokens == 1 and warm.messages[-1] == ChatMessage("assistant", f"r{i}")
+        assert warm is not None and warm.max_tokens == 0 and warm.messages[-1] == ChatMessage("assistant", f"r{i}")
         speculative = d.request(f"u{i + 1}").messages
         d.commit_user(f"u{i + 1}", i + 1)
         committed = d.request(f"u{i + 1}").messages

@@ -415,11 +415,11 @@ async def test_the_greeting_is_spoken_at_once_and_the_user_is_answered_after_it(
     first = of(out, ReplicaSpeakingStart)[0]
     replies = [r for r in models.llm_requests if not r.request_id.endswith("-warm")]
     assert first.t < 0.2 and len(replies) == 1  # spoken without the LLM, right at the start
-    # Each replica turn, once committed, has the model evaluate the history (one token, while the user speaks):
+    # Each replica turn, once committed, has the model evaluate the history (a prefill, while the user speaks):
     # the reply's prompt then starts with what is already in the model's cache.
     warm = [r for r in models.llm_requests if r.request_id.endswith("-warm")]
     assert [w.messages[-1].content for w in warm] == ["Hi, I'm Ava. How can I help?", "Sure, it is noon."]
-    assert warm[0].max_tokens == 1 and replies[0].messages[: len(warm[0].messages)] == warm[0].messages
+    assert warm[0].max_tokens == 0 and replies[0].messages[: len(warm[0].messages)] == warm[0].messages
     turns = of(out, ReplicaTurn)
     assert turns[0].text == "Hi, I'm Ava. How can I help?" and turns[1].text == "Sure, it is noon."
     assert [t.role for t in s.dialogue.turns] == ["assistant", "user", "assistant"]
@@ -548,3 +548,16 @@ def test_the_session_echo_canceller_runs_on_its_own_block_size() -> None:
     assert s.echo is None and s2.echo is not None
     # not the largest chunk a client may send (200 ms): that made its FFTs 4x larger and its adaptation 7x slower
     assert s2.echo.fft_size == EchoCanceller().fft_size
+
+
+async def test_the_llm_model_option_overrides_the_personas_model_in_every_request() -> None:
+    from orchestrator.session.factory import SessionSpec, build_session
+
+    models = FakeModels()
+    settings = Settings()
+    spec = SessionSpec(floor=settings.floor, persona=persona(llm_model="qwen"), llm_model="smollm2-135m")
+    s = build_session(spec, models, models, settings, RecordingOutlet(), name="t", clock=Clock())
+    assert isinstance(s, ConversationSession) and s.dialogue.request("hi").model == "smollm2-135m"
+    spec = dataclasses.replace(spec, llm_model="")
+    s = build_session(spec, models, models, settings, RecordingOutlet(), name="t", clock=Clock())
+    assert isinstance(s, ConversationSession) and s.dialogue.request("hi").model == "qwen"

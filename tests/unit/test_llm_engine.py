@@ -140,9 +140,25 @@ def test_a_growing_conversation_reuses_the_cached_prefix(engine: LlamaEngine) ->
     assert second.cached_tokens >= first.prompt_tokens - 1  # only the new turns were evaluated
 
 
+def test_a_prefill_caches_the_conversation_so_far_and_generates_nothing(engine: LlamaEngine) -> None:
+    history = [*CHAT, Message("assistant", "Red, green and blue.")]
+    parse_messages(json.dumps([m.__dict__ for m in history]), prefill=True)  # may end with the replica's turn
+    warm = GenerationStats()
+    assert generate_text(engine, history, max_tokens=0, temperature=0.0, stats=warm) == ""
+    assert warm.finish_reason == "prefill" and warm.prompt_tokens > 20
+    again = GenerationStats()
+    engine.prefill(history, again)
+    assert again.cached_tokens == again.prompt_tokens == warm.prompt_tokens  # nothing left to evaluate
+    nxt = GenerationStats()
+    text = generate_text(
+        engine, [*history, Message("user", "And three animals?")], max_tokens=6, temperature=0.0, stats=nxt
+    )
+    assert text and nxt.cached_tokens == warm.prompt_tokens  # the next turn found the whole history cached
+
+
 def test_bad_limits_are_input_errors(engine: LlamaEngine) -> None:
     with pytest.raises(LlmInputError, match="MAX_TOKENS"):
-        generate_text(engine, CHAT, max_tokens=0, temperature=0.3)
+        generate_text(engine, CHAT, max_tokens=-1, temperature=0.3)
     with pytest.raises(LlmInputError, match="TEMPERATURE"):
         generate_text(engine, CHAT, max_tokens=4, temperature=-1.0)
     with pytest.raises(LlmInputError, match="context holds"):

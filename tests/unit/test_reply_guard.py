@@ -49,6 +49,8 @@ def test_talking_to_the_user_is_fine(clause: str) -> None:
         "1. Open the app.",
         '{"a": 1}',
         "Great 😀",
+        "You can connect it by following these steps: 1.",
+        "Here is how: 1. Open the app.",
     ],
 )
 def test_markup_and_code_are_not_spoken(clause: str) -> None:
@@ -62,6 +64,8 @@ def test_a_sentence_said_before_is_not_said_again() -> None:
     assert g.check("Could you tell me your account number?") is None
     assert g.check("Could you tell me your account number?") == "repetition"  # nor within the reply
     assert g.check("Okay.") is None and g.check("Okay.") is None  # short acknowledgements may come back
+    again = ReplyGuard(said=["You know, Jordan. Packing it the night before works."])
+    assert again.check("You know, Jordan.") == "repetition"  # a short sentence said whole, split at its comma
 
 
 def test_a_near_duplicate_is_a_repetition() -> None:
@@ -82,3 +86,29 @@ def test_the_unfinished_end_of_a_reply_is_cut_once_something_complete_was_said()
 def test_words_and_sentence_ends() -> None:
     assert words("It's $3.50, Dr. Patel!") == ["it's", "3.50", "dr", "patel"]
     assert complete("Done.") and complete('He said "yes."') and complete("Really?") and not complete("and then")
+
+
+@pytest.mark.parametrize(
+    "clause",
+    ["You sound hesitant.", "I know they might be a bit hesitant,", "you're hesitant, which is fine."],
+)
+def test_saying_the_notes_state_back_is_narration(clause: str) -> None:
+    assert ReplyGuard(notes=[NOTE]).check(clause) == "narration"
+
+
+@pytest.mark.parametrize(
+    "clause", ["Are you hesitant about the date?", "Take your time, there is no rush.", "You may be right."]
+)
+def test_using_the_note_without_reciting_it_is_fine(clause: str) -> None:
+    assert ReplyGuard(notes=[NOTE]).check(clause) is None
+
+
+def test_a_clause_that_is_a_run_of_an_earlier_sentence_repeats_it_however_it_was_split() -> None:
+    g = ReplyGuard(said=["Let me know if you have any questions about it."])
+    assert g.check("If you have any questions,") == "repetition"  # split at a comma this time
+    assert g.check("If you have a receipt,") is None
+    assert g.check("I can check the charge on your account.") is None
+    assert g.check("So I can check the charge on your account.") == "repetition"  # within the reply too
+    # A stock opening shared with an earlier question is not a repetition of it.
+    g = ReplyGuard(said=["Could you please provide more information about your sleep?"])
+    assert g.check("Could you please provide more information about your wake-up time?") is None

@@ -108,9 +108,12 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 served = self.pools.resolve(parse_model_name(_scalar(request, "MODEL", optional=True)))
-                messages = parse_messages(_scalar(request, "MESSAGES"))
+                max_tokens = int(_scalar(request, "MAX_TOKENS"))
+                # MAX_TOKENS 0 is a prefill: the conversation so far (it may end with the replica's turn) goes
+                # into a context's KV cache and nothing is generated (the session sends one while the user speaks).
+                messages = parse_messages(_scalar(request, "MESSAGES"), prefill=max_tokens == 0)
                 options = {
-                    "max_tokens": int(_scalar(request, "MAX_TOKENS")),
+                    "max_tokens": max_tokens,
                     "temperature": float(_scalar(request, "TEMPERATURE")),
                     "stop": parse_stop(_scalar(request, "STOP")),
                 }
