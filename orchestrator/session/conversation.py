@@ -158,6 +158,13 @@ class ConversationSession:
             self.perception.start()
         if self.replying and self.persona.greeting:
             await self._apply(self.machine.greet(self.persona.greeting, self.now))
+        elif self.replying:
+            self._warm()  # the system prompt, evaluated while the user says hello (~2 s with the 0.5B)
+
+    def _warm(self) -> None:
+        """Have the model evaluate the prompt so far (`llm.warm_history`): the next reply finds it cached."""
+        if self._warm_history and (warm := self.dialogue.warm_request(request_id=f"{self.name}-warm")):
+            self.runner.warm(warm)
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         if self.echo is not None:
@@ -330,8 +337,7 @@ class ConversationSession:
                 await self.out.event(UserTurn(round(a.t, 4), a.turn, a.text))
             elif isinstance(a, rm.CommitReplicaTurn):
                 self.dialogue.commit_replica(a.text, a.t, interrupted=a.interrupted)
-                if self._warm_history and (warm := self.dialogue.warm_request(request_id=f"{self.name}-warm")):
-                    self.runner.warm(warm)
+                self._warm()
                 self.floor.text(a.text, replica=True)  # the floor model's context: what the replica last said
                 self.runner.forget(a.reply_id)
                 await self.out.event(ReplicaTurn(round(a.t, 4), a.reply_id, a.text, a.interrupted))

@@ -174,10 +174,10 @@ class Dialogue:
     def warm_request(self, *, request_id: str = "") -> LlmRequest | None:
         """The history as the next reply's prompt will start, to evaluate (a prefill: `max_tokens` 0, nothing
         generated) as soon as the replica's turn is committed: the model's cache then holds it while the user
-        speaks, and the next reply evaluates only the user's new words (and a changed note). None before a
-        first reply."""
+        speaks, and the next reply evaluates only the user's new words (and a changed note). Before anything
+        is said, the system prompt alone; None while a user turn waits for its reply."""
         recent = self._window(pending=1)
-        if not recent or recent[-1].role != "assistant":
+        if recent and recent[-1].role != "assistant":
             return None
         return LlmRequest(
             messages=tuple(self._messages(recent, None)),

@@ -168,7 +168,9 @@ def test_the_history_window_moves_in_steps_and_starts_with_the_user() -> None:
 
 def test_the_warm_request_is_the_next_prompt_but_its_last_user_turn() -> None:
     d = Dialogue(persona(), history_turns=6)
-    assert d.warm_request() is None  # nothing said yet
+    first = d.warm_request()  # nothing said yet: the system prompt alone, what every prompt starts with
+    assert first is not None and [m.role for m in first.messages] == ["system"]
+    assert d.request("hello").messages[0] == first.messages[0]
     d.perception_note = "[perception] The user sounds tense."
     for i in range(9):
         d.commit_user(f"u{i}", i)

@@ -561,3 +561,13 @@ async def test_the_llm_model_option_overrides_the_personas_model_in_every_reques
     spec = dataclasses.replace(spec, llm_model="")
     s = build_session(spec, models, models, settings, RecordingOutlet(), name="t", clock=Clock())
     assert isinstance(s, ConversationSession) and s.dialogue.request("hi").model == "qwen"
+
+
+async def test_without_a_greeting_the_system_prompt_is_warmed_at_the_start() -> None:
+    models = FakeModels()
+    s, out, clock = session(models, speculation=False)
+    await s.start()
+    await asyncio.sleep(0.01)  # the warm-up is a task of its own
+    warm = [r for r in models.llm_requests if r.request_id.endswith("-warm")]
+    assert len(warm) == 1 and warm[0].max_tokens == 0 and [m.role for m in warm[0].messages] == ["system"]
+    await s.close()
