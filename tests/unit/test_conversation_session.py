@@ -565,7 +565,7 @@ async def test_the_llm_model_option_overrides_the_personas_model_in_every_reques
 
 async def test_without_a_greeting_the_system_prompt_is_warmed_at_the_start() -> None:
     models = FakeModels()
-    s, out, clock = session(models, speculation=False)
+    s, _, _ = session(models, speculation=False)
     await s.start()
     await asyncio.sleep(0.01)  # the warm-up is a task of its own
     warm = [r for r in models.llm_requests if r.request_id.endswith("-warm")]
