@@ -101,7 +101,9 @@ class ReplicaVoice:
         if pb is None:
             return None
         for seg in pb.flush():
-            await self._send(pb, seg)
+            # No microphone audio follows, so the echo canceller needs none of it (a long reply can reach far
+            # past its horizon: a storyteller's 50 s).
+            await self._send(pb, seg, echo=False)
         return (pb.reply.reply_id, pb.end / SAMPLE_RATE) if pb.reply.done else None
 
     @property
@@ -117,8 +119,8 @@ class ReplicaVoice:
         if self.face is not None:
             self.face.cut(at / SAMPLE_RATE)
 
-    async def _send(self, pb: Playback, seg: Segment) -> None:
-        if self.echo is not None:
+    async def _send(self, pb: Playback, seg: Segment, *, echo: bool = True) -> None:
+        if self.echo is not None and echo:
             self.echo.play(seg.start, seg.pcm)
         if self.face is not None:
             first = pb.sent - seg.pcm.shape[0]  # the reply offset of the segment's first sample

@@ -29,6 +29,7 @@ system_prompt: >-
   You are Sam, a storyteller. Whatever the caller says, answer with a long, detailed story of many sentences.
 max_tokens: 200
 max_sentences: 12
+llm_model: smollm2-135m
 """
 # A storyteller with far more to say: its reply is still generating long after it is first heard.
 MARATHON = """\
@@ -37,6 +38,7 @@ system_prompt: >-
   You are Max, a storyteller. Whatever the caller says, answer with a very long, detailed story of many sentences.
 max_tokens: 1000
 max_sentences: 60
+llm_model: smollm2-135m
 """
 # The storyteller's limits with Max's prompt: SmolLM2 answers Sam's prompt in a dozen tokens to some openings
 # ("Hi. I'm calling about my bill." -> 11 tokens), over before a speculation on it is cancelled; Max's prompt
@@ -47,17 +49,22 @@ system_prompt: >-
   You are Max, a storyteller. Whatever the caller says, answer with a very long, detailed story of many sentences.
 max_tokens: 200
 max_sentences: 12
+llm_model: smollm2-135m
 """
-# A persona whose voice the tts model does not have: every reply fails in TTS while the LLM is generating.
+# A persona whose voice the tts model does not have: every reply fails in TTS while the LLM is generating
+# (Max's prompt: Sam's can be answered in a dozen tokens, over before the TTS fails).
 VOICELESS = """\
 name: Val
 system_prompt: >-
-  You are Val, a storyteller. Whatever the caller says, answer with a long, detailed story of many sentences.
+  You are Max, a storyteller. Whatever the caller says, answer with a very long, detailed story of many sentences.
 voice: no-such-voice
 max_tokens: 300
 max_sentences: 12
 speculation: false
+llm_model: smollm2-135m
 """
+# The test personas exercise timing (long replies to interrupt, pause, cancel), not what is said: they use the
+# fast SmolLM2, so the two cores keep up with the session clock; the shipped personas use the default model.
 TEST_PERSONAS = {"storyteller": STORYTELLER, "marathon": MARATHON, "raconteur": RACONTEUR, "voiceless": VOICELESS}
 
 

@@ -571,3 +571,21 @@ async def test_without_a_greeting_the_system_prompt_is_warmed_at_the_start() -> 
     warm = [r for r in models.llm_requests if r.request_id.endswith("-warm")]
     assert len(warm) == 1 and warm[0].max_tokens == 0 and [m.role for m in warm[0].messages] == ["system"]
     await s.close()
+
+
+async def test_a_reply_longer_than_the_echo_horizon_plays_out_at_the_end_of_the_input() -> None:
+    """At the end of the input the rest of the reply is sent at once; with the echo canceller on, a reply far
+    longer than its horizon (20 s) once failed the session there."""
+    animals = "fox owl bear wolf hare deer crow frog mole lynx seal swan toad wren yak boar carp dove eel goat"
+    story = " ".join(f"Then the {a} {i} ran home." for i, a in enumerate(animals.split()))
+    models = FakeModels(reply=story, speech_s=3.0)  # 20 sentences, 60 s of speech
+    out, clock = RecordingOutlet(), Clock()
+    long_persona = persona(max_sentences=40)
+    s = ConversationSession(models, models, Settings(), long_persona, out, speculation=False, clock=clock)
+    assert s.echo is not None
+    await s.start()
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    sent_s = sum(len(pcm) for pcm, _, _ in out.audio_out) / 2 / SR
+    assert sent_s >= 59.0 and not of(out, ErrorEvent)
+    await s.close()
