@@ -668,17 +668,6 @@ def run_stream(
 
 
 # ------------------------------------------------------------------------------------------- (b) e2e
-def read_events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if line.startswith("{"):
-            obj = json.loads(line)
-            if "type" in obj and "t" in obj:
-                out.append(obj)
-    return out
-
-
 def score_call_e2e(call: Call, events: Sequence[Mapping[str, Any]]) -> list[TurnScore]:
     """Match each labelled turn to the user_turn events committed in its window, and score them."""
     commits = sorted((e for e in events if e["type"] == "user_turn"), key=lambda e: float(e["t"]))
@@ -729,7 +718,7 @@ def run_e2e(calls: Sequence[Call], runs: Path, server: str | None, reuse: bool, 
 
 
 def score_e2e(calls: Sequence[Call], runs: Path) -> list[TurnScore]:
-    from perf.bench_conversation import run_dir
+    from perf.bench_conversation import read_events, run_dir
 
     out: list[TurnScore] = []
     for c in calls:

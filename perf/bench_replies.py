@@ -636,7 +636,7 @@ async def play_call(llm: Backend, call: CallSpec, settings: Any, warm: bool = Fa
         dialogue.perception_note = note
         # The notes as given and as the prompt shows them (the scorer looks for both); the guard gets what the
         # session gives it (the prompt's notes, what the replica said).
-        shown = dialogue.prompt_notes()
+        shown = dialogue.prompt_notes(turn.user)
         seen_notes = [note, *shown] if note else []
         said = [t.text for t in dialogue.turns if t.role == "assistant" and t.text]
         if warm and isinstance(llm, EngineBackend) and (warm_up := dialogue.warm_request()) is not None:

@@ -165,17 +165,16 @@ class LlamaEngine:
         if not template:
             raise ValueError(f"{model_path} has no chat template (tokenizer.chat_template)")
         self._eos = self._llama.token_eos()
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=self._piece(self._eos),
-            bos_token=self._piece(self._llama.token_bos()),
-        )
-        self._history_formatter = Jinja2ChatFormatter(  # a prefill: the conversation so far, no turn opener
-            template=template,
-            eos_token=self._piece(self._eos),
-            bos_token=self._piece(self._llama.token_bos()),
-            add_generation_prompt=False,
-        )
+        # The chat template twice: ending with the assistant's turn opener (a reply), and without it (a prefill).
+        self._formatters = {
+            opener: Jinja2ChatFormatter(
+                template=template,
+                eos_token=self._piece(self._eos),
+                bos_token=self._piece(self._llama.token_bos()),
+                add_generation_prompt=opener,
+            )
+            for opener in (True, False)
+        }
 
     def _piece(self, token: int) -> str:
         return self._llama.detokenize([token], special=True).decode("utf-8", errors="replace")
@@ -184,8 +183,15 @@ class LlamaEngine:
         """The conversation in the GGUF's own chat template, ending with the assistant's turn opener (unless
         `opener` is false: then exactly the prefix that a later request adding turns will start with)."""
         chat: Any = [{"role": m.role, "content": m.content} for m in messages]
-        rendered = (self._formatter if opener else self._history_formatter)(messages=chat)
+        rendered = self._formatters[opener](messages=chat)
         return list(self._llama.tokenize(rendered.prompt.encode(), add_bos=False, special=True))
+
+    def _fitting_tokens(self, messages: Sequence[Message], *, opener: bool) -> list[int]:
+        """`prompt_tokens`, refused when the context cannot hold them."""
+        tokens = self.prompt_tokens(messages, opener=opener)
+        if len(tokens) >= self.n_ctx:
+            raise LlmInputError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
+        return tokens
 
     def _is_end_of_turn(self, token: int) -> bool:
         import llama_cpp
@@ -208,9 +214,7 @@ class LlamaEngine:
         """Evaluate the conversation so far into this context's KV cache, generating nothing: a later request
         that continues it evaluates only what it adds. What the cache already holds is kept."""
         stats = stats if stats is not None else GenerationStats()
-        tokens = self.prompt_tokens(messages, opener=False)
-        if len(tokens) >= self.n_ctx:
-            raise LlmInputError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
+        tokens = self._fitting_tokens(messages, opener=False)
         held = self._held_prefix(tokens)
         stats.prompt_tokens, stats.cached_tokens, stats.finish_reason = len(tokens), held, "prefill"
         if held < len(tokens):
@@ -238,9 +242,7 @@ class LlamaEngine:
             if not cancelled():
                 self.prefill(messages, stats)
             return
-        tokens = self.prompt_tokens(messages)
-        if len(tokens) >= self.n_ctx:
-            raise LlmInputError(f"the prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
+        tokens = self._fitting_tokens(messages, opener=True)
         max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         stats.prompt_tokens = len(tokens)
         stats.cached_tokens = self._cached_prefix(tokens)

@@ -348,7 +348,7 @@ class ConversationSession:
             self.runner.start(a.reply_id, None, speculative=False, asr_final_ms=asr_ms, script=a.script)
         else:
             request = self.dialogue.request(a.snapshot.transcript, request_id=f"{self.name}-{a.reply_id}")
-            guard = ReplyGuard(notes=self.dialogue.prompt_notes(), said=self.dialogue.said())
+            guard = ReplyGuard(notes=self.dialogue.prompt_notes(a.snapshot.transcript), said=self.dialogue.said())
             self.runner.start(a.reply_id, request, speculative=a.speculative, asr_final_ms=asr_ms, guard=guard)
         await self.out.event(
             ReplyStarted(

@@ -114,13 +114,21 @@ class Dialogue:
         """This turn's notes, as the model sees them (the reply guard keeps them from being read out)."""
         return [note_line(n) for n in (self.perception_note,) if n.strip()]
 
-    def prompt_notes(self) -> list[str]:
-        """Every note the prompt shows (the history's and this turn's), once each: what the guard must keep
-        from being read out."""
-        lines = [n for t in self._window() for n in t.notes] + self.notes
+    def prompt_notes(self, user_text: str) -> list[str]:
+        """Every note the prompt for `user_text` shows (the history's and this turn's), once each: what the
+        guard must keep from being read out."""
+        recent, current = self._parts(user_text)
+        lines = [n for t in recent for n in t.notes] + list(current[1] if current else ())
         return list(dict.fromkeys(lines))
 
-    def _window(self, pending: int = 1) -> list[Turn]:
+    def _parts(self, user_text: str) -> tuple[list[Turn], tuple[str, tuple[str, ...]] | None]:
+        """The history a reply to `user_text` carries, and the user's turn with its notes when it is not
+        committed yet (None when it is the history's last turn)."""
+        committed = bool(self.turns) and self.turns[-1].role == "user" and self.turns[-1].text == user_text
+        recent = self._window(pending=0 if committed else 1)
+        return recent, None if committed and recent else (user_text, tuple(self.notes))
+
+    def _window(self, pending: int) -> list[Turn]:
         """The history the prompt carries: with the `pending` user turn not committed yet, at most
         `history_turns` messages; trimmed in steps of half of that, starting with a user turn where it can."""
         turns = [t for t in self.turns if t.text]
@@ -159,9 +167,7 @@ class Dialogue:
 
     def request(self, user_text: str, *, request_id: str = "") -> LlmRequest:
         """The chat for a reply to `user_text` (the current turn's transcript, committed or not)."""
-        committed = bool(self.turns) and self.turns[-1].role == "user" and self.turns[-1].text == user_text
-        recent = self._window(pending=0 if committed else 1)
-        current = None if committed and recent else (user_text, tuple(self.notes))
+        recent, current = self._parts(user_text)
         return LlmRequest(
             messages=tuple(self._messages(recent, current)),
             max_tokens=self.persona.max_tokens,

@@ -18,6 +18,7 @@ dropped clause as a `reply_clause_dropped` event.
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -126,20 +127,14 @@ class ReplyGuard:
                 if w == earlier:
                     return "repetition"
                 if len(w) >= 5 and len(earlier) >= 5:
-                    shared = sum(1 for x in w if x in set(earlier))
+                    earlier_words = set(earlier)
+                    shared = sum(1 for x in w if x in earlier_words)
                     if shared / len(w) >= NEAR_DUPLICATE and shared / len(earlier) >= NEAR_DUPLICATE:
                         return "repetition"
         return None
 
 
+
 def _longest_run(a: list[str], b: list[str]) -> int:
     """The most consecutive words `a` and `b` have in common."""
-    best, prev = 0, [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            if x == y:
-                cur[j] = prev[j - 1] + 1
-                best = max(best, cur[j])
-        prev = cur
-    return best
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b)).size

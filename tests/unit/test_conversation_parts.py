@@ -149,7 +149,7 @@ def test_the_prompt_only_grows_at_its_end_so_the_cached_prefix_holds() -> None:
     assert list(later[:-2]) == [*same_note[:-1], ChatMessage("system", "NOTE: They smile."),
                           ChatMessage("user", "it was charged twice")]  # fmt: skip
     assert later[-2] == ChatMessage("assistant", "I see the two charges.") and later[-1].role == "user"
-    assert d.prompt_notes() == ["NOTE: They sound tense.", "NOTE: They smile."]
+    assert d.prompt_notes("thanks") == ["NOTE: They sound tense.", "NOTE: They smile."]
 
 
 def test_the_history_window_moves_in_steps_and_starts_with_the_user() -> None:
