@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 FALLBACK = "Sorry, could you say that again?"  # when the guard let nothing of a reply through
+WARM_CLOSE_WAIT_S = 10.0  # how long closing waits for a warm-up (a prefill) still in the model
 END_OF_STREAM_WAIT_S = 60.0  # at the end of the input, how long a reply still generating may take to finish
 
 
@@ -104,18 +105,20 @@ class ReplyRunner:
         self._clock = clock
         self._clauses = (first_clause_min_chars, clause_max_chars)
         self._replies: dict[int, Reply] = {}
-        self._warming: asyncio.Task[None] | None = None
+        self._warming: set[asyncio.Task[None]] = set()
 
     def warm(self, request: LlmRequest) -> None:
         """Send `request` (the history as a prefill: `max_tokens` 0, nothing generated): the model evaluates
         the prompt now, not when the next reply needs it. Best effort: a failure is logged, never reported
-        (the reply that follows meets the same failure and reports it). A newer warm-up replaces one still
-        running."""
+        (the reply that follows meets the same failure and reports it). A warm-up is never cancelled: it
+        cannot stop mid-evaluation anyway, and cancelling the many short requests of sessions opened and
+        closed at once crashed tritonserver (a segfault in one CI run of the churn e2e test); `close` waits
+        for it instead."""
         if self.llm is None:
             return
-        if self._warming is not None and not self._warming.done():
-            self._warming.cancel()
-        self._warming = asyncio.create_task(self._warm(request), name=f"{self.name}-llm-warm")
+        task = asyncio.create_task(self._warm(request), name=f"{self.name}-llm-warm")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _warm(self, request: LlmRequest) -> None:
         assert self.llm is not None
@@ -178,8 +181,9 @@ class ReplyRunner:
 
     async def close(self) -> None:
         tasks = [r.task for r in self._replies.values() if r.task is not None and not r.task.done()]
-        if self._warming is not None and not self._warming.done():
-            tasks.append(self._warming)
+        if self._warming:  # let the warm-ups finish (see `warm`); cancelled only if the model hangs
+            _, late = await asyncio.wait(set(self._warming), timeout=WARM_CLOSE_WAIT_S)
+            tasks += late
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
