@@ -178,8 +178,13 @@ class EmbeddedTriton:
                     p.unlink()
 
     def _ready(self) -> bool:
+        """Models ready, and the metrics endpoint up (Triton starts it after the health endpoint: a caller
+        reading `metrics_url` right after start was once refused)."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
+                if r.status != 200:
+                    return False
+            with urllib.request.urlopen(self.metrics_url, timeout=1) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
