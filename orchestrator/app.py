@@ -11,13 +11,21 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
+from aiohttp import web
 
 from duet.proto import session_pb2_grpc as pb_grpc
-from orchestrator.api.session_service import SessionService
+from orchestrator.api.http.faces import FacePreparer
+from orchestrator.api.http.routes import handlers
+from orchestrator.api.http.server import ControlPlane, make_app
+from orchestrator.api.session_service import SessionService, is_loopback
 from orchestrator.config import Settings
+from orchestrator.control.conversations import Conversations
+from orchestrator.control.webhooks import WebhookDeliverer
+from orchestrator.errors import BadOption
 from orchestrator.models.launcher import EmbeddedTriton
 from orchestrator.models.ports import LanguageModel
 from orchestrator.models.triton import ModelHealer, TritonModels
+from orchestrator.store.store import Store, open_store
 from orchestrator.telemetry import Telemetry
 
 log = logging.getLogger("duet")
@@ -40,11 +48,69 @@ class Running:
     triton_url: str
     metrics_url: str | None  # Triton's Prometheus endpoint when embedded
     orchestrator_metrics_url: str | None = None  # the orchestrator's own (`metrics.*`; orchestrator/telemetry.py)
+    http_url: str | None = None  # the REST control plane (`api.*`), when enabled
+
+
+@dataclass
+class ControlStack:
+    """The control plane's running parts: the store, the conversation service, webhooks, faces, HTTP."""
+
+    store: Store
+    conversations: Conversations
+    deliverer: WebhookDeliverer
+    faces: FacePreparer
+    tasks: list[asyncio.Task[None]]
+    runner: web.AppRunner | None = None
+    url: str | None = None
+
+    async def serve_http(self, settings: Settings) -> str:
+        plane = ControlPlane(self.store, settings, self.conversations)
+        app = make_app(plane, handlers(plane, self.faces))
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, settings.server.host, settings.api.http_port, reuse_address=True)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://{settings.server.host}:{port}"
+        if not settings.api.public_url:
+            self.conversations.public_url = self.url
+        return self.url
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.faces.close()
+        await self.deliverer.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.store.close()
+
+
+async def open_control(settings: Settings) -> ControlStack:
+    """The store (migrated), the conversation service, the webhook deliverer and the sweeper, started."""
+    store = await open_store(settings.store.url)
+    deliverer = WebhookDeliverer(store)
+    conversations = Conversations(store, settings, notify=deliverer.notify)
+    tasks = [
+        asyncio.create_task(deliverer.run(), name="webhook-deliverer"),
+        asyncio.create_task(conversations.run_sweeper(), name="conversation-sweeper"),
+    ]
+    return ControlStack(store, conversations, deliverer, FacePreparer(store, settings), tasks)
 
 
 @contextlib.asynccontextmanager
 async def running_stack(settings: Settings) -> AsyncIterator[Running]:
-    """Start Triton if needed, then the session server; stop both on exit."""
+    """Start Triton if needed, then the store and the control plane, then the session server; stop all on exit.
+
+    Protected mode: on a loopback address, sessions that name only a persona (the CLI's way) need no key; bound
+    to any other address, every REST call needs a key and every session a conversation's join token, so the
+    server refuses to start there without the control plane that issues them."""
+    if not is_loopback(settings.server.host) and not settings.api.enabled:
+        raise BadOption(
+            f"server.host {settings.server.host} is not loopback: sessions there need join tokens, which the "
+            "control plane issues; enable api.enabled (and create a tenant with `duet admin tenant create`)"
+        )
     embedded: EmbeddedTriton | None = None
     url = settings.triton.url
     if not url:
@@ -63,8 +129,11 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
     server: grpc.aio.Server | None = None
     service: SessionService | None = None
     lag: asyncio.Task[None] | None = None
+    control: ControlStack | None = None
     telemetry = Telemetry()
     try:
+        if settings.api.enabled:
+            control = await open_control(settings)
         await models.ready(tuple(m for m in settings.triton.models if m in SERVED_MODELS))
         background.append(asyncio.create_task(healer.run(), name="model-healer"))
         if embedded is not None:  # a tritonserver that dies is started again on the same ports
@@ -79,9 +148,20 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
         )
-        service = SessionService(models, settings, llm=language_model(settings, models), telemetry=telemetry)
+        service = SessionService(
+            models,
+            settings,
+            llm=language_model(settings, models),
+            telemetry=telemetry,
+            conversations=control.conversations if control is not None else None,
+        )
         pb_grpc.add_SessionServicer_to_server(service, server)  # type: ignore[no-untyped-call]
         port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
+        http_url = None
+        if control is not None:
+            control.conversations.live = service
+            control.conversations.grpc_address = f"{settings.server.host}:{port}"
+            http_url = await control.serve_http(settings)
         own_metrics = telemetry.serve(settings.metrics)
         lag = asyncio.create_task(telemetry.watch_loop(), name="telemetry-loop-lag")
         await server.start()
@@ -90,12 +170,18 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
             triton_url=url,
             metrics_url=embedded.metrics_url if embedded else None,
             orchestrator_metrics_url=own_metrics,
+            http_url=http_url,
         )
     finally:
+        if control is not None and control.runner is not None:
+            await control.runner.cleanup()  # no new API calls while sessions end
+            control.runner = None
         if server is not None:
             await server.stop(grace=2.0)
         if service is not None:
             await service.close()
+        if control is not None:
+            await control.close()
         if lag is not None:
             lag.cancel()
             await asyncio.gather(lag, return_exceptions=True)
@@ -117,6 +203,10 @@ async def serve(settings: Settings, on_ready: Callable[[Running], None] | None =
     async with running_stack(settings) as running:
         if running.orchestrator_metrics_url:
             log.info("duet metrics on %s", running.orchestrator_metrics_url)
+        if running.http_url:
+            log.info(
+                "duet control plane (REST) on %s/v1 (OpenAPI: %s/v1/openapi.json)", running.http_url, running.http_url
+            )
         log.info("duet serving sessions on %s (triton %s)", running.address, running.triton_url)
         if on_ready:
             on_ready(running)

@@ -165,6 +165,34 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """Where tenants, personas, conversations and webhooks live (orchestrator/store/)."""
+
+    # A path (SQLite, relative to the working directory) or `sqlite:///PATH`, or `postgresql://user@host/db`.
+    url: str = ".duet/duet.db"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The REST control plane (`duet serve --http-port`; docs/api.md)."""
+
+    enabled: bool = True
+    http_port: int = 8080
+    public_url: str = ""  # how clients reach this server (for `conversation_url`); empty: http://HOST:PORT
+    join_token_ttl_s: float = 3600.0  # a conversation must be joined within this long of its creation
+    max_body_bytes: int = 1 << 20  # a JSON body; larger is `413 too_large`
+    max_portrait_bytes: int = 10 << 20
+    key_requests_per_s: float = 50.0  # per API key, beyond a burst of twice as many (429 + Retry-After)
+    # Hosts a persona's OpenAI-compatible LLM layer may name (`layers.llm.base_url`); empty: any host.
+    allowed_llm_hosts: tuple[str, ...] = ()
+    # Defaults of a new tenant's quotas (`duet admin tenant create` may set others).
+    max_concurrent_conversations: int = 16
+    max_minutes_per_day: int = 0  # 0 = unlimited
+    default_max_duration_s: int = 1800  # a conversation's `properties.max_duration_s` when not given
+    default_absent_timeout_s: int = 300  # created but nobody joined this long: ended `participant_absent`
+
+
+@dataclass(frozen=True)
 class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -175,6 +203,8 @@ class Settings:
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
     face: FaceSettings = field(default_factory=FaceSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     log_level: str = "INFO"
 
 

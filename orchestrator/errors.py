@@ -103,6 +103,71 @@ class TextTooLong(DuetError):
     fatal = False
 
 
+
+# ---- the control plane (REST); each maps to one HTTP status (orchestrator/api/http/errors.py) ----------------
+
+
+class Unauthenticated(DuetError):
+    """A missing, unknown or revoked API key; or a bad, expired or foreign join token."""
+
+    code = "unauthenticated"
+
+
+class NotFound(DuetError):
+    """No such object for this tenant (another tenant's object is not found either: nothing confirms it exists)."""
+
+    code = "not_found"
+    fatal = False
+
+
+class Conflict(DuetError):
+    """The object is not in a state that allows this (a conversation already joined, ended, ...)."""
+
+    code = "conflict"
+    fatal = False
+
+
+class QuotaExceeded(DuetError):
+    """A tenant's quota (concurrent conversations, minutes per day) or a key's request rate is spent."""
+
+    code = "rate_limited"
+    fatal = False
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(DuetError):
+    code = "unavailable"
+
+
+class ConversationEnded(DuetError):
+    """The conversation was ended while its session ran (`POST .../end`, its maximum duration): the session ends."""
+
+    code = "conversation_ended"
+
+
+class BadInteraction(DuetError):
+    """An interaction (`echo`, `respond`, ... on the stream's `control` or the REST API) that cannot be carried
+    out: an unknown type, missing text, a level not low|medium|high, or a session without replies. It is
+    refused and the session goes on."""
+
+    code = "bad_interaction"
+    fatal = False
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field  # the offending key of the interaction object, when one is to blame
+
+
+class UnknownToolCall(DuetError):
+    """A `tool_result` whose `call_id` names no tool call the session is waiting on; refused, the session goes on."""
+
+    code = "unknown_tool_call"
+    fatal = False
+
+
 # What never leaves the server in a message: object reprs with heap addresses, bare addresses, tracebacks.
 _INTERNALS = (
     (re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>"), "<data>"),

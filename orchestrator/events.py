@@ -203,6 +203,18 @@ class ReplicaResumed(Event):
     reply_id: int
 
 
+@dataclass(frozen=True)
+class InteractionEvent(Event):
+    """An interaction (`echo`, `respond`, `interrupt`, `overwrite_context`, `append_context`, `sensitivity`,
+    `tool_result`) was carried out at `t`. For `echo` and `respond`, the reply it started (its `reply_started`,
+    audio and `replica_turn` carry the same id); absent when none started."""
+
+    type: ClassVar[str] = "interaction"
+    t: float
+    interaction: str
+    reply_id: int | None = optional()
+
+
 # ---- the face -------------------------------------------------------------------------------------------
 
 
@@ -388,6 +400,7 @@ __all__ = [
     "FloorEvent",
     "FloorKind",
     "HeadPose",
+    "InteractionEvent",
     "PerceptionEvent",
     "PerceptionStats",
     "PerceptionToolCall",

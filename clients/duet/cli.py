@@ -1,5 +1,6 @@
 """The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet talk --audio IN.wav`,
-`duet render --text T --emotion E --out out.mp4`, `duet perceive --video V --audio A --jsonl`, `duet config`.
+`duet render --text T --emotion E --out out.mp4`, `duet perceive --video V --audio A --jsonl`, `duet config`;
+the REST control plane: `duet personas|conversations|faces|keys VERB ...` (`--api-url`, `--api-key`).
 
 Client commands take `--server HOST:PORT` (or `DUET_SERVER`); with no server reachable they start the
 embedded stack (a real tritonserver on loopback plus the session service) for the duration of the call.
@@ -8,17 +9,21 @@ embedded stack (a real tritonserver on loopback plus the session service) for th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from duet.errors import DuetError
+from duet.errors import ApiError, DuetError
 from duet.sdk import probe, stream_file
+
+if TYPE_CHECKING:
+    from duet.rest import Client
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 FLOOR_TYPES = frozenset(
@@ -35,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the whole stack in the foreground (embedded Triton unless configured)")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
+    s.add_argument("--http-port", type=int, default=None, help="the REST control plane's port (default 8080; 0: any)")
 
     t = sub.add_parser("turns", help="stream a WAV file and print floor events")
     t.add_argument("file")
@@ -55,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--audio", required=True, help="the user's recording (16 kHz mono PCM16 WAV)")
     k.add_argument("--persona", default="", help="persona name (default: the server's)")
+    k.add_argument("--conversation", default="", help="join this conversation (from `duet conversations create`)")
+    k.add_argument("--token", default="", help="the conversation's join token (with --conversation)")
     k.add_argument("--out", default="talk-out", help="output folder (default: ./talk-out)")
     k.add_argument("--server", default=None, help="HOST:PORT of a Duet server (default $DUET_SERVER)")
     k.add_argument("--speed", type=float, default=1.0, help="x real time (1 = a live user; 0 = as fast as possible)")
@@ -110,7 +118,214 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="session option")
 
     sub.add_parser("config", help="print the effective settings")
+    from orchestrator.control.admin import add_parser as add_admin
+
+    add_admin(sub)
+    _add_rest_commands(sub)
     return p
+
+
+# --- the REST control plane: `duet personas|conversations|faces|keys ...` (one JSON object on stdout) ---
+
+REST_COMMANDS = ("personas", "conversations", "faces", "keys")
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+INTERACTION_TYPES = (
+    "echo",
+    "respond",
+    "interrupt",
+    "overwrite_context",
+    "append_context",
+    "sensitivity",
+    "tool_result",
+)
+LEVELS = ("low", "medium", "high")
+RestCall = Callable[["Client", argparse.Namespace], Awaitable[Any]]
+
+
+def _add_rest_commands(sub: Any) -> None:
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--api-url", default=None, help=f"the control plane (default $DUET_API_URL or {DEFAULT_API_URL})")
+    api.add_argument("--api-key", default=None, help="API key (default $DUET_API_KEY)")
+    api.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+
+    def verb(group: Any, name: str, call: RestCall, what: str) -> argparse.ArgumentParser:
+        leaf: argparse.ArgumentParser = group.add_parser(name, parents=[api], help=what)
+        leaf.set_defaults(rest=call)
+        return leaf
+
+    def paged(leaf: argparse.ArgumentParser) -> None:
+        leaf.add_argument("--limit", type=int, default=None, help="at most this many per page")
+        leaf.add_argument("--cursor", default=None, help="the previous page's next_cursor")
+
+    per = sub.add_parser("personas", help="create, list, get, update and delete personas (REST)")
+    g = per.add_subparsers(dest="verb", required=True)
+    x = verb(g, "create", lambda c, a: c.create_persona(a.body, idempotency_key=a.idempotency_key), "a new persona")
+    x.add_argument("-f", "--file", required=True, help="the persona body as YAML or JSON")
+    x.add_argument("--idempotency-key", default=None)
+    paged(verb(g, "list", lambda c, a: c.list_personas(a.limit, a.cursor), "one page of personas"))
+    verb(g, "get", lambda c, a: c.get_persona(a.id), "one persona").add_argument("id")
+    x = verb(g, "update", lambda c, a: c.update_persona(a.id, a.body), "change the fields the file gives")
+    x.add_argument("id")
+    x.add_argument("-f", "--file", required=True, help="the fields to change, as YAML or JSON")
+    verb(g, "delete", lambda c, a: _deleted(c.delete_persona(a.id), persona_id=a.id), "delete").add_argument("id")
+    verb(g, "templates", lambda c, a: c.list_persona_templates(), "the persona templates")
+
+    conv = sub.add_parser("conversations", help="create, inspect, steer and end conversations (REST)")
+    g = conv.add_subparsers(dest="verb", required=True)
+    x = verb(g, "create", _create_conversation, "a conversation to join (prints its join token and URL)")
+    x.add_argument("--persona", required=True, help="persona id")
+    x.add_argument("--face", default=None, help="face id (default: the persona's)")
+    x.add_argument("--context", default=None, help="conversational context for this conversation")
+    x.add_argument("--greeting", default=None, help="what the replica says first")
+    x.add_argument("--callback-url", default=None, help="webhook URL for this conversation's events")
+    x.add_argument("--max-duration", type=float, default=None, metavar="S", help="end it after S seconds")
+    x.add_argument("--memory-store", default=None, help="memory store name")
+    x.add_argument("--document-id", action="append", default=None, help="a document to use (repeatable)")
+    x.add_argument("--document-tag", action="append", default=None, help="use documents with this tag (repeatable)")
+    x.add_argument("--idempotency-key", default=None, help="a retried create with the same key makes no second one")
+    verb(g, "get", lambda c, a: c.get_conversation(a.id), "one conversation").add_argument("id")
+    x = verb(g, "list", lambda c, a: c.list_conversations(a.status, a.limit, a.cursor), "one page of conversations")
+    x.add_argument("--status", choices=("created", "active", "ended"), default=None)
+    paged(x)
+    verb(g, "end", lambda c, a: c.end_conversation(a.id), "end it").add_argument("id")
+    verb(g, "transcript", lambda c, a: c.get_transcript(a.id), "its transcript").add_argument("id")
+    verb(g, "webhooks", lambda c, a: c.list_webhook_deliveries(a.id), "its webhook deliveries").add_argument("id")
+    x = verb(g, "interact", _interact, "send an interaction to an active conversation")
+    x.add_argument("id")
+    x.add_argument("--type", required=True, choices=INTERACTION_TYPES)
+    x.add_argument("--text", default=None, help="echo, respond, overwrite_context, append_context")
+    x.add_argument("--patience", choices=LEVELS, default=None, help="sensitivity: turn_taking_patience")
+    x.add_argument("--interruptibility", choices=LEVELS, default=None, help="sensitivity: replica_interruptibility")
+    x.add_argument("--call-id", default=None, help="tool_result: the tool call's call_id")
+    x.add_argument("--output", default=None, help="tool_result: the tool's output (sent as a string)")
+
+    faces = sub.add_parser("faces", help="upload, list, get and delete replica faces (REST)")
+    g = faces.add_subparsers(dest="verb", required=True)
+    x = verb(g, "create", _create_face, "upload a portrait (PNG or JPEG)")
+    x.add_argument("file")
+    x.add_argument("--name", default=None)
+    x.add_argument("--wait", action="store_true", help="wait until the face is ready (or failed)")
+    x.add_argument("--idempotency-key", default=None)
+    paged(verb(g, "list", lambda c, a: c.list_faces(a.limit, a.cursor), "one page of faces"))
+    verb(g, "get", lambda c, a: c.get_face(a.id), "one face").add_argument("id")
+    verb(g, "delete", lambda c, a: _deleted(c.delete_face(a.id), face_id=a.id), "delete").add_argument("id")
+
+    keys = sub.add_parser("keys", help="this tenant's API keys (REST)")
+    g = keys.add_subparsers(dest="verb", required=True)
+    verb(g, "list", lambda c, a: c.list_keys(), "the keys (never the secrets)")
+    verb(g, "create", lambda c, a: c.create_key(a.name), "a new key (its secret is shown once)").add_argument(
+        "--name", default=None
+    )
+    verb(g, "revoke", lambda c, a: _deleted(c.revoke_key(a.id), key_id=a.id), "revoke a key").add_argument("id")
+
+
+async def _deleted(answer: Awaitable[dict[str, Any]], **ident: str) -> dict[str, Any]:
+    # A delete may answer 204: still print one JSON object saying what went.
+    return await answer or {**ident, "deleted": True}
+
+
+async def _create_conversation(client: Client, args: argparse.Namespace) -> Any:
+    properties = {"max_duration_s": args.max_duration} if args.max_duration is not None else None
+    return await client.create_conversation(
+        args.persona,
+        face_id=args.face,
+        conversational_context=args.context,
+        custom_greeting=args.greeting,
+        memory_store=args.memory_store,
+        document_ids=args.document_id,
+        document_tags=args.document_tag,
+        callback_url=args.callback_url,
+        properties=properties,
+        idempotency_key=args.idempotency_key,
+    )
+
+
+def _interaction(args: argparse.Namespace) -> dict[str, Any]:
+    """The interaction's fields, checked here so that a missing flag is named as a flag."""
+    need = {
+        "echo": ["text"],
+        "respond": ["text"],
+        "overwrite_context": ["text"],
+        "append_context": ["text"],
+        "tool_result": ["call_id", "output"],
+    }.get(args.type, [])
+    missing = [f"--{n.replace('_', '-')}" for n in need if getattr(args, n) is None]
+    if missing:
+        raise DuetError("bad_option", f"--type {args.type} needs {' and '.join(missing)}")
+    if args.type == "sensitivity" and args.patience is None and args.interruptibility is None:
+        raise DuetError("bad_option", "--type sensitivity needs --patience and/or --interruptibility")
+    fields = {
+        "text": args.text,
+        "turn_taking_patience": args.patience,
+        "replica_interruptibility": args.interruptibility,
+        "call_id": args.call_id,
+        "output": args.output,
+    }
+    allowed = {
+        "echo": {"text"},
+        "respond": {"text"},
+        "overwrite_context": {"text"},
+        "append_context": {"text"},
+        "interrupt": set(),
+        "sensitivity": {"turn_taking_patience", "replica_interruptibility"},
+        "tool_result": {"call_id", "output"},
+    }[args.type]
+    stray = sorted(k for k, v in fields.items() if v is not None and k not in allowed)
+    if stray:
+        raise DuetError("bad_option", f"--type {args.type} takes no {', '.join(stray)}")
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+async def _interact(client: Client, args: argparse.Namespace) -> Any:
+    fields = _interaction(args)
+    answer = await client.interact(args.id, args.type, **fields)
+    return answer or {"conversation_id": args.id, "type": args.type, "accepted": True}
+
+
+async def _create_face(client: Client, args: argparse.Namespace) -> Any:
+    face = await client.create_face(args.file, args.name, idempotency_key=args.idempotency_key)
+    if args.wait:
+        return await client.wait_face_ready(face["face_id"], timeout_s=max(args.timeout, 60.0))
+    return face
+
+
+def _load_body(path: str) -> dict[str, Any]:
+    """A persona body from a YAML or JSON file (JSON is YAML)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DuetError("bad_file", f"cannot read {path}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise DuetError("bad_file", f"{path} must hold one object (a mapping), not {type(body).__name__}")
+    return body
+
+
+def _rest(args: argparse.Namespace) -> int:
+    import uvloop
+
+    # Files are read before the event loop starts, so a bad one fails before any request.
+    if getattr(args, "file", None) and args.command == "personas":
+        args.body = _load_body(args.file)
+    if args.command == "faces" and args.verb == "create" and not os.path.isfile(args.file):
+        raise DuetError("bad_file", f"no such file: {args.file}")
+    if args.command == "conversations" and args.verb == "interact":
+        _interaction(args)
+    url = args.api_url or os.environ.get("DUET_API_URL") or DEFAULT_API_URL
+    key = args.api_key or os.environ.get("DUET_API_KEY")
+    if not key:
+        raise DuetError("unauthenticated", "give --api-key or set DUET_API_KEY")
+
+    async def call() -> Any:
+        from duet.rest import Client
+
+        async with Client(url, key, timeout_s=args.timeout) as client:
+            return await args.rest(client, args)
+
+    print(json.dumps(uvloop.run(call())), flush=True)
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -134,9 +349,21 @@ async def _server_for(args: argparse.Namespace) -> AsyncIterator[str]:
     from orchestrator.app import running_stack
 
     settings = _settings(args)
-    settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, port=0))
+    settings = dataclasses.replace(
+        settings,
+        server=dataclasses.replace(settings.server, port=0),
+        api=dataclasses.replace(settings.api, enabled=False),  # a stack for one call: no control plane, no store
+    )
     async with running_stack(settings) as running:
         yield running.address
+
+
+@contextlib.asynccontextmanager
+async def _joined_server(args: argparse.Namespace) -> AsyncIterator[str]:
+    target = args.server or os.environ.get("DUET_SERVER") or DEFAULT_SERVER
+    if not await probe(target):
+        raise DuetError("server_unavailable", f"no Duet server at {target} (the one that created the conversation)")
+    yield target
 
 
 async def _turns(args: argparse.Namespace) -> int:
@@ -188,12 +415,18 @@ async def _talk(args: argparse.Namespace) -> int:
         events.append(event)
         show(event)
 
-    async with _server_for(args) as server:
+    if bool(args.conversation) != bool(args.token):
+        raise DuetError("bad_option", "--conversation and --token go together")
+    # a conversation lives on the server that created it: never an embedded stack for the call
+    servers = _joined_server(args) if args.conversation else _server_for(args)
+    async with servers as server:
         await talk(
             args.audio,
             server,
             args.out,
             persona=args.persona,
+            conversation_id=args.conversation,
+            token=args.token,
             options=options,
             speed=args.speed,
             echo_gain=args.echo_gain,
@@ -367,9 +600,12 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host or settings.server.host,
         port=settings.server.port if args.port is None else args.port,
     )
-    settings = dataclasses.replace(settings, server=server)
+    api = settings.api if args.http_port is None else dataclasses.replace(settings.api, http_port=args.http_port)
+    settings = dataclasses.replace(settings, server=server, api=api)
 
     def ready(r: Running) -> None:
+        if r.http_url:
+            print(f"duet: control plane on {r.http_url}/v1 (store {settings.store.url})", flush=True)
         print(f"duet: serving sessions on {r.address} (triton {r.triton_url})", flush=True)
 
     run(lambda: serve(settings, ready))
@@ -395,6 +631,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run = {"turns": _turns, "talk": _talk, "render": _render, "perceive": _perceive}[args.command]
             return uvloop.run(run(args))
+        if args.command in REST_COMMANDS:
+            return _rest(args)
+        if args.command == "admin":
+            from orchestrator.control import admin
+
+            print(json.dumps(asyncio.run(admin.run(args, _settings(args)))))
+            return 0
+    except ApiError as err:
+        where = f" (field: {err.field})" if err.field else ""
+        print(f"error: {err.code}: {err.message}{where}", file=sys.stderr)
+        return 2
     except DuetError as err:
         print(f"duet: {err.code}: {err.message}", file=sys.stderr)
         return 2

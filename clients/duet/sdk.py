@@ -96,6 +96,43 @@ class Session:
         """Stop the replica now (a barge-in the client decided, e.g. a button)."""
         await self._send(pb.ClientMessage(control=pb.Control(kind=pb.Control.INTERRUPT)))
 
+    # Interactions (DESIGN.md): each is acknowledged by an `interaction` event; one the session cannot carry out
+    # arrives as a non-fatal `error` event (`bad_interaction`, `unknown_tool_call`) and the session goes on.
+
+    async def _control(self, control: pb.Control) -> None:
+        await self._send(pb.ClientMessage(control=control))
+
+    async def echo(self, text: str) -> None:
+        """The replica says `text` verbatim, now (stopping whatever it was saying)."""
+        await self._control(pb.Control(kind=pb.Control.ECHO, text=text))
+
+    async def respond(self, text: str) -> None:
+        """`text` is the user's turn, as if they had said it: the replica answers it."""
+        await self._control(pb.Control(kind=pb.Control.RESPOND, text=text))
+
+    async def overwrite_context(self, text: str) -> None:
+        """The conversation's context from now on (an empty text clears it)."""
+        await self._control(pb.Control(kind=pb.Control.OVERWRITE_CONTEXT, text=text))
+
+    async def append_context(self, text: str) -> None:
+        """Add `text` to the conversation's context."""
+        await self._control(pb.Control(kind=pb.Control.APPEND_CONTEXT, text=text))
+
+    async def sensitivity(
+        self, turn_taking_patience: str | None = None, replica_interruptibility: str | None = None
+    ) -> None:
+        """The conversational flow, live: each "low" | "medium" | "high"; None leaves it as it is."""
+        control = pb.Control(
+            kind=pb.Control.SENSITIVITY,
+            turn_taking_patience=turn_taking_patience or "",
+            replica_interruptibility=replica_interruptibility or "",
+        )
+        await self._control(control)
+
+    async def tool_result(self, call_id: str, output: str) -> None:
+        """The output of the tool call `call_id` (from a `tool_call` event)."""
+        await self._control(pb.Control(kind=pb.Control.TOOL_RESULT, call_id=call_id, output=output))
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Server events as dicts (replica audio is skipped: see `items()`)."""
         async for item in self.items():
@@ -150,6 +187,7 @@ async def connect(
     *,
     persona: str = "",
     conversation_id: str = "",
+    token: str = "",
     options: Mapping[str, str] | None = None,
     sample_rate: int = SAMPLE_RATE,
     channels: int = 1,
@@ -166,6 +204,7 @@ async def connect(
         start = pb.Start(
             persona=persona,
             conversation_id=conversation_id,
+            token=token,
             audio_format=pb.AudioFormat(sample_rate=sample_rate, channels=channels, sample_width=sample_width),
             options=dict(options or {}),
         )
@@ -206,12 +245,17 @@ async def stream_file(
     persona: str = "",
     audio: bool = False,
     mic: MicFilter | None = None,
+    conversation_id: str = "",
+    token: str = "",
 ) -> AsyncIterator[Any]:
     """Stream a WAV file as 20 ms chunks (at `speed` x real time; 0 = as fast as possible) and yield events,
     and with `audio=True` the replica's audio (`ReplyAudio`) too. `mic` may alter each chunk before it is
-    sent (e.g. to add the replica's voice as speaker bleed)."""
+    sent (e.g. to add the replica's voice as speaker bleed). With `conversation_id` and `token` it joins that
+    conversation (created through the REST API) instead of naming a persona."""
     pcm = read_pcm16(path)
-    async with connect(server, options=options, persona=persona) as session:
+    async with connect(
+        server, options=options, persona=persona, conversation_id=conversation_id, token=token
+    ) as session:
         events: asyncio.Queue[Item | BaseException | None] = asyncio.Queue()
 
         async def collect() -> None:

@@ -100,6 +100,8 @@ async def talk(
     echo_delay_ms: float = 120.0,
     on_event: Any = None,
     video: bool = False,
+    conversation_id: str = "",
+    token: str = "",
 ) -> dict[str, Any]:
     """Run one session from a recorded user and write the outputs to `out`; returns the transcript."""
     n_in = len(read_pcm16(audio)) // 2
@@ -110,7 +112,17 @@ async def talk(
     frames: list[VideoFrame] = []
     fps = 0.0
     options = {**(options or {}), **({"video": "true"} if video else {})}
-    stream = stream_file(audio, server, speed=speed, options=options, persona=persona, audio=True, mic=bleed)
+    stream = stream_file(
+        audio,
+        server,
+        speed=speed,
+        options=options,
+        persona=persona,
+        audio=True,
+        mic=bleed,
+        conversation_id=conversation_id,
+        token=token,
+    )
     async for item in stream:
         if isinstance(item, ReplyAudio):
             speaker.place(item.t, item.pcm)
@@ -131,6 +143,8 @@ async def talk(
         if on_event is not None:
             on_event(item)
     transcript = {"audio": str(audio), "persona": persona or "default", "turns": turns}
+    if conversation_id:
+        transcript["conversation_id"] = conversation_id
     reply = speaker.window(0, max(n_in, speaker.end))
     write_outputs(Path(out), reply, events, transcript)
     if video:

@@ -39,9 +39,11 @@ from orchestrator.api.options import check_audio_format, clip_spec, parse_option
 from orchestrator.api.outbox import Outbox
 from orchestrator.api.wire import audio_message, error_message, event_message, video_message
 from orchestrator.config import Settings
+from orchestrator.control.conversations import Conversations, Joined
 from orchestrator.errors import (
     AudioTooFast,
     BadOption,
+    ConversationEnded,
     DuetError,
     IdleTimeout,
     ProtocolError,
@@ -49,6 +51,7 @@ from orchestrator.errors import (
     ServerBusy,
     TextTooLong,
     TooManyErrors,
+    Unauthenticated,
 )
 from orchestrator.events import (
     Emotion,
@@ -63,9 +66,11 @@ from orchestrator.events import (
 from orchestrator.face.clip import AudioPiece, check_spec, render_clip
 from orchestrator.face.emotions import EMOTIONS
 from orchestrator.models.fairness import FairGate, GatedModels
+from orchestrator.models.openai_llm import OpenAIChat
 from orchestrator.models.ports import LanguageModel, RenderedFrames, SessionModels
 from orchestrator.session.base import Control, Session
 from orchestrator.session.factory import SessionSpec, build_session
+from orchestrator.session.interactions import Interaction, Interrupt, flow_settings, interaction_of
 from orchestrator.session.persona import Persona, load_persona
 from orchestrator.telemetry import Telemetry
 
@@ -84,6 +89,17 @@ CONTROLS = {
     pb.Control.REPLICA_SPEAKING_START: Control.REPLICA_SPEAKING_START,
     pb.Control.REPLICA_SPEAKING_STOP: Control.REPLICA_SPEAKING_STOP,
 }
+# Control kinds that are interactions (`Session.interact`); INTERRUPT stays a control: on a session without
+# replies it ends the replica's speech the client marked.
+INTERACTIONS = {
+    pb.Control.ECHO: "echo",
+    pb.Control.RESPOND: "respond",
+    pb.Control.OVERWRITE_CONTEXT: "overwrite_context",
+    pb.Control.APPEND_CONTEXT: "append_context",
+    pb.Control.SENSITIVITY: "sensitivity",
+    pb.Control.TOOL_RESULT: "tool_result",
+}
+INTERACT_WAIT_S = 5.0  # how long `SessionService.interact` waits for room in a session's inbox
 
 
 @dataclass(frozen=True)
@@ -99,14 +115,53 @@ class _Stamped:
     arrival: float
 
 
-Inboxed = _Stamped | _End
+@dataclass(frozen=True)
+class _Interact:
+    """In the inbox: an interaction from outside the stream (the REST control plane: `SessionService.interact`)."""
+
+    interaction: Interaction
+
+
+Inboxed = _Stamped | _End | _Interact
 
 
 def _urgent(item: Inboxed) -> bool:
     """What overtakes the audio already queued: an interrupt, and an end the reader decided on."""
     if isinstance(item, _End):
         return item.error is not None
+    if isinstance(item, _Interact):
+        return isinstance(item.interaction, Interrupt)
     return item.msg.WhichOneof("kind") == "control" and item.msg.control.kind == pb.Control.INTERRUPT
+
+
+def control_interaction(control: pb.Control) -> Interaction:
+    """The interaction a `control` message of an interaction kind carries (`BadInteraction` if it is malformed).
+    Proto3 cannot tell an empty string from an absent one: a level left empty is unchanged."""
+    kind = INTERACTIONS[control.kind]
+    fields: dict[str, str] = {}
+    if kind == "sensitivity":
+        for key in ("turn_taking_patience", "replica_interruptibility"):
+            if value := getattr(control, key):
+                fields[key] = value
+    elif kind == "tool_result":
+        fields.update(call_id=control.call_id, output=control.output)
+    else:
+        fields["text"] = control.text
+    return interaction_of(kind, fields)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def shutdown_reason(asked: str | None, ended: str) -> str:
+    """A conversation's shutdown reason from how its session ended: what `stop` was asked for, else the client
+    leaving (END, hanging up, going quiet) is `participant_left`, and anything else is `error`."""
+    if asked is not None:
+        return asked
+    if ended in ("ended", "client_gone", "idle_timeout"):
+        return "participant_left"
+    return "error"
 
 
 def _too_fast(burst_s: float) -> str:
@@ -138,19 +193,37 @@ class _Stream:
     audio: AudioClock = dataclasses.field(default_factory=lambda: AudioClock(0.0))  # the audio read so far
 
 
+@dataclass(frozen=True)
+class _Live:
+    """A running session as `SessionService.interact` reaches it: its inbox, and whether its client still sends."""
+
+    inbox: Inbox[Inboxed]
+    stream: _Stream
+
+
 class _Outlet:
     """A session's outlet as the service sees it: its outbox, and the metrics read off what passes through."""
 
-    def __init__(self, outbox: Outbox, telemetry: Telemetry, stream: _Stream, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        telemetry: Telemetry,
+        stream: _Stream,
+        clock: Callable[[], float],
+        record: Callable[[Event], None] | None = None,
+    ) -> None:
         self.outbox = outbox
         self.telemetry = telemetry
         self.stream = stream
         self._clock = clock
+        self._record = record  # a conversation's recorder (transcript, webhooks); never waits
         self._speech_end_wall: float | None = None  # wall arrival of the audio where the user's speech last ended
         self._replies_heard: set[int] = set()
 
     async def event(self, event: Event) -> None:
         self.telemetry.observe_event(event)
+        if self._record is not None:
+            self._record(event)
         if isinstance(event, FloorEvent) and event.kind == "speech_end" and event.compute_ms is not None:
             self._speech_end_wall = self._clock() - event.compute_ms / 1000
         elif isinstance(event, ErrorEvent) and event.code == "bad_frame":
@@ -180,10 +253,16 @@ class SessionService(pb_grpc.SessionServicer):
         llm: LanguageModel | None = None,
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        conversations: Conversations | None = None,
     ) -> None:
         self.models = models
         self.settings = settings
         self.llm = llm
+        self.conversations = conversations  # the control plane's conversations (join tokens), when it runs
+        # Protected mode: off loopback, every session must join a conversation with its token.
+        self.protected = not is_loopback(settings.server.host)
+        self._stopping: dict[str, str] = {}  # session id → the shutdown reason `stop` was asked for
+        self._endpoints: dict[tuple[str, str, str], OpenAIChat] = {}  # personas' OpenAI-compatible LLMs
         self.telemetry = telemetry or Telemetry()
         sv = settings.server
         self.gate = FairGate(sv.triton_inflight, sv.session_inflight, sv.bulk_inflight)
@@ -194,6 +273,9 @@ class SessionService(pb_grpc.SessionServicer):
         # per client connection (LRU): its start rate and when it last started a session
         self._peer_starts: OrderedDict[str, tuple[TokenBucket, float]] = OrderedDict()
         self._personas: dict[str, tuple[int, Persona]] = {}  # loaded personas by name, with the file's mtime
+        # The sessions running now, by session id (the start's conversation id when it named one): where
+        # `interact` delivers. Registered when a session's task starts, removed in its `finally`.
+        self._live: dict[str, _Live] = {}
 
     def _check_capacity(self) -> None:
         """Sessions and renders share one limit: each holds Triton streams and a slice of the machine."""
@@ -247,7 +329,9 @@ class SessionService(pb_grpc.SessionServicer):
         return error_message(err)
 
     async def close(self) -> None:
-        """Cancel every session still running (server shutdown)."""
+        """Cancel every session still running (server shutdown), and the personas' LLM clients."""
+        for llm in self._endpoints.values():
+            await llm.close()
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
@@ -262,18 +346,25 @@ class SessionService(pb_grpc.SessionServicer):
         except (StopAsyncIteration, TimeoutError):
             yield self._refuse(ProtocolError("the stream must begin with a `start` message"))
             return
+        joined: Joined | None = None
         try:
             if first.WhichOneof("kind") != "start":
                 raise ProtocolError(f"the stream must begin with `start`, got `{first.WhichOneof('kind')}`")
             check_audio_format(first.start.audio_format)
             spec = parse_options(self.settings, dict(first.start.options))
+            token, conversation_id = first.start.token, first.start.conversation_id
+            if not token:
+                self._check_keyless(conversation_id)
             if spec.mode == "conversation" and self.llm is None:
                 raise BadOption("this server has no LLM configured; use mode=floor")
-            if spec.mode != "acoustic":
+            if spec.mode != "acoustic" and not token:
                 name = first.start.persona or self.settings.conversation.persona
                 spec = dataclasses.replace(spec, persona=self._persona(name))
             self._check_start_rate(_peer(context))
             self._check_capacity()
+            if token:  # last: joining makes the conversation active, so nothing may refuse the session after it
+                joined = await self._join(conversation_id, token)
+                spec = self._joined_spec(spec, joined)
         except RateLimited as err:
             await asyncio.sleep(RATE_LIMITED_DELAY_S)  # a client retrying in a loop waits, at no cost to others
             yield self._refuse(err)
@@ -291,7 +382,9 @@ class SessionService(pb_grpc.SessionServicer):
         outbox = Outbox(events=OUTBOX_EVENTS, audio=OUTBOX_AUDIO, video=video_frames, on_video_drop=drops.inc)
         sid = first.start.conversation_id or f"s{id(outbox):x}"
         try:
-            task = asyncio.create_task(self._session(sid, spec, request_iterator, outbox), name=f"session-{sid}")
+            task = asyncio.create_task(
+                self._session(sid, spec, request_iterator, outbox, joined), name=f"session-{sid}"
+            )
         except BaseException:
             self._release_slot()
             raise
@@ -315,19 +408,29 @@ class SessionService(pb_grpc.SessionServicer):
                 task.cancel()
 
     async def _session(
-        self, sid: str, spec: SessionSpec, requests: AsyncIterator[pb.ClientMessage], outbox: Outbox
+        self,
+        sid: str,
+        spec: SessionSpec,
+        requests: AsyncIterator[pb.ClientMessage],
+        outbox: Outbox,
+        joined: Joined | None = None,
     ) -> None:
-        """One session from its first event to its slot's release; the slot was taken by the caller."""
+        """One session from its first event to its slot's release; the slot was taken by the caller. A session
+        that joined a conversation records it (`joined.recorder`) and ends it with a shutdown reason."""
         reason = "ended"
         tasks: list[asyncio.Task[Any]] = []
         session: Session | None = None
+        live: _Live | None = None
         try:
             self.telemetry.sessions.labels(mode=spec.mode).inc()
             log.info("session %s started (%s)", sid, spec.mode)
             began = self._clock()
             stream = _Stream(last_audio=began, audio=AudioClock(self.settings.server.audio_burst_s, start=began))
-            session = self._build(sid, spec, outbox, stream)
+            session = self._build(sid, spec, outbox, stream, joined.recorder.event if joined else None)
+            if joined is not None:
+                joined.recorder.start()
             inbox: Inbox[Inboxed] = Inbox(self.settings.server.inbox_chunks)
+            live = self._live[sid] = _Live(inbox, stream)  # (a repeated id: the newest session gets interactions)
             await outbox.event(SessionStarted(0.0, sid))
             await session.start()
             reader = asyncio.create_task(
@@ -335,6 +438,9 @@ class SessionService(pb_grpc.SessionServicer):
             )
             worker = asyncio.create_task(self._process(session, inbox, outbox, stream), name=f"session-{sid}-floor")
             tasks = [reader, worker]
+            if joined is not None:
+                expiry = self._expire(sid, joined.max_duration_s)
+                tasks.append(asyncio.create_task(expiry, name=f"session-{sid}-max-duration"))
             idle_s = self.settings.server.idle_timeout_s
             if idle_s > 0:
                 watchdog = asyncio.create_task(self._watch_idle(stream, idle_s), name=f"session-{sid}-idle")
@@ -359,6 +465,8 @@ class SessionService(pb_grpc.SessionServicer):
             log.exception("session %s failed", sid)
             outbox.urgent(ErrorEvent.of(DuetError("internal error; the session ended"), 0.0, fatal=True))
         finally:
+            if live is not None and self._live.get(sid) is live:
+                del self._live[sid]
             try:
                 await self._teardown(sid, tasks, session)
             finally:
@@ -366,8 +474,17 @@ class SessionService(pb_grpc.SessionServicer):
                 self._release_slot()
                 outbox.close()
                 log.info("session %s ended (%s)", sid, reason)
+                if joined is not None:
+                    await joined.recorder.ended(shutdown_reason(self._stopping.pop(sid, None), reason))
 
-    def _build(self, sid: str, spec: SessionSpec, outbox: Outbox, stream: _Stream) -> Session:
+    def _build(
+        self,
+        sid: str,
+        spec: SessionSpec,
+        outbox: Outbox,
+        stream: _Stream,
+        record: Callable[[Event], None] | None = None,
+    ) -> Session:
         burst = self.settings.server.audio_burst_s
 
         def bulk() -> bool:
@@ -377,7 +494,7 @@ class SessionService(pb_grpc.SessionServicer):
 
         # the gate's key is this session's own object: a client-chosen conversation id may repeat
         models = GatedModels(self.models, self.gate, object(), bulk=bulk)
-        outlet = _Outlet(outbox, self.telemetry, stream, self._clock)
+        outlet = _Outlet(outbox, self.telemetry, stream, self._clock, record)
         return build_session(spec, models, self.llm, self.settings, outlet, name=f"session-{sid}")
 
     async def _teardown(self, sid: str, tasks: list[asyncio.Task[Any]], session: Session | None) -> None:
@@ -499,7 +616,8 @@ class SessionService(pb_grpc.SessionServicer):
             except DuetError as err:
                 if not err.fatal:
                     self.telemetry.drops.labels(kind=err.code).inc()
-                    stream.refused += 1
+                    if not isinstance(item, _Interact):  # (what the control plane sent is not the client's fault)
+                        stream.refused += 1
                 await outbox.event(ErrorEvent.of(err, session.now, fatal=err.fatal))
                 if err.fatal:
                     return err.code
@@ -507,13 +625,89 @@ class SessionService(pb_grpc.SessionServicer):
                 await outbox.event(ErrorEvent.of(TooManyErrors(_too_many(limit)), session.now, fatal=True))
                 return TooManyErrors.code
 
-    async def _dispatch(self, session: Session, item: _Stamped) -> None:
+    def _check_keyless(self, conversation_id: str) -> None:
+        """A session without a join token: allowed on loopback (the CLI's way), never for an API conversation."""
+        if self.protected:
+            raise Unauthenticated(
+                "this server is not on a loopback address: a session must join a conversation with its token "
+                "(POST /v1/conversations, then start.conversation_id and start.token)"
+            )
+        if conversation_id.startswith("conv_"):
+            raise Unauthenticated(f"conversation {conversation_id} must be joined with its join token")
+
+    async def _join(self, conversation_id: str, token: str) -> Joined:
+        if self.conversations is None:
+            raise Unauthenticated("this server runs no control plane (api.enabled is off): join tokens are unknown")
+        return await self.conversations.join(conversation_id, token)
+
+    def _joined_spec(self, spec: SessionSpec, joined: Joined) -> SessionSpec:
+        """The session as the conversation's persona sets it: its flow levels on the floor and barge-in
+        settings, and its own LLM endpoint when its LLM layer names one."""
+        flow = (joined.persona_body.get("layers") or {}).get("conversational_flow") or {}
+        floor = flow_settings(spec.floor, flow.get("turn_taking_patience"), flow.get("replica_interruptibility"))
+        llm: LanguageModel | None = None
+        if self.conversations is not None and (endpoint := self.conversations.llm_endpoint(joined.persona_body)):
+            llm = self._endpoint(endpoint)
+        mode = spec.mode if spec.mode in ("conversation", "perceive") else "conversation"
+        return dataclasses.replace(spec, mode=mode, persona=joined.persona, floor=floor, llm=llm)
+
+    def _endpoint(self, endpoint: dict[str, str]) -> LanguageModel:
+        """One client per (endpoint, model, key), shared by the sessions of every persona that names it."""
+        key = (endpoint["base_url"], endpoint["model"], endpoint["api_key"])
+        if key not in self._endpoints:
+            llm = dataclasses.replace(
+                self.settings.llm,
+                backend="openai",
+                openai_base_url=endpoint["base_url"],
+                openai_model=endpoint["model"],
+                openai_api_key_env="PERSONA_LLM_KEY",
+            )
+            self._endpoints[key] = OpenAIChat(llm, env={"PERSONA_LLM_KEY": endpoint["api_key"]})
+        return self._endpoints[key]
+
+    async def _expire(self, sid: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.stop(sid, "max_duration")
+
+    async def stop(self, conversation_id: str, reason: str) -> bool:
+        """End the live session of `conversation_id` now, with a shutdown reason (`ended_by_api`,
+        `max_duration`); its client gets a fatal `conversation_ended` error. False when none is live."""
+        live = self._live.get(conversation_id)
+        if live is None:
+            return False
+        self._stopping[conversation_id] = reason
+        await live.inbox.put(_End(ConversationEnded(f"the conversation ended ({reason})")), urgent=True)
+        return True
+
+    async def interact(self, conversation_id: str, interaction: Interaction) -> bool:
+        """Hand `interaction` to the live session `conversation_id` (how the REST control plane steers a call).
+        It goes through the session's inbox, in order with what the stream sent (an interrupt overtakes queued
+        audio, as on the stream); its acknowledgement or typed error reaches the client on the stream. False when
+        no such session is live: never started, ended, its client finished sending, or its inbox stayed full
+        for `INTERACT_WAIT_S`."""
+        live = self._live.get(conversation_id)
+        if live is None or live.stream.ended:
+            return False
+        item = _Interact(interaction)
+        try:
+            async with asyncio.timeout(INTERACT_WAIT_S):  # (a session that ends meanwhile never makes room)
+                await live.inbox.put(item, urgent=_urgent(item))
+        except TimeoutError:
+            return False
+        return self._live.get(conversation_id) is live
+
+    async def _dispatch(self, session: Session, item: _Stamped | _Interact) -> None:
+        if isinstance(item, _Interact):
+            await session.interact(item.interaction)
+            return
         msg = item.msg
         kind = msg.WhichOneof("kind")
         if kind == "audio":
             await session.audio(msg.audio.pcm, item.arrival)
         elif kind == "text":
             session.text(msg.text.text, replica=msg.text.role == pb.TextInput.REPLICA_SAID)
+        elif kind == "control" and msg.control.kind in INTERACTIONS:
+            await session.interact(control_interaction(msg.control))
         elif kind == "control":
             control = CONTROLS.get(msg.control.kind)  # (END is not one: the reader ends the inbox with it)
             if control is not None:

@@ -1,6 +1,7 @@
 """What every session is, to the transports that carry it: the `Session` and `Outlet` protocols.
 
-A transport (the gRPC stream today, WebRTC next) reads a client's input and calls a `Session`; the session
+A transport (the gRPC stream today, WebRTC next) reads a client's input and calls a `Session` (interactions,
+`interact`, also come from the REST control plane through the transport's inbox); the session
 answers through its `Outlet`: typed events (`orchestrator.events`), the replica's audio on the session
 timeline, and the replica's face. The transport decides how those reach the wire; the session never builds a
 message. Sessions of every mode (`conversation`, `perceive`, `floor`, `acoustic`) are built by
@@ -13,6 +14,7 @@ import enum
 from typing import Protocol
 
 from orchestrator.events import Event
+from orchestrator.session.interactions import Interaction
 
 
 class Control(enum.Enum):
@@ -72,6 +74,12 @@ class Session(Protocol):
         ...
 
     async def control(self, kind: Control) -> None: ...
+
+    async def interact(self, interaction: Interaction) -> None:
+        """Carry out an interaction (`orchestrator.session.interactions`) and acknowledge it with an
+        `interaction` event. One the session cannot carry out (a session without replies, an unknown tool call)
+        raises a non-fatal `DuetError`: the transport reports it and the session goes on."""
+        ...
 
     async def finish(self) -> None:
         """The client's input ended: settle the last turn, send what is left, stop the session's tasks."""

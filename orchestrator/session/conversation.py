@@ -28,10 +28,11 @@ from collections.abc import Callable
 import numpy as np
 
 from orchestrator.config import FloorSettings, Settings
-from orchestrator.errors import DuetError
+from orchestrator.errors import BadInteraction, DuetError, UnknownToolCall
 from orchestrator.events import (
     ErrorEvent,
     FloorEvent,
+    InteractionEvent,
     ReplicaTurn,
     ReplyCancelled,
     ReplyClauseDropped,
@@ -46,6 +47,19 @@ from orchestrator.perception.pipeline import PerceptionSession
 from orchestrator.session.base import Control, Outlet
 from orchestrator.session.dialogue import Dialogue
 from orchestrator.session.floor import FloorSession
+from orchestrator.session.interactions import (
+    AppendContext,
+    Echo,
+    Interaction,
+    Interrupt,
+    Level,
+    OverwriteContext,
+    Respond,
+    Sensitivity,
+    ToolResult,
+    flow_settings,
+    pauses_at_onset,
+)
 from orchestrator.session.persona import Persona
 from orchestrator.session.replies import ReplyRunner
 from orchestrator.session.transcriber import Transcriber
@@ -109,6 +123,7 @@ class ConversationSession:
             max_utterance_s=settings.asr.max_utterance_s,
         )
         self.dialogue = Dialogue(persona, history_turns=settings.llm.history_turns, stop=settings.llm.stop)
+        self.dialogue.context = persona.context
         self._warm_history = settings.llm.warm_history and settings.llm.backend == "triton"
         self.transcriber = Transcriber(
             models,
@@ -138,6 +153,14 @@ class ConversationSession:
         self._commit_t = 0.0  # of a reply's latency
         if perception is not None:
             perception.on_note = self._set_perception_note
+        # The conversational flow (`sensitivity`): levels applied to the floor settings the session began with,
+        # never to the current ones, so "medium" always restores them exactly.
+        self._floor_base = self.floor.machine.s
+        self.patience: Level = "medium"
+        self.interruptibility: Level = "medium"
+        # Tool calls waiting for their `tool_result`, by call id: none are made yet; the tools layer fills this
+        # when the LLM calls a tool, and `_tool_result` is where the result goes back into the reply.
+        self.tool_calls: dict[str, str] = {}
 
     # ---- the Session protocol ---------------------------------------------------------------------------
 
@@ -227,6 +250,57 @@ class ConversationSession:
             await self.face.close()
         if self.perception is not None:
             await self.perception.close()
+
+    # ---- interactions -------------------------------------------------------------------------------------
+
+    async def interact(self, interaction: Interaction) -> None:
+        """Carry out an interaction (`orchestrator/session/interactions.py`). Its `interaction` event comes first,
+        then what it causes (a stop, a cancel, the reply it started). Raises a non-fatal `DuetError` when it
+        cannot be carried out; the transport reports it and the session goes on."""
+        i = interaction
+        if not self.replying:
+            mode = "perceive" if self.perception is not None else "floor"
+            raise BadInteraction(f"`{i.type}`: a mode={mode} session has no replies to steer")
+        if self._closed:
+            raise BadInteraction(f"`{i.type}`: the session has ended")
+        if isinstance(i, Echo | Respond):
+            say = self.machine.say if isinstance(i, Echo) else self.machine.respond
+            actions = say(i.text, self.now)
+            started = next((a.reply_id for a in actions if isinstance(a, rm.StartReply)), None)
+            await self.out.event(InteractionEvent(round(self.now, 4), i.type, started))
+            await self._apply(actions)
+            return
+        if isinstance(i, ToolResult):
+            await self._tool_result(i)
+            return
+        await self.out.event(InteractionEvent(round(self.now, 4), i.type))
+        if isinstance(i, Interrupt):
+            await self.control(Control.INTERRUPT)
+        elif isinstance(i, OverwriteContext):
+            await self.set_context(i.text)
+        elif isinstance(i, AppendContext):
+            await self.append_context(i.text)
+        elif isinstance(i, Sensitivity):
+            self.set_flow(i.turn_taking_patience, i.replica_interruptibility)
+
+    def set_flow(self, patience: Level | None = None, interruptibility: Level | None = None) -> None:
+        """The conversational flow's levels, live (None keeps a level): the floor machine (and the transcript gate,
+        which places a barge-in turn's start with the same thresholds) take the new settings from the next
+        chunk on, and the reply machine whether the replica pauses at the user's onset."""
+        self.patience = patience or self.patience
+        self.interruptibility = interruptibility or self.interruptibility
+        settings = flow_settings(self._floor_base, self.patience, self.interruptibility)
+        self.floor.set_settings(settings)
+        self.gate.floor = settings
+        self.machine.pause_on_speech = pauses_at_onset(self.interruptibility)
+
+    async def _tool_result(self, result: ToolResult) -> None:
+        """Where a tool's output comes back. No tool calls exist yet, so every call id is unknown; the tools
+        layer will give the output to the reply that made the call."""
+        if result.call_id not in self.tool_calls:
+            raise UnknownToolCall(f"no tool call {result.call_id[:64]!r} is waiting for a result in this session")
+        del self.tool_calls[result.call_id]
+        await self.out.event(InteractionEvent(round(self.now, 4), result.type))
 
     # ---- context ------------------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ class SessionSpec:
     video: FaceSettings | None = None  # `video=true`: stream the replica's face
     perception: bool = False  # hear and see the user
     llm_model: str = ""  # the `llm_model` option: which served LLM replies come from ("" = the persona's)
+    llm: LanguageModel | None = None  # the persona's own LLM endpoint (a conversation's), instead of the server's
 
     @property
     def paced(self) -> bool:
@@ -59,6 +60,7 @@ def build_session(
     clock: Callable[[], float] = time.perf_counter,
 ) -> Session:
     max_chunk_ms = settings.server.max_audio_chunk_ms
+    llm = spec.llm or llm
     if spec.mode == "acoustic" or spec.persona is None:
         return FloorSession(models, spec.floor, outlet.event, max_chunk_ms=max_chunk_ms, clock=clock, name=name)
     if spec.mode == "conversation" and llm is None:

@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from orchestrator.config import FloorSettings
+from orchestrator.errors import BadInteraction
 from orchestrator.events import FloorEvent
 from orchestrator.models.ports import F32, FloorEstimate, FloorModels
 from orchestrator.session.base import Control
+from orchestrator.session.interactions import Interaction
 from orchestrator.signal.audio import HISTORY, SAMPLE_RATE, VAD_WINDOW, AudioTimeline
 from orchestrator.turns.floor import Action, Evaluate, FloorMachine
 
@@ -92,6 +94,14 @@ class FloorSession:
     async def control(self, kind: Control) -> None:
         # The client speaks for the replica here: it marks the replica's speech, and an interrupt ends it.
         self.replica(kind is Control.REPLICA_SPEAKING_START)
+
+    async def interact(self, interaction: Interaction) -> None:
+        # No replica speaks here (the client speaks for it): nothing an interaction steers exists.
+        raise BadInteraction(f"`{interaction.type}`: a mode=acoustic session has no replies to steer")
+
+    def set_settings(self, floor: FloorSettings) -> None:
+        """New floor thresholds, live (see `FloorMachine.set_settings`)."""
+        self.machine.set_settings(floor)
 
     async def close(self) -> None:
         pass

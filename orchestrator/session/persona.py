@@ -35,6 +35,7 @@ class Persona:
     greeting: str = ""  # spoken as soon as a conversation starts (empty: the replica waits for the user)
     llm_model: str = ""  # the local model replies come from (a name the `llm` model serves; empty: its default)
     vocabulary: tuple[str, ...] = ()  # names and terms the recogniser should expect ("Dr. Patel", product names)
+    context: str = ""  # what the replica should know for the conversation (its `overwrite_context` can change it)
 
 
 def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
@@ -64,6 +65,7 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
         "greeting",
         "llm_model",
         "vocabulary",
+        "context",
     }
     unknown = set(data) - allowed
     if unknown:
@@ -87,6 +89,7 @@ def load_persona(personas_dir: str | Path, persona_id: str) -> Persona:
             greeting=_text(data.get("greeting", ""), "greeting"),
             llm_model=_text(data.get("llm_model", ""), "llm_model"),
             vocabulary=_terms(data.get("vocabulary", [])),
+            context=_text(data.get("context", ""), "context"),
         )
     except (TypeError, ValueError) as exc:
         raise BadOption(f"persona {persona_id!r}: {exc}") from exc

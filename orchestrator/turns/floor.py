@@ -81,6 +81,11 @@ class FloorMachine:
     def replica_speaking(self) -> bool:
         return self._replica_speaking
 
+    def set_settings(self, settings: FloorSettings) -> None:
+        """New thresholds, live (the `sensitivity` interaction): they apply from the next input on; what has been
+        counted so far (speech, pause, an evaluation in flight) is judged by them from then on."""
+        self.s = settings
+
     # ---- inputs -------------------------------------------------------------------------------------
 
     def on_vad(self, window_end: float, prob: float, window_ms: float, t: float) -> list[Action]:

@@ -26,6 +26,14 @@ Phases (`phase`, derived from the state so it can never disagree with it)
 A conversation may open with the replica's greeting (`greet`): a scripted reply, committed from the start,
 released as soon as its audio is ready, interruptible like any other; the user speaking first wins.
 
+Interactions (`orchestrator/session/interactions.py`) steer it at any time:
+- `say` (the `echo` interaction): a scripted reply like the greeting, but now: a speaking replica is stopped and
+  a reply in preparation cancelled ("superseded"); it does not wait for a user who is talking.
+- `respond`: the text is the user's turn: it is committed (`CommitUserTurn`, as a spoken commit would) and a
+  non-speculative reply to it starts; a speaking replica is stopped and a reply in preparation superseded.
+- `pause_on_speech` (the replica's interruptibility): False keeps the replica talking through the user's
+  onset; only a `barge_in` (or a commit of real words) stops it.
+
 Rules beyond the obvious ones
 - Speech after a commit, before the reply is released, holds the release instead of cancelling: a cough
   would otherwise leave the turn unanswered. Once the new speech yields words (a non-empty transcript) the
@@ -172,9 +180,12 @@ RESUME_AFTER_S = 0.3  # quiet needed after a backchannel before the replica resu
 class ReplyMachine:
     """One session's replies. Feed it in audio-time order; it never looks at a wall clock."""
 
-    def __init__(self, speculation: bool = True, resume_after_s: float = RESUME_AFTER_S) -> None:
+    def __init__(
+        self, speculation: bool = True, resume_after_s: float = RESUME_AFTER_S, pause_on_speech: bool = True
+    ) -> None:
         self.speculation = speculation
         self.resume_after_s = resume_after_s
+        self.pause_on_speech = pause_on_speech  # hold the replica at the user's onset (see the module's doc)
         self.replies_started = 0
         self.replies_released = 0
         self.released_from_speculation = 0
@@ -247,7 +258,7 @@ class ReplyMachine:
                 self._held = pending is not None and pending.committed
                 if self._resume_at is not None:
                     self._resume_at = None  # still paused: the resume simply does not happen
-                elif self._playing is not None and not self._paused:
+                elif self._playing is not None and not self._paused and self.pause_on_speech:
                     self._paused = True
                     out.append(PausePlayback(self._playing.id, t))
         elif event == "backchannel":
@@ -295,6 +306,35 @@ class ReplyMachine:
         self._next_id += 1
         self.replies_started += 1
         return [StartReply(self._pending.id, self._pending.snapshot, False, t, script=text)]
+
+    def say(self, text: str, t: float) -> list[Action]:
+        """The replica says `text` verbatim, now (the `echo` interaction): a scripted reply, released as soon as
+        its audio is ready. What it replaces goes: a speaking replica is stopped (what was heard becomes its
+        turn), a reply in preparation is cancelled ("superseded"), and a user talking does not hold it."""
+        if self._ended or not text.strip():
+            return []
+        out = self._clear_floor(t)
+        # (no transcript: a script is built from nothing the user said; like the greeting, the user's next words
+        # still win over it while it is unreleased)
+        snap = Snapshot(self._turn, "", self._context)
+        self._pending = _Reply(self._next_id, snap, False, committed=True, script=text)
+        self._next_id += 1
+        self.replies_started += 1
+        out.append(StartReply(self._pending.id, self._pending.snapshot, False, t, script=text))
+        return out + self._try_release(t)
+
+    def respond(self, text: str, t: float) -> list[Action]:
+        """`text` is the user's turn (the `respond` interaction): committed as a spoken turn would be, and a
+        (non-speculative) reply to it started. A speaking replica is stopped, a reply in preparation
+        superseded. Speech the user is still making stays theirs: it becomes the next turn."""
+        if self._ended or not text.strip():
+            return []
+        out = self._clear_floor(t)
+        snap = Snapshot(self._turn, text, self._context)
+        out.append(CommitUserTurn(snap.turn, text, t))
+        self._turn += 1
+        out.append(self._start(snap, speculative=False, t=t, committed=True))
+        return out + self._try_release(t)
 
     def on_reply_audio(self, reply_id: int, t: float) -> list[Action]:
         reply = self._pending
@@ -426,7 +466,7 @@ class ReplyMachine:
                 return self.tick(self._resume_at)
         return []
 
-    def _stop(self, t: float, *, tell: bool = True) -> list[Action]:
+    def _stop(self, t: float, *, tell: bool = True, reason: str = "barge_in") -> list[Action]:
         """Take the playing reply off the timeline; `on_playback_stopped` then says what was heard."""
         reply = self._playing
         assert reply is not None
@@ -435,5 +475,17 @@ class ReplyMachine:
         out: list[Action] = []
         if not reply.done:  # before the stop: the session still tracks the request it must cancel
             self.cancelled += 1
-            out.append(CancelReply(reply.id, "barge_in", t))
+            out.append(CancelReply(reply.id, reason, t))
         return [*out, StopPlayback(reply.id, t)] if tell else out
+
+    def _clear_floor(self, t: float) -> list[Action]:
+        """Make way for a reply an interaction asked for: stop the replica, drop the reply in preparation (its
+        turn's words are not lost: a committed turn is in the history, an uncommitted one still being spoken),
+        and release nothing held for the user."""
+        out: list[Action] = []
+        if self._playing is not None:
+            out += self._stop(t, reason="superseded")
+        if self._pending is not None:
+            out.append(self._cancel(self._pending, "superseded", t))
+        self._held = False
+        return out

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -123,7 +124,10 @@ def start_server(
     triton_url: str, port: int, personas: Path | None = None, env: Mapping[str, str] | None = None
 ) -> DuetServer:
     """`duet serve` on 127.0.0.1:`port` against the Triton at `triton_url`; `env` adds DUET_* settings."""
-    full = dict(os.environ, DUET_TRITON__URL=triton_url, **(env or {}))
+    # the control plane on a free port, with a store of its own (several servers may run at once)
+    store = Path(tempfile.mkdtemp(prefix="duet-store-")) / "duet.db"
+    full = dict(os.environ, DUET_TRITON__URL=triton_url, DUET_API__HTTP_PORT="0", DUET_STORE__URL=str(store))
+    full.update(env or {})
     if personas is not None:
         full["DUET_CONVERSATION__PERSONAS_DIR"] = str(personas)
     proc = subprocess.Popen(

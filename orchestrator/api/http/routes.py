@@ -1,0 +1,197 @@
+"""One thin handler per operation of `openapi.yaml`: parse, call one service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.api.http import openapi
+from orchestrator.api.http.faces import FacePreparer, read_portrait
+from orchestrator.api.http.server import ApiError, Caller, ControlPlane, Handler
+from orchestrator.control import personas as pz
+from orchestrator.control.tenants import create_key, key_view
+from orchestrator.control.webhooks import iso_utc
+from orchestrator.session.interactions import parse_interaction
+from orchestrator.store.records import FaceRecord, Page, PersonaRecord, WebhookMessage
+from orchestrator.store.store import utc_now
+
+DEFAULT_LIMIT = 20
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def _paging(request: web.Request) -> tuple[int, str | None]:
+    raw = request.query.get("limit")
+    if raw is None:
+        limit = DEFAULT_LIMIT
+    else:
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise ApiError("invalid", "limit must be an integer 1..100", "limit") from None
+        if not 1 <= limit <= 100:
+            raise ApiError("invalid", "limit must be an integer 1..100", "limit")
+    return limit, request.query.get("cursor") or None
+
+
+def _list(page: Page[Any], shape: Any) -> web.Response:
+    return _json({"data": [shape(x) for x in page.data], "next_cursor": page.next_cursor})
+
+
+def _persona(p: PersonaRecord) -> dict[str, Any]:
+    return pz.public(p.id, p.body, iso_utc(p.created_at), iso_utc(p.updated_at))
+
+
+def _face(f: FaceRecord) -> dict[str, Any]:
+    return {"face_id": f.id, "name": f.name, "status": f.status, "error": f.error, "created_at": iso_utc(f.created_at)}
+
+
+def _webhook(m: WebhookMessage) -> dict[str, Any]:
+    return {
+        "webhook_id": m.id,
+        "event_type": m.event_type,
+        "url": m.url,
+        "status": m.status,
+        "created_at": iso_utc(m.created_at),
+        "delivered_at": iso_utc(m.delivered_at) if m.delivered_at else None,
+        "next_attempt_at": iso_utc(m.next_attempt_at) if m.next_attempt_at else None,
+        "attempts": [
+            {
+                "at": iso_utc(a.at),
+                "status_code": a.status_code,
+                "error": a.error,
+                "duration_ms": round(a.duration_ms, 1),
+            }
+            for a in m.attempts
+        ],
+    }
+
+
+def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
+    store, convs = plane.store, plane.conversations
+    allowed_hosts = plane.settings.api.allowed_llm_hosts
+
+    async def get_openapi(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return web.Response(body=openapi.document_json(), content_type="application/json")
+
+    # ---- keys ----
+    async def list_keys(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        keys = await store.list_keys(caller.tenant.id)
+        return _json({"data": [key_view(k) for k in keys], "next_cursor": None})
+
+    async def create_key_(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        key, api_key = await create_key(store, caller.tenant.id, (body or {}).get("name"))
+        return _json({**key_view(key), "api_key": api_key}, 201)
+
+    async def revoke_key(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        key = await store.revoke_key(caller.tenant.id, request.match_info["key_id"], utc_now())
+        return _json(key_view(key))
+
+    # ---- personas ----
+    async def list_templates(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json({"data": plane.templates.listing()})
+
+    async def _checked(caller: Caller, persona: dict[str, Any]) -> dict[str, Any]:
+        pz.check_body(persona, allowed_llm_hosts=allowed_hosts)
+        await convs.check_persona_face(caller.tenant.id, persona.get("face_id"))
+        return persona
+
+    async def create_persona(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        fields = dict(body)
+        template = fields.pop("template", None)
+        base = plane.templates.body(template) if template else {}
+        persona = await _checked(caller, pz.merge(base, fields))
+        return _json(_persona(await store.create_persona(caller.tenant.id, persona, utc_now())), 201)
+
+    async def list_personas(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _list(await store.list_personas(caller.tenant.id, *_paging(request)), _persona)
+
+    async def get_persona(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(_persona(await store.get_persona(caller.tenant.id, request.match_info["persona_id"])))
+
+    async def update_persona(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        pid = request.match_info["persona_id"]
+        current = await store.get_persona(caller.tenant.id, pid)
+        fields = dict(body or {})
+        if "template" in fields:
+            raise ApiError("invalid", "a template is chosen when the persona is created", "$.template")
+        persona = await _checked(caller, pz.merge(current.body, fields))
+        return _json(_persona(await store.update_persona(caller.tenant.id, pid, persona, utc_now())))
+
+    async def delete_persona(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        await store.delete_persona(caller.tenant.id, request.match_info["persona_id"])
+        return web.Response(status=204)
+
+    # ---- faces ----
+    async def create_face(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        image, name = await read_portrait(request, plane.settings.api.max_portrait_bytes)
+        face = await faces.add(caller.tenant.id, image, name)
+        return _json(_face(face), 202)
+
+    async def get_face(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(_face(await store.get_face(caller.tenant.id, request.match_info["face_id"])))
+
+    async def list_faces(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _list(await store.list_faces(caller.tenant.id, *_paging(request)), _face)
+
+    async def delete_face(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        await faces.delete(caller.tenant.id, request.match_info["face_id"])
+        return web.Response(status=204)
+
+    # ---- conversations ----
+    async def create_conversation(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(await convs.create(caller.tenant, body), 201)
+
+    async def get_conversation(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        conv = await store.get_conversation(caller.tenant.id, request.match_info["conversation_id"])
+        return _json(convs.view(conv))
+
+    async def list_conversations(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        status = request.query.get("status")
+        if status is not None and status not in ("created", "active", "ended"):
+            raise ApiError("invalid", "status must be created, active or ended", "status")
+        page = await store.list_conversations(caller.tenant.id, *_paging(request), status=status)
+        return _list(page, convs.view)
+
+    async def end_conversation(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(await convs.end(caller.tenant, request.match_info["conversation_id"]))
+
+    async def get_transcript(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(await convs.transcript(caller.tenant, request.match_info["conversation_id"]))
+
+    async def create_interaction(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        cid = request.match_info["conversation_id"]
+        interaction = parse_interaction(body)
+        await convs.interact(caller.tenant, cid, interaction)
+        return _json({"conversation_id": cid, "type": body["type"], "status": "accepted"}, 202)
+
+    async def list_webhooks(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        cid = request.match_info["conversation_id"]
+        return _list(await store.list_webhooks(caller.tenant.id, cid, *_paging(request)), _webhook)
+
+    return {
+        "getOpenApi": get_openapi,
+        "listKeys": list_keys,
+        "createKey": create_key_,
+        "revokeKey": revoke_key,
+        "listPersonaTemplates": list_templates,
+        "createPersona": create_persona,
+        "listPersonas": list_personas,
+        "getPersona": get_persona,
+        "updatePersona": update_persona,
+        "deletePersona": delete_persona,
+        "createFace": create_face,
+        "getFace": get_face,
+        "listFaces": list_faces,
+        "deleteFace": delete_face,
+        "createConversation": create_conversation,
+        "getConversation": get_conversation,
+        "listConversations": list_conversations,
+        "endConversation": end_conversation,
+        "getTranscript": get_transcript,
+        "createInteraction": create_interaction,
+        "listWebhookDeliveries": list_webhooks,
+    }

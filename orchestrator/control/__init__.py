@@ -1,0 +1,1 @@
+"""Control-plane services: pure of HTTP; they call the store."""

@@ -1,0 +1,376 @@
+"""Conversations: created through the API, joined on the session stream with a join token, recorded while
+they run (transcript, perception summaries, webhooks), ended with a reason.
+
+created ──join (gRPC start + token)──▶ active ──▶ ended (`shutdown_reason`)
+   └──── nobody joined within `participant_absent_timeout_s`, or `POST .../end` ────▶ ended
+
+The session side (orchestrator/api/session_service.py) calls `join` at start, feeds the running session's
+events to the `Recorder` it gets back, and reports how the session ended. The REST side calls the rest. Every
+change that webhooks report is written with its outbox rows in one transaction (store), and the deliverer is
+woken (`notify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from orchestrator.config import ApiSettings, Settings
+from orchestrator.control import personas as pz
+from orchestrator.control.credentials import new_join_token, token_matches
+from orchestrator.control.webhooks import event_body, iso_utc
+from orchestrator.errors import Conflict, NotFound, QuotaExceeded, Unauthenticated
+from orchestrator.events import Event, PerceptionToolCall, ReplicaTurn, UserTurn, UtteranceSummary
+from orchestrator.session.interactions import Interaction
+from orchestrator.session.persona import Persona
+from orchestrator.store.records import ConversationRecord, Tenant, Utterance
+from orchestrator.store.store import QuotaFull, Store, utc_now
+
+log = logging.getLogger("duet.conversations")
+
+SHUTDOWN_REASONS = ("ended_by_api", "max_duration", "participant_absent", "participant_left", "error")
+RECORD_QUEUE = 256  # events waiting to be written to the store, per conversation
+SWEEP_S = 5.0
+
+
+class LiveSessions(Protocol):
+    """The sessions this process runs, by conversation id (the gRPC session service)."""
+
+    async def interact(self, conversation_id: str, interaction: Interaction) -> bool: ...
+
+    async def stop(self, conversation_id: str, reason: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What a session needs of its conversation: who the replica is and how long the call may last."""
+
+    conversation: ConversationRecord
+    tenant: Tenant
+    persona: Persona
+    persona_body: Mapping[str, Any]
+    max_duration_s: float
+    recorder: Recorder
+
+
+def _properties(settings: ApiSettings, given: Mapping[str, Any] | None) -> dict[str, int]:
+    given = dict(given or {})
+    return {
+        "max_duration_s": int(given.get("max_duration_s", settings.default_max_duration_s)),
+        "participant_absent_timeout_s": int(
+            given.get("participant_absent_timeout_s", settings.default_absent_timeout_s)
+        ),
+        "participant_left_timeout_s": int(given.get("participant_left_timeout_s", 10)),
+    }
+
+
+def check_callback_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise pz.InvalidField("callback_url must be an http(s) URL", "$.callback_url")
+
+
+class Conversations:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        notify: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.api = settings.api
+        self.templates = pz.Templates(settings.conversation.personas_dir)
+        self.notify = notify  # wakes the webhook deliverer
+        self.clock = clock
+        self.live: LiveSessions | None = None  # set once the session service exists
+        self.grpc_address = f"{settings.server.host}:{settings.server.port}"
+        self.public_url = settings.api.public_url or f"http://{settings.server.host}:{settings.api.http_port}"
+
+    # ---- the API's side ---------------------------------------------------------------------------------------
+
+    def url_of(self, conversation_id: str) -> str:
+        return f"{self.public_url.rstrip('/')}/c/{conversation_id}"
+
+    def view(self, c: ConversationRecord) -> dict[str, Any]:
+        s = c.settings
+        return {
+            "conversation_id": c.id,
+            "persona_id": c.persona_id,
+            "face_id": s.get("face_id"),
+            "status": c.status,
+            "shutdown_reason": c.shutdown_reason,
+            "callback_url": c.callback_url,
+            "conversational_context": s.get("conversational_context"),
+            "custom_greeting": s.get("custom_greeting"),
+            "memory_store": s.get("memory_store"),
+            "document_ids": list(s.get("document_ids") or []),
+            "document_tags": list(s.get("document_tags") or []),
+            "properties": _properties(self.api, s.get("properties")),
+            "created_at": iso_utc(c.created_at),
+            "started_at": iso_utc(c.started_at) if c.started_at else None,
+            "ended_at": iso_utc(c.ended_at) if c.ended_at else None,
+            "conversation_url": self.url_of(c.id),
+        }
+
+    async def create(self, tenant: Tenant, body: Mapping[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        persona = await self.store.get_persona(tenant.id, body["persona_id"])  # another tenant's: not found
+        if face_id := body.get("face_id"):
+            await self._check_face(tenant.id, face_id, "$.face_id")
+        if url := body.get("callback_url"):
+            check_callback_url(url)
+        await self._check_minutes(tenant, now)
+        del persona
+        settings = {k: v for k, v in body.items() if k not in ("persona_id", "callback_url")}
+        settings["properties"] = _properties(self.api, body.get("properties"))
+        token, digest = new_join_token()
+        expires = now + timedelta(seconds=self.api.join_token_ttl_s)
+        try:
+            conv = await self.store.create_conversation(
+                tenant.id,
+                persona_id=body["persona_id"],
+                settings=settings,
+                callback_url=body.get("callback_url"),
+                token_digest=digest,
+                token_expires_at=expires,
+                now=now,
+                max_concurrent=tenant.max_concurrent_conversations,
+            )
+        except QuotaFull as err:
+            raise QuotaExceeded(err.message, retry_after_s=30.0) from err
+        return {
+            "conversation_id": conv.id,
+            "status": conv.status,
+            "persona_id": conv.persona_id,
+            "join": {"grpc": self.grpc_address, "token": token, "expires_at": iso_utc(expires)},
+            "conversation_url": self.url_of(conv.id),
+            "created_at": iso_utc(conv.created_at),
+        }
+
+    async def _check_face(self, tenant_id: str, face_id: str, field: str) -> None:
+        try:
+            face = await self.store.get_face(tenant_id, face_id)
+        except NotFound as err:
+            raise pz.InvalidField(f"no face {face_id} (upload one with POST /v1/faces)", field) from err
+        if face.status != "ready":
+            raise pz.InvalidField(f"face {face_id} is {face.status}, not ready", field)
+
+    async def check_persona_face(self, tenant_id: str, face_id: str | None) -> None:
+        """A persona may name the tenant's own face or a built-in portrait (`faces/`)."""
+        if not face_id:
+            return
+        if face_id.startswith("face_"):
+            await self._check_face(tenant_id, face_id, "$.face_id")
+        elif face_id not in self._builtin_faces():
+            raise pz.InvalidField(f"no face {face_id}", "$.face_id")
+
+    def _builtin_faces(self) -> set[str]:
+        from orchestrator.face.library import FaceLibrary
+
+        lib = FaceLibrary(self.settings.face.faces_dir, ".")
+        return {n for n in lib.names() if not n.startswith("face_")}
+
+    async def _check_minutes(self, tenant: Tenant, now: datetime) -> None:
+        if tenant.max_minutes_per_day <= 0:
+            return
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        used = await self.store.minutes_used(tenant.id, day, now)
+        if used >= tenant.max_minutes_per_day:
+            wait = (day + timedelta(days=1) - now).total_seconds()
+            raise QuotaExceeded(
+                f"the tenant has used its {tenant.max_minutes_per_day} conversation minutes for today", wait
+            )
+
+    async def end(self, tenant: Tenant, conversation_id: str) -> dict[str, Any]:
+        conv = await self.store.get_conversation(tenant.id, conversation_id)
+        if conv.status == "ended":
+            raise Conflict(f"conversation {conversation_id} has already ended")
+        if conv.status == "active" and self.live is not None and await self.live.stop(conversation_id, "ended_by_api"):
+            # the session ends itself and records the end (with its transcript); wait for it, briefly
+            for _ in range(100):
+                conv = await self.store.get_conversation(tenant.id, conversation_id)
+                if conv.status == "ended":
+                    return self.view(conv)
+                await asyncio.sleep(0.05)
+        with contextlib.suppress(Conflict):  # (the session may have ended it meanwhile)
+            await self.finish(conv, "ended_by_api")
+        return self.view(await self.store.get_conversation(tenant.id, conversation_id))
+
+    async def transcript(self, tenant: Tenant, conversation_id: str) -> dict[str, Any]:
+        turns = await self.store.transcript(tenant.id, conversation_id)
+        return {"conversation_id": conversation_id, "turns": [_turn(u) for u in turns]}
+
+    async def interact(self, tenant: Tenant, conversation_id: str, interaction: Interaction) -> None:
+        conv = await self.store.get_conversation(tenant.id, conversation_id)
+        if conv.status != "active":
+            raise Conflict(f"conversation {conversation_id} is {conv.status}; interactions need an active one")
+        if self.live is None or not await self.live.interact(conversation_id, interaction):
+            raise Conflict(f"conversation {conversation_id} has no live session on this server")
+
+    # ---- the session's side -----------------------------------------------------------------------------------
+
+    async def join(self, conversation_id: str, token: str) -> Joined:
+        """Checks the join token and makes the conversation active (once). Any mismatch is `Unauthenticated`,
+        with the same message, so a guess learns nothing about which ids exist."""
+        now = self.clock()
+        found = await self.store.conversation_for_join(conversation_id)
+        if found is None or not token_matches(token, found[1]):
+            raise Unauthenticated("the join token is not valid for this conversation")
+        conv = found[0]
+        if conv.status == "created" and conv.token_expires_at <= now:
+            raise Unauthenticated("the join token has expired")
+        if conv.status != "created":
+            raise Conflict(f"conversation {conversation_id} is {conv.status}; it can be joined once")
+        tenant = await self.store.get_tenant(conv.tenant_id)
+        try:
+            record = await self.store.get_persona(conv.tenant_id, conv.persona_id)
+        except NotFound as err:
+            raise Conflict(f"the persona of conversation {conversation_id} was deleted") from err
+        s = conv.settings
+        persona = pz.runtime_persona(
+            conv.persona_id,
+            record.body,
+            face=s.get("face_id"),
+            greeting=s.get("custom_greeting"),
+            context=s.get("conversational_context"),
+        )
+        started = event_body("conversation.started", conv.id, now, {"persona_id": conv.persona_id})
+        conv = await self.store.activate_conversation(conv.id, now, [started])
+        self.notify()
+        props = _properties(self.api, s.get("properties"))
+        return Joined(conv, tenant, persona, record.body, float(props["max_duration_s"]), Recorder(self, conv))
+
+    async def finish(
+        self, conv: ConversationRecord, reason: str, *, perception: list[dict[str, Any]] | None = None
+    ) -> ConversationRecord:
+        now = self.clock()
+        turns = await self.store.transcript(conv.tenant_id, conv.id)
+        props = {
+            "shutdown_reason": reason,
+            "transcript": [_turn(u) for u in turns],
+            "perception_summary": perception or [u.perception for u in turns if u.perception],
+            "objective_outputs": {},
+        }
+        ended = event_body("conversation.ended", conv.id, now, props)
+        record = await self.store.end_conversation(conv.id, reason, now, [ended])
+        self.notify()
+        return record
+
+    async def sweep(self) -> int:
+        """Ends conversations nobody joined within their absent timeout (`participant_absent`)."""
+        now = self.clock()
+        ended = 0
+        for conv in await self.store.stale_created(now - timedelta(seconds=5)):
+            absent = _properties(self.api, conv.settings.get("properties"))["participant_absent_timeout_s"]
+            if conv.created_at + timedelta(seconds=absent) <= now:
+                with contextlib.suppress(Conflict):
+                    await self.finish(conv, "participant_absent")
+                    ended += 1
+        return ended
+
+    async def run_sweeper(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # the store being away for a moment must not stop the sweeper
+                log.exception("sweeping absent conversations failed")
+            await asyncio.sleep(SWEEP_S)
+
+    def llm_endpoint(self, body: Mapping[str, Any]) -> dict[str, str] | None:
+        """A persona's OpenAI-compatible endpoint (base_url, model, api_key), if its LLM layer names one."""
+        llm = (body.get("layers") or {}).get("llm") or {}
+        if llm.get("backend") != "openai" or not llm.get("base_url"):
+            return None
+        pz.check_endpoint(llm["base_url"], self.api.allowed_llm_hosts)  # the operator's list may have changed
+        return {"base_url": llm["base_url"], "model": llm.get("model") or "", "api_key": llm.get("api_key") or ""}
+
+
+def _turn(u: Utterance) -> dict[str, Any]:
+    return {"role": u.role, "text": u.text, "t": u.t, "perception": u.perception}
+
+
+class Recorder:
+    """A live conversation's record: its turns, perception summaries and webhooks, written by one owned task
+    from a bounded queue, so a slow store never holds up the session (a full queue drops perception first)."""
+
+    def __init__(self, service: Conversations, conv: ConversationRecord) -> None:
+        self.service = service
+        self.conv = conv
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(RECORD_QUEUE)
+        self._task: asyncio.Task[None] | None = None
+        self._last_user_seq: int | None = None
+        self.summaries: list[dict[str, Any]] = []
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write(), name=f"conversation-{self.conv.id}-recorder")
+
+    def event(self, event: Event) -> None:
+        if not isinstance(event, (UserTurn, ReplicaTurn, UtteranceSummary, PerceptionToolCall)):
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("conversation %s: record queue full, %s not recorded", self.conv.id, event.type)
+
+    async def _write(self) -> None:
+        while (event := await self._queue.get()) is not None:
+            try:
+                await self._record(event)
+            except Exception:
+                log.exception("conversation %s: recording %s failed", self.conv.id, event.type)
+
+    async def _record(self, event: Event) -> None:
+        from orchestrator.api.wire import event_dict
+
+        store, conv, now = self.service.store, self.conv, self.service.clock()
+        if isinstance(event, (UserTurn, ReplicaTurn)):
+            role = "user" if isinstance(event, UserTurn) else "replica"
+            if not event.text.strip():
+                return
+            hook = event_body("conversation.utterance", conv.id, now, {"role": role, "text": event.text, "t": event.t})
+            u = await store.add_utterance(conv.id, role, event.text, event.t, events=[hook], now=now)
+            if role == "user":
+                self._last_user_seq = u.seq
+            self.service.notify()
+        elif isinstance(event, UtteranceSummary):
+            summary = event_dict(event)
+            self.summaries.append(summary)
+            if self._last_user_seq is not None:
+                await store.set_utterance_perception(conv.id, self._last_user_seq, summary)
+        elif isinstance(event, PerceptionToolCall):
+            props = {k: v for k, v in event_dict(event).items() if k != "type"}
+            hook = event_body("conversation.perception_tool_call", conv.id, now, props)
+            await store.enqueue_webhooks(conv.id, [hook], now)
+            self.service.notify()
+
+    async def ended(self, reason: str) -> None:
+        """The session is over: write what is queued, then end the conversation with `reason`."""
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._queue.put(None), timeout=5.0)
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=10.0)
+            except TimeoutError:
+                log.error("conversation %s: the recorder did not finish in time", self.conv.id)
+                self._task.cancel()
+        with contextlib.suppress(Conflict):  # ended by the API meanwhile (it waits for this)
+            await self.service.finish(self.conv, reason if reason in SHUTDOWN_REASONS else "error")
+
+
+def request_digest(body: object) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+__all__ = ["Conversations", "Joined", "LiveSessions", "Recorder", "check_callback_url", "request_digest"]
