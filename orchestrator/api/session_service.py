@@ -70,7 +70,7 @@ from orchestrator.models.openai_llm import OpenAIChat
 from orchestrator.models.ports import LanguageModel, RenderedFrames, SessionModels
 from orchestrator.session.base import Control, Session
 from orchestrator.session.factory import SessionSpec, build_session
-from orchestrator.session.interactions import Interaction, Interrupt, flow_settings, interaction_of
+from orchestrator.session.interactions import Interaction, Interrupt, interaction_of
 from orchestrator.session.persona import Persona, load_persona
 from orchestrator.telemetry import Telemetry
 
@@ -325,8 +325,10 @@ class SessionService(pb_grpc.SessionServicer):
         self.telemetry.sessions_open.set(self.active)
 
     def _refuse(self, err: DuetError) -> pb.ServerMessage:
+        """A refused `start`: always fatal (the stream ends), whatever the error is elsewhere (a `conflict` is not
+        fatal to a REST client)."""
         self.telemetry.refusals.labels(reason=err.code).inc()
-        return error_message(err)
+        return event_message(ErrorEvent.of(err, 0.0, fatal=True))
 
     async def close(self) -> None:
         """Cancel every session still running (server shutdown), and the personas' LLM clients."""
@@ -472,10 +474,12 @@ class SessionService(pb_grpc.SessionServicer):
             finally:
                 self.telemetry.ended.labels(reason=reason).inc()
                 self._release_slot()
-                outbox.close()
-                log.info("session %s ended (%s)", sid, reason)
-                if joined is not None:
-                    await joined.recorder.ended(shutdown_reason(self._stopping.pop(sid, None), reason))
+                try:
+                    if joined is not None:  # before the stream closes: a client that saw it end finds it ended
+                        await joined.recorder.ended(shutdown_reason(self._stopping.pop(sid, None), reason))
+                finally:
+                    outbox.close()
+                    log.info("session %s ended (%s)", sid, reason)
 
     def _build(
         self,
@@ -644,12 +648,12 @@ class SessionService(pb_grpc.SessionServicer):
         """The session as the conversation's persona sets it: its flow levels on the floor and barge-in
         settings, and its own LLM endpoint when its LLM layer names one."""
         flow = (joined.persona_body.get("layers") or {}).get("conversational_flow") or {}
-        floor = flow_settings(spec.floor, flow.get("turn_taking_patience"), flow.get("replica_interruptibility"))
+        levels = (flow.get("turn_taking_patience"), flow.get("replica_interruptibility"))
         llm: LanguageModel | None = None
         if self.conversations is not None and (endpoint := self.conversations.llm_endpoint(joined.persona_body)):
             llm = self._endpoint(endpoint)
         mode = spec.mode if spec.mode in ("conversation", "perceive") else "conversation"
-        return dataclasses.replace(spec, mode=mode, persona=joined.persona, floor=floor, llm=llm)
+        return dataclasses.replace(spec, mode=mode, persona=joined.persona, llm=llm, flow=levels)
 
     def _endpoint(self, endpoint: dict[str, str]) -> LanguageModel:
         """One client per (endpoint, model, key), shared by the sessions of every persona that names it."""

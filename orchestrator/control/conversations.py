@@ -125,7 +125,10 @@ class Conversations:
 
     async def create(self, tenant: Tenant, body: Mapping[str, Any]) -> dict[str, Any]:
         now = self.clock()
-        persona = await self.store.get_persona(tenant.id, body["persona_id"])  # another tenant's: not found
+        try:
+            persona = await self.store.get_persona(tenant.id, body["persona_id"])  # another tenant's: not found
+        except NotFound as err:  # a body field, not the path: 422 naming it (the document has no 404 here)
+            raise pz.InvalidField(f"no persona {body['persona_id']}", "$.persona_id") from err
         if face_id := body.get("face_id"):
             await self._check_face(tenant.id, face_id, "$.face_id")
         if url := body.get("callback_url"):

@@ -144,6 +144,7 @@ def public(persona_id: str, body: Mapping[str, Any], created_at: str, updated_at
     for key in ("vocabulary", "document_ids", "document_tags", "guardrail_ids"):
         out.setdefault(key, [])
     out.setdefault("objectives_id", None)
+    out.setdefault("template", None)  # the template it was created from, if any
     return {"persona_id": persona_id, **out, "created_at": created_at, "updated_at": updated_at}
 
 

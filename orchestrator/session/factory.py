@@ -42,6 +42,8 @@ class SessionSpec:
     perception: bool = False  # hear and see the user
     llm_model: str = ""  # the `llm_model` option: which served LLM replies come from ("" = the persona's)
     llm: LanguageModel | None = None  # the persona's own LLM endpoint (a conversation's), instead of the server's
+    # the persona's conversational flow: turn_taking_patience, replica_interruptibility (None: medium)
+    flow: tuple[str | None, str | None] = (None, None)
 
     @property
     def paced(self) -> bool:
@@ -79,7 +81,7 @@ def build_session(
     perception = None
     if spec.perception:
         perception = PerceptionSession(models, outlet.event, tools=persona.perception_tools, name=name, clock=clock)
-    return ConversationSession(
+    session = ConversationSession(
         models,
         llm,
         settings,
@@ -94,3 +96,6 @@ def build_session(
         face=face,
         perception=perception,
     )
+    if spec.flow != (None, None):
+        session.set_flow(*spec.flow)  # type: ignore[arg-type]  # (levels checked by the API's schema)
+    return session

@@ -73,9 +73,11 @@ class DuetServer:
     """A `duet serve` child process whose output is read all the time by a thread (a full pipe would stall
     the server's logging, and so the server) and kept, its last lines, for failure messages."""
 
-    def __init__(self, proc: subprocess.Popen[str], address: str) -> None:
+    def __init__(self, proc: subprocess.Popen[str], address: str, env: Mapping[str, str] | None = None) -> None:
         self.proc = proc
         self.address = address
+        self.env = dict(env or {})  # the server's environment (its store: `DUET_STORE__URL`)
+        self.http_url = ""  # the control plane, read off the server's log
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._drain, name=f"duet-serve-{proc.pid}-log", daemon=True)
@@ -85,6 +87,8 @@ class DuetServer:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self._lines.append(line.rstrip("\n"))
+            if "control plane on " in line:
+                self.http_url = line.split("control plane on ", 1)[1].split("/v1", 1)[0].strip()
             if "serving sessions on" in line:
                 self._ready.set()
         self._ready.set()  # the pipe closed: the process is gone (wait_ready tells which)
@@ -121,7 +125,11 @@ class DuetServer:
 
 
 def start_server(
-    triton_url: str, port: int, personas: Path | None = None, env: Mapping[str, str] | None = None
+    triton_url: str,
+    port: int,
+    personas: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> DuetServer:
     """`duet serve` on 127.0.0.1:`port` against the Triton at `triton_url`; `env` adds DUET_* settings."""
     # the control plane on a free port, with a store of its own (several servers may run at once)
@@ -131,9 +139,13 @@ def start_server(
     if personas is not None:
         full["DUET_CONVERSATION__PERSONAS_DIR"] = str(personas)
     proc = subprocess.Popen(
-        [DUET, "serve", "--port", str(port)], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [DUET, "serve", "--port", str(port), *args],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    server = DuetServer(proc, f"127.0.0.1:{port}")
+    server = DuetServer(proc, f"127.0.0.1:{port}", full)
     server.wait_ready(60)
     return server
 

@@ -14,6 +14,7 @@ import pytest
 
 from duet.proto import session_pb2 as pb
 from orchestrator.api.session_service import SessionService, control_interaction
+from orchestrator.api.wire import event_dict
 from orchestrator.config import Settings
 from orchestrator.errors import BadInteraction, UnknownToolCall
 from orchestrator.events import (
@@ -88,7 +89,6 @@ async def test_respond_commits_the_users_turn_and_answers_it() -> None:
     assert of(out, ReplicaTurn)[0].text == "Sure, it is noon."
     [request] = [r for r in models.llm_requests if not r.request_id.endswith("-warm")]
     assert request.messages[-1].role == "user" and request.messages[-1].content == "What time is it in Oslo?"
-    # then a spoken turn is the next one
     assert [(t.role, t.text) for t in s.dialogue.turns] == [
         ("user", "What time is it in Oslo?"),
         ("assistant", "Sure, it is noon."),
@@ -160,6 +160,20 @@ async def test_a_session_without_replies_refuses_interactions() -> None:
         await floor.interact(Echo("hi"))
     assert not of(out, InteractionEvent)
     await s.close()
+
+
+def test_the_acknowledgement_on_the_wire() -> None:
+    assert event_dict(InteractionEvent(1.5, "echo", 3)) == {
+        "type": "interaction",
+        "t": 1.5,
+        "interaction": "echo",
+        "reply_id": 3,
+    }
+    assert event_dict(InteractionEvent(2.0, "sensitivity")) == {
+        "type": "interaction",
+        "t": 2.0,
+        "interaction": "sensitivity",
+    }
 
 
 # ---- the session service --------------------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
 
     async def create_key_(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         key, api_key = await create_key(store, caller.tenant.id, (body or {}).get("name"))
-        return _json({**key_view(key), "api_key": api_key}, 201)
+        view = {k: v for k, v in key_view(key).items() if k not in ("revoked_at", "last_used_at")}  # ApiKeyCreated
+        return _json({**view, "api_key": api_key}, 201)
 
     async def revoke_key(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         key = await store.revoke_key(caller.tenant.id, request.match_info["key_id"], utc_now())
@@ -101,7 +102,7 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
 
     async def create_persona(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         fields = dict(body)
-        template = fields.pop("template", None)
+        template = fields.get("template")  # kept in the body: the persona says which template it came from
         base = plane.templates.body(template) if template else {}
         persona = await _checked(caller, pz.merge(base, fields))
         return _json(_persona(await store.create_persona(caller.tenant.id, persona, utc_now())), 201)
@@ -129,7 +130,7 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
     async def create_face(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         image, name = await read_portrait(request, plane.settings.api.max_portrait_bytes)
         face = await faces.add(caller.tenant.id, image, name)
-        return _json(_face(face), 202)
+        return _json({k: v for k, v in _face(face).items() if k != "error"}, 202)  # FaceCreated: no error yet
 
     async def get_face(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         return _json(_face(await store.get_face(caller.tenant.id, request.match_info["face_id"])))
