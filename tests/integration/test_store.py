@@ -1,0 +1,348 @@
+"""The store alone, on SQLite and on PostgreSQL: its migrations (empty → head → base → head, and head equals
+`tables.metadata`), tenancy in every query, the conversation state machine, the atomic quota check, and the
+webhook outbox (claims, attempts, the next due time)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from orchestrator.control.webhooks import event_body
+from orchestrator.errors import Conflict, NotFound
+from orchestrator.store import migrate
+from orchestrator.store.records import ConversationRecord, Tenant
+from orchestrator.store.store import QuotaFull, Store, make_engine, open_store, utc_now
+from orchestrator.store.tables import metadata
+
+pytestmark = pytest.mark.integration
+
+HOOK_URL = "http://127.0.0.1:9/hooks"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = await open_store(store_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _tenant(store: Store, name: str = "Acme", **kw: Any) -> Tenant:
+    return await store.create_tenant(name, webhook_secret="whsec_" + "A" * 43 + "=", **kw)
+
+
+async def _conversation(
+    store: Store, tenant: Tenant, *, callback_url: str | None = HOOK_URL, now: datetime | None = None
+) -> ConversationRecord:
+    now = now or utc_now()
+    persona = await store.create_persona(tenant.id, {"name": "Ada", "system_prompt": "You are Ada."}, now)
+    return await store.create_conversation(
+        tenant.id,
+        persona_id=persona.id,
+        settings={"properties": {}},
+        callback_url=callback_url,
+        token_digest=b"\0" * 32,
+        token_expires_at=now + timedelta(hours=1),
+        now=now,
+        max_concurrent=100,
+    )
+
+
+# ---- migrations -------------------------------------------------------------------------------------------------
+
+
+def _differences(connection: sa.Connection) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, metadata))
+
+
+def _tables(connection: sa.Connection) -> set[str]:
+    return set(sa.inspect(connection).get_table_names())
+
+
+async def test_migrations_upgrade_an_empty_database_to_head_and_back(store_url: str) -> None:
+    engine = make_engine(store_url)
+    try:
+        assert await migrate.current(engine) is None
+        async with engine.connect() as c:
+            assert await c.run_sync(_tables) == set()
+        for _ in range(2):  # up, down, and up again: the downgrade leaves nothing that blocks a new upgrade
+            await migrate.upgrade(engine)
+            assert await migrate.current(engine) == "0001"
+            async with engine.connect() as c:
+                assert await c.run_sync(_tables) == {*metadata.tables, "alembic_version"}
+                differences = await c.run_sync(_differences)
+            assert differences == [], differences  # the migrations make exactly tables.py's schema
+            await migrate.downgrade(engine)
+            assert await migrate.current(engine) is None
+            async with engine.connect() as c:
+                assert await c.run_sync(_tables) <= {"alembic_version"}
+        await migrate.upgrade(engine)
+        await migrate.upgrade(engine)  # at head already: a no-op
+        assert await migrate.current(engine) == "0001"
+    finally:
+        await engine.dispose()
+
+
+async def test_open_store_migrates_and_keeps_data_across_reopen(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        tenant = await _tenant(store)
+    finally:
+        await store.close()
+    store = await open_store(store_url)  # a second start: migrations are a no-op, the data stays
+    try:
+        assert await store.get_tenant(tenant.id) == tenant
+    finally:
+        await store.close()
+
+
+# ---- tenancy ----------------------------------------------------------------------------------------------------
+
+# Store methods whose queries take a tenant id, and how each treats another tenant's object. A new method must be
+# listed here (the test fails otherwise), so that nobody adds a query that forgets its tenant.
+CREATES = {"create_persona", "create_face", "create_conversation", "add_key", "keep_answer"}  # write as the tenant
+OWN_ROW = {"get_tenant", "_tenant_exists", "_lock_tenant"}  # the tenant row itself
+
+
+async def test_every_tenant_scoped_method_treats_another_tenants_ids_as_not_found(store: Store) -> None:
+    now = utc_now()
+    a, b = await _tenant(store, "A"), await _tenant(store, "B")
+    conv = await _conversation(store, b)
+    persona = await store.get_persona(b.id, conv.persona_id)
+    face = await store.create_face(b.id, "face", now)
+    key = await store.add_key(b.id, key_id="key_b", name="k", prefix="duet_b", salt=b"s", digest=b"d", now=now)
+    await store.keep_answer(b.id, "createConversation", "idem", "digest", 201, "{}", now)
+
+    missing: dict[str, Callable[[], Awaitable[Any]]] = {
+        "get_persona": lambda: store.get_persona(a.id, persona.id),
+        "update_persona": lambda: store.update_persona(a.id, persona.id, {"name": "Mallory"}, now),
+        "delete_persona": lambda: store.delete_persona(a.id, persona.id),
+        "get_face": lambda: store.get_face(a.id, face.id),
+        "delete_face": lambda: store.delete_face(a.id, face.id),
+        "get_conversation": lambda: store.get_conversation(a.id, conv.id),
+        "end_conversation": lambda: store.end_conversation(conv.id, "ended_by_api", now, tenant_id=a.id),
+        "transcript": lambda: store.transcript(a.id, conv.id),
+        "list_webhooks": lambda: store.list_webhooks(a.id, conv.id, 10, None),
+        "revoke_key": lambda: store.revoke_key(a.id, key.id, now),
+    }
+    for name, call in missing.items():
+        with pytest.raises(NotFound):
+            await call()
+    empty: dict[str, Callable[[], Awaitable[Any]]] = {
+        "list_personas": lambda: store.list_personas(a.id, 100, None),
+        "list_faces": lambda: store.list_faces(a.id, 100, None),
+        "list_conversations": lambda: store.list_conversations(a.id, 100, None),
+        "list_keys": lambda: store.list_keys(a.id),
+        "open_conversations": lambda: store.open_conversations(a.id, now),
+        "minutes_used": lambda: store.minutes_used(a.id, now - timedelta(days=1), now),
+        "idempotent_answer": lambda: store.idempotent_answer(a.id, "createConversation", "idem"),
+    }
+    for name, call in empty.items():
+        result = await call()
+        assert not (result.data if hasattr(result, "data") else result), name
+
+    scoped = {
+        name
+        for name, member in inspect.getmembers(Store, inspect.iscoroutinefunction)
+        if "tenant_id" in inspect.signature(member).parameters
+    }
+    assert scoped == set(missing) | set(empty) | CREATES | OWN_ROW
+
+    # a tenant that does not exist owns nothing and can be given nothing
+    with pytest.raises(NotFound):
+        await store.get_tenant("ten_nobody")
+    with pytest.raises(NotFound):
+        await store.add_key("ten_nobody", key_id="key_x", name="k", prefix="p", salt=b"s", digest=b"d", now=now)
+    with pytest.raises(NotFound):
+        await store.create_conversation(
+            "ten_nobody",
+            persona_id=persona.id,
+            settings={},
+            callback_url=None,
+            token_digest=b"\0",
+            token_expires_at=now,
+            now=now,
+            max_concurrent=5,
+        )
+
+    # and B's objects are untouched
+    assert (await store.get_persona(b.id, persona.id)).body["name"] == "Ada"
+    assert (await store.get_conversation(b.id, conv.id)).status == "created"
+    assert (await store.get_face(b.id, face.id)).name == "face"
+    assert (await store.list_keys(b.id))[0].revoked_at is None
+
+
+# ---- conversations ----------------------------------------------------------------------------------------------
+
+
+async def test_conversation_states(store: Store) -> None:
+    tenant = await _tenant(store)
+    conv = await _conversation(store, tenant)
+    now = utc_now()
+    active = await store.activate_conversation(conv.id, now)
+    assert (active.status, active.started_at) == ("active", now)
+    with pytest.raises(Conflict):
+        await store.activate_conversation(conv.id, now)  # joined once
+    with pytest.raises(NotFound):
+        await store.activate_conversation("conv_nope", now)
+    await store.add_utterance(conv.id, "user", "Hi", 1.0)
+    await store.add_utterance(conv.id, "replica", "Hello!", 2.0)
+    ended = await store.end_conversation(conv.id, "participant_left", now)
+    assert (ended.status, ended.shutdown_reason, ended.ended_at) == ("ended", "participant_left", now)
+    with pytest.raises(Conflict):
+        await store.end_conversation(conv.id, "ended_by_api", now)  # the first reason stays
+    with pytest.raises(Conflict):
+        await store.activate_conversation(conv.id, now)
+    with pytest.raises(NotFound):
+        await store.end_conversation("conv_nope", "ended_by_api", now)
+    assert (await store.get_conversation(tenant.id, conv.id)).shutdown_reason == "participant_left"
+    turns = await store.transcript(tenant.id, conv.id)
+    assert [(u.seq, u.role, u.text, u.t) for u in turns] == [(0, "user", "Hi", 1.0), (1, "replica", "Hello!", 2.0)]
+
+
+async def test_concurrent_activations_let_exactly_one_through(store: Store) -> None:
+    tenant = await _tenant(store)
+    conv = await _conversation(store, tenant)
+    results = await asyncio.gather(
+        *(store.activate_conversation(conv.id, utc_now()) for _ in range(8)), return_exceptions=True
+    )
+    assert sum(isinstance(r, ConversationRecord) for r in results) == 1, results
+    assert all(isinstance(r, (ConversationRecord, Conflict)) for r in results), results
+
+
+async def test_the_quota_check_is_atomic(store: Store) -> None:
+    tenant = await _tenant(store, max_concurrent_conversations=5)
+    now = utc_now()
+    persona = await store.create_persona(tenant.id, {"name": "Ada"}, now)
+
+    async def create() -> ConversationRecord:
+        return await store.create_conversation(
+            tenant.id,
+            persona_id=persona.id,
+            settings={},
+            callback_url=None,
+            token_digest=b"\0" * 32,
+            token_expires_at=now + timedelta(hours=1),
+            now=now,
+            max_concurrent=5,
+        )
+
+    results = await asyncio.gather(*(create() for _ in range(20)), return_exceptions=True)
+    made = [r for r in results if isinstance(r, ConversationRecord)]
+    refused = [r for r in results if isinstance(r, QuotaFull)]
+    assert (len(made), len(refused)) == (5, 15), [type(r).__name__ + ": " + str(r) for r in results]
+    assert await store.open_conversations(tenant.id, now) == 5
+    assert len((await store.list_conversations(tenant.id, 100, None)).data) == 5
+
+    # ended and expired conversations free their slots
+    await store.end_conversation(made[0].id, "ended_by_api", now)
+    assert isinstance(await create(), ConversationRecord)
+    with pytest.raises(QuotaFull):
+        await create()
+    later = now + timedelta(hours=2)  # every token has expired: no slot is held
+    assert await store.open_conversations(tenant.id, later) == 0
+
+
+async def test_list_pages(store: Store) -> None:
+    tenant = await _tenant(store)
+    now = utc_now()
+    made = [(await store.create_persona(tenant.id, {"name": f"p{i}"}, now)).id for i in range(7)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_personas(tenant.id, 3, cursor)
+        seen += [p.id for p in page.data]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == made
+
+
+# ---- the webhook outbox -----------------------------------------------------------------------------------------
+
+
+async def _events(store: Store, conv: ConversationRecord, n: int, now: datetime) -> None:
+    for i in range(n):
+        props = {"role": "user", "text": f"u{i}", "t": float(i)}
+        event = event_body("conversation.utterance", conv.id, now, props)
+        await store.add_utterance(conv.id, "user", f"u{i}", float(i), events=[event], now=now)
+
+
+async def test_outbox_claims_attempts_and_due_times(store: Store) -> None:
+    tenant = await _tenant(store)
+    conv = await _conversation(store, tenant)
+    quiet = await _conversation(store, tenant, callback_url=None)
+    now = utc_now()
+    started = event_body("conversation.started", conv.id, now, {"persona_id": conv.persona_id})
+    await store.activate_conversation(conv.id, now, [started])
+    await store.activate_conversation(quiet.id, now, [started])  # no callback_url: nothing is queued
+    await _events(store, conv, 2, now)
+    assert await store.webhook_backlog() == 3
+    assert await store.next_webhook_due() == now
+
+    due = await store.due_webhooks(now, 2)
+    assert len(due) == 2  # the limit holds
+    assert due[0].attempts == 0 and due[0].url == HOOK_URL and due[0].secret == tenant.webhook_secret
+    assert json.loads(due[0].body)["event_type"] == "conversation.started"  # oldest first
+    third = await store.due_webhooks(now, 10)
+    assert len(third) == 1 and third[0].id not in {d.id for d in due}
+    assert await store.due_webhooks(now, 10) == []  # all claimed: a second call right after gets nothing
+    lease_end = await store.next_webhook_due()
+    assert lease_end is not None and lease_end > now + timedelta(seconds=10)  # claimed until the lease ends
+
+    # a failed attempt with a retry: pending, due at the retry
+    retry_at = now + timedelta(seconds=2)
+    await store.record_webhook_attempt(
+        due[0].id, at=now, status_code=503, error="HTTP 503", duration_ms=3.5, delivered=False, next_attempt_at=retry_at
+    )
+    assert await store.next_webhook_due() == retry_at
+    assert await store.due_webhooks(now + timedelta(seconds=1), 10) == []
+    again = await store.due_webhooks(retry_at, 10)
+    assert [(d.id, d.attempts, d.body) for d in again] == [(due[0].id, 1, due[0].body)]  # same id and bytes
+    # delivered, given up
+    await store.record_webhook_attempt(
+        due[0].id, at=retry_at, status_code=204, error=None, duration_ms=2.0, delivered=True, next_attempt_at=None
+    )
+    await store.record_webhook_attempt(
+        due[1].id, at=now, status_code=410, error="gone", duration_ms=1.0, delivered=False, next_attempt_at=None
+    )
+    # a late attempt on a settled message (its lease ran out and another deliverer took it) changes nothing
+    await store.record_webhook_attempt(
+        due[0].id, at=retry_at, status_code=500, error="late", duration_ms=1.0, delivered=False, next_attempt_at=now
+    )
+    assert await store.webhook_backlog() == 1  # third[0], still claimed
+    assert await store.next_webhook_due() == lease_end
+    page = await store.list_webhooks(tenant.id, conv.id, 10, None)
+    by_id = {m.id: m for m in page.data}
+    first, gone = by_id[due[0].id], by_id[due[1].id]
+    assert (first.status, first.delivered_at, first.next_attempt_at) == ("delivered", retry_at, None)
+    assert [a.status_code for a in first.attempts] == [503, 204, 500]  # every attempt is kept
+    assert (gone.status, gone.next_attempt_at, [a.status_code for a in gone.attempts]) == ("failed", None, [410])
+    assert (await store.list_webhooks(tenant.id, quiet.id, 10, None)).data == []
+
+    await store.record_webhook_attempt(
+        third[0].id, at=now, status_code=200, error=None, duration_ms=1.0, delivered=True, next_attempt_at=None
+    )
+    assert await store.next_webhook_due() is None and await store.webhook_backlog() == 0
+
+
+async def test_concurrent_claims_never_hand_out_a_message_twice(store: Store) -> None:
+    tenant = await _tenant(store)
+    conv = await _conversation(store, tenant)
+    now = utc_now()
+    await _events(store, conv, 30, now)
+    claims = await asyncio.gather(*(store.due_webhooks(now, 4) for _ in range(12)))
+    ids = [d.id for claim in claims for d in claim]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} messages handed out twice"
+    assert len(ids) == 30
