@@ -65,6 +65,7 @@ from orchestrator.events import (
 )
 from orchestrator.face.clip import AudioPiece, check_spec, render_clip
 from orchestrator.face.emotions import EMOTIONS
+from orchestrator.inference.llm import PRIORITY_HIGH
 from orchestrator.models.fairness import FairGate, GatedModels
 from orchestrator.models.openai_llm import OpenAIChat
 from orchestrator.models.ports import LanguageModel, RenderedFrames, SessionModels
@@ -496,8 +497,12 @@ class SessionService(pb_grpc.SessionServicer):
             # keeps only what live sessions leave, for the rest of its life.
             return stream.paced or stream.audio.ahead(self._clock()) > burst
 
+        # a `priority` tenant's session sends its model requests at a higher Triton priority (docs/api.md)
+        base = self.models
+        if spec.priority and (with_priority := getattr(base, "with_priority", None)) is not None:
+            base = with_priority(spec.priority)
         # the gate's key is this session's own object: a client-chosen conversation id may repeat
-        models = GatedModels(self.models, self.gate, object(), bulk=bulk)
+        models = GatedModels(base, self.gate, object(), bulk=bulk)
         outlet = _Outlet(outbox, self.telemetry, stream, self._clock, record)
         return build_session(spec, models, self.llm, self.settings, outlet, name=f"session-{sid}")
 
@@ -653,7 +658,8 @@ class SessionService(pb_grpc.SessionServicer):
         if self.conversations is not None and (endpoint := self.conversations.llm_endpoint(joined.persona_body)):
             llm = self._endpoint(endpoint)
         mode = spec.mode if spec.mode in ("conversation", "perceive") else "conversation"
-        return dataclasses.replace(spec, mode=mode, persona=joined.persona, llm=llm, flow=levels)
+        priority = PRIORITY_HIGH if joined.tenant.tier == "priority" else 0
+        return dataclasses.replace(spec, mode=mode, persona=joined.persona, llm=llm, flow=levels, priority=priority)
 
     def _endpoint(self, endpoint: dict[str, str]) -> LanguageModel:
         """One client per (endpoint, model, key), shared by the sessions of every persona that names it."""

@@ -302,9 +302,23 @@ def best_engine(free: Sequence[tuple[int, Sequence[Message], int]], messages: Se
     return min(free, key=lambda e: (-shared_turns(e[1], messages), e[2], e[0]))[0]
 
 
+PRIORITY_HIGH = 1  # a request's PRIORITY, as Triton counts priority levels: 1 is served first
+PRIORITY_DEFAULT = 2  # what a request without one (or with 0) gets
+
+
+def parse_priority(raw: int | None) -> int:
+    """The queue level of a request's optional PRIORITY input: 1 (first) or 2 (the default)."""
+    if raw is None or raw == 0:
+        return PRIORITY_DEFAULT
+    if raw not in (PRIORITY_HIGH, PRIORITY_DEFAULT):
+        raise LlmInputError(f"PRIORITY must be 0 (default), {PRIORITY_HIGH} or {PRIORITY_DEFAULT}, got {raw}")
+    return raw
+
+
 class EnginePool:
     """Several engines (llama.cpp contexts) in one process, one worker thread each; llama.cpp releases the
-    GIL while it computes, so they run in parallel. Jobs start in arrival order, each on the free engine
+    GIL while it computes, so they run in parallel. Jobs start in order of priority, then of arrival (a
+    paying tenant's replies overtake the queue, never a reply being generated), each on the free engine
     that holds the longest prefix of its conversation (`best_engine`).
 
     A session's next turn often arrives while the engine holding its history is still finishing the last
@@ -319,7 +333,7 @@ class EnginePool:
         self._last_used = [0 for _ in self._engines]
         self._served = 0
         self._waiting: set[int] = set()
-        self._jobs: deque[tuple[Sequence[Message], Callable[[LlamaEngine], None], float]] = deque()
+        self._jobs: deque[tuple[Sequence[Message], Callable[[LlamaEngine], None], float, int]] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self._threads = [
@@ -329,12 +343,18 @@ class EnginePool:
         for t in self._threads:
             t.start()
 
-    def submit(self, messages: Sequence[Message], job: Callable[[LlamaEngine], None]) -> None:
-        """Queue `job(engine)`; it runs on a worker thread and must handle its own errors."""
+    def submit(
+        self, messages: Sequence[Message], job: Callable[[LlamaEngine], None], priority: int = PRIORITY_DEFAULT
+    ) -> None:
+        """Queue `job(engine)` behind the jobs of its priority or a higher one; it runs on a worker thread and
+        must handle its own errors."""
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine pool is closed")
-            self._jobs.append((tuple(messages), job, time.monotonic()))
+            at = len(self._jobs)
+            while at > 0 and self._jobs[at - 1][3] > priority:
+                at -= 1
+            self._jobs.insert(at, (tuple(messages), job, time.monotonic(), priority))
             self._cv.notify_all()
 
     def close(self) -> None:
@@ -361,7 +381,7 @@ class EnginePool:
                 while not self._closed:
                     timeout = None
                     if self._jobs:
-                        messages, job, queued_at = self._jobs[0]
+                        messages, job, queued_at, _ = self._jobs[0]
                         free = [(k, self._history[k], self._last_used[k]) for k in sorted(self._waiting)]
                         best = best_engine(free, messages)
                         timeout = self._patience(messages, best, queued_at) or None
@@ -507,9 +527,15 @@ class ModelPools:
             raise UnknownModel(f"unknown llm model {name!r}; this server serves {', '.join(self._pools)}")
         return name
 
-    def submit(self, name: str, messages: Sequence[Message], job: Callable[[LlamaEngine], None]) -> None:
+    def submit(
+        self,
+        name: str,
+        messages: Sequence[Message],
+        job: Callable[[LlamaEngine], None],
+        priority: int = PRIORITY_DEFAULT,
+    ) -> None:
         """Queue `job(engine)` on the pool of the model `name` resolves to (see `EnginePool.submit`)."""
-        self._pools[self.resolve(name)].submit(messages, job)
+        self._pools[self.resolve(name)].submit(messages, job, priority)
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -72,6 +73,9 @@ _CHANNEL_ARGS = [
 ]
 
 
+PRIORITY_LEVELS = ("asr",)  # models whose config.pbtxt declares `priority_levels` (Triton queues by priority)
+
+
 class TritonModels:
     """Async client for `vad` and the `floor` ensemble. One instance is shared by all sessions."""
 
@@ -84,6 +88,16 @@ class TritonModels:
         # machine, 10 s and more for a large model on a loaded one; waiting beats failing a turn (or, for `vad`
         # and `floor`, the session).
         self.heal_wait_s = 30.0
+        # Triton request priority (1 first, 2 the default; 0: the model's default): `with_priority` makes a
+        # view for a `priority` tenant's sessions. The llm model takes it as its PRIORITY input (its engine
+        # pool queues replies), the models in PRIORITY_LEVELS through Triton's scheduler queue.
+        self.priority = 0
+
+    def with_priority(self, priority: int) -> TritonModels:
+        """This client (same channel, same healer) sending its requests at `priority`."""
+        view = copy.copy(self)
+        view.priority = priority
+        return view
 
     async def close(self) -> None:
         await self._client.close()
@@ -103,7 +117,10 @@ class TritonModels:
             # together, so a cancelled session would carry on (and never release its slot).
             async with asyncio.timeout(self.timeout_s):
                 return await self._client.infer(
-                    model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs]
+                    model,
+                    inputs,
+                    outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                    priority=self.priority if model in PRIORITY_LEVELS else 0,
                 )
         except InferenceServerException as exc:
             raise ModelUnavailable(f"model {model!r} failed: {exc.message()}") from exc
@@ -238,7 +255,7 @@ class TritonModels:
     llm_timeout_s: float = 30.0
 
     @staticmethod
-    def _llm_inputs(request: LlmRequest) -> list[Any]:
+    def _llm_inputs(request: LlmRequest, priority: int = 0) -> list[Any]:
         def tensor(name: str, dtype: str, value: npt.NDArray[Any]) -> Any:
             t = grpcclient.InferInput(name, [1, 1], dtype)
             t.set_data_from_numpy(value.reshape(1, 1))
@@ -252,6 +269,7 @@ class TritonModels:
             tensor("STOP", "BYTES", np.array([json.dumps(list(request.stop)).encode()], dtype=np.object_)),
             # Which served model ("" = the model's default); an unknown name comes back as a bad_option error.
             tensor("MODEL", "BYTES", np.array([request.model.encode()], dtype=np.object_)),
+            tensor("PRIORITY", "INT32", np.array([priority], dtype=np.int32)),  # 0: the default level
         ]
 
     async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
@@ -263,7 +281,7 @@ class TritonModels:
         model ("" = the default); a name the model does not serve is `BadOption`.
         """
         responses = self._stream(
-            "llm", self._llm_inputs(request), ["TEXT"], self.llm_timeout_s, request_id=request.request_id
+            "llm", self._llm_inputs(request, self.priority), ["TEXT"], self.llm_timeout_s, request_id=request.request_id
         )
         try:
             async for result in responses:

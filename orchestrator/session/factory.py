@@ -44,6 +44,7 @@ class SessionSpec:
     llm: LanguageModel | None = None  # the persona's own LLM endpoint (a conversation's), instead of the server's
     # the persona's conversational flow: turn_taking_patience, replica_interruptibility (None: medium)
     flow: tuple[str | None, str | None] = (None, None)
+    priority: int = 0  # Triton request priority of its models' requests (1: a `priority` tenant; 0: default)
 
     @property
     def paced(self) -> bool:

@@ -51,7 +51,7 @@ async def test_keys_create_list_revoke(control: Control) -> None:
         assert made["key_id"].startswith("key_") and made["api_key"].startswith("duet_")
         assert made["api_key"].startswith(made["prefix"])
         listed = await client.list_keys()
-        assert [k["key_id"] for k in listed["data"]][-1] == made["key_id"] and len(listed["data"]) == 2
+        assert made["key_id"] in {k["key_id"] for k in listed["data"]} and len(listed["data"]) == 2
         assert listed["next_cursor"] is None
         assert all("api_key" not in k for k in listed["data"])  # the secret is shown once
         async with checked_client(url, made["api_key"]) as second:
@@ -61,7 +61,8 @@ async def test_keys_create_list_revoke(control: Control) -> None:
             await _refused(second.list_keys(), 401, "unauthenticated")  # and stops at once
         again = await client.revoke_key(made["key_id"])  # revoking twice is harmless, keeps the first time
         assert again["revoked_at"] == revoked["revoked_at"]
-        assert [k["revoked_at"] is not None for k in (await client.list_keys())["data"]] == [False, True]
+        revoked_now = {k["key_id"]: k["revoked_at"] is not None for k in (await client.list_keys())["data"]}
+        assert sorted(revoked_now.values()) == [False, True] and revoked_now[made["key_id"]]
         await _refused(client.revoke_key("key_01aaaaaaaaaaaaaaaaaaaaaaaa"), 404, "not_found")
 
 
@@ -138,9 +139,7 @@ async def test_persona_list_pages_without_gaps_or_duplicates(control: Control) -
     stack, url, settings = control
     tenant = await new_tenant(stack, settings)
     async with checked_client(url, tenant["api_key"]) as client:
-        made = [
-            (await client.create_persona(name=f"p{i}", system_prompt="You help."))["persona_id"] for i in range(25)
-        ]
+        made = [(await client.create_persona(name=f"p{i}", system_prompt="You help."))["persona_id"] for i in range(25)]
         for limit, pages in ((7, 4), (24, 2), (25, 1), (100, 1)):
             seen: list[str] = []
             cursor = None
@@ -150,8 +149,9 @@ async def test_persona_list_pages_without_gaps_or_duplicates(control: Control) -
                 seen += [p["persona_id"] for p in page["data"]]
                 cursor = page["next_cursor"]
                 assert (cursor is None) == (n == pages - 1), (limit, n)
-            assert seen == made  # oldest first, each once
-        assert [p["persona_id"] async for p in client.iter_personas(page_size=10)] == made
+            # each once, in id order (creation order to the millisecond)
+            assert seen == sorted(made)
+        assert [p["persona_id"] async for p in client.iter_personas(page_size=10)] == sorted(made)
         default = await client.list_personas()
         assert len(default["data"]) == 20 and default["next_cursor"] is not None
 
@@ -192,10 +192,13 @@ async def test_conversation_lifecycle(control: Control) -> None:
         other = await client.create_conversation(pid)
 
         def ids(page: Any) -> list[str]:
-            return [c["conversation_id"] for c in page["data"]]
+            listed = [c["conversation_id"] for c in page["data"]]
+            assert listed == sorted(listed)
+            return sorted(listed)
 
-        assert ids(await client.list_conversations()) == [cid, other["conversation_id"]]
-        assert ids(await client.list_conversations(status="created")) == [cid, other["conversation_id"]]
+        both = sorted([cid, other["conversation_id"]])
+        assert ids(await client.list_conversations()) == both
+        assert ids(await client.list_conversations(status="created")) == both
         assert ids(await client.list_conversations(status="ended")) == []
 
         ended = await client.end_conversation(cid)
@@ -340,7 +343,7 @@ async def test_faces_upload_prepare_use_and_delete(start_control: StartControl, 
         assert failed["status"] == "failed" and "no face" in failed["error"], failed
         assert str(settings.face.faces_dir) not in failed["error"]  # no server paths in answers
         listed = await client.list_faces()
-        assert [f["face_id"] for f in listed["data"]] == [face["face_id"], grey["face_id"]]
+        assert [f["face_id"] for f in listed["data"]] == sorted([face["face_id"], grey["face_id"]])
 
         persona = await client.create_persona(name="Ada", system_prompt="You are Ada.", face_id=face["face_id"])
         assert persona["face_id"] == face["face_id"]
@@ -365,6 +368,10 @@ async def test_faces_upload_prepare_use_and_delete(start_control: StartControl, 
         assert as_json.status == 415
         form = aiohttp.FormData(default_to_multipart=True)
         form.add_field("name", "no file")
+        assert (await http("POST", "/v1/faces", data=form)).status == 422
+        form = aiohttp.FormData()
+        form.add_field("file", PORTRAIT.read_bytes(), filename="a.png", content_type="image/png")
+        form.add_field("name", "nul\x00name")
         assert (await http("POST", "/v1/faces", data=form)).status == 422
         assert len((await client.list_faces())["data"]) == 2  # nothing half-written
 
@@ -407,6 +414,24 @@ async def test_refused_requests(control: Control) -> None:
             json_body={"name": "x", "system_prompt": "s", "layers": {"llm": {"temperature": 9}}},
         )
         await refused(422, "invalid", "$", "POST", "/v1/personas", json_body=[1, 2])
+        # what no store can hold (PostgreSQL refuses NUL and unpaired surrogates) or walk (deep nesting)
+        for raw, field in (
+            (rb'{"name": "a\u0000b", "system_prompt": "s"}', "$.name"),
+            (rb'{"name": "a", "system_prompt": "s", "context": "\udc00"}', "$.context"),
+            (rb'{"name": "a", "system_prompt": "s", "vocabulary": ["ok", "\ud800x"]}', "$.vocabulary[1]"),
+            (rb'{"name": "a", "system_prompt": "s", "a\u0000": 1}', "$"),
+            (b'{"name": "a\xed\xa0\x80", "system_prompt": "s"}', "$.name"),  # a surrogate as UTF-8 bytes
+            ('{"name": "a", "system_prompt": "\\u0000"}'.encode("utf-16"), "$.system_prompt"),
+        ):
+            await refused(422, "invalid", field, "POST", "/v1/personas", data=raw, headers=json_type)
+        deep: Any = {"x": 1}
+        for _ in range(100):
+            deep = {"d": deep}
+        tool = {"name": "t", "parameters": deep}
+        body = {"name": "a", "system_prompt": "s", "layers": {"llm": {"tools": [tool]}}}
+        await refused(422, "invalid", None, "POST", "/v1/personas", json_body=body)
+        nested = b"[" * 5000 + b"]" * 5000  # too deep for the parser itself
+        await refused(400, "bad_request", None, "POST", "/v1/personas", data=nested, headers=json_type)
         await refused(400, "bad_request", None, "POST", "/v1/personas", data=b"", headers=json_type)
         await refused(401, "unauthenticated", None, "GET", "/v1/personas", key=None)
         await refused(401, "unauthenticated", None, "GET", "/v1/personas", key="duet_" + "a" * 26 + "_secret")

@@ -241,12 +241,14 @@ def test_an_unknown_model_is_a_typed_error_naming_the_served_ones(llm_server: Em
 
 
 def test_a_request_without_the_model_input_gets_the_default(llm_server: EmbeddedTriton) -> None:
-    """MODEL is optional: a client that predates it (sending only the four original inputs) is served."""
+    """MODEL and PRIORITY are optional: a client that predates them (sending only the four original inputs) is
+    served."""
     _, default = served_models()
 
     async def four_inputs() -> list[str]:
         client = grpcclient.InferenceServerClient(llm_server.grpc_url)
-        inputs = [i for i in TritonModels._llm_inputs(ask("Say hi.", max_tokens=4)) if i.name() != "MODEL"]
+        sent = TritonModels._llm_inputs(ask("Say hi.", max_tokens=4))
+        inputs = [i for i in sent if i.name() not in ("MODEL", "PRIORITY")]
 
         async def one() -> AsyncIterator[dict[str, Any]]:
             yield {"model_name": "llm", "inputs": inputs, "parameters": {"triton_enable_empty_final_response": True}}

@@ -6,12 +6,14 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from orchestrator.config import REPO_ROOT
 from orchestrator.inference.llm import (
+    PRIORITY_DEFAULT,
+    PRIORITY_HIGH,
     EnginePool,
     GenerationStats,
     LlamaEngine,
@@ -21,6 +23,7 @@ from orchestrator.inference.llm import (
     best_engine,
     generate_text,
     parse_messages,
+    parse_priority,
     parse_stop,
     shared_turns,
 )
@@ -300,3 +303,41 @@ def test_next_turn_waits_briefly_for_the_busy_engine_holding_its_history(
         assert (ran[1] is ran[0]) == same_engine  # waited for it, or gave up and ran on the other one
     finally:
         pool.close()
+
+
+def test_a_priority_job_overtakes_the_queue_but_never_a_running_one(engine: LlamaEngine) -> None:
+    """A `priority` tenant's reply (PRIORITY 1) starts before default ones queued earlier; within a level,
+    arrival order holds; the job already running is not disturbed."""
+    pool = EnginePool([engine])
+    release, order, done = threading.Event(), [], threading.Semaphore(0)
+
+    def job(name: str, hold: bool = False) -> Callable[[LlamaEngine], None]:
+        def run(_: LlamaEngine) -> None:
+            order.append(name)
+            if hold:
+                release.wait(5)
+            done.release()
+
+        return run
+
+    try:
+        pool.submit([Message("user", "a")], job("running", hold=True))
+        while not order:
+            time.sleep(0.005)
+        pool.submit([Message("user", "b")], job("default-1"))
+        pool.submit([Message("user", "c")], job("default-2"), PRIORITY_DEFAULT)
+        pool.submit([Message("user", "d")], job("priority-1"), PRIORITY_HIGH)
+        pool.submit([Message("user", "e")], job("priority-2"), PRIORITY_HIGH)
+        release.set()
+        for _ in range(5):
+            assert done.acquire(timeout=5)
+        assert order == ["running", "priority-1", "priority-2", "default-1", "default-2"]
+    finally:
+        pool.close()
+
+
+def test_priority_input_is_checked() -> None:
+    assert parse_priority(None) == parse_priority(0) == PRIORITY_DEFAULT
+    assert parse_priority(1) == PRIORITY_HIGH
+    with pytest.raises(LlmInputError, match="PRIORITY"):
+        parse_priority(7)

@@ -87,7 +87,8 @@ def test_llm_config_lists_its_models_and_setup_provides_each_one() -> None:
 
 
 def test_llm_inputs_match_what_the_adapter_sends() -> None:
-    """The adapter sends exactly the config's inputs; MODEL is optional (a client may leave it out)."""
+    """The adapter sends exactly the config's inputs; MODEL and PRIORITY are optional (a client may leave them
+    out)."""
     from orchestrator.models.ports import ChatMessage, LlmRequest
     from orchestrator.models.triton import TritonModels
 
@@ -97,4 +98,6 @@ def test_llm_inputs_match_what_the_adapter_sends() -> None:
     sent = {i.name(): i.datatype() for i in inputs}
     assert sent["MODEL"] == "BYTES"
     assert re.search(r'name: "MODEL" data_type: TYPE_STRING dims: \[ 1 \] optional: true', str(llm["text"]))
+    assert sent["PRIORITY"] == "INT32"
+    assert re.search(r'name: "PRIORITY" data_type: TYPE_INT32 dims: \[ 1 \] optional: true', str(llm["text"]))
     assert "decoupled: true" in str(llm["text"])

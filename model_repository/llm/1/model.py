@@ -28,6 +28,7 @@ from orchestrator.inference.llm import (
     parse_messages,
     parse_model_name,
     parse_model_specs,
+    parse_priority,
     parse_stop,
 )
 
@@ -112,6 +113,8 @@ class TritonPythonModel:
                 # MAX_TOKENS 0 is a prefill: the conversation so far (it may end with the replica's turn) goes
                 # into a context's KV cache and nothing is generated (the session sends one while the user speaks).
                 messages = parse_messages(_scalar(request, "MESSAGES"), prefill=max_tokens == 0)
+                raw_priority = _scalar(request, "PRIORITY", optional=True)
+                priority = parse_priority(None if raw_priority is None else int(raw_priority))
                 options = {
                     "max_tokens": max_tokens,
                     "temperature": float(_scalar(request, "TEMPERATURE")),
@@ -124,7 +127,7 @@ class TritonPythonModel:
                 self._send(sender, None, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
             job = functools.partial(self._generate, request, sender, messages, options, self.metrics[served])
-            self.pools.submit(served, messages, job)
+            self.pools.submit(served, messages, job, priority)  # a priority tenant's reply is served first
 
     def _generate(self, request, sender, messages, options, metrics, engine):
         """Runs on a pool worker: stream one reply through the request's sender, FINAL flag last."""

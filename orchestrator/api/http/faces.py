@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from orchestrator.api.http.server import ApiError
 from orchestrator.config import REPO_ROOT, Settings
@@ -31,6 +32,14 @@ PREPARING = 2  # portraits prepared at once (each holds a CPU core for seconds)
 
 async def read_portrait(request: web.Request, limit: int) -> tuple[bytes, str]:
     """The `file` part (PNG or JPEG, at most `limit` bytes) and the optional `name` of a multipart upload."""
+    try:
+        return await _read_parts(request, limit)
+    except (ValueError, LookupError, RuntimeError, HttpProcessingError) as err:
+        # what aiohttp's multipart parser raises for a malformed body (boundary, part headers, encodings)
+        raise ApiError("bad_request", "the body is not a well-formed multipart form") from err
+
+
+async def _read_parts(request: web.Request, limit: int) -> tuple[bytes, str]:
     if request.content_type != "multipart/form-data":
         raise ApiError("unsupported_media_type", "upload a portrait as multipart/form-data with a `file` field")
     reader = await request.multipart()
@@ -48,8 +57,8 @@ async def read_portrait(request: web.Request, limit: int) -> tuple[bytes, str]:
             image = bytes(data)
         elif part.name == "name":
             name = (await part.text()).strip()
-            if len(name) > 100:
-                raise ApiError("invalid", "name is at most 100 characters", "name")
+            if len(name) > 100 or "\x00" in name:
+                raise ApiError("invalid", "name is at most 100 characters, with no NUL", "name")
         else:
             raise ApiError("invalid", f"unknown form field {part.name!r} (file, name)", part.name or "$")
     if image is None:

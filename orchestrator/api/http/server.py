@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,8 @@ STATUS = {
     "model_unavailable": 503,
 }
 KEYS_TRACKED = 10_000  # API keys whose request rate is remembered (least recently used first out)
+MAX_DEPTH = 64  # JSON nesting a body may have: the validators and the store recurse (no real body nests so deep)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins real pairs: what is left is half of one
 
 
 class ApiError(DuetError):
@@ -148,9 +151,34 @@ async def _json_body(request: web.Request, op: openapi.Operation, limit: int) ->
         raise ApiError("too_large", f"the body is over {limit} bytes")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ApiError("bad_request", f"the body is not valid JSON: {err}") from err
+    # (NUL and surrogates come as \u escapes, or as bytes 00 (UTF-16/32) or ED (surrogatepass); depth as brackets)
+    if any(b in raw for b in (b"\\u", b"\x00", b"\xed")) or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_storable(body)
     return body
+
+
+def _check_storable(body: Any) -> None:
+    """Refuses what a store cannot hold or walk: a NUL or half a surrogate pair in a string or a field name
+    (PostgreSQL takes neither), and nesting deeper than MAX_DEPTH."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(body, ())]
+    while stack:
+        node, parts = stack.pop()
+        if len(parts) > MAX_DEPTH:
+            raise ApiError("invalid", f"the body nests deeper than {MAX_DEPTH} levels", openapi._path(parts))
+        if isinstance(node, dict):
+            stack.extend((value, (*parts, key)) for key, value in node.items())
+            node = "".join(node)  # the field names
+        elif isinstance(node, list):
+            stack.extend((value, (*parts, i)) for i, value in enumerate(node))
+        if isinstance(node, str) and ("\x00" in node or _SURROGATE.search(node)):
+            where = openapi._path(parts)
+            raise ApiError("invalid", f"{_subject(where)} holds a NUL character or half a surrogate pair", where)
+
+
+def _subject(where: str) -> str:
+    return "the body" if where == "$" else where
 
 
 def _wrap(
