@@ -324,3 +324,41 @@ async def test_an_error_from_a_control_plane_interaction_is_not_counted_against_
     await asyncio.wait_for(client.task, 30)
     assert {(e.code, e.fatal) for e in client.errors()} == {("unknown_tool_call", False)}
     assert client.events()[-1]["type"] == "session_ended"  # ended by its END, not by too_many_errors
+
+
+def test_a_conversations_persona_sets_the_sessions_flow_priority_and_llm() -> None:
+    """What a joined conversation makes of the session: the persona's flow levels (applied by the session, so
+    `medium` later means the server's own), the tier's Triton priority, and the persona's own LLM endpoint."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from orchestrator.api.options import parse_options
+    from orchestrator.control.conversations import Joined, Recorder
+    from orchestrator.models.openai_llm import OpenAIChat
+    from orchestrator.session.persona import Persona
+    from orchestrator.store.records import ConversationRecord, Tenant
+
+    now = datetime.now(UTC)
+    body = {
+        "layers": {
+            "conversational_flow": {"turn_taking_patience": "high", "replica_interruptibility": "low"},
+            "llm": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "k"},
+        }
+    }
+
+    class Directory:  # what `_joined_spec` asks of the conversation service
+        def llm_endpoint(self, persona_body: dict[str, Any]) -> dict[str, str] | None:
+            llm = persona_body["layers"]["llm"]
+            return {"base_url": llm["base_url"], "model": llm["model"], "api_key": llm["api_key"]}
+
+    conv = ConversationRecord("conv_x", "ten_x", "per_x", "active", None, {}, None, now, now)
+    svc = service()
+    svc.conversations = Directory()  # type: ignore[assignment]
+    for tier, priority in (("standard", 0), ("priority", 1)):
+        tenant = Tenant("ten_x", "T", tier, "whsec_x", 4, 0, now)
+        joined = Joined(conv, tenant, Persona("per_x", "P", "Be brief."), body, 60.0, Recorder(None, conv))  # type: ignore[arg-type]
+        spec = svc._joined_spec(parse_options(svc.settings, {}), joined)
+        assert spec.flow == ("high", "low") and spec.priority == priority
+        assert spec.floor == parse_options(svc.settings, {}).floor  # the session applies the levels itself
+        assert isinstance(spec.llm, OpenAIChat) and spec.llm.url == "http://127.0.0.1:9/v1/chat/completions"
+        assert dataclasses.replace(spec, llm=None).persona is joined.persona
