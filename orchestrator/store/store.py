@@ -329,10 +329,17 @@ class Store:
         return ConversationRecord(**row)
 
     async def _lock_tenant(self, c: AsyncConnection, tenant_id: str) -> None:
-        """Serialise a tenant's quota checks (PostgreSQL row lock; SQLite serialises writers anyway)."""
-        q = sa.select(t.tenants.c.id).where(t.tenants.c.id == tenant_id)
-        if self.backend == "postgresql":
-            q = q.with_for_update()
+        """Serialise a tenant's quota checks: PostgreSQL locks the tenant's row. SQLite begins a transaction
+        at its first write, not at BEGIN (Python's sqlite3 driver), so a count read first would see a state
+        another writer is about to change: a write to the tenant's row comes first, taking the database's
+        write lock, and the count after it is the latest."""
+        if self.backend == "sqlite":
+            ten = t.tenants
+            touched = await c.execute(ten.update().where(ten.c.id == tenant_id).values(tier=ten.c.tier))
+            if touched.rowcount == 0:
+                raise NotFound(f"no tenant {tenant_id}")
+            return
+        q = sa.select(t.tenants.c.id).where(t.tenants.c.id == tenant_id).with_for_update()
         if (await c.execute(q)).first() is None:
             raise NotFound(f"no tenant {tenant_id}")
 
@@ -524,6 +531,8 @@ class Store:
         if self.backend == "postgresql":
             q = q.with_for_update(of=m, skip_locked=True)
         async with self.engine.begin() as c:
+            if self.backend == "sqlite":  # take the write lock before reading (see `_lock_tenant`)
+                await c.execute(m.update().where(m.c.id == "").values(status=m.c.status))
             rows = (await c.execute(q)).all()
             if rows:
                 lease = now + timedelta(seconds=WEBHOOK_LEASE_S)

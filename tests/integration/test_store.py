@@ -222,22 +222,12 @@ async def test_concurrent_activations_let_exactly_one_through(store: Store) -> N
     assert all(isinstance(r, (ConversationRecord, Conflict)) for r in results), results
 
 
-# Found by these tests: on SQLite, pysqlite opens a transaction only at the first write, so a method's SELECT
-# and its INSERT/UPDATE are not one transaction: the quota count and the outbox claim race. Emitting
-# `BEGIN IMMEDIATE` for every transaction (connect with isolation_level=None plus a "begin" listener in
-# store.make_engine) makes them atomic; until the store does, the SQLite runs are expected to fail.
-SQLITE_RACE = pytest.mark.xfail(
-    strict=True, reason="BUG: SQLite transactions begin at the first write, not at BEGIN (store.make_engine)"
-)
-
-
-def _expect_sqlite_race(request: pytest.FixtureRequest, store: Store) -> None:
-    if store.backend == "sqlite":
-        request.applymarker(SQLITE_RACE)
+# Found by these tests: on SQLite, Python's driver opens a transaction only at the first write, so a method's
+# SELECT and its INSERT/UPDATE were not one transaction (the quota count and the outbox claim raced). The store
+# now writes first in those two (`Store._lock_tenant`, `Store.due_webhooks`).
 
 
 async def test_the_quota_check_is_atomic(store: Store, request: pytest.FixtureRequest) -> None:
-    _expect_sqlite_race(request, store)
     tenant = await _tenant(store, max_concurrent_conversations=5)
     now = utc_now()
     persona = await store.create_persona(tenant.id, {"name": "Ada"}, now)
@@ -354,7 +344,6 @@ async def test_outbox_claims_attempts_and_due_times(store: Store) -> None:
 
 
 async def test_concurrent_claims_never_hand_out_a_message_twice(store: Store, request: pytest.FixtureRequest) -> None:
-    _expect_sqlite_race(request, store)
     tenant = await _tenant(store)
     conv = await _conversation(store, tenant)
     now = utc_now()
