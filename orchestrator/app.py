@@ -51,6 +51,18 @@ class Running:
     http_url: str | None = None  # the REST control plane (`api.*`), when enabled
 
 
+def public_host(settings: Settings) -> str:
+    """The host clients reach this server by: `api.public_url`'s when set (a server bound to 0.0.0.0 cannot
+    hand out that address), else the one it is bound to."""
+    import urllib.parse
+
+    return (
+        urllib.parse.urlsplit(settings.api.public_url).hostname or settings.server.host
+        if settings.api.public_url
+        else settings.server.host
+    )
+
+
 @dataclass
 class ControlStack:
     """The control plane's running parts: the store, the conversation service, webhooks, faces, HTTP."""
@@ -160,7 +172,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         http_url = None
         if control is not None:
             control.conversations.live = service
-            control.conversations.grpc_address = f"{settings.server.host}:{port}"
+            control.conversations.grpc_address = f"{public_host(settings)}:{port}"
             http_url = await control.serve_http(settings)
         own_metrics = telemetry.serve(settings.metrics)
         lag = asyncio.create_task(telemetry.watch_loop(), name="telemetry-loop-lag")
