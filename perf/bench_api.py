@@ -184,14 +184,15 @@ class Server:
 
     live: ClassVar[set[Server]] = set()  # stopped on any exit of the bench
 
-    def __init__(self, env: Mapping[str, str], workdir: Path) -> None:
+    def __init__(self, env: Mapping[str, str], workdir: Path, log_path: Path | None = None) -> None:
         self.env = dict(env)
         self.workdir = workdir
+        self.log_path = log_path  # every line of its output, restarts included
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
         self.http_url = ""
         self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
-        self.errors = 0  # ERROR lines and tracebacks in its log
+        self.errors = 0  # ERROR records in its log
         self.start_s = 0.0
 
     def start(self) -> Server:
@@ -219,17 +220,29 @@ class Server:
 
     def _drain(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
         assert proc.stdout is not None
+        sink = self.log_path.open("a", encoding="utf-8") if self.log_path else None
+        try:
+            self._read(proc, ready, sink)
+        finally:
+            if sink is not None:
+                sink.close()
+        ready.set()
+
+    def _read(self, proc: subprocess.Popen[str], ready: threading.Event, sink: Any) -> None:
+        assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.rstrip("\n")
             self.lines.append(line)
-            if " ERROR " in line or line.startswith("Traceback"):
+            if sink is not None:
+                sink.write(raw)
+                sink.flush()
+            if " ERROR " in line:
                 self.errors += 1
             if "control plane on " in line:
                 self.http_url = line.split("control plane on ", 1)[1].split("/v1", 1)[0].strip()
             if "serving sessions on " in line:
                 self.address = line.split("serving sessions on ", 1)[1].split()[0]
                 ready.set()
-        ready.set()
 
     @property
     def pid(self) -> int:
@@ -666,9 +679,13 @@ end
 }
 
 
-def lua_script(op: str, key: str, persona_id: str = "", ids: Sequence[str] = ()) -> str:
+def lua_script(op: str, key: str, persona_id: str = "", ids: Sequence[str] = (), think_ms: int = 0) -> str:
+    """wrk's script for `op`; `think_ms` > 0 makes each connection wait 0.5-1.5x that between its requests."""
     quoted = ", ".join(f'"{i}"' for i in ids)
-    return LUA_COMMON.format(op=op, key=key) + LUA_REQUEST[op].format(persona_id=persona_id, ids=quoted)
+    script = LUA_COMMON.format(op=op, key=key) + LUA_REQUEST[op].format(persona_id=persona_id, ids=quoted)
+    if think_ms > 0:
+        script += f"function delay()\n  return math.random({think_ms // 2}, {think_ms * 3 // 2})\nend\n"
+    return script
 
 
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -731,6 +748,7 @@ async def part_load(
     levels: Sequence[int],
     duration_s: float,
     n_sessions: int,
+    think_ms: int = 0,
 ) -> dict[str, Any]:
     async with duet.Client(server.http_url, api_key) as client:
         persona = await client.create_persona(
@@ -748,21 +766,26 @@ async def part_load(
             for s in sessions:
                 await wait_active(client, s.conversation_id)
             live_ids = [s.conversation_id for s in sessions]
-            scripts = {}
+            points = [(c, 0) for c in levels]
+            if think_ms > 0:  # the same clients at a human pace: each waits between its requests
+                points.append((TARGET_CLIENTS, think_ms))
+            scripts: dict[tuple[str, int], Path] = {}
             for op in OPS:
-                path = workdir / f"{op}.lua"
-                path.write_text(lua_script(op, api_key, pid, live_ids if op == "interaction" else seed))
-                scripts[op] = path
+                for think in {t for _, t in points}:
+                    path = workdir / f"{op}-{think}.lua"
+                    ids = live_ids if op == "interaction" else seed
+                    path.write_text(lua_script(op, api_key, pid, ids, think))
+                    scripts[op, think] = path
             cpu0 = server.cpu_s()
             await asyncio.sleep(IDLE_S)  # what the sessions alone cost the server
-            sessions_cpu_pct = r(100 * (server.cpu_s() - cpu0) / IDLE_S)
-            await run_wrk(wrk, server.http_url, scripts["list"], 8, 2)  # warm-up, not recorded
+            sessions_cpu_pct = 100 * (server.cpu_s() - cpu0) / IDLE_S
+            await run_wrk(wrk, server.http_url, scripts["list", 0], 8, 2)  # warm-up, not recorded
             rows: list[dict[str, Any]] = []
             created = 0
             for op in ops:
-                for clients in levels:
+                for clients, think in points:
                     cpu0, (busy0, all0) = server.cpu_s(), machine_cpu()
-                    row = await run_wrk(wrk, server.http_url, scripts[op], clients, duration_s)
+                    row = await run_wrk(wrk, server.http_url, scripts[op, think], clients, duration_s)
                     cpu1, (busy1, all1) = server.cpu_s(), machine_cpu()
                     ok_requests = max(1, row["requests"] - row["non2xx"])
                     if op == "create":
@@ -770,20 +793,25 @@ async def part_load(
                     row.update(
                         op=op,
                         clients=clients,
+                        think_ms=think,
                         server_cpu_pct=r(100 * (cpu1 - cpu0) / duration_s),
-                        server_cpu_ms_per_request=r(1000 * (cpu1 - cpu0) / ok_requests, 2),
+                        # net of what the sessions alone cost meanwhile
+                        server_cpu_ms_per_request=r(
+                            1000 * max(0.0, cpu1 - cpu0 - sessions_cpu_pct / 100 * duration_s) / ok_requests, 2
+                        ),
                         machine_cpu_pct=r(100 * (busy1 - busy0) / max(1.0, all1 - all0)),
                     )
                     rows.append(row)
                     log(
-                        f"  {op:<11} c={clients:<3} p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                        f"{row['rps']:7.1f} req/s  errors {row['errors']}  server CPU {row['server_cpu_pct']} %"
+                        f"  {op:<11} c={clients:<3} think {think:<4} p50 {row['p50_ms']:7.1f} ms  "
+                        f"p99 {row['p99_ms']:7.1f} ms  {row['rps']:7.1f} req/s  errors {row['errors']}  "
+                        f"server CPU {row['server_cpu_pct']} %"
                     )
                     await asyncio.sleep(0.5)
             # the same single-client create once the tenant has many open conversations (the quota counts them)
             after: dict[str, Any] = {}
             if "create" in ops:
-                after = await run_wrk(wrk, server.http_url, scripts["create"], 1, duration_s)
+                after = await run_wrk(wrk, server.http_url, scripts["create", 0], 1, duration_s)
                 after.update(op="create", clients=1, open_before=created + SEED_CONVERSATIONS + n_sessions)
             alive = [s.fatal is None for s in sessions]
             session_info = [{"events": s.events, "audio_chunks": s.audio_chunks, "fatal": s.fatal} for s in sessions]
@@ -794,20 +822,21 @@ async def part_load(
         "rows": rows,
         "create_c1_after_open": after,
         "sessions": n_sessions,
-        "server_cpu_pct_sessions_alone": sessions_cpu_pct,
+        "server_cpu_pct_sessions_alone": r(sessions_cpu_pct),
         "sessions_alive_at_end": sum(alive),
         "session_info": session_info,
     }
 
 
 def verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per operation at TARGET_CLIENTS: p99 against its target, and no errors."""
+    """Per operation at TARGET_CLIENTS (closed loop: `op`; with think time: `op`+`_paced`): p99 against its
+    target, and no errors."""
     out = {}
     for row in rows:
         if row["clients"] != TARGET_CLIENTS:
             continue
         target = target_of(row["op"])
-        out[row["op"]] = {
+        out[row["op"] + ("_paced" if row["think_ms"] else "")] = {
             "p99_ms": r(row["p99_ms"]),
             "target_p99_ms": target,
             "errors": row["errors"],
@@ -830,15 +859,19 @@ def print_report(results: Mapping[str, Any]) -> None:
         if not load:
             continue
         print(f"\n### API latency under load — {name} ({load['sessions']} sessions streaming)\n")
-        print("| operation | clients | p50 ms | p99 ms | req/s | errors | server CPU ms/req | server CPU % | target |")
+        print(
+            "| operation | clients | p50 ms | p99 ms | req/s | errors | server CPU ms/req (net of sessions) "
+            "| server CPU % | target |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for row in load["rows"]:
             mark = ""
             if row["clients"] == TARGET_CLIENTS:
                 ok = row["p99_ms"] <= target_of(row["op"]) and row["errors"] == 0
                 mark = f"p99 ≤ {target_of(row['op']):.0f} ms: {'met' if ok else '**missed**'}"
+            clients = f"{row['clients']} ({row['think_ms']} ms think)" if row["think_ms"] else str(row["clients"])
             print(
-                f"| {OP_NAMES[row['op']]} | {row['clients']} | {fmt_ms(row['p50_ms'])} | {fmt_ms(row['p99_ms'])} "
+                f"| {OP_NAMES[row['op']]} | {clients} | {fmt_ms(row['p50_ms'])} | {fmt_ms(row['p99_ms'])} "
                 f"| {row['rps']:.0f} | {row['errors']} | {row['server_cpu_ms_per_request']} "
                 f"| {row['server_cpu_pct']} | {mark} |"
             )
@@ -859,17 +892,22 @@ def print_report(results: Mapping[str, Any]) -> None:
         head = " | ".join(f"{n} p50 / p99 ms | {n} req/s" for n in with_load)
         print(f"| operation | {head} | target p99 |")
         print("|---|" + "---|---|" * len(with_load) + "---|")
-        for op in OPS:
-            found = [
-                [x for x in backends[n]["load"]["rows"] if x["op"] == op and x["clients"] == TARGET_CLIENTS]
-                for n in with_load
-            ]
-            if not all(found):
-                continue
-            cells = []
-            for (row,) in found:
-                cells.append(f"{fmt_ms(row['p50_ms'])} / {fmt_ms(row['p99_ms'])} | {row['rps']:.0f}")
-            print(f"| {OP_NAMES[op]} | {' | '.join(cells)} | {target_of(op):.0f} ms |")
+        thinks = sorted({x["think_ms"] for n in with_load for x in backends[n]["load"]["rows"]})
+        for think in thinks:
+            for op in OPS:
+                found = [
+                    [
+                        x
+                        for x in backends[n]["load"]["rows"]
+                        if x["op"] == op and x["clients"] == TARGET_CLIENTS and x["think_ms"] == think
+                    ]
+                    for n in with_load
+                ]
+                if not all(found):
+                    continue
+                cells = [f"{fmt_ms(x[0]['p50_ms'])} / {fmt_ms(x[0]['p99_ms'])} | {x[0]['rps']:.0f}" for x in found]
+                name = OP_NAMES[op] + (f" ({think} ms think)" if think else "")
+                print(f"| {name} | {' | '.join(cells)} | {target_of(op):.0f} ms |")
     greet = {n: b["greeting"] for n, b in backends.items() if b.get("greeting")}
     if greet:
         print("\n### POST /v1/conversations → first replica audio of the greeting (join included)\n")
@@ -959,7 +997,7 @@ async def run_backend(
     if "load" in args.parts:
         log(f"{backend}: API load with wrk, {args.ops} x {args.concurrency} clients ...")
         out["load"] = await part_load(
-            server, key, wrk, workdir, args.ops, args.concurrency, args.duration, args.sessions
+            server, key, wrk, workdir, args.ops, args.concurrency, args.duration, args.sessions, args.think_ms
         )
         out["verdicts"] = verdicts(out["load"]["rows"])
     return out
@@ -979,6 +1017,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--ops", default=",".join(OPS), help="request types of the load part")
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per wrk point")
+    ap.add_argument(
+        "--think-ms", type=int, default=500, help="one more point: 64 clients, each waiting ~this long between requests"
+    )
     ap.add_argument("--sessions", type=int, default=4, help="SDK sessions streaming during the load part")
     ap.add_argument("--greetings", type=int, default=10)
     ap.add_argument("--webhook-events", type=int, default=200)
@@ -1030,11 +1071,15 @@ def main(argv: list[str] | None = None) -> int:
                         DUET_API__KEY_REQUESTS_PER_S="100000",
                     )
                     log(f"{backend}: starting duet serve ...")
-                    server = Server(env, workdir).start()
+                    server_log = Path(args.out).with_name(f"{Path(args.out).stem}_server_{backend}.log")
+                    server_log.parent.mkdir(parents=True, exist_ok=True)
+                    server_log.unlink(missing_ok=True)
+                    server = Server(env, workdir, server_log).start()
                     try:
                         tenant = admin(env, workdir, "tenant", "create", "Bench", "--max-concurrent", str(TENANT_QUOTA))
                         out = asyncio.run(run_backend(backend, server, tenant, wrk, workdir, args))
-                        out["server_error_lines"] = server.errors
+                        out["server_log"] = str(server_log)
+                        out["server_errors_logged"] = server.errors
                         out["server_error_sample"] = server.error_lines()
                         results["backends"][backend] = out
                     finally:

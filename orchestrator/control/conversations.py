@@ -270,16 +270,22 @@ class Conversations:
         self.notify()
         return record
 
-    async def sweep(self) -> int:
-        """Ends conversations nobody joined within their absent timeout (`participant_absent`)."""
+    async def sweep(self, page: int = 500) -> int:
+        """Ends conversations nobody joined within their absent timeout (`participant_absent`), all of them:
+        each tenant's own timeout, so every waiting one is looked at, page by page."""
         now = self.clock()
         ended = 0
-        for conv in await self.store.stale_created(now - timedelta(seconds=5)):
-            absent = _properties(self.api, conv.settings.get("properties"))["participant_absent_timeout_s"]
-            if conv.created_at + timedelta(seconds=absent) <= now:
-                with contextlib.suppress(Conflict):
-                    await self.finish(conv, "participant_absent")
-                    ended += 1
+        after: str | None = None
+        while batch := await self.store.stale_created(now - timedelta(seconds=5), page, after):
+            for conv in batch:
+                absent = _properties(self.api, conv.settings.get("properties"))["participant_absent_timeout_s"]
+                if conv.created_at + timedelta(seconds=absent) <= now:
+                    with contextlib.suppress(Conflict):
+                        await self.finish(conv, "participant_absent")
+                        ended += 1
+            if len(batch) < page:
+                break
+            after = batch[-1].id
         return ended
 
     async def run_sweeper(self) -> None:

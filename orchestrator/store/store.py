@@ -8,8 +8,10 @@ nothing that happened goes unreported, whatever crashes when.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,6 +114,20 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.backend = engine.dialect.name  # "sqlite" | "postgresql"
+        # SQLite has one writer at a time. Writers of this process queue here, on the event loop, rather than
+        # in SQLite's busy handler (which sleeps and retries: 5 of 8 concurrent writers were found asleep in
+        # it); other processes on the same file (`duet admin`) still meet the busy timeout.
+        self._sqlite_writer = asyncio.Lock() if self.backend == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction (on SQLite, one at a time in this process)."""
+        if self._sqlite_writer is None:
+            async with self.engine.begin() as c:
+                yield c
+            return
+        async with self._sqlite_writer, self.engine.begin() as c:
+            yield c
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -137,7 +153,7 @@ class Store:
             "max_minutes_per_day": max_minutes_per_day,
             "created_at": now or utc_now(),
         }
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(t.tenants.insert().values(**row))
         return Tenant(**row)
 
@@ -157,7 +173,7 @@ class Store:
         self, tenant_id: str, *, key_id: str, name: str, prefix: str, salt: bytes, digest: bytes, now: datetime
     ) -> ApiKey:
         row: dict[str, Any] = {"id": key_id, "tenant_id": tenant_id, "name": name, "prefix": prefix, "created_at": now}
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await self._tenant_exists(c, tenant_id)
             await c.execute(t.api_keys.insert().values(**row, salt=salt, digest=digest))
         return ApiKey(**row)
@@ -175,7 +191,7 @@ class Store:
         return KeyCheck(_key(r), bytes(r.salt), bytes(r.digest), tenant)
 
     async def touch_key(self, key_id: str, now: datetime) -> None:
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(t.api_keys.update().where(t.api_keys.c.id == key_id).values(last_used_at=now))
 
     async def list_keys(self, tenant_id: str) -> list[ApiKey]:
@@ -187,7 +203,7 @@ class Store:
     async def revoke_key(self, tenant_id: str, key_id: str, now: datetime) -> ApiKey:
         k = t.api_keys
         scope = (k.c.id == key_id) & (k.c.tenant_id == tenant_id)
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(k.update().where(scope & k.c.revoked_at.is_(None)).values(revoked_at=now))
             r = (await c.execute(k.select().where(scope))).first()
         if r is None:
@@ -208,7 +224,7 @@ class Store:
             "created_at": now,
             "updated_at": now,
         }
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(t.personas.insert().values(**row))
         return PersonaRecord(**row)
 
@@ -234,7 +250,7 @@ class Store:
     ) -> PersonaRecord:
         p = t.personas
         scope = (p.c.id == persona_id) & (p.c.tenant_id == tenant_id)
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             done = await c.execute(p.update().where(scope).values(body=body, updated_at=now))
             if done.rowcount == 0:
                 raise NotFound(f"no persona {persona_id}")
@@ -243,7 +259,7 @@ class Store:
 
     async def delete_persona(self, tenant_id: str, persona_id: str) -> None:
         p = t.personas
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             done = await c.execute(p.delete().where((p.c.id == persona_id) & (p.c.tenant_id == tenant_id)))
         if done.rowcount == 0:
             raise NotFound(f"no persona {persona_id}")
@@ -259,12 +275,12 @@ class Store:
             "error": None,
             "created_at": now,
         }
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(t.faces.insert().values(**row))
         return FaceRecord(**row)
 
     async def set_face_status(self, face_id: str, status: str, error: str | None = None) -> None:
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(t.faces.update().where(t.faces.c.id == face_id).values(status=status, error=error))
 
     async def get_face(self, tenant_id: str, face_id: str) -> FaceRecord:
@@ -286,7 +302,7 @@ class Store:
 
     async def delete_face(self, tenant_id: str, face_id: str) -> None:
         f = t.faces
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             done = await c.execute(f.delete().where((f.c.id == face_id) & (f.c.tenant_id == tenant_id)))
         if done.rowcount == 0:
             raise NotFound(f"no face {face_id}")
@@ -319,7 +335,7 @@ class Store:
             "token_expires_at": token_expires_at,
             "created_at": now,
         }
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await self._lock_tenant(c, tenant_id)
             open_ = (conv.c.status == "active") | ((conv.c.status == "created") & (conv.c.token_expires_at > now))
             q = sa.select(sa.func.count()).select_from(conv).where((conv.c.tenant_id == tenant_id) & open_)
@@ -377,7 +393,7 @@ class Store:
     ) -> ConversationRecord:
         """created → active, once: a second join is a `Conflict` (the row changes only if still `created`)."""
         conv = t.conversations
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             done = await c.execute(
                 conv.update()
                 .where((conv.c.id == conversation_id) & (conv.c.status == "created"))
@@ -405,7 +421,7 @@ class Store:
         scope = conv.c.id == conversation_id
         if tenant_id is not None:
             scope &= conv.c.tenant_id == tenant_id
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             done = await c.execute(
                 conv.update()
                 .where(scope & (conv.c.status != "ended"))
@@ -420,10 +436,15 @@ class Store:
             await self._enqueue(c, record, events, now)
         return record
 
-    async def stale_created(self, before: datetime, limit: int = 500) -> list[ConversationRecord]:
-        """Conversations of every tenant still waiting to be joined, created before `before` (the sweeper's)."""
+    async def stale_created(
+        self, before: datetime, limit: int = 500, after: str | None = None
+    ) -> list[ConversationRecord]:
+        """Conversations of every tenant still waiting to be joined, created before `before`, by id after
+        `after` (the sweeper pages through them)."""
         conv = t.conversations
         q = conv.select().where((conv.c.status == "created") & (conv.c.created_at < before))
+        if after is not None:
+            q = q.where(conv.c.id > after)
         async with self.engine.connect() as c:
             rows = (await c.execute(q.order_by(conv.c.id).limit(limit))).all()
         return [_conversation(r) for r in rows]
@@ -456,7 +477,7 @@ class Store:
         now: datetime | None = None,
     ) -> Utterance:
         u = t.utterances
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             q = sa.select(sa.func.coalesce(sa.func.max(u.c.seq), -1)).where(u.c.conversation_id == conversation_id)
             seq = int((await c.execute(q)).scalar_one()) + 1
             row: dict[str, Any] = {"conversation_id": conversation_id, "seq": seq, "role": role, "text": text, "t": ts}
@@ -468,7 +489,7 @@ class Store:
 
     async def set_utterance_perception(self, conversation_id: str, seq: int, perception: dict[str, Any]) -> None:
         u = t.utterances
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(
                 u.update()
                 .where((u.c.conversation_id == conversation_id) & (u.c.seq == seq))
@@ -509,7 +530,7 @@ class Store:
         await c.execute(t.webhook_messages.insert(), rows)
 
     async def enqueue_webhooks(self, conversation_id: str, events: Sequence[WebhookEvent], now: datetime) -> None:
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             r = (await c.execute(t.conversations.select().where(t.conversations.c.id == conversation_id))).first()
             if r is None:
                 raise NotFound(f"no conversation {conversation_id}")
@@ -530,7 +551,11 @@ class Store:
         )
         if self.backend == "postgresql":
             q = q.with_for_update(of=m, skip_locked=True)
-        async with self.engine.begin() as c:
+        else:  # a look without the write lock first: most polls find nothing due
+            async with self.engine.connect() as c:
+                if (await c.execute(sa.select(m.c.id).where(due).limit(1))).first() is None:
+                    return []
+        async with self._write() as c:
             if self.backend == "sqlite":  # take the write lock before reading (see `_lock_tenant`)
                 await c.execute(m.update().where(m.c.id == "").values(status=m.c.status))
             rows = (await c.execute(q)).all()
@@ -560,7 +585,7 @@ class Store:
             values = {"status": "failed", "next_attempt_at": None}
         else:
             values = {"next_attempt_at": next_attempt_at}
-        async with self.engine.begin() as c:
+        async with self._write() as c:
             await c.execute(
                 t.webhook_attempts.insert().values(
                     message_id=message_id, at=at, status_code=status_code, error=error, duration_ms=duration_ms
@@ -642,7 +667,7 @@ class Store:
             "created_at": now,
         }
         try:
-            async with self.engine.begin() as c:
+            async with self._write() as c:
                 await c.execute(t.idempotency_keys.insert().values(**row))
         except sa.exc.IntegrityError:
             return False

@@ -493,3 +493,29 @@ async def test_openapi_document_is_served_without_a_key(control: Control) -> Non
     headers = bearer("duet_x")
     async with aiohttp.ClientSession() as raw, raw.get(control.url + "/v1/openapi.json", headers=headers) as resp:
         assert resp.status == 200  # a bad key on an open route is ignored
+
+
+async def test_a_conversation_nobody_joins_ends_participant_absent(control: Control) -> None:
+    """The sweeper ends a conversation nobody joined within its absent timeout, and only that one; the end is
+    a webhook like any other."""
+    from datetime import timedelta
+
+    stack, url, settings = control
+    tenant = await new_tenant(stack, settings)
+    async with checked_client(url, tenant["api_key"]) as client:
+        persona = await client.create_persona(name="Nobody", system_prompt="Hi.")
+        soon = await client.create_conversation(
+            persona["persona_id"], properties={"participant_absent_timeout_s": 5}, callback_url="http://127.0.0.1:9/h"
+        )
+        later = await client.create_conversation(persona["persona_id"], properties={"participant_absent_timeout_s": 60})
+        real = stack.conversations.clock
+        stack.conversations.clock = lambda: real() + timedelta(seconds=10)
+        try:
+            assert await stack.conversations.sweep(page=1) == 1  # page by page, every waiting one looked at
+        finally:
+            stack.conversations.clock = real
+        gone = await client.get_conversation(soon["conversation_id"])
+        assert gone["status"] == "ended" and gone["shutdown_reason"] == "participant_absent"
+        assert (await client.get_conversation(later["conversation_id"]))["status"] == "created"
+        hooks = await client.list_webhook_deliveries(soon["conversation_id"])
+        assert [h["event_type"] for h in hooks["data"]] == ["conversation.ended"]

@@ -89,6 +89,7 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
 
     async def revoke_key(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         key = await store.revoke_key(caller.tenant.id, request.match_info["key_id"], utc_now())
+        plane.keys.forget(key.id)  # refused from the next request on
         return _json(key_view(key))
 
     # ---- personas ----

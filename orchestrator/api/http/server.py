@@ -26,7 +26,7 @@ from orchestrator.api.limits import TokenBucket
 from orchestrator.config import Settings
 from orchestrator.control import personas as pz
 from orchestrator.control.conversations import Conversations, request_digest
-from orchestrator.control.tenants import authenticate
+from orchestrator.control.tenants import KeyChecks, authenticate
 from orchestrator.errors import DuetError, QuotaExceeded
 from orchestrator.store.records import ApiKey, Tenant
 from orchestrator.store.store import BadCursor, Store, utc_now
@@ -90,6 +90,7 @@ class ControlPlane:
         self.conversations = conversations
         self.templates = conversations.templates
         self._rates: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.keys = KeyChecks(store)
 
     def admit(self, key_id: str) -> None:
         rate = self.settings.api.key_requests_per_s
@@ -130,6 +131,8 @@ async def _errors(
             f"{request.method} is not allowed on {request.path} (allowed: {', '.join(sorted(err.allowed_methods))})",
         )
     except web.HTTPException:
+        raise
+    except ConnectionResetError:  # the client hung up mid-request: nobody to answer, nothing went wrong here
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
@@ -190,7 +193,7 @@ def _wrap(
     async def run(request: web.Request) -> web.StreamResponse:
         caller: Caller | None = None
         if op.auth:
-            tenant, key = await authenticate(plane.store, request.headers.get("Authorization"))
+            tenant, key = await authenticate(plane.store, request.headers.get("Authorization"), checks=plane.keys)
             plane.admit(key.id)
             caller = Caller(tenant, key)
         body: Any = None
