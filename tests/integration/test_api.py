@@ -13,6 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+import duet
 from duet.errors import ApiError
 from orchestrator.control.tenants import create_key
 from tests.integration.conftest import (
@@ -519,3 +520,26 @@ async def test_a_conversation_nobody_joins_ends_participant_absent(control: Cont
         assert (await client.get_conversation(later["conversation_id"]))["status"] == "created"
         hooks = await client.list_webhook_deliveries(soon["conversation_id"])
         assert [h["event_type"] for h in hooks["data"]] == ["conversation.ended"]
+
+
+async def test_a_tenant_over_its_daily_minutes_gets_429_until_tomorrow(control: Control) -> None:
+    """Conversation minutes per UTC day: ended calls count in full; past the quota a create is refused with
+    `Retry-After` (the seconds to the next UTC day), and another tenant is unaffected."""
+    from datetime import UTC, datetime, timedelta
+
+    stack, url, settings = control
+    noon = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)  # the service's clock, fixed: no day boundary in the way
+    stack.conversations.clock = lambda: noon
+    capped = await new_tenant(stack, settings, "Capped", max_minutes_per_day=1)
+    other = await new_tenant(stack, settings, "Other", max_minutes_per_day=1)
+    async with checked_client(url, capped["api_key"]) as client, checked_client(url, other["api_key"]) as second:
+        persona = await client.create_persona(name="Timed", system_prompt="Hi.")
+        conv = await client.create_conversation(persona["persona_id"])
+        await stack.store.activate_conversation(conv["conversation_id"], noon - timedelta(minutes=2))
+        await stack.store.end_conversation(conv["conversation_id"], "participant_left", noon)
+        with pytest.raises(duet.ApiError) as refused:
+            await client.create_conversation(persona["persona_id"])
+        assert refused.value.status == 429 and refused.value.code == "rate_limited"
+        assert refused.value.retry_after == 12 * 3600  # until midnight UTC
+        theirs = await second.create_persona(name="Fresh", system_prompt="Hi.")
+        assert (await second.create_conversation(theirs["persona_id"]))["status"] == "created"
