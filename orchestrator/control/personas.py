@@ -99,7 +99,15 @@ def merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_body(body: Mapping[str, Any], *, allowed_llm_hosts: Sequence[str]) -> None:
+def installed_voices(model_repository: str | Path) -> set[str] | None:
+    """The piper voices the `tts` model of this model repository has (None when the folder is not here: a
+    remote Triton's voices are not known, so nothing is refused)."""
+    folder = Path(model_repository) / "tts" / "1" / "voices"
+    voices = {p.name.removesuffix(".onnx") for p in folder.glob("*.onnx")} if folder.is_dir() else set()
+    return voices or None
+
+
+def check_body(body: Mapping[str, Any], *, allowed_llm_hosts: Sequence[str], voices: set[str] | None = None) -> None:
     """The rules the schema cannot state; raises `InvalidField` naming the field."""
     prompt = body.get("system_prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -111,6 +119,11 @@ def check_body(body: Mapping[str, Any], *, allowed_llm_hosts: Sequence[str]) -> 
         )
     if base_url := llm.get("base_url"):
         check_endpoint(base_url, allowed_llm_hosts)
+    # a voice the tts model lacks would fail every reply of every call; refuse it here instead
+    tts_voice = ((body.get("layers") or {}).get("tts") or {}).get("voice")
+    for field, voice in (("$.voice", body.get("voice")), ("$.layers.tts.voice", tts_voice)):
+        if voices is not None and voice and voice not in voices:
+            raise InvalidField(f"no voice {voice!r} (this server has: {', '.join(sorted(voices))})", field)
     tools = (body.get("layers") or {}).get("perception", {}).get("tools")
     if tools:
         try:

@@ -96,7 +96,7 @@ async def test_persona_templates_and_crud(control: Control) -> None:
                     "api_key": "sk-very-secret",
                     "temperature": 0.3,
                 },
-                "tts": {"voice": "amy"},
+                "tts": {"voice": "en_US-joe-medium"},
             },
         )
         assert ada["template"] is None
@@ -114,7 +114,7 @@ async def test_persona_templates_and_crud(control: Control) -> None:
             "gpt-x",
             True,
         )
-        assert patched["layers"]["tts"] == {"voice": "amy"}  # a layer the patch leaves out is kept
+        assert patched["layers"]["tts"] == {"voice": "en_US-joe-medium"}  # a layer the patch leaves out is kept
         assert patched["layers"]["conversational_flow"] == {"turn_taking_patience": "high"}
         assert patched["updated_at"] >= patched["created_at"]
         stored = await stack.store.get_persona(tenant["tenant_id"], ada["persona_id"])
@@ -543,3 +543,23 @@ async def test_a_tenant_over_its_daily_minutes_gets_429_until_tomorrow(control: 
         assert refused.value.retry_after == 12 * 3600  # until midnight UTC
         theirs = await second.create_persona(name="Fresh", system_prompt="Hi.")
         assert (await second.create_conversation(theirs["persona_id"]))["status"] == "created"
+
+
+async def test_a_persona_with_a_voice_the_tts_model_lacks_is_refused(control: Control) -> None:
+    """A voice the `tts` model does not have would fail every reply of every call: it is a 422 at create."""
+    stack, url, settings = control
+    tenant = await new_tenant(stack, settings)
+    async with checked_client(url, tenant["api_key"]) as client:
+        for fields, where in (
+            ({"voice": "no-such-voice"}, "$.voice"),
+            ({"layers": {"tts": {"voice": "no-such-voice"}}}, "$.layers.tts.voice"),
+        ):
+            with pytest.raises(duet.ApiError) as refused:
+                await client.create_persona(name="Mute", system_prompt="Hi.", **fields)
+            assert refused.value.status == 422 and refused.value.field == where, refused.value
+            assert "en_US-joe-medium" in refused.value.message  # it says which voices there are
+        made = await client.create_persona(name="Joe", system_prompt="Hi.", voice="en_US-joe-medium")
+        with pytest.raises(duet.ApiError) as patched:
+            await client.update_persona(made["persona_id"], voice="no-such-voice")
+        assert patched.value.status == 422
+        assert (await client.list_personas())["data"] == [made]  # nothing half-written

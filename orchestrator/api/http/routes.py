@@ -73,6 +73,7 @@ def _webhook(m: WebhookMessage) -> dict[str, Any]:
 def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
     store, convs = plane.store, plane.conversations
     allowed_hosts = plane.settings.api.allowed_llm_hosts
+    voices = pz.installed_voices(plane.settings.triton.model_repository)
 
     async def get_openapi(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         return web.Response(body=openapi.document_json(), content_type="application/json")
@@ -97,7 +98,7 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
         return _json({"data": plane.templates.listing()})
 
     async def _checked(caller: Caller, persona: dict[str, Any]) -> dict[str, Any]:
-        pz.check_body(persona, allowed_llm_hosts=allowed_hosts)
+        pz.check_body(persona, allowed_llm_hosts=allowed_hosts, voices=voices)
         await convs.check_persona_face(caller.tenant.id, persona.get("face_id"))
         return persona
 
