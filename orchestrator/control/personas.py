@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrator.errors import BadOption, DuetError
 from orchestrator.perception.tools import parse_tools
 from orchestrator.session.persona import Persona, load_persona
@@ -195,11 +193,3 @@ def runtime_persona(
         vocabulary=tuple(str(v) for v in body.get("vocabulary") or ()),
         context=(context if context is not None else str(body.get("context") or "")).strip(),
     )
-
-
-def load_template_file(path: str | Path) -> dict[str, Any]:
-    """A persona body from a YAML or JSON file (`duet personas create -f`)."""
-    data = yaml.safe_load(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise BadOption(f"{path} must hold a mapping of persona fields")
-    return data

@@ -227,7 +227,7 @@ async def test_concurrent_activations_let_exactly_one_through(store: Store) -> N
 # now writes first in those two (`Store._lock_tenant`, `Store.due_webhooks`).
 
 
-async def test_the_quota_check_is_atomic(store: Store, request: pytest.FixtureRequest) -> None:
+async def test_the_quota_check_is_atomic(store: Store) -> None:
     tenant = await _tenant(store, max_concurrent_conversations=5)
     now = utc_now()
     persona = await store.create_persona(tenant.id, {"name": "Ada"}, now)
@@ -343,7 +343,7 @@ async def test_outbox_claims_attempts_and_due_times(store: Store) -> None:
     assert await store.next_webhook_due() is None and await store.webhook_backlog() == 0
 
 
-async def test_concurrent_claims_never_hand_out_a_message_twice(store: Store, request: pytest.FixtureRequest) -> None:
+async def test_concurrent_claims_never_hand_out_a_message_twice(store: Store) -> None:
     tenant = await _tenant(store)
     conv = await _conversation(store, tenant)
     now = utc_now()

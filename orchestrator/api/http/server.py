@@ -24,7 +24,6 @@ from aiohttp import web
 from orchestrator.api.http import openapi
 from orchestrator.api.limits import TokenBucket
 from orchestrator.config import Settings
-from orchestrator.control import personas as pz
 from orchestrator.control.conversations import Conversations, request_digest
 from orchestrator.control.tenants import KeyChecks, authenticate
 from orchestrator.errors import DuetError, QuotaExceeded
@@ -248,7 +247,3 @@ def make_app(plane: ControlPlane, handlers: dict[str, Handler]) -> web.Applicati
     for op in openapi.operations():
         app.router.add_route(op.method, op.aiohttp_path, _wrap(plane, op, handlers[op.operation_id]))
     return app
-
-
-def invalid(message: str, field: str) -> pz.InvalidField:
-    return pz.InvalidField(message, field)
