@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,12 +71,6 @@ def _properties(settings: ApiSettings, given: Mapping[str, Any] | None) -> dict[
     }
 
 
-def check_callback_url(url: str) -> None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise pz.InvalidField("callback_url must be an http(s) URL", "$.callback_url")
-
-
 class Conversations:
     def __init__(
         self,
@@ -126,15 +119,14 @@ class Conversations:
     async def create(self, tenant: Tenant, body: Mapping[str, Any]) -> dict[str, Any]:
         now = self.clock()
         try:
-            persona = await self.store.get_persona(tenant.id, body["persona_id"])  # another tenant's: not found
+            await self.store.get_persona(tenant.id, body["persona_id"])  # another tenant's: not found
         except NotFound as err:  # a body field, not the path: 422 naming it (the document has no 404 here)
             raise pz.InvalidField(f"no persona {body['persona_id']}", "$.persona_id") from err
         if face_id := body.get("face_id"):
             await self._check_face(tenant.id, face_id, "$.face_id")
         if url := body.get("callback_url"):
-            check_callback_url(url)
+            pz.http_host(url, "$.callback_url")
         await self._check_minutes(tenant, now)
-        del persona
         settings = {k: v for k, v in body.items() if k not in ("persona_id", "callback_url")}
         settings["properties"] = _properties(self.api, body.get("properties"))
         token, digest = new_join_token()
@@ -382,4 +374,4 @@ def request_digest(body: object) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-__all__ = ["Conversations", "Joined", "LiveSessions", "Recorder", "check_callback_url", "request_digest"]
+__all__ = ["Conversations", "Joined", "LiveSessions", "Recorder", "request_digest"]

@@ -130,13 +130,19 @@ def check_body(body: Mapping[str, Any], *, allowed_llm_hosts: Sequence[str], voi
             raise InvalidField(err.message, "$.layers.perception.tools") from err
 
 
-def check_endpoint(url: str, allowed_hosts: Sequence[str]) -> None:
+def http_host(url: str, field: str) -> str:
+    """The host of an http(s) URL a body names (`InvalidField` at `field` for anything else)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidField("base_url must be an http(s) URL", "$.layers.llm.base_url")
-    if allowed_hosts and parts.hostname not in allowed_hosts:
+        raise InvalidField(f"{field.removeprefix('$.')} must be an http(s) URL", field)
+    return parts.hostname
+
+
+def check_endpoint(url: str, allowed_hosts: Sequence[str]) -> None:
+    host = http_host(url, "$.layers.llm.base_url")
+    if allowed_hosts and host not in allowed_hosts:
         raise InvalidField(
-            f"host {parts.hostname!r} is not one this server allows for LLM endpoints (api.allowed_llm_hosts)",
+            f"host {host!r} is not one this server allows for LLM endpoints (api.allowed_llm_hosts)",
             "$.layers.llm.base_url",
         )
 

@@ -214,6 +214,35 @@ class Store:
         if (await c.execute(sa.select(t.tenants.c.id).where(t.tenants.c.id == tenant_id))).first() is None:
             raise NotFound(f"no tenant {tenant_id}")
 
+    # ---- a tenant's objects: one row, one deletion, one page (every query scoped by the tenant) -------------
+
+    async def _one(self, table: sa.Table, tenant_id: str, object_id: str, what: str) -> Any:
+        """The row `object_id` of `table` if `tenant_id` owns it; else `NotFound` (another tenant's included)."""
+        scope = (table.c.id == object_id) & (table.c.tenant_id == tenant_id)
+        async with self.engine.connect() as c:
+            r = (await c.execute(table.select().where(scope))).first()
+        if r is None:
+            raise NotFound(f"no {what} {object_id}")
+        return r
+
+    async def _delete(self, table: sa.Table, tenant_id: str, object_id: str, what: str) -> None:
+        scope = (table.c.id == object_id) & (table.c.tenant_id == tenant_id)
+        async with self._write() as c:
+            done = await c.execute(table.delete().where(scope))
+        if done.rowcount == 0:
+            raise NotFound(f"no {what} {object_id}")
+
+    async def _rows_after(
+        self, table: sa.Table, scope: sa.ColumnElement[bool], limit: int, cursor: str | None
+    ) -> Sequence[Any]:
+        """Up to `limit + 1` rows of `table` in `scope`, oldest first, after the cursor's id (one more than a
+        page: `_page` tells from it whether there is a next one)."""
+        q = table.select().where(scope)
+        if (after := _after(cursor)) is not None:
+            q = q.where(table.c.id > after)
+        async with self.engine.connect() as c:
+            return (await c.execute(q.order_by(table.c.id).limit(limit + 1))).all()
+
     # ---- personas ---------------------------------------------------------------------------------------------
 
     async def create_persona(self, tenant_id: str, body: dict[str, Any], now: datetime) -> PersonaRecord:
@@ -229,20 +258,10 @@ class Store:
         return PersonaRecord(**row)
 
     async def get_persona(self, tenant_id: str, persona_id: str) -> PersonaRecord:
-        p = t.personas
-        async with self.engine.connect() as c:
-            r = (await c.execute(p.select().where((p.c.id == persona_id) & (p.c.tenant_id == tenant_id)))).first()
-        if r is None:
-            raise NotFound(f"no persona {persona_id}")
-        return _persona(r)
+        return _persona(await self._one(t.personas, tenant_id, persona_id, "persona"))
 
     async def list_personas(self, tenant_id: str, limit: int, cursor: str | None) -> Page[PersonaRecord]:
-        p = t.personas
-        q = p.select().where(p.c.tenant_id == tenant_id)
-        if (after := _after(cursor)) is not None:
-            q = q.where(p.c.id > after)
-        async with self.engine.connect() as c:
-            rows = (await c.execute(q.order_by(p.c.id).limit(limit + 1))).all()
+        rows = await self._rows_after(t.personas, t.personas.c.tenant_id == tenant_id, limit, cursor)
         return _page([_persona(r) for r in rows], limit, lambda x: x.id)
 
     async def update_persona(
@@ -258,11 +277,7 @@ class Store:
         return _persona(r)
 
     async def delete_persona(self, tenant_id: str, persona_id: str) -> None:
-        p = t.personas
-        async with self._write() as c:
-            done = await c.execute(p.delete().where((p.c.id == persona_id) & (p.c.tenant_id == tenant_id)))
-        if done.rowcount == 0:
-            raise NotFound(f"no persona {persona_id}")
+        await self._delete(t.personas, tenant_id, persona_id, "persona")
 
     # ---- faces --------------------------------------------------------------------------------------------------
 
@@ -284,28 +299,14 @@ class Store:
             await c.execute(t.faces.update().where(t.faces.c.id == face_id).values(status=status, error=error))
 
     async def get_face(self, tenant_id: str, face_id: str) -> FaceRecord:
-        f = t.faces
-        async with self.engine.connect() as c:
-            r = (await c.execute(f.select().where((f.c.id == face_id) & (f.c.tenant_id == tenant_id)))).first()
-        if r is None:
-            raise NotFound(f"no face {face_id}")
-        return _face(r)
+        return _face(await self._one(t.faces, tenant_id, face_id, "face"))
 
     async def list_faces(self, tenant_id: str, limit: int, cursor: str | None) -> Page[FaceRecord]:
-        f = t.faces
-        q = f.select().where(f.c.tenant_id == tenant_id)
-        if (after := _after(cursor)) is not None:
-            q = q.where(f.c.id > after)
-        async with self.engine.connect() as c:
-            rows = (await c.execute(q.order_by(f.c.id).limit(limit + 1))).all()
+        rows = await self._rows_after(t.faces, t.faces.c.tenant_id == tenant_id, limit, cursor)
         return _page([_face(r) for r in rows], limit, lambda x: x.id)
 
     async def delete_face(self, tenant_id: str, face_id: str) -> None:
-        f = t.faces
-        async with self._write() as c:
-            done = await c.execute(f.delete().where((f.c.id == face_id) & (f.c.tenant_id == tenant_id)))
-        if done.rowcount == 0:
-            raise NotFound(f"no face {face_id}")
+        await self._delete(t.faces, tenant_id, face_id, "face")
 
     # ---- conversations --------------------------------------------------------------------------------------
 
@@ -337,9 +338,7 @@ class Store:
         }
         async with self._write() as c:
             await self._lock_tenant(c, tenant_id)
-            open_ = (conv.c.status == "active") | ((conv.c.status == "created") & (conv.c.token_expires_at > now))
-            q = sa.select(sa.func.count()).select_from(conv).where((conv.c.tenant_id == tenant_id) & open_)
-            if (await c.execute(q)).scalar_one() >= max_concurrent:
+            if await _open_count(c, tenant_id, now) >= max_concurrent:
                 raise QuotaFull(f"the tenant has {max_concurrent} open conversations, its limit")
             await c.execute(conv.insert().values(**row, token_digest=token_digest))
         return ConversationRecord(**row)
@@ -360,13 +359,7 @@ class Store:
             raise NotFound(f"no tenant {tenant_id}")
 
     async def get_conversation(self, tenant_id: str, conversation_id: str) -> ConversationRecord:
-        conv = t.conversations
-        scope = (conv.c.id == conversation_id) & (conv.c.tenant_id == tenant_id)
-        async with self.engine.connect() as c:
-            r = (await c.execute(conv.select().where(scope))).first()
-        if r is None:
-            raise NotFound(f"no conversation {conversation_id}")
-        return _conversation(r)
+        return _conversation(await self._one(t.conversations, tenant_id, conversation_id, "conversation"))
 
     async def conversation_for_join(self, conversation_id: str) -> tuple[ConversationRecord, bytes] | None:
         """A conversation and its join token's digest, by id alone: the token is what proves the right to it."""
@@ -379,13 +372,10 @@ class Store:
         self, tenant_id: str, limit: int, cursor: str | None, status: str | None = None
     ) -> Page[ConversationRecord]:
         conv = t.conversations
-        q = conv.select().where(conv.c.tenant_id == tenant_id)
+        scope = conv.c.tenant_id == tenant_id
         if status is not None:
-            q = q.where(conv.c.status == status)
-        if (after := _after(cursor)) is not None:
-            q = q.where(conv.c.id > after)
-        async with self.engine.connect() as c:
-            rows = (await c.execute(q.order_by(conv.c.id).limit(limit + 1))).all()
+            scope &= conv.c.status == status
+        rows = await self._rows_after(conv, scope, limit, cursor)
         return _page([_conversation(r) for r in rows], limit, lambda x: x.id)
 
     async def activate_conversation(
@@ -450,11 +440,8 @@ class Store:
         return [_conversation(r) for r in rows]
 
     async def open_conversations(self, tenant_id: str, now: datetime) -> int:
-        conv = t.conversations
-        open_ = (conv.c.status == "active") | ((conv.c.status == "created") & (conv.c.token_expires_at > now))
         async with self.engine.connect() as c:
-            q = sa.select(sa.func.count()).select_from(conv).where((conv.c.tenant_id == tenant_id) & open_)
-            return int((await c.execute(q)).scalar_one())
+            return await _open_count(c, tenant_id, now)
 
     async def minutes_used(self, tenant_id: str, since: datetime, now: datetime) -> float:
         """Conversation minutes since `since`: ended ones in full, active ones so far."""
@@ -616,11 +603,9 @@ class Store:
     ) -> Page[WebhookMessage]:
         await self.get_conversation(tenant_id, conversation_id)
         m, a = t.webhook_messages, t.webhook_attempts
-        q = m.select().where((m.c.tenant_id == tenant_id) & (m.c.conversation_id == conversation_id))
-        if (after := _after(cursor)) is not None:
-            q = q.where(m.c.id > after)
+        scope = (m.c.tenant_id == tenant_id) & (m.c.conversation_id == conversation_id)
+        rows = await self._rows_after(m, scope, limit, cursor)
         async with self.engine.connect() as c:
-            rows = (await c.execute(q.order_by(m.c.id).limit(limit + 1))).all()
             ids = [r.id for r in rows[:limit]]
             tries: dict[str, list[WebhookAttempt]] = {i: [] for i in ids}
             if ids:
@@ -672,6 +657,14 @@ class Store:
         except sa.exc.IntegrityError:
             return False
         return True
+
+
+async def _open_count(c: AsyncConnection, tenant_id: str, now: datetime) -> int:
+    """A tenant's open conversations: active, or created with a join token still valid (what its quota counts)."""
+    conv = t.conversations
+    open_ = (conv.c.status == "active") | ((conv.c.status == "created") & (conv.c.token_expires_at > now))
+    q = sa.select(sa.func.count()).select_from(conv).where((conv.c.tenant_id == tenant_id) & open_)
+    return int((await c.execute(q)).scalar_one())
 
 
 class QuotaFull(Conflict):

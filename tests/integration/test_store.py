@@ -19,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.control.webhooks import event_body
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import migrate
+from orchestrator.store import tables as t
 from orchestrator.store.records import ConversationRecord, Tenant
 from orchestrator.store.store import QuotaFull, Store, make_engine, open_store, utc_now
 from orchestrator.store.tables import metadata
@@ -135,6 +136,8 @@ async def test_every_tenant_scoped_method_treats_another_tenants_ids_as_not_foun
         "transcript": lambda: store.transcript(a.id, conv.id),
         "list_webhooks": lambda: store.list_webhooks(a.id, conv.id, 10, None),
         "revoke_key": lambda: store.revoke_key(a.id, key.id, now),
+        "_one": lambda: store._one(t.conversations, a.id, conv.id, "conversation"),  # what the gets share
+        "_delete": lambda: store._delete(t.conversations, a.id, conv.id, "conversation"),  # ... and deletes
     }
     for name, call in missing.items():
         with pytest.raises(NotFound):
