@@ -107,6 +107,18 @@ class TextTooLong(DuetError):
 # ---- the control plane (REST); each maps to one HTTP status (orchestrator/api/http/errors.py) ----------------
 
 
+class Invalid(DuetError):
+    """A field of a request that breaks the API's schema or a rule of its service (HTTP 422 `invalid`); `field`
+    is its JSON path (`$` = the whole body)."""
+
+    code = "invalid"
+    fatal = False
+
+    def __init__(self, message: str, field: str = "$") -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Unauthenticated(DuetError):
     """A missing, unknown or revoked API key; or a bad, expired or foreign join token."""
 

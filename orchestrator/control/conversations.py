@@ -26,7 +26,7 @@ from orchestrator.config import ApiSettings, Settings
 from orchestrator.control import personas as pz
 from orchestrator.control.credentials import new_join_token, token_matches
 from orchestrator.control.webhooks import event_body, iso_utc
-from orchestrator.errors import Conflict, NotFound, QuotaExceeded, Unauthenticated
+from orchestrator.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unauthenticated
 from orchestrator.events import Event, PerceptionToolCall, ReplicaTurn, UserTurn, UtteranceSummary
 from orchestrator.session.interactions import Interaction
 from orchestrator.session.persona import Persona
@@ -121,7 +121,7 @@ class Conversations:
         try:
             await self.store.get_persona(tenant.id, body["persona_id"])  # another tenant's: not found
         except NotFound as err:  # a body field, not the path: 422 naming it (the document has no 404 here)
-            raise pz.InvalidField(f"no persona {body['persona_id']}", "$.persona_id") from err
+            raise Invalid(f"no persona {body['persona_id']}", "$.persona_id") from err
         if face_id := body.get("face_id"):
             await self._check_face(tenant.id, face_id, "$.face_id")
         if url := body.get("callback_url"):
@@ -157,9 +157,9 @@ class Conversations:
         try:
             face = await self.store.get_face(tenant_id, face_id)
         except NotFound as err:
-            raise pz.InvalidField(f"no face {face_id} (upload one with POST /v1/faces)", field) from err
+            raise Invalid(f"no face {face_id} (upload one with POST /v1/faces)", field) from err
         if face.status != "ready":
-            raise pz.InvalidField(f"face {face_id} is {face.status}, not ready", field)
+            raise Invalid(f"face {face_id} is {face.status}, not ready", field)
 
     async def check_persona_face(self, tenant_id: str, face_id: str | None) -> None:
         """A persona may name the tenant's own face or a built-in portrait (`faces/`)."""
@@ -168,7 +168,7 @@ class Conversations:
         if face_id.startswith("face_"):
             await self._check_face(tenant_id, face_id, "$.face_id")
         elif face_id not in self._builtin_faces():
-            raise pz.InvalidField(f"no face {face_id}", "$.face_id")
+            raise Invalid(f"no face {face_id}", "$.face_id")
 
     def _builtin_faces(self) -> set[str]:
         from orchestrator.face.library import FaceLibrary

@@ -14,22 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import BadOption, DuetError
+from orchestrator.errors import BadOption, DuetError, Invalid
 from orchestrator.perception.tools import parse_tools
 from orchestrator.session.persona import Persona, load_persona
 
 LAYERS = ("llm", "tts", "perception", "conversational_flow")
-
-
-class InvalidField(DuetError):
-    """A field the schema admits but the service cannot take (HTTP 422 `invalid`)."""
-
-    code = "invalid"
-    fatal = False
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def template_body(persona: Persona) -> dict[str, Any]:
@@ -71,14 +60,14 @@ class Templates:
         try:
             return template_body(load_persona(self.dir, name))
         except BadOption as err:
-            raise InvalidField(err.message, "$.template") from err
+            raise Invalid(err.message, "$.template") from err
 
     def listing(self) -> list[dict[str, Any]]:
         out = []
         for name in self.names():
             try:
                 out.append({"template": name, **self.body(name)})
-            except InvalidField:
+            except Invalid:
                 continue  # a broken file in the folder is not the caller's problem
         return out
 
@@ -106,13 +95,13 @@ def installed_voices(model_repository: str | Path) -> set[str] | None:
 
 
 def check_body(body: Mapping[str, Any], *, allowed_llm_hosts: Sequence[str], voices: set[str] | None = None) -> None:
-    """The rules the schema cannot state; raises `InvalidField` naming the field."""
+    """The rules the schema cannot state; raises `Invalid` naming the field."""
     prompt = body.get("system_prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidField("system_prompt is required (or start from a `template` that has one)", "$.system_prompt")
+        raise Invalid("system_prompt is required (or start from a `template` that has one)", "$.system_prompt")
     llm = (body.get("layers") or {}).get("llm") or {}
     if llm.get("backend") == "openai" and not llm.get("base_url"):
-        raise InvalidField(
+        raise Invalid(
             "an `openai` LLM layer needs base_url (an OpenAI-compatible endpoint)", "$.layers.llm.base_url"
         )
     if base_url := llm.get("base_url"):
@@ -121,27 +110,27 @@ def check_body(body: Mapping[str, Any], *, allowed_llm_hosts: Sequence[str], voi
     tts_voice = ((body.get("layers") or {}).get("tts") or {}).get("voice")
     for field, voice in (("$.voice", body.get("voice")), ("$.layers.tts.voice", tts_voice)):
         if voices is not None and voice and voice not in voices:
-            raise InvalidField(f"no voice {voice!r} (this server has: {', '.join(sorted(voices))})", field)
+            raise Invalid(f"no voice {voice!r} (this server has: {', '.join(sorted(voices))})", field)
     tools = (body.get("layers") or {}).get("perception", {}).get("tools")
     if tools:
         try:
             parse_tools(tools)
         except DuetError as err:
-            raise InvalidField(err.message, "$.layers.perception.tools") from err
+            raise Invalid(err.message, "$.layers.perception.tools") from err
 
 
 def http_host(url: str, field: str) -> str:
-    """The host of an http(s) URL a body names (`InvalidField` at `field` for anything else)."""
+    """The host of an http(s) URL a body names (`Invalid` at `field` for anything else)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidField(f"{field.removeprefix('$.')} must be an http(s) URL", field)
+        raise Invalid(f"{field.removeprefix('$.')} must be an http(s) URL", field)
     return parts.hostname
 
 
 def check_endpoint(url: str, allowed_hosts: Sequence[str]) -> None:
     host = http_host(url, "$.layers.llm.base_url")
     if allowed_hosts and host not in allowed_hosts:
-        raise InvalidField(
+        raise Invalid(
             f"host {host!r} is not one this server allows for LLM endpoints (api.allowed_llm_hosts)",
             "$.layers.llm.base_url",
         )

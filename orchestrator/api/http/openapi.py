@@ -21,7 +21,7 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
-from orchestrator.errors import DuetError
+from orchestrator.errors import Invalid
 
 __all__ = [
     "Invalid",
@@ -37,17 +37,6 @@ __all__ = [
 
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _JSON = "application/json"
-
-
-class Invalid(DuetError):
-    """A request (or response) body that does not match the document; `field` is a JSON path (`$` = the body)."""
-
-    code = "invalid"
-    fatal = False
-
-    def __init__(self, message: str, field: str = "$") -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
