@@ -100,11 +100,12 @@ def test_speculation_is_cancelled_end_to_end_when_the_user_goes_on(server: str, 
 async def test_barge_in_stops_the_replica_and_history_keeps_what_was_heard(
     server: str, sample_audio: npt.NDArray[np.int16], sample_label: dict[str, Any]
 ) -> None:
-    """A live client: once the replica starts answering, the user talks over it for ~2 s."""
+    """A live client: once the replica is answering (after the recording: a reply that starts during it is cut
+    by the recorded user's own next words), the user talks over it for ~2 s."""
     seg = sample_label["segments"][1]  # type: ignore[index]
     interruption = sample_audio[round(seg["start"] * SAMPLE_RATE) : round(seg["end"] * SAMPLE_RATE)]
     events: list[dict[str, Any]] = []
-    replica_on = asyncio.Event()
+    speaking = asyncio.Event()  # the replica is speaking now
     async with duet.connect(server) as session:
 
         async def send() -> None:
@@ -122,7 +123,7 @@ async def test_barge_in_stops_the_replica_and_history_keeps_what_was_heard(
             await pace(sample_audio.tobytes())
             silence = np.zeros(CHUNK_SAMPLES, dtype=np.int16).tobytes()
             for _ in range(int(20 * SAMPLE_RATE / CHUNK_SAMPLES)):  # wait (streaming silence) for the reply
-                if replica_on.is_set():
+                if speaking.is_set():
                     break
                 await pace(silence)
             await pace(silence * 25)  # let it speak for 0.5 s
@@ -137,7 +138,9 @@ async def test_barge_in_stops_the_replica_and_history_keeps_what_was_heard(
             async for e in session.events():
                 events.append(e)
                 if e["type"] == "replica_speaking_start":
-                    replica_on.set()
+                    speaking.set()
+                elif e["type"] == "replica_speaking_stop":
+                    speaking.clear()
             await sender
         finally:
             sender.cancel()
