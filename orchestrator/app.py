@@ -15,9 +15,11 @@ from aiohttp import web
 
 from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.api.http.faces import FacePreparer
+from orchestrator.api.http.pages import add_pages
 from orchestrator.api.http.routes import handlers
 from orchestrator.api.http.server import ControlPlane, make_app
 from orchestrator.api.session_service import SessionService, is_loopback
+from orchestrator.api.webrtc.calls import WebRtcCalls
 from orchestrator.config import Settings
 from orchestrator.control.conversations import Conversations
 from orchestrator.control.webhooks import WebhookDeliverer
@@ -74,10 +76,14 @@ class ControlStack:
     tasks: list[asyncio.Task[None]]
     runner: web.AppRunner | None = None
     url: str | None = None
+    calls: WebRtcCalls | None = None  # browser calls (`POST /v1/conversations/{id}/webrtc`)
 
-    async def serve_http(self, settings: Settings) -> str:
+    async def serve_http(self, settings: Settings, service: SessionService | None = None) -> str:
         plane = ControlPlane(self.store, settings, self.conversations)
+        if service is not None:
+            self.calls = plane.calls = WebRtcCalls(service, settings)
         app = make_app(plane, handlers(plane, self.faces))
+        add_pages(app)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.server.host, settings.api.http_port, reuse_address=True)
@@ -89,6 +95,8 @@ class ControlStack:
         return self.url
 
     async def close(self) -> None:
+        if self.calls is not None:
+            await self.calls.close()
         if self.runner is not None:
             await self.runner.cleanup()
         await self.faces.close()
@@ -173,7 +181,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         if control is not None:
             control.conversations.live = service
             control.conversations.grpc_address = f"{public_host(settings)}:{port}"
-            http_url = await control.serve_http(settings)
+            http_url = await control.serve_http(settings, service)
         own_metrics = telemetry.serve(settings.metrics)
         lag = asyncio.create_task(telemetry.watch_loop(), name="telemetry-loop-lag")
         await server.start()

@@ -153,6 +153,10 @@ class FaceSettings:
     intensity: float = 0.6
     chunk_s: float = 0.12  # a session renders its frames in chunks of this much session time (3 frames at 25 fps)
     max_lag_s: float = 0.5  # frames further behind the session clock than this are dropped, not queued
+    # Render frames this far ahead of the input clock (at most the playback lead: the speech there is already
+    # released). 0 for the gRPC stream, whose clients place frames by time; a WebRTC call plays frames as they
+    # come, so rendering ahead keeps the face from lagging the voice (docs/webrtc.md).
+    ahead_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,26 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class WebRtcSettings:
+    """Browser calls (`POST /v1/conversations/{id}/webrtc`; docs/webrtc.md)."""
+
+    enabled: bool = True
+    # STUN/TURN server URLs handed to both ends ("stun:host:3478", "turn:host:3478?transport=udp"); empty: host
+    # candidates only (loopback and LAN calls need nothing more).
+    ice_servers: tuple[str, ...] = ()
+    # The TURN servers' shared secret (coturn `use-auth-secret`), read from this environment variable: each call
+    # gets short-lived credentials made from it. Empty: TURN servers are given without credentials.
+    turn_secret_env: str = ""
+    turn_ttl_s: int = 3600
+    # The replica's voice and face leave this long after their time on the session clock (both the same: the
+    # browser keeps them in step by their timestamps).
+    playout_delay_ms: int = 60
+    face_ahead_ms: int = 120  # `video.ahead_ms` of a call's session (rendered ahead so the face is on time)
+    camera_fps: float = 5.0  # the user's camera frames handed to perception, at most this many per second
+    ice_timeout_s: float = 15.0  # a peer whose connection stays lost this long has left the call
+
+
+@dataclass(frozen=True)
 class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -205,6 +229,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     log_level: str = "INFO"
 
 
@@ -305,6 +330,15 @@ def validate(s: Settings) -> None:
     if not 0 < s.server.port < 65536:
         raise BadOption("server.port out of range")
     sv = s.server
+    w = s.webrtc
+    _in_range("webrtc.playout_delay_ms", w.playout_delay_ms, 0, 2000)
+    _in_range("webrtc.face_ahead_ms", w.face_ahead_ms, 0, s.conversation.playback_lead_ms)
+    _in_range("webrtc.camera_fps", w.camera_fps, 0.0, 30.0)
+    _in_range("webrtc.ice_timeout_s", w.ice_timeout_s, 1.0, 600.0)
+    _in_range("webrtc.turn_ttl_s", w.turn_ttl_s, 60, 86400)
+    for url in w.ice_servers:
+        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+            raise BadOption(f"webrtc.ice_servers: {url!r} is not a stun:, stuns:, turn: or turns: URL")
     _in_range("server.idle_timeout_s", sv.idle_timeout_s, 0.0, 86400.0)
     _in_range("server.audio_burst_s", sv.audio_burst_s, 0.1, 60.0)
     _in_range("server.max_text_chars", sv.max_text_chars, 1, 1 << 20)
@@ -330,6 +364,11 @@ def validate(s: Settings) -> None:
         raise BadOption("face: need fps 1..60, quality 1..100, intensity 0..1")
     if not (0.02 <= v.chunk_s <= 2.0 and v.max_lag_s >= v.chunk_s):
         raise BadOption("face: need chunk_s 0.02..2 and max_lag_s >= chunk_s")
+    if not 0.0 <= v.ahead_s <= s.conversation.playback_lead_ms / 1000:
+        raise BadOption(
+            f"face: ahead_s must be 0..{s.conversation.playback_lead_ms / 1000:g} s (the playback lead: the speech "
+            "further ahead is not released yet)"
+        )
     if not (64 <= v.width <= 3840 and 64 <= v.height <= 2160) or v.width % 2 or v.height % 2:
         raise BadOption(f"face: {v.width}x{v.height} is not a supported size (even sides, 64..3840 x 64..2160)")
     if not FACE_NAME.match(v.face):

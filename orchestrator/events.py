@@ -181,6 +181,16 @@ class ReplicaSpeakingStart(Event):
 
 
 @dataclass(frozen=True)
+class ReplicaCaption(Event):
+    """A clause of the reply, at the time on the timeline where its audio starts (live captions)."""
+
+    type: ClassVar[str] = "replica_caption"
+    t: float
+    reply_id: int
+    text: str
+
+
+@dataclass(frozen=True)
 class ReplicaSpeakingStop(Event):
     type: ClassVar[str] = "replica_speaking_stop"
     t: float

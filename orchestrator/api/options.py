@@ -51,7 +51,7 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
         raise BadOption(f"option mode must be one of {', '.join(MODES)}; not {mode!r}")
     spec = coerce_bool(rest.pop("speculation"), "speculation") if "speculation" in rest else None
     echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
-    video = parse_video(settings.face, rest) if coerce_bool(rest.pop("video", "false"), "video") else None
+    video = parse_video(settings, rest) if coerce_bool(rest.pop("video", "false"), "video") else None
     perceive = coerce_bool(rest.pop("perception", "true"), "perception") and mode in ("conversation", "perceive")
     llm_model = rest.pop("llm_model", "").strip()
     if llm_model and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", llm_model):
@@ -71,8 +71,10 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
     )
 
 
-def parse_video(face: FaceSettings, options: dict[str, str]) -> FaceSettings:
-    """`video.fps`, `video.size` (WxH), `video.quality` and `video.face` on top of the server's face settings."""
+def parse_video(settings: Settings, options: dict[str, str]) -> FaceSettings:
+    """`video.fps`, `video.size` (WxH), `video.quality`, `video.face` and `video.ahead_ms` on top of the
+    server's face settings."""
+    face = settings.face
     updates: dict[str, Any] = {}
     try:
         if "video.fps" in options:
@@ -82,12 +84,16 @@ def parse_video(face: FaceSettings, options: dict[str, str]) -> FaceSettings:
         if "video.size" in options:
             w, h = options.pop("video.size").lower().split("x")
             updates["width"], updates["height"] = int(w), int(h)
+        if "video.ahead_ms" in options:
+            updates["ahead_s"] = float(options.pop("video.ahead_ms")) / 1000
     except ValueError as exc:
-        raise BadOption(f"video options: {exc} (video.fps=25, video.size=512x512, video.quality=80)") from None
+        raise BadOption(
+            f"video options: {exc} (video.fps=25, video.size=512x512, video.quality=80, video.ahead_ms=120)"
+        ) from None
     if "video.face" in options:
         updates["face"] = options.pop("video.face")
     out = dataclasses.replace(face, **updates)
-    validate(Settings(face=out))
+    validate(dataclasses.replace(settings, face=out))
     return out
 
 

@@ -149,7 +149,8 @@ class Conversations:
             "status": conv.status,
             "persona_id": conv.persona_id,
             "join": {"grpc": self.grpc_address, "token": token, "expires_at": iso_utc(expires)},
-            "conversation_url": self.url_of(conv.id),
+            # the page joins with the token in the fragment, which no browser sends to a server or its logs
+            "conversation_url": f"{self.url_of(conv.id)}#token={token}",
             "created_at": iso_utc(conv.created_at),
         }
 
@@ -215,18 +216,23 @@ class Conversations:
 
     # ---- the session's side -----------------------------------------------------------------------------------
 
-    async def join(self, conversation_id: str, token: str) -> Joined:
-        """Checks the join token and makes the conversation active (once). Any mismatch is `Unauthenticated`,
-        with the same message, so a guess learns nothing about which ids exist."""
-        now = self.clock()
+    async def check_token(self, conversation_id: str, token: str) -> ConversationRecord:
+        """The conversation `token` may join now (nothing changes). Any mismatch is `Unauthenticated`, with the
+        same message, so a guess learns nothing about which ids exist; a joined or ended one is `Conflict`."""
         found = await self.store.conversation_for_join(conversation_id)
         if found is None or not token_matches(token, found[1]):
             raise Unauthenticated("the join token is not valid for this conversation")
         conv = found[0]
-        if conv.status == "created" and conv.token_expires_at <= now:
+        if conv.status == "created" and conv.token_expires_at <= self.clock():
             raise Unauthenticated("the join token has expired")
         if conv.status != "created":
             raise Conflict(f"conversation {conversation_id} is {conv.status}; it can be joined once")
+        return conv
+
+    async def join(self, conversation_id: str, token: str) -> Joined:
+        """Checks the join token (`check_token`) and makes the conversation active (once)."""
+        now = self.clock()
+        conv = await self.check_token(conversation_id, token)
         tenant = await self.store.get_tenant(conv.tenant_id)
         try:
             record = await self.store.get_persona(conv.tenant_id, conv.persona_id)

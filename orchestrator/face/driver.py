@@ -4,9 +4,10 @@ The session tells the driver what happens on its timeline — floor events, each
 sends (with where that audio sits in the reply, so its phoneme timings can be placed), pauses and stops —
 and advances its clock with every input chunk. The driver's one owned task renders the frames whose time
 has come, in chunks (`chunk_s` of session time per `face_motion` + `face_render` round trip), and sends
-each with its frame number and time. It never renders ahead of the clock: speech released at `t` is known
-before any frame at or after `t` is drawn, so lips and audio share one clock exactly. If rendering falls
-more than `max_lag_s` behind, the oldest pending frames are dropped (counted), never queued.
+each with its frame number and time. It never renders ahead of the clock (or of `ahead_s` past it, at most the
+playback lead): speech released at `t` is known before any frame at or after `t` is drawn, so lips and audio
+share one clock exactly. (Floor events, the nods, come as they happen: a frame rendered ahead misses those.)
+If rendering falls more than `max_lag_s` behind, the oldest pending frames are dropped (counted), never queued.
 
 `place_segment` and `trim` are pure and unit-tested; the task is tested against the real models.
 """
@@ -138,7 +139,7 @@ class FaceDriver:
     def advance(self, now: float) -> None:
         self._now = now
         self._wall = asyncio.get_running_loop().time()
-        if (math.floor(now * self.s.fps) - self._next) >= self.s.chunk_s * self.s.fps:
+        if (math.floor((now + self.s.ahead_s) * self.s.fps) - self._next) >= self.s.chunk_s * self.s.fps:
             self._wake.set()
 
     def floor_event(self, kind: str, t: float) -> None:
@@ -188,7 +189,8 @@ class FaceDriver:
                 self._wake.clear()
                 while True:  # render while frames are due, re-reading the clock after each chunk
                     end = self._end
-                    target = math.floor((end if end is not None else self._now) * self.s.fps) + 1  # t <= clock
+                    # frames with t <= clock (+ `ahead_s`: speech that far ahead is already released)
+                    target = math.floor((end if end is not None else self._now + self.s.ahead_s) * self.s.fps) + 1
                     behind = target - self._next
                     if end is None:
                         if behind > max_lag:  # late: skip to the present rather than queue

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.events import ReplicaPaused, ReplicaResumed, ReplicaSpeakingStart, ReplicaSpeakingStop, ReplyLatency
+from orchestrator.events import (
+    ReplicaCaption,
+    ReplicaPaused,
+    ReplicaResumed,
+    ReplicaSpeakingStart,
+    ReplicaSpeakingStop,
+    ReplyLatency,
+)
 from orchestrator.face.driver import FaceDriver
 from orchestrator.session.base import Outlet
 from orchestrator.session.floor import FloorSession
@@ -122,7 +129,21 @@ class ReplicaVoice:
     async def _send(self, pb: Playback, seg: Segment, *, echo: bool = True) -> None:
         if self.echo is not None and echo:
             self.echo.play(seg.start, seg.pcm)
+        first = pb.sent - seg.pcm.shape[0]  # the reply offset of the segment's first sample
         if self.face is not None:
-            first = pb.sent - seg.pcm.shape[0]  # the reply offset of the segment's first sample
             self.face.audio(pb.reply.chunks, first, first + seg.pcm.shape[0], seg.start / SAMPLE_RATE)
+        for offset, text in clauses_starting(pb.reply, first, first + seg.pcm.shape[0]):
+            await self.out.event(ReplicaCaption(_t(seg.start + offset - first), pb.reply.reply_id, text))
         await self.out.audio(seg.pcm.astype("<i2").tobytes(), pb.reply.reply_id, seg.start / SAMPLE_RATE)
+
+
+def clauses_starting(reply: ReplyAudio, first: int, last: int) -> list[tuple[int, str]]:
+    """(reply offset, text) of each chunk of `reply` whose audio starts within reply samples [first, last)."""
+    out, pos = [], 0
+    for chunk in reply.chunks:
+        if pos >= last:
+            break
+        if pos >= first and chunk.text.strip():
+            out.append((pos, chunk.text.strip()))
+        pos += chunk.pcm.shape[0]
+    return out

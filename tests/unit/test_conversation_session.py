@@ -529,7 +529,7 @@ async def test_one_chunk_walks_the_stages_in_order_from_audio_to_floor_event_to_
         new = out.events[before:]
         if any(isinstance(e, FloorEvent) and e.kind == "eot_commit" for e in new):
             # this chunk's walk: a floor event out, the turn committed, the prepared reply released and heard
-            assert [e.type for e in new] == ["eot_commit", "user_turn", "replica_speaking_start"]
+            assert [e.type for e in new] == ["eot_commit", "user_turn", "replica_speaking_start", "replica_caption"]
             assert len(out.audio_out) > audio_before
             assert entered == STAGES
             break

@@ -18,6 +18,8 @@ from orchestrator.errors import DuetError
 DOC = openapi.document()
 OPERATION_IDS = {
     "getOpenApi",
+    "getWebRtcConfig",
+    "joinWebRtc",
     "listKeys",
     "createKey",
     "revokeKey",
@@ -153,19 +155,26 @@ def test_every_path_parameter_is_declared() -> None:
         assert set(declared) == set(re.findall(r"{([^}]+)}", path)), f"{method} {path}"
 
 
-def test_security_is_bearer_except_for_the_document() -> None:
-    assert DOC["components"]["securitySchemes"]["bearer"] == {
-        "type": "http",
-        "scheme": "bearer",
-        "description": DOC["components"]["securitySchemes"]["bearer"]["description"],
-    }
+JOIN_TOKEN_OPS = ("getWebRtcConfig", "joinWebRtc")  # a browser holds a conversation's join token, not a key
+
+
+def test_security_is_bearer_except_for_the_document_and_the_browser_join() -> None:
+    for scheme in ("bearer", "joinToken"):
+        assert DOC["components"]["securitySchemes"][scheme] == {
+            "type": "http",
+            "scheme": "bearer",
+            "description": DOC["components"]["securitySchemes"][scheme]["description"],
+        }
     for _, _, _, op in _ops():
         if op["operationId"] == "getOpenApi":
             assert op["security"] == []
+        elif op["operationId"] in JOIN_TOKEN_OPS:
+            assert op["security"] == [{"joinToken": []}], op["operationId"]
         else:
             assert op["security"] == [{"bearer": []}], op["operationId"]
     auth = {op.operation_id: op.auth for op in openapi.operations()}
     assert auth.pop("getOpenApi") is False
+    assert [auth.pop(name) for name in JOIN_TOKEN_OPS] == [False, False]
     assert all(auth.values())
 
 
@@ -178,7 +187,11 @@ def test_error_responses_are_listed_and_shared() -> None:
         expected = {"401", "429", "503"}
         if "requestBody" in op:
             expected |= {"400", "413", "415", "422"}
-        if "{" in path:
+        if name in JOIN_TOKEN_OPS:  # an unknown conversation is 401 (a token holder learns no other ids), and a
+            expected.add("409")  # joined or ended one 409; only a join starts a session (a start rate: 429)
+            if name == "getWebRtcConfig":
+                expected.discard("429")
+        elif "{" in path:
             expected.add("404")
         if name in LISTS:
             expected.add("422")  # a bad limit or cursor
@@ -245,7 +258,7 @@ def _object_schemas(schema: Any, where: str) -> Iterator[tuple[str, dict[str, An
 
 
 def test_request_objects_reject_unknown_fields() -> None:
-    free_form = {"parameters"}  # a tool's JSON Schema: any keywords
+    free_form = {"parameters", "options"}  # a tool's JSON Schema: any keywords; session options: any names
     seen = 0
     for op in openapi.operations():
         if op.request_schema is None:

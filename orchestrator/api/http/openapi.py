@@ -51,7 +51,7 @@ class Operation:
     request_schema: dict[str, Any] | None = field(compare=False)
     request_content_types: tuple[str, ...]
     request_required: bool  # False: the body may be left out (`validate_request(op, None)` passes)
-    auth: bool  # False only for operations the document marks `security: []`
+    auth: bool  # an API key is required (the `bearer` scheme); False for `security: []` and join-token operations
     idempotent: bool = False  # takes an `Idempotency-Key` header (a retry gets the first answer)
 
 
@@ -150,7 +150,7 @@ def _operations() -> tuple[Operation, ...]:
                     request_schema=request_schema,
                     request_content_types=content_types,
                     request_required=required,
-                    auth=any(bool(requirement) for requirement in security),
+                    auth=any("bearer" in requirement for requirement in security),
                     idempotent=any(p["in"] == "header" and p["name"].lower() == "idempotency-key" for p in params),
                 )
             )

@@ -9,9 +9,11 @@ from aiohttp import web
 from orchestrator.api.http import openapi
 from orchestrator.api.http.faces import FacePreparer, read_portrait
 from orchestrator.api.http.server import ApiError, Caller, ControlPlane, Handler
+from orchestrator.api.webrtc.calls import ice_servers
 from orchestrator.control import personas as pz
 from orchestrator.control.tenants import create_key, key_view
 from orchestrator.control.webhooks import iso_utc
+from orchestrator.errors import Unauthenticated, Unavailable
 from orchestrator.session.interactions import parse_interaction
 from orchestrator.store.records import FaceRecord, Page, PersonaRecord, WebhookMessage
 from orchestrator.store.store import utc_now
@@ -68,6 +70,15 @@ def _webhook(m: WebhookMessage) -> dict[str, Any]:
             for a in m.attempts
         ],
     }
+
+
+def join_token(request: web.Request) -> str:
+    """The join token of `Authorization: Bearer <token>` (one message for every failure)."""
+    header = request.headers.get("Authorization") or ""
+    token = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+    if not token:
+        raise Unauthenticated("a conversation's join token is required (Authorization: Bearer <join token>)")
+    return token
 
 
 def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
@@ -171,6 +182,19 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
         await convs.interact(caller.tenant, cid, interaction)
         return _json({"conversation_id": cid, "type": body["type"], "status": "accepted"}, 202)
 
+    # ---- browser calls (authorised by the conversation's join token) ----
+    async def get_webrtc_config(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        cid = request.match_info["conversation_id"]
+        await convs.check_token(cid, join_token(request))
+        return _json({"ice_servers": ice_servers(plane.settings, cid)})
+
+    async def join_webrtc(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        cid, token = request.match_info["conversation_id"], join_token(request)
+        await convs.check_token(cid, token)  # before any SDP is read: a stranger costs one lookup
+        if plane.calls is None:
+            raise Unavailable("this server takes no browser calls (no session service)")
+        return _json(await plane.calls.answer(cid, token, body, peer=request.remote or ""))
+
     async def list_webhooks(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         cid = request.match_info["conversation_id"]
         return _list(await store.list_webhooks(caller.tenant.id, cid, *_paging(request)), _webhook)
@@ -196,5 +220,7 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
         "endConversation": end_conversation,
         "getTranscript": get_transcript,
         "createInteraction": create_interaction,
+        "getWebRtcConfig": get_webrtc_config,
+        "joinWebRtc": join_webrtc,
         "listWebhookDeliveries": list_webhooks,
     }

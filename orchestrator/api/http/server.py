@@ -23,6 +23,7 @@ from aiohttp import web
 
 from orchestrator.api.http import openapi
 from orchestrator.api.limits import TokenBucket
+from orchestrator.api.webrtc.calls import WebRtcCalls
 from orchestrator.config import Settings
 from orchestrator.control.conversations import Conversations, request_digest
 from orchestrator.control.tenants import KeyChecks, authenticate
@@ -45,6 +46,7 @@ STATUS = {
     "rate_limited": 429,
     "unavailable": 503,
     "model_unavailable": 503,
+    "server_busy": 503,
 }
 KEYS_TRACKED = 10_000  # API keys whose request rate is remembered (least recently used first out)
 MAX_DEPTH = 64  # JSON nesting a body may have: the validators and the store recurse (no real body nests so deep)
@@ -90,6 +92,7 @@ class ControlPlane:
         self.templates = conversations.templates
         self._rates: OrderedDict[str, TokenBucket] = OrderedDict()
         self.keys = KeyChecks(store)
+        self.calls: WebRtcCalls | None = None  # browser calls, once the session service exists
 
     def admit(self, key_id: str) -> None:
         rate = self.settings.api.key_requests_per_s
