@@ -213,7 +213,7 @@ class WebRtcSettings:
     playout_delay_ms: int = 60
     face_ahead_ms: int = 120  # `video.ahead_ms` of a call's session (rendered ahead so the face is on time)
     camera_fps: float = 5.0  # the user's camera frames handed to perception, at most this many per second
-    ice_timeout_s: float = 15.0  # a peer whose connection stays lost this long has left the call
+    ice_timeout_s: float = 15.0  # a peer that sends no audio (or stays disconnected) this long has left the call
 
 
 @dataclass(frozen=True)

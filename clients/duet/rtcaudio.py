@@ -99,3 +99,15 @@ def pcm_frame(pcm: bytes, pts: int, rate: int = SAMPLE_RATE) -> av.AudioFrame:
     frame.pts = pts
     frame.time_base = Fraction(1, rate)
     return frame
+
+
+def opus_frame(pcm: bytes, pts: int, rate: int = SAMPLE_RATE) -> av.AudioFrame:
+    """PCM16 mono samples as a frame to send over WebRTC: the same samples in both channels of a stereo frame.
+    aiortc's Opus encoder works in stereo and would upmix a mono frame at -3 dB; a browser plays this at the
+    level it was spoken."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    frame = av.AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1), format="s16", layout="stereo")
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = Fraction(1, rate)
+    return frame

@@ -153,6 +153,7 @@ class Call:
         self._ended = asyncio.Event()
         self._input_closed = False
         self._lost_since: float | None = None
+        self._last_media = time.monotonic()  # when the peer's microphone last delivered a frame
         self.reason = ""
 
     # ---- the request stream (what `Converse` reads) -------------------------------------------------------
@@ -187,6 +188,7 @@ class Call:
         try:
             while True:
                 frame = await track.recv()
+                self._last_media = time.monotonic()
                 if not isinstance(frame, av.AudioFrame):
                     continue
                 for chunk in self.framer.push(frame):
@@ -317,6 +319,20 @@ class Call:
         elif state == "connected":
             self._lost_since = None
 
+    async def _watch_media(self) -> None:
+        """A browser's microphone sends all the time (silence too, when muted): a peer whose audio stops for
+        `ice_timeout_s` has gone without a goodbye (a closed tab, a dropped network, a killed process), long
+        before ICE's own consent checks (30 s) would say so."""
+        limit = self.calls.settings.webrtc.ice_timeout_s
+        while not self._input_closed:
+            quiet = time.monotonic() - self._last_media
+            if quiet >= limit:
+                self.reason = self.reason or "peer_gone"
+                log.info("call %s: no media from the peer for %.0f s; it has left", self.conversation_id, quiet)
+                self.close_input()
+                return
+            await asyncio.sleep(min(limit - quiet, 1.0) + 0.01)
+
     async def _watch_lost(self, since: float) -> None:
         """A peer whose connection stays lost `ice_timeout_s` has gone (a closed tab, a dropped network)."""
         await asyncio.sleep(self.calls.settings.webrtc.ice_timeout_s)
@@ -327,6 +343,8 @@ class Call:
     async def run(self, messages: AsyncIterator[pb.ServerMessage]) -> None:
         """The call from its first answer to the closed connection."""
         pump = self._spawn(self._pump(messages), "session")
+        self._last_media = time.monotonic()  # (the peer has until then to connect and start sending)
+        self._spawn(self._watch_media(), "media-watch")
         try:
             await self._ended.wait()
         finally:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from aiortc import MediaStreamTrack
 
-from duet.rtcaudio import pcm_frame
+from duet.rtcaudio import opus_frame
 from orchestrator.api.webrtc.playout import CATCH_UP_S, SAMPLE_RATE, SLOT, Playout, SessionClock
 
 VIDEO_CLOCK = 90000
@@ -52,7 +52,7 @@ class ReplicaAudio(MediaStreamTrack):
             await asyncio.sleep(wait)
         slot_wall = self._next
         self._next += SLOT / SAMPLE_RATE
-        frame = pcm_frame(self._slot(slot_wall).tobytes(), self._pts)
+        frame = opus_frame(self._slot(slot_wall).tobytes(), self._pts)
         self._pts += SLOT
         return frame
 
