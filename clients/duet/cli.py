@@ -1,4 +1,5 @@
 """The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet talk --audio IN.wav`,
+`duet call --conversation ID --token T --audio IN.wav` (the same over WebRTC),
 `duet render --text T --emotion E --out out.mp4`, `duet perceive --video V --audio A --jsonl`, `duet config`;
 the REST control plane: `duet personas|conversations|faces|keys VERB ...` (`--api-url`, `--api-key`).
 
@@ -76,6 +77,32 @@ def _parser() -> argparse.ArgumentParser:
         help="also stream the replica's face and write reply.mp4 (video.fps, video.size)",
     )
     k.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1, naming each problem, when a model failed or a user turn got no spoken reply",
+    )
+
+    w = sub.add_parser(
+        "call", help="a recorded user joins a conversation over WebRTC; writes the same outputs as `duet talk`"
+    )
+    w.add_argument("--conversation", required=True, help="the conversation id (from `duet conversations create`)")
+    w.add_argument("--token", required=True, help="the conversation's join token")
+    w.add_argument("--audio", required=True, help="the user's microphone (16 kHz mono PCM16 WAV, or any audio file)")
+    w.add_argument(
+        "--video", default="", help="the user's camera (a video file); without it no camera (the face still comes back)"
+    )
+    w.add_argument("--out", default="call-out", help="output folder (default: ./call-out)")
+    w.add_argument("--api-url", default=None, help=f"the server (default $DUET_API_URL or {DEFAULT_API_URL})")
+    w.add_argument(
+        "--tail",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="keep listening S seconds after the recording before hanging up (default 0: hang up at its end)",
+    )
+    w.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="session option")
+    w.add_argument("--jsonl", action="store_true", help="print every event as JSON lines during the call")
+    w.add_argument(
         "--check",
         action="store_true",
         help="exit 1, naming each problem, when a model failed or a user turn got no spoken reply",
@@ -392,28 +419,42 @@ def _options(raw: list[str]) -> dict[str, str]:
     return dict(o.split("=", 1) for o in raw)
 
 
-async def _talk(args: argparse.Namespace) -> int:
-    from duet.talk import session_problems, talk
-    from duet.wav import read_pcm16
+def _shown(events: list[dict[str, Any]], jsonl: bool) -> Callable[[dict[str, Any]], None]:
+    """The `on_event` of `duet talk` and `duet call`: keeps each event in `events` and prints it (every one as
+    JSON with `jsonl`, else the turns, and non-fatal errors on stderr)."""
 
-    read_pcm16(args.audio)  # fail fast on a bad file, before starting anything
-    options = _options(args.option)
-
-    def show(event: dict[str, Any]) -> None:
-        if args.jsonl:
+    def keep(event: dict[str, Any]) -> None:
+        events.append(event)
+        if jsonl:
             print(json.dumps(event), flush=True)
         elif event.get("type") in ("user_turn", "replica_turn"):
             who = "user   " if event["type"] == "user_turn" else "replica"
             cut = " [interrupted]" if event.get("interrupted") else ""
             print(f"{event['t']:8.2f}s  {who}  {event['text']}{cut}", flush=True)
-        elif event.get("type") == "error":
+        elif event.get("type") == "error" and not event.get("fatal"):  # a fatal one is raised, and printed then
             print(f"duet: {event.get('code')}: {event.get('message')}", file=sys.stderr)
 
-    events: list[dict[str, Any]] = []
+    return keep
 
-    def keep(event: dict[str, Any]) -> None:
-        events.append(event)
-        show(event)
+
+def _checked(events: list[dict[str, Any]], check: bool) -> int:
+    """`--check`: 1, naming each problem on stderr, when the session had one."""
+    from duet.talk import session_problems
+
+    problems = session_problems(events) if check else []
+    for problem in problems:
+        print(f"duet: check failed: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+async def _talk(args: argparse.Namespace) -> int:
+    from duet.talk import talk
+    from duet.wav import read_pcm16
+
+    read_pcm16(args.audio)  # fail fast on a bad file, before starting anything
+    options = _options(args.option)
+    events: list[dict[str, Any]] = []
+    keep = _shown(events, args.jsonl)
 
     if bool(args.conversation) != bool(args.token):
         raise DuetError("bad_option", "--conversation and --token go together")
@@ -437,10 +478,33 @@ async def _talk(args: argparse.Namespace) -> int:
     if not args.jsonl:
         extra = ", reply.mp4" if args.video else ""
         print(f"duet: wrote {args.out}/reply.wav, events.jsonl, transcript.json{extra}", file=sys.stderr)
-    problems = session_problems(events) if args.check else []
-    for problem in problems:
-        print(f"duet: check failed: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return _checked(events, args.check)
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from duet.call import call
+    from duet.media import audio_pcm
+
+    audio_pcm(args.audio)  # fail fast on a bad file, before joining (a bad --video fails before the offer)
+    if not (math.isfinite(args.tail) and args.tail >= 0):
+        raise DuetError("bad_option", f"--tail must be a number of seconds >= 0, got {args.tail:g}")
+    events: list[dict[str, Any]] = []
+    await call(
+        args.conversation,
+        args.token,
+        args.audio,
+        args.out,
+        api_url=args.api_url or os.environ.get("DUET_API_URL") or DEFAULT_API_URL,
+        video=args.video or None,
+        options=_options(args.option),
+        tail_s=args.tail,
+        on_event=_shown(events, args.jsonl),
+    )
+    if not args.jsonl:
+        face = await asyncio.to_thread(os.path.isfile, os.path.join(args.out, "reply.mp4"))
+        extra = ", reply.mp4" if face else ""
+        print(f"duet: wrote {args.out}/reply.wav, events.jsonl, transcript.json{extra}", file=sys.stderr)
+    return _checked(events, args.check)
 
 
 def _size(raw: str) -> tuple[int, int]:
@@ -626,10 +690,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(json.dumps(as_dict(_settings(args)), indent=2))
             return 0
-        if args.command in ("turns", "talk", "render", "perceive"):
+        if args.command in ("turns", "talk", "call", "render", "perceive"):
             import uvloop
 
-            run = {"turns": _turns, "talk": _talk, "render": _render, "perceive": _perceive}[args.command]
+            commands = {"turns": _turns, "talk": _talk, "call": _call, "render": _render, "perceive": _perceive}
+            run = commands[args.command]
             return uvloop.run(run(args))
         if args.command in REST_COMMANDS:
             return _rest(args)

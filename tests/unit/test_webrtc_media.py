@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from duet.rtcaudio import PTS_MODULO, Framer, pcm_frame
+from duet.rtcaudio import PTS_MODULO, RECEIVER_HOLD_FRAMES, Framer, pcm_frame, prompt_audio
 from orchestrator.api.webrtc.calls import check_offer, ice_servers
 from orchestrator.api.webrtc.playout import SLOT, Playout, SessionClock
 from orchestrator.api.webrtc.tracks import ReplicaAudio
@@ -114,12 +114,18 @@ def test_playout_places_reads_and_cuts_on_the_session_timeline() -> None:
     assert p.pending == 0
 
 
-def test_late_audio_plays_from_the_cursor_and_never_rewinds() -> None:
+def test_late_audio_plays_from_the_cursor_whole_and_its_reply_keeps_the_shift() -> None:
     p = Playout()
     p.read(SLOT * 5)  # 100 ms played
-    p.place(0.08, np.full(640, 3, dtype="<i2").tobytes())  # 80..120 ms: the first 20 ms are already past
-    assert p.pending == 320
-    assert (p.read(SLOT) == 3).all()
+    p.place(0.08, np.full(640, 3, dtype="<i2").tobytes(), reply_id=2)  # due at 80 ms: 20 ms late
+    p.place(0.12, np.full(320, 4, dtype="<i2").tobytes(), reply_id=2)  # its next piece follows on, not over it
+    p.place(0.14, np.full(320, 5, dtype="<i2").tobytes(), reply_id=3)  # another reply, on time
+    assert p.pending == 640 + 320 + 320 - 0  # nothing dropped
+    assert (p.read(SLOT * 2) == 3).all()  # 100..140 ms: the late piece, whole
+    x = p.read(SLOT)  # 140..160 ms: reply 2's next piece (shifted by 20 ms) and reply 3's on time, mixed order
+    assert set(np.unique(x)) <= {4, 5}
+    p.cut(0.14, reply_id=2)  # a stop at reply 2's 140 ms is at 160 ms on the shifted timeline
+    assert p.pending == 0
 
 
 async def test_the_voice_waits_for_its_time_and_catches_up_when_behind() -> None:
@@ -187,3 +193,18 @@ def test_webrtc_settings_are_checked() -> None:
     ):
         with pytest.raises(BadOption):
             validate(Settings(webrtc=bad))
+
+
+async def test_audio_receivers_hand_frames_on_after_one_frame_not_four() -> None:
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio")
+        pc.addTransceiver("video")
+        prompt_audio(pc)  # (fails loudly if an aiortc release renames the buffer it replaces)
+        audio, video = (t.receiver._RTCRtpReceiver__jitter_buffer for t in pc.getTransceivers())  # type: ignore[attr-defined]
+        assert audio._prefetch == RECEIVER_HOLD_FRAMES == 1
+        assert video._is_video  # the video receiver keeps its own
+    finally:
+        await pc.close()

@@ -39,7 +39,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duet.proto import session_pb2 as pb
-from duet.rtcaudio import Framer
+from duet.rtcaudio import Framer, prompt_audio
 from orchestrator.api.session_service import SessionService
 from orchestrator.api.webrtc.playout import SAMPLE_RATE, Playout, SessionClock
 from orchestrator.api.webrtc.tracks import ReplicaAudio, ReplicaVideo
@@ -55,6 +55,7 @@ EVENTS_LABEL = "events"
 REQUESTS_QUEUED = 250  # microphone chunks (5 s) waiting for the session's reader
 EVENTS_HELD = 512  # events kept for a data channel that is not open yet
 CLOSE_GRACE_S = 2.0  # after the session ends: time for the last events to leave before the connection closes
+END_DRAIN_S = 0.25  # after `end` on the data channel, microphone audio still taken this long
 PLAY_OUT_MAX_S = 60.0  # the longest reply audio still played once the session has ended
 FINISH_S = 10.0  # after the request stream ended: how long the session gets to finish before it is cancelled
 CAMERA_MAX_SIDE = 640  # camera frames are scaled down to this before JPEG (perception needs no more)
@@ -228,7 +229,7 @@ class Call:
             async for msg in messages:
                 kind = msg.WhichOneof("kind")
                 if kind == "audio":
-                    self.playout.place(msg.audio.t, msg.audio.pcm)
+                    self.playout.place(msg.audio.t, msg.audio.pcm, _reply(msg.audio.utterance_id))
                 elif kind == "video":
                     self.face.push(msg.video.jpeg, msg.video.t)
                 elif kind == "event":
@@ -245,7 +246,7 @@ class Call:
         if '"replica_' in raw[:40]:
             event = json.loads(raw)
             if event.get("type") in _CUT_EVENTS and event.get("interrupted", True):
-                self.playout.cut(float(event["t"]))
+                self.playout.cut(float(event["t"]), event.get("reply_id"))
         self._send_raw(raw)
 
     def send_event(self, event: Event) -> None:
@@ -291,6 +292,9 @@ class Call:
             except ValueError as err:
                 raise Invalid(f"not JSON: {err}") from err
             if isinstance(body, dict) and body.get("type") == "end":
+                # the microphone's last frames may still be on their way (the channel and the media are not
+                # ordered with each other): the user's last word is heard before the input closes
+                await asyncio.sleep(END_DRAIN_S)
                 self.close_input()
                 return
             interaction = parse_interaction(body)
@@ -383,6 +387,10 @@ class Call:
         await asyncio.sleep(0.1)  # (bufferedAmount counts what SCTP took, not what the peer acknowledged)
 
 
+def _reply(utterance_id: str) -> int:
+    return int(utterance_id) if utterance_id.isdigit() else 0
+
+
 def _p50(xs: list[float]) -> float:
     return float(np.percentile(xs, 50)) if xs else 0.0
 
@@ -436,6 +444,7 @@ class WebRtcCalls:
                 raise Invalid("the offer must carry an audio m-line (the microphone and the replica's voice)", "$.sdp")
             if not any(ch for ch in _offered_channels(sdp)):
                 raise Invalid("the offer must carry a data channel (`events`)", "$.sdp")
+            prompt_audio(pc)  # the microphone reaches the session one frame after it arrives, not four
             pc.addTrack(call.voice)
             video = "video" in kinds
             if video:
@@ -468,6 +477,7 @@ class WebRtcCalls:
         opts = {str(k): str(v) for k, v in options.items()}
         if video:
             opts.setdefault("video", "true")
+        if opts.get("video", "").strip().lower() in ("1", "true", "yes", "on"):
             opts.setdefault("video.ahead_ms", str(self.settings.webrtc.face_ahead_ms))
         return pb.ClientMessage(
             start=pb.Start(

@@ -66,23 +66,29 @@ class _Piece:
 
 @dataclass
 class Playout:
-    """Reply audio on the session timeline (16 kHz samples), read in order from `cursor`."""
+    """Reply audio on the session timeline (16 kHz samples), read in order from `cursor`.
+
+    Audio that arrives after its time (a loaded server; a reply flushed once the session has ended and its
+    clock has stopped) is played from now rather than lost: its reply is shifted by the delay, and the rest of
+    that reply keeps the shift, so no word is dropped or doubled."""
 
     cursor: int = 0  # the next session sample to play
     _pieces: list[_Piece] = field(default_factory=list)
+    _shift: dict[int, int] = field(default_factory=dict)  # per reply: samples it plays after its time
 
-    def place(self, t: float, pcm: bytes) -> None:
-        start = round(t * SAMPLE_RATE)
+    def place(self, t: float, pcm: bytes, reply_id: int = 0) -> None:
+        start = round(t * SAMPLE_RATE) + self._shift.get(reply_id, 0)
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
-        if start < self.cursor:  # late: what is still ahead plays from now (lip sync loses those samples)
-            samples = samples[self.cursor - start :]
+        if start < self.cursor:
+            self._shift[reply_id] = self._shift.get(reply_id, 0) + self.cursor - start
             start = self.cursor
         if samples.shape[0]:
             self._pieces.append(_Piece(start, samples))
 
-    def cut(self, t: float) -> None:
-        """Nothing placed at or after session time `t` plays (from the cursor on)."""
-        at = max(round(t * SAMPLE_RATE), self.cursor)
+    def cut(self, t: float, reply_id: int | None = None) -> None:
+        """Nothing placed at or after session time `t` (of `reply_id`, as shifted) plays (from the cursor on)."""
+        shift = self._shift.get(reply_id, 0) if reply_id is not None else 0
+        at = max(round(t * SAMPLE_RATE) + shift, self.cursor)
         kept = []
         for p in self._pieces:
             if p.start >= at:
