@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,19 @@ def public_host(settings: Settings) -> str:
     )
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """HTTPS for the REST API and the pages when `api.tls_cert_file`/`api.tls_key_file` are set."""
+    api = settings.api
+    if not api.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(api.tls_cert_file, api.tls_key_file)
+    except (OSError, ssl.SSLError) as err:
+        raise BadOption(f"api.tls_cert_file/api.tls_key_file cannot be used: {err}") from err
+    return context
+
+
 @dataclass
 class ControlStack:
     """The control plane's running parts: the store, the conversation service, webhooks, faces, HTTP."""
@@ -86,10 +100,13 @@ class ControlStack:
         add_pages(app)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, settings.server.host, settings.api.http_port, reuse_address=True)
+        tls = tls_context(settings)
+        site = web.TCPSite(
+            self.runner, settings.server.host, settings.api.http_port, reuse_address=True, ssl_context=tls
+        )
         await site.start()
         port = self.runner.addresses[0][1]
-        self.url = f"http://{settings.server.host}:{port}"
+        self.url = f"{'https' if tls else 'http'}://{settings.server.host}:{port}"
         if not settings.api.public_url:
             self.conversations.public_url = self.url
         return self.url

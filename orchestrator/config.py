@@ -182,7 +182,11 @@ class ApiSettings:
 
     enabled: bool = True
     http_port: int = 8080
-    public_url: str = ""  # how clients reach this server (for `conversation_url`); empty: http://HOST:PORT
+    public_url: str = ""  # how clients reach this server (for `conversation_url`); empty: http(s)://HOST:PORT
+    # HTTPS for the API and the pages: a browser gives a page the microphone only over https (or on localhost),
+    # so a call from another machine needs these (or a TLS proxy in front, with `public_url` set to it).
+    tls_cert_file: str = ""  # PEM certificate chain
+    tls_key_file: str = ""  # PEM private key
     join_token_ttl_s: float = 3600.0  # a conversation must be joined within this long of its creation
     max_body_bytes: int = 1 << 20  # a JSON body; larger is `413 too_large`
     max_portrait_bytes: int = 10 << 20
@@ -211,6 +215,9 @@ class WebRtcSettings:
     # The replica's voice and face leave this long after their time on the session clock (both the same: the
     # browser keeps them in step by their timestamps).
     playout_delay_ms: int = 60
+    # When the face falls behind its time (a renderer short of CPU), the voice waits for it, up to this long (so
+    # the lips stay with the words, at the cost of that much latency); 0: the voice never waits for the face.
+    max_sync_delay_ms: int = 300
     face_ahead_ms: int = 120  # `video.ahead_ms` of a call's session (rendered ahead so the face is on time)
     camera_fps: float = 5.0  # the user's camera frames handed to perception, at most this many per second
     ice_timeout_s: float = 15.0  # a peer that sends no audio (or stays disconnected) this long has left the call
@@ -330,9 +337,12 @@ def validate(s: Settings) -> None:
     if not 0 < s.server.port < 65536:
         raise BadOption("server.port out of range")
     sv = s.server
+    if bool(s.api.tls_cert_file) != bool(s.api.tls_key_file):
+        raise BadOption("api.tls_cert_file and api.tls_key_file go together (both or neither)")
     w = s.webrtc
     _in_range("webrtc.playout_delay_ms", w.playout_delay_ms, 0, 2000)
     _in_range("webrtc.face_ahead_ms", w.face_ahead_ms, 0, s.conversation.playback_lead_ms)
+    _in_range("webrtc.max_sync_delay_ms", w.max_sync_delay_ms, 0, 2000)
     _in_range("webrtc.camera_fps", w.camera_fps, 0.0, 30.0)
     _in_range("webrtc.ice_timeout_s", w.ice_timeout_s, 1.0, 600.0)
     _in_range("webrtc.turn_ttl_s", w.turn_ttl_s, 60, 86400)

@@ -208,3 +208,19 @@ async def test_audio_receivers_hand_frames_on_after_one_frame_not_four() -> None
         assert video._is_video  # the video receiver keeps its own
     finally:
         await pc.close()
+
+
+async def test_the_voice_waits_for_a_late_face_but_only_between_words() -> None:
+    clock = SessionClock()
+    clock.heard(0.0, 100.0)
+    now = [100.0]
+    p = Playout()
+    late = [0.2]
+    voice = ReplicaAudio(p, clock, delay_s=0.06, now=lambda: now[0], sync=lambda: late[0], max_sync_s=0.15)
+    await voice.recv()  # quiet: the delay follows the face, capped
+    assert voice.delay_s == pytest.approx(0.06 + 0.15)
+    p.place(1.0, np.full(SLOT * 10, 5, dtype="<i2").tobytes())
+    late[0] = 0.0
+    now[0] = voice._next = 101.2  # speaking now: the delay holds until the replica is quiet again
+    await voice.recv()
+    assert voice.delay_s == pytest.approx(0.21)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -142,8 +143,10 @@ class Call:
         self.clock = SessionClock()
         self.playout = Playout()
         delay = s.playout_delay_ms / 1000
-        self.voice = ReplicaAudio(self.playout, self.clock, delay)
         self.face = ReplicaVideo(self.clock, delay)
+        self.voice = ReplicaAudio(
+            self.playout, self.clock, delay, sync=self.face.lateness, max_sync_s=s.max_sync_delay_ms / 1000
+        )
         self.requests: asyncio.Queue[Any] = asyncio.Queue(REQUESTS_QUEUED)
         self.channel: RTCDataChannel | None = None
         self._held: list[str] = []
@@ -365,8 +368,17 @@ class Call:
                 if task is not asyncio.current_task():
                     task.cancel()
             await asyncio.gather(*(t for t in self._tasks if t is not pump), return_exceptions=True)
-            self.stats.video = {"late_ms_p50": _p50(self.face.late_ms), "dropped": float(self.face.dropped)}
-            log.info("call %s ended (%s): %s", self.conversation_id, self.reason or "session ended", self.stats)
+            self.stats.video = {
+                "late_ms_p50": round(_p50(self.face.late_ms), 1),
+                "dropped": float(self.face.dropped),
+                "voice_waited_ms_max": round(self.voice.waited_max_s * 1000, 1),
+            }
+            log.info(
+                "call %s ended (%s): %s",
+                self.conversation_id,
+                self.reason or "session ended",
+                json.dumps(dataclasses.asdict(self.stats)),
+            )
 
     async def _play_out(self) -> None:
         """The session has ended: the replica's voice it sent still plays to the end (a goodbye is heard)."""
@@ -459,8 +471,7 @@ class WebRtcCalls:
             for task in call._tasks:
                 task.cancel()
             raise
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)  # (aiortc gathers every candidate here: no trickle)
+        # The session runs from here: the call owns it, and whatever happens next ends it through the call.
         call._send_raw(first.event.json)  # session_started, kept until the channel opens
         self.calls.add(call)
         task = asyncio.create_task(call.run(messages), name=f"webrtc-{conversation_id}")
@@ -471,6 +482,12 @@ class WebRtcCalls:
             self.calls.discard(call)
 
         task.add_done_callback(gone)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())  # (aiortc gathers every candidate: no trickle)
+        except BaseException:
+            call.reason = "answer_failed"
+            call.close_input()  # the session ends at once, and the call with it
+            raise
         return {"sdp": pc.localDescription.sdp, "type": "answer"}
 
     def _start(self, conversation_id: str, token: str, options: dict[str, str], video: bool) -> pb.ClientMessage:

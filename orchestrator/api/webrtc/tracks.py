@@ -26,19 +26,34 @@ from orchestrator.api.webrtc.playout import CATCH_UP_S, SAMPLE_RATE, SLOT, Playo
 VIDEO_CLOCK = 90000
 MAX_EARLY_S = 1.0  # a frame due further ahead than this is sent now (a clock that jumped; never stall the face)
 STALE_S = 0.2  # a frame is skipped when the one after it is already this late (the face catches up)
+RECENT_FRAMES = 50  # the face's lateness is judged on this many recent frames (2 s at 25 fps)
 FRAMES_KEPT = 50  # replica frames waiting to be sent (2 s at 25 fps); older ones give way
 
 
 class ReplicaAudio(MediaStreamTrack):
+    """The replica's voice. `sync` (the face's recent lateness, seconds) holds the voice back by as much, up to
+    `max_sync_s`, so the lips stay with it when the renderer falls behind the clock (a loaded machine). The
+    delay changes only while the replica is quiet: a word is never stretched or cut for it."""
+
     kind = "audio"
 
     def __init__(
-        self, playout: Playout, clock: SessionClock, delay_s: float, now: Callable[[], float] = time.monotonic
+        self,
+        playout: Playout,
+        clock: SessionClock,
+        delay_s: float,
+        now: Callable[[], float] = time.monotonic,
+        *,
+        sync: Callable[[], float] | None = None,
+        max_sync_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.playout = playout
         self.clock = clock
-        self.delay_s = delay_s
+        self.base_delay_s = self.delay_s = delay_s
+        self.sync = sync
+        self.max_sync_s = max_sync_s
+        self.waited_max_s = 0.0  # the longest the voice has waited for the face
         self._now = now
         self._next: float | None = None  # wall time the next slot leaves
         self._pts = 0
@@ -59,6 +74,9 @@ class ReplicaAudio(MediaStreamTrack):
     def _slot(self, wall: float) -> npt.NDArray[np.int16]:
         if not self.clock.known:
             return np.zeros(SLOT, dtype=np.int16)
+        if self.sync is not None and self.playout.pending == 0:  # quiet: the delay may follow the face
+            self.delay_s = self.base_delay_s + min(max(self.sync(), 0.0), self.max_sync_s)
+            self.waited_max_s = max(self.waited_max_s, self.delay_s - self.base_delay_s)
         due = round(self.clock.session(wall - self.delay_s) * SAMPLE_RATE)  # the session sample due now
         behind = due - self.playout.cursor
         if behind > CATCH_UP_S * SAMPLE_RATE:
@@ -80,6 +98,7 @@ class ReplicaVideo(MediaStreamTrack):
         self._frames: deque[tuple[bytes, float]] = deque(maxlen=FRAMES_KEPT)
         self._ready = asyncio.Event()
         self.late_ms: list[float] = []  # per frame sent: how long after its due time it left
+        self._recent: deque[float] = deque(maxlen=RECENT_FRAMES)
         self.dropped = 0
 
     def push(self, jpeg: bytes, t: float) -> None:
@@ -101,13 +120,20 @@ class ReplicaVideo(MediaStreamTrack):
                 continue
             if 0 < due - now <= MAX_EARLY_S:
                 await asyncio.sleep(due - now)
-            self.late_ms.append(round((self._now() - due) * 1000, 1))
+            late = self._now() - due
+            self.late_ms.append(round(late * 1000, 1))
+            self._recent.append(late)
             frame = await asyncio.to_thread(_decode, jpeg)
             if frame is None:
                 continue
             frame.pts = round(t * VIDEO_CLOCK)
             frame.time_base = Fraction(1, VIDEO_CLOCK)
             return frame
+
+
+    def lateness(self) -> float:
+        """How late the face's recent frames left (seconds, their 75th percentile; 0 with none)."""
+        return float(np.percentile(self._recent, 75)) if len(self._recent) >= 5 else 0.0
 
 
 def _decode(jpeg: bytes) -> av.VideoFrame | None:
