@@ -214,11 +214,15 @@ class WebRtcSettings:
     turn_ttl_s: int = 3600
     # The replica's voice and face leave this long after their time on the session clock (both the same: the
     # browser keeps them in step by their timestamps).
-    playout_delay_ms: int = 60
+    playout_delay_ms: int = 20
     # When the face falls behind its time (a renderer short of CPU), the voice waits for it, up to this long (so
     # the lips stay with the words, at the cost of that much latency); 0: the voice never waits for the face.
     max_sync_delay_ms: int = 300
-    face_ahead_ms: int = 120  # `video.ahead_ms` of a call's session (rendered ahead so the face is on time)
+    # A call's session sends the replica's audio this far ahead (`playback_lead_ms`: the call holds it until its
+    # time, and cuts it on a pause), so its face can render `face_ahead_ms` ahead: on time after a 120 ms chunk
+    # and the render itself.
+    playback_lead_ms: int = 300
+    face_ahead_ms: int = 240  # `video.ahead_ms` of a call's session
     camera_fps: float = 5.0  # the user's camera frames handed to perception, at most this many per second
     ice_timeout_s: float = 15.0  # a peer that sends no audio (or stays disconnected) this long has left the call
 
@@ -341,7 +345,8 @@ def validate(s: Settings) -> None:
         raise BadOption("api.tls_cert_file and api.tls_key_file go together (both or neither)")
     w = s.webrtc
     _in_range("webrtc.playout_delay_ms", w.playout_delay_ms, 0, 2000)
-    _in_range("webrtc.face_ahead_ms", w.face_ahead_ms, 0, s.conversation.playback_lead_ms)
+    _in_range("webrtc.playback_lead_ms", w.playback_lead_ms, 40, 1000)
+    _in_range("webrtc.face_ahead_ms", w.face_ahead_ms, 0, w.playback_lead_ms)
     _in_range("webrtc.max_sync_delay_ms", w.max_sync_delay_ms, 0, 2000)
     _in_range("webrtc.camera_fps", w.camera_fps, 0.0, 30.0)
     _in_range("webrtc.ice_timeout_s", w.ice_timeout_s, 1.0, 600.0)

@@ -162,21 +162,33 @@ def grid(points: Sequence[Sequence[float]], t0: float, t1: float) -> npt.NDArray
     return vs[idx] if len(vs) else np.zeros_like(at)
 
 
-def best_lag(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], max_s: float) -> tuple[float, float]:
-    """The shift of `b` against `a` (seconds; positive: `b` comes later) with the highest correlation."""
+SYNC_MAX_S = 0.4  # lip-sync lags searched: ±400 ms
+
+
+def lag_curve(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], max_s: float = SYNC_MAX_S) -> list[float]:
+    """The correlation of `b` shifted against `a` for each lag from −max_s to +max_s (10 ms steps; positive:
+    `b` comes later)."""
     n = min(len(a), len(b))
     a, b = a[:n], b[:n]
     a = (a - a.mean()) / (a.std() + 1e-9)
     b = (b - b.mean()) / (b.std() + 1e-9)
-    best = (0.0, -2.0)
     k = int(max_s / WIN_S)
+    out = []
     for lag in range(-k, k + 1):
         x, y = (a[: len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[: len(b) + lag])
-        if len(x) > 50:
-            c = float(np.dot(x, y) / len(x))
-            if c > best[1]:
-                best = (lag * WIN_S, c)
-    return best
+        out.append(float(np.dot(x, y) / len(x)) if len(x) > 50 else -1.0)
+    return out
+
+
+def peak(curve: Sequence[float]) -> tuple[float, float]:
+    k = (len(curve) - 1) // 2
+    i = int(np.argmax(curve))
+    return (i - k) * WIN_S, float(curve[i])
+
+
+def pooled(curves: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """One lag for several calls: the peak of their summed correlation curves (a call alone is noisy)."""
+    return peak(list(np.mean(np.array(curves), axis=0))) if curves else (0.0, -1.0)
 
 
 def align(mic_points: Sequence[Sequence[float]], file_env: npt.NDArray[np.float64]) -> float:
@@ -230,8 +242,9 @@ def reference_sync(folder: Path) -> dict[str, Any]:
     motion = box_motion(frames, box)
     t1 = min(times[-1], len(reply) * WIN_S)
     video = grid([(t * 1000, m) for t, m in zip(times, motion, strict=False)], 0.0, t1)
-    lag, corr = best_lag(reply[: len(video)], video, 0.4)
-    return {"box": box, "lag_ms": round(lag * 1000), "corr": round(corr, 2)}
+    curve = lag_curve(reply[: len(video)], video)
+    lag, corr = peak(curve)
+    return {"box": box, "lag_ms": round(lag * 1000), "corr": round(corr, 2), "curve": curve}
 
 
 def page_sync(data: dict[str, Any]) -> dict[str, Any]:
@@ -240,8 +253,9 @@ def page_sync(data: dict[str, Any]) -> dict[str, Any]:
         return {"lag_ms": None, "corr": None}
     t0 = max(frames[0][0], voice[0][0]) / 1000
     t1 = min(frames[-1][0], voice[-1][0]) / 1000
-    lag, corr = best_lag(grid(voice, t0, t1), grid(frames, t0, t1), 0.4)
-    return {"lag_ms": round(lag * 1000), "corr": round(corr, 2)}
+    curve = lag_curve(grid(voice, t0, t1), grid(frames, t0, t1))
+    lag, corr = peak(curve)
+    return {"lag_ms": round(lag * 1000), "corr": round(corr, 2), "curve": curve}
 
 
 # ---------------------------------------------------------------------------------------------- the runs
@@ -296,11 +310,24 @@ async def run_browser(stack: Stack, audio: Path, seconds: float, box: Sequence[f
             "() => ({levels: window.duet.levels, frames: window.duet.frames,"
             " events: window.duet.events.map(e => ({type: e.type, t: e.t, _at: e._at}))})"
         )
+        data["jitter_ms"] = await page.evaluate(JITTER_JS)
         await page.click("#end")
         await asyncio.sleep(1.0)
         data["conversation_id"] = conv["conversation_id"]
         data["cpu_s"], data["wall_s"] = proc_cpu_s(stack.server.pid) - cpu0, time.monotonic() - t0
     return data
+
+
+# The browser's own receive buffer for the replica's voice: WebRTC's jitter buffer delay per sample played.
+JITTER_JS = """async () => {
+    const stats = await window.duet.pc.getStats();
+    for (const s of stats.values()) {
+        if (s.type === "inbound-rtp" && s.kind === "audio" && s.jitterBufferEmittedCount) {
+            return 1000 * s.jitterBufferDelay / s.jitterBufferEmittedCount;
+        }
+    }
+    return null;
+}"""
 
 
 def browser_latencies(data: dict[str, Any], turns: Sequence[dict[str, Any]], file_env: Any) -> list[float]:
@@ -340,8 +367,11 @@ async def part_latency(stack: Stack, names: Sequence[str], work: Path) -> dict[s
         rows["cpu"].append(
             {"grpc": g_cpu / g_wall, "browser": page["cpu_s"] / page["wall_s"], "call": c_cpu / c_wall}
         )
-        log(f"  {name}: sync ref {ref}, page {rows['sync_page'][-1]}, cpu {rows['cpu'][-1]}")
+        brief = {k: v for k, v in ref.items() if k != "curve"}
+        log(f"  {name}: sync ref {brief}, page {rows['sync_page'][-1]['lag_ms']} ms, cpu {rows['cpu'][-1]}")
         log(f"  {name}: the server's side of the browser call: {rows['calls_server'][-1]}")
+        rows.setdefault("browser_jitter_ms", []).append(page.get("jitter_ms"))
+        log(f"  {name}: Chromium's jitter buffer held the voice {page.get('jitter_ms')} ms on average")
     return rows
 
 
@@ -419,12 +449,22 @@ def report(lat: dict[str, Any], caps: dict[str, list[dict[str, Any]]], size: int
     lines.append(
         "| at the browser page | " + ", ".join(f"{s['lag_ms']} ({s['corr']})" for s in lat["sync_page"]) + " |"
     )
+    ref_lag, ref_c = pooled([s["curve"] for s in lat["sync_ref"] if s.get("curve")])
+    page_lag, page_c = pooled([s["curve"] for s in lat["sync_page"] if s.get("curve")])
+    lines.append(
+        f"| pooled over the calls: renderer / page / what the transport adds | {ref_lag * 1000:.0f} ({ref_c:.2f}) / "
+        f"{page_lag * 1000:.0f} ({page_c:.2f}) / **{(page_lag - ref_lag) * 1000:+.0f} ms** |"
+    )
     video = [c.get("video", {}) for c in lat.get("calls_server", [])]
     lines.append(
         "| the face's frames at the server: left after their time, p50 ms; the voice's longest wait for it, ms | "
         + ", ".join(f"{v.get('late_ms_p50')}; {v.get('voice_waited_ms_max')}" for v in video)
         + " |"
     )
+    jitter = [j for j in lat.get("browser_jitter_ms", []) if j is not None]
+    if jitter:
+        held = ", ".join(f"{j:.0f}" for j in jitter)
+        lines.append(f"| Chromium's jitter buffer, mean hold of the voice per call, ms | {held} |")
     cpu = lat["cpu"]
     lines += [
         "",

@@ -17,7 +17,7 @@ echo "[bootstrap] setting up (key $KEY)"
 
 # Debian packages. libb64 is needed by perf_analyzer (tritonclient wheel); sox/espeak-ng are small and
 # used by the data tools. Only attempted when something is missing and we can install.
-APT_PKGS=(libb64-0d postgresql chromium)  # postgresql: the store tests start a throwaway cluster (tests/pg.py); chromium: the browser tests (tests/e2e, Playwright drives it)
+APT_PKGS=(libb64-0d postgresql chromium firefox-esr)  # postgresql: the store tests start a throwaway cluster (tests/pg.py); chromium, firefox-esr: the browser tests (tests/e2e)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -66,16 +66,18 @@ def measured(url: str, *, debug: bool = False) -> str:
     return f"{base}{'&' if '?' in base else '?'}{query}" + (f"#{fragment}" if fragment else "")
 
 
+# What the page's `window.duet` hook says now: call state, events, and how much it has heard and shown.
+PAGE_STATE = """({
+    state: window.duet.state,
+    endReason: window.duet.endReason,
+    events: window.duet.events.map(e => e.type),
+    replicaLoud: window.duet.levels.replica.filter(x => x[1] > 0.01).length,
+    micLoud: window.duet.levels.mic.filter(x => x[1] > 0.01).length,
+    frames: window.duet.frames.length,
+    levels: [window.duet.levels.mic.length, window.duet.levels.replica.length],
+})"""
+
+
 async def page_state(page: Any) -> dict[str, Any]:
-    """What the page's `window.duet` hook says now: call state, events, and how much it has heard."""
-    state: dict[str, Any] = await page.evaluate(
-        """() => ({
-            state: window.duet.state,
-            endReason: window.duet.endReason,
-            events: window.duet.events.map(e => e.type),
-            replicaLoud: window.duet.levels.replica.filter(x => x[1] > 0.01).length,
-            micLoud: window.duet.levels.mic.filter(x => x[1] > 0.01).length,
-            frames: window.duet.frames.length,
-        })"""
-    )
+    state: dict[str, Any] = await page.evaluate(f"() => {PAGE_STATE}")
     return state

@@ -40,7 +40,8 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
     """`Start.options`, validated, as a session spec (the persona is the caller's to add). Options: `mode`
     (`orchestrator.session.factory.MODES`), `floor.*` (the floor's settings), `speculation`,
     `echo_suppression`, `perception` (conversation: on unless `perception=false`; perceive: on), `video` with
-    `video.fps`, `video.size=WxH`, `video.quality`, `video.face`, `llm_model` (a model the `llm` model serves,
+    `video.fps`, `video.size=WxH`, `video.quality`, `video.face`, `video.ahead_ms`, `playback_lead_ms`,
+    `llm_model` (a model the `llm` model serves,
     or the OpenAI-compatible endpoint's; instead of the persona's; a name the model does not serve fails the
     first reply with `bad_option`)."""
     floor_opts = {k: v for k, v in options.items() if k.startswith("floor.")}
@@ -51,6 +52,11 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
         raise BadOption(f"option mode must be one of {', '.join(MODES)}; not {mode!r}")
     spec = coerce_bool(rest.pop("speculation"), "speculation") if "speculation" in rest else None
     echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
+    lead = parse_lead(rest.pop("playback_lead_ms")) if "playback_lead_ms" in rest else None
+    if lead is not None:  # (the face may render as far ahead as the session's own lead)
+        settings = dataclasses.replace(
+            settings, conversation=dataclasses.replace(settings.conversation, playback_lead_ms=lead)
+        )
     video = parse_video(settings, rest) if coerce_bool(rest.pop("video", "false"), "video") else None
     perceive = coerce_bool(rest.pop("perception", "true"), "perception") and mode in ("conversation", "perceive")
     llm_model = rest.pop("llm_model", "").strip()
@@ -68,7 +74,21 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
         video=video,
         perception=perceive,
         llm_model=llm_model,
+        playback_lead_ms=lead,
     )
+
+
+def parse_lead(value: str) -> int:
+    """`playback_lead_ms`: how far ahead of the input clock the replica's audio is sent (40..1000). A client
+    that plays audio by its time (gRPC) or holds it until then (WebRTC) can take a longer lead; the face can
+    then render further ahead."""
+    try:
+        lead = int(value)
+    except ValueError:
+        raise BadOption(f"option playback_lead_ms must be an integer (ms), not {value[:40]!r}") from None
+    if not 40 <= lead <= 1000:
+        raise BadOption(f"option playback_lead_ms must be within 40..1000 ms, not {lead}")
+    return lead
 
 
 def parse_video(settings: Settings, options: dict[str, str]) -> FaceSettings:

@@ -45,6 +45,7 @@ class SessionSpec:
     # the persona's conversational flow: turn_taking_patience, replica_interruptibility (None: medium)
     flow: tuple[str | None, str | None] = (None, None)
     priority: int = 0  # Triton request priority of its models' requests (1: a `priority` tenant; 0: default)
+    playback_lead_ms: int | None = None  # the `playback_lead_ms` option (None: the server's setting)
 
     @property
     def paced(self) -> bool:
@@ -64,6 +65,9 @@ def build_session(
 ) -> Session:
     max_chunk_ms = settings.server.max_audio_chunk_ms
     llm = spec.llm or llm
+    if spec.playback_lead_ms is not None:
+        conversation = dataclasses.replace(settings.conversation, playback_lead_ms=spec.playback_lead_ms)
+        settings = dataclasses.replace(settings, conversation=conversation)
     if spec.mode == "acoustic" or spec.persona is None:
         return FloorSession(models, spec.floor, outlet.event, max_chunk_ms=max_chunk_ms, clock=clock, name=name)
     if spec.mode == "conversation" and llm is None:

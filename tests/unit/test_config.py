@@ -85,6 +85,10 @@ def test_floor_options_out_of_range_are_refused(key: str, value: str) -> None:
         {"llm_model": "a model"},
         {"llm_model": "-x"},
         {"llm_model": "x" * 200},
+        {"playback_lead_ms": "20"},
+        {"playback_lead_ms": "soon"},
+        {"video": "true", "video.ahead_ms": "200"},  # ahead of the (default, 120 ms) lead: not released yet
+        {"video": "true", "video.ahead_ms": "-5"},
     ],
 )
 def test_session_options_refused_as_documented(options: dict[str, str]) -> None:
@@ -105,6 +109,9 @@ def test_session_options_within_range_pass() -> None:
     assert parsed.video is not None and parsed.video.face == "my-face_2"
     assert parsed.llm_model == ""  # the persona's
     assert parse_options(Settings(), {"llm_model": "smollm2-135m"}).llm_model == "smollm2-135m"
+    # a call's session: a longer lead, and the face rendered that far ahead
+    call = parse_options(Settings(), {"playback_lead_ms": "300", "video": "true", "video.ahead_ms": "240"})
+    assert call.playback_lead_ms == 300 and call.video is not None and call.video.ahead_s == 0.24
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,7 @@ def test_webrtc_settings_are_checked() -> None:
     for bad in (
         WebRtcSettings(ice_servers=("http://example.org",)),
         WebRtcSettings(playout_delay_ms=-1),
-        WebRtcSettings(face_ahead_ms=500),  # beyond the playback lead: that speech is not released yet
+        WebRtcSettings(face_ahead_ms=500),  # beyond the call's playback lead: that speech is not released yet
         WebRtcSettings(camera_fps=100.0),
     ):
         with pytest.raises(BadOption):

@@ -494,6 +494,7 @@ class WebRtcCalls:
         opts = {str(k): str(v) for k, v in options.items()}
         if video:
             opts.setdefault("video", "true")
+        opts.setdefault("playback_lead_ms", str(self.settings.webrtc.playback_lead_ms))
         if opts.get("video", "").strip().lower() in ("1", "true", "yes", "on"):
             opts.setdefault("video.ahead_ms", str(self.settings.webrtc.face_ahead_ms))
         return pb.ClientMessage(

@@ -132,8 +132,10 @@ class ReplicaVideo(MediaStreamTrack):
 
 
     def lateness(self) -> float:
-        """How late the face's recent frames left (seconds, their 75th percentile; 0 with none)."""
-        return float(np.percentile(self._recent, 75)) if len(self._recent) >= 5 else 0.0
+        """How late the face's recent frames typically left (seconds, their median; 0 with too few). A median,
+        not a high percentile: the voice holds the wait for a whole utterance, so a burst of late frames must
+        not set it."""
+        return float(np.median(self._recent)) if len(self._recent) >= 5 else 0.0
 
 
 def _decode(jpeg: bytes) -> av.VideoFrame | None:
