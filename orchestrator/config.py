@@ -215,9 +215,10 @@ class WebRtcSettings:
     # The replica's voice and face leave this long after their time on the session clock (both the same: the
     # browser keeps them in step by their timestamps).
     playout_delay_ms: int = 20
-    # When the face falls behind its time (a renderer short of CPU), the voice waits for it, up to this long (so
-    # the lips stay with the words, at the cost of that much latency); 0: the voice never waits for the face.
-    max_sync_delay_ms: int = 300
+    # When the face falls behind its time (a renderer short of CPU), the voice may wait for it, up to this long
+    # (the lips stay with the words, at the cost of that much latency). Off by default: a call's face renders
+    # ahead and leaves on time, and a wait set by a passing stall outlasts it (docs/webrtc.md).
+    max_sync_delay_ms: int = 0
     # A call's session sends the replica's audio this far ahead (`playback_lead_ms`: the call holds it until its
     # time, and cuts it on a pause), so its face can render `face_ahead_ms` ahead: on time after a 120 ms chunk
     # and the render itself.

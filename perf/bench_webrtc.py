@@ -305,11 +305,16 @@ async def run_browser(stack: Stack, audio: Path, seconds: float, box: Sequence[f
             await page.evaluate(f"() => {{ window.duet.mouthBox = {json.dumps(list(box))}; }}")
         cpu0, t0 = proc_cpu_s(stack.server.pid), time.monotonic()
         await page.click("#join")
-        await asyncio.sleep(seconds + 4.0)
+        samples = []
+        end = time.monotonic() + seconds + 4.0
+        while time.monotonic() < end:  # Chromium's own view of the call, once a second
+            await asyncio.sleep(1.0)
+            samples.append(await page.evaluate(SYNC_JS))
         data: dict[str, Any] = await page.evaluate(
             "() => ({levels: window.duet.levels, frames: window.duet.frames,"
             " events: window.duet.events.map(e => ({type: e.type, t: e.t, _at: e._at}))})"
         )
+        data["chrome"] = [s for s in samples if s]
         data["jitter_ms"] = await page.evaluate(JITTER_JS)
         await page.click("#end")
         await asyncio.sleep(1.0)
@@ -328,6 +333,38 @@ JITTER_JS = """async () => {
     }
     return null;
 }"""
+
+
+# Chromium's view of voice and face: the sender-clock (NTP) time of the content playing now on each
+# (`estimatedPlayoutTimestamp`: video minus audio is how far the face runs ahead of the voice, by the RTCP
+# sender reports, as Chromium lines them up), and how long its audio jitter buffer aims to hold the voice
+# against the least it needs (the difference is what it adds to line the voice up with the face).
+SYNC_JS = """async () => {
+    const out = {};
+    for (const s of (await window.duet.pc.getStats()).values()) {
+        if (s.type === "inbound-rtp" && s.jitterBufferEmittedCount) {
+            out[s.kind] = {
+                playout: s.estimatedPlayoutTimestamp || null,
+                target_ms: 1000 * (s.jitterBufferTargetDelay || 0) / s.jitterBufferEmittedCount,
+                minimum_ms: 1000 * (s.jitterBufferMinimumDelay || 0) / s.jitterBufferEmittedCount,
+            };
+        }
+    }
+    return out.audio && out.video ? out : null;
+}"""
+
+
+def chrome_sync(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    pairs = [(s["video"]["playout"], s["audio"]["playout"]) for s in samples]
+    offsets = [v - a for v, a in pairs if v and a]
+    settled = offsets[len(offsets) // 3 :]  # after Chromium's synchroniser has had a few seconds
+    last = samples[-1] if samples else None
+    return {
+        "offset_ms_p50": round(float(np.median(settled))) if settled else None,
+        "offset_ms_abs_p90": round(float(np.percentile(np.abs(settled), 90))) if settled else None,
+        "audio_target_ms": round(last["audio"]["target_ms"]) if last else None,
+        "audio_minimum_ms": round(last["audio"]["minimum_ms"]) if last else None,
+    }
 
 
 def browser_latencies(data: dict[str, Any], turns: Sequence[dict[str, Any]], file_env: Any) -> list[float]:
@@ -371,6 +408,8 @@ async def part_latency(stack: Stack, names: Sequence[str], work: Path) -> dict[s
         log(f"  {name}: sync ref {brief}, page {rows['sync_page'][-1]['lag_ms']} ms, cpu {rows['cpu'][-1]}")
         log(f"  {name}: the server's side of the browser call: {rows['calls_server'][-1]}")
         rows.setdefault("browser_jitter_ms", []).append(page.get("jitter_ms"))
+        rows.setdefault("chrome_sync", []).append(chrome_sync(page.get("chrome", [])))
+        log(f"  {name}: Chromium's A/V view: {rows['chrome_sync'][-1]}")
         log(f"  {name}: Chromium's jitter buffer held the voice {page.get('jitter_ms')} ms on average")
     return rows
 
@@ -461,6 +500,12 @@ def report(lat: dict[str, Any], caps: dict[str, list[dict[str, Any]]], size: int
         + ", ".join(f"{v.get('late_ms_p50')}; {v.get('voice_waited_ms_max')}" for v in video)
         + " |"
     )
+    for c in lat.get("chrome_sync", []):
+        lines.append(
+            f"| Chromium's own A/V line-up (face minus voice, sender clock): p50 {c['offset_ms_p50']} ms, |p90| "
+            f"{c['offset_ms_abs_p90']} ms; its audio buffer aims at {c['audio_target_ms']} ms (needs "
+            f"{c['audio_minimum_ms']}) | |"
+        )
     jitter = [j for j in lat.get("browser_jitter_ms", []) if j is not None]
     if jitter:
         held = ", ".join(f"{j:.0f}" for j in jitter)
