@@ -175,7 +175,7 @@ async def test_conversation_lifecycle(control: Control) -> None:
         cid = conv["conversation_id"]
         assert cid.startswith("conv_") and conv["status"] == "created" and conv["persona_id"] == pid
         assert conv["join"]["token"] and conv["join"]["grpc"].endswith(f":{settings.server.port}")
-        assert conv["conversation_url"] == f"{url}/c/{cid}"
+        assert conv["conversation_url"] == f"{url}/c/{cid}#token={conv['join']['token']}"  # the token: a fragment
 
         got = await client.get_conversation(cid)
         assert (got["status"], got["shutdown_reason"], got["started_at"], got["ended_at"]) == (

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 BODIES: dict[str, Any] = {
     "updatePersona": {"name": "Mallory's now"},
     "createInteraction": {"type": "echo", "text": "hello"},
+    "joinWebRtc": {"sdp": "v=0\r\n", "type": "offer"},
 }
 
 
@@ -52,7 +53,7 @@ async def test_every_route_answers_another_tenants_ids_with_404(control: Control
     async with http_as(control.url, a["api_key"]) as http:
         for op in openapi.operations():
             names = re.findall(r"{(\w+)}", op.path)
-            if not names:
+            if not names or op.operation_id in JOIN_TOKEN_OPS:  # (those take no API key: tested below)
                 continue
             path = op.path.format(**{n: b[n] for n in names})
             body = BODIES.get(op.operation_id)
@@ -120,16 +121,36 @@ async def test_every_route_answers_another_tenants_ids_with_404(control: Control
     assert await stack.store.transcript(b["tenant_id"], b["conversation_id"]) == []
 
 
+JOIN_TOKEN_OPS = ("getWebRtcConfig", "joinWebRtc")  # a browser holds a conversation's join token, not a key
+
+
 async def test_every_route_but_the_document_needs_a_key(control: Control) -> None:
     async with http_as(control.url, None) as http:
         for op in openapi.operations():
             path = re.sub(r"{(\w+)}", "x", op.path)
             answer = await http(op.method, path, json_body=BODIES.get(op.operation_id))
-            if op.auth:
+            if op.auth or op.operation_id in JOIN_TOKEN_OPS:  # (a join token instead: none is also 401)
                 assert answer.status == 401, (op.operation_id, answer.body)
                 assert answer.body["error"]["code"] == "unauthenticated"
             else:
                 assert answer.status == 200, op.operation_id
+
+
+async def test_the_browser_routes_take_only_their_conversations_join_token(control: Control) -> None:
+    """An API key (even the owner's), another conversation's token or another tenant's token is 401 on the
+    join-token routes; the right token gets the ICE configuration, and nothing is joined by asking."""
+    a = await _populate(control, "A")
+    b = await _populate(control, "B")
+    path = f"/v1/conversations/{a['conversation_id']}/webrtc"
+    for bearer in (a["api_key"], b["token"], "jt_" + "x" * 43):
+        async with http_as(control.url, bearer) as http:
+            for method, body in (("GET", None), ("POST", BODIES["joinWebRtc"])):
+                answer = await http(method, path, json_body=body)
+                assert (answer.status, answer.body["error"]["code"]) == (401, "unauthenticated"), (method, bearer)
+    async with http_as(control.url, a["token"]) as http:
+        answer = await http("GET", path)
+        assert (answer.status, answer.body) == (200, {"ice_servers": []})
+    assert (await control.stack.store.get_conversation(a["tenant_id"], a["conversation_id"])).status == "created"
 
 
 async def test_join_tokens_open_their_own_conversation_once(control: Control) -> None:
