@@ -113,7 +113,9 @@ def parse_video(settings: Settings, options: dict[str, str]) -> FaceSettings:
     if "video.face" in options:
         updates["face"] = options.pop("video.face")
     out = dataclasses.replace(face, **updates)
-    validate(dataclasses.replace(settings, face=out))
+    # the face's own rules, and its lead against the session's playback lead (only those: a client command's
+    # embedded stack runs with settings of its own, such as port 0, that a server's validation would refuse)
+    validate(Settings(face=out, conversation=settings.conversation))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,9 @@ def test_session_options_within_range_pass() -> None:
     assert parsed.video is not None and parsed.video.face == "my-face_2"
     assert parsed.llm_model == ""  # the persona's
     assert parse_options(Settings(), {"llm_model": "smollm2-135m"}).llm_model == "smollm2-135m"
+    # the embedded stack of a client command (`duet talk --video`) runs on port 0: its options still parse
+    embedded = dataclasses.replace(Settings(), server=dataclasses.replace(Settings().server, port=0))
+    assert parse_options(embedded, {"video": "true", "video.size": "384x384"}).video is not None
     # a call's session: a longer lead, and the face rendered that far ahead
     call = parse_options(Settings(), {"playback_lead_ms": "300", "video": "true", "video.ahead_ms": "240"})
     assert call.playback_lead_ms == 300 and call.video is not None and call.video.ahead_s == 0.24
