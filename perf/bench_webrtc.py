@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "clients"))
 
 import duet  # noqa: E402
+from duet.talk import write_wav  # noqa: E402
+from duet.wav import read_pcm16  # noqa: E402
 from perf.bench_api import Server, Triton, admin, log, proc_cpu_s  # noqa: E402
 from tests.browser import chromium, measured  # noqa: E402
 
@@ -72,16 +73,7 @@ def rms_windows(pcm: npt.NDArray[np.int16], rate: int = 16000) -> npt.NDArray[np
 
 
 def read_wav(path: Path) -> npt.NDArray[np.int16]:
-    with wave.open(str(path), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-
-
-def write_wav(path: Path, pcm: npt.NDArray[np.int16]) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm.astype("<i2").tobytes())
+    return np.frombuffer(read_pcm16(path), dtype="<i2")
 
 
 def onset_after(env: npt.NDArray[np.float64], t0: float, t1: float, lo: float = 0.0) -> float | None:

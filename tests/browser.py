@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ PAGE_STATE = """({
 })"""
 
 
-async def page_state(page: Any) -> dict[str, Any]:
-    state: dict[str, Any] = await page.evaluate(f"() => {PAGE_STATE}")
-    return state
+def in_chromium(page: Any) -> Callable[[str], Awaitable[Any]]:
+    """A Playwright page as the tests' one way into a page: evaluate an expression, get its (awaited) value.
+    (`tests.firefox.BiDi.evaluate` is the same for Firefox.)"""
+    return lambda expression: page.evaluate(f"() => ({expression})")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 import av
+import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -51,6 +51,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from duet.errors import ApiError, DuetError, ServerUnavailable
+from duet.media import to_jpeg
 from duet.rtcaudio import RECEIVER_HOLD_FRAMES, Framer, opus_frame, prompt_audio
 from duet.sdk import VideoFrame
 from duet.talk import Speaker, write_outputs
@@ -303,11 +304,7 @@ class Camera(MediaStreamTrack):
 
 
 def jpeg_of(frame: av.VideoFrame, quality: int = 90) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame.to_ndarray(format="rgb24")).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    return to_jpeg(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8), quality)
 
 
 # --- the call ----------------------------------------------------------------------------------------------

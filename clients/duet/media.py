@@ -17,7 +17,7 @@ from duet.wav import SAMPLE_RATE, read_pcm16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _jpeg(rgb: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
+def to_jpeg(rgb: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -36,7 +36,7 @@ def video_frames(path: str | Path, max_fps: float, still_s: float = 3.0) -> Iter
 
         try:
             with Image.open(path) as im:
-                jpeg = _jpeg(np.asarray(im.convert("RGB")))
+                jpeg = to_jpeg(np.asarray(im.convert("RGB")))
         except (OSError, UnidentifiedImageError) as exc:
             raise DuetError("bad_video_file", f"{path}: not a readable image ({exc})") from exc
         for i in range(max(int(still_s * max_fps), 1)):
@@ -54,7 +54,7 @@ def video_frames(path: str | Path, max_fps: float, still_s: float = 3.0) -> Iter
                 if t + 1e-6 < next_t:
                     continue  # over the frame rate asked for
                 next_t = t + 1.0 / max_fps
-                yield t, _jpeg(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
+                yield t, to_jpeg(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
     except av.error.FFmpegError as exc:
         raise DuetError("bad_video_file", f"{path}: cannot decode video ({exc})") from exc
 

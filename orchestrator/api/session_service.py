@@ -278,7 +278,7 @@ class SessionService(pb_grpc.SessionServicer):
         # `interact` delivers. Registered when a session's task starts, removed in its `finally`.
         self._live: dict[str, _Live] = {}
 
-    def _check_capacity(self) -> None:
+    def check_capacity(self) -> None:
         """Sessions and renders share one limit: each holds Triton streams and a slice of the machine."""
         if self.active >= self.settings.server.max_sessions:
             raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
@@ -364,7 +364,7 @@ class SessionService(pb_grpc.SessionServicer):
                 name = first.start.persona or self.settings.conversation.persona
                 spec = dataclasses.replace(spec, persona=self._persona(name))
             self._check_start_rate(_peer(context))
-            self._check_capacity()
+            self.check_capacity()
             if token:  # last: joining makes the conversation active, so nothing may refuse the session after it
                 joined = await self._join(conversation_id, token)
                 spec = self._joined_spec(spec, joined)
@@ -737,7 +737,7 @@ class SessionService(pb_grpc.SessionServicer):
         try:
             spec = clip_spec(self.settings, request)
             check_spec(spec)
-            self._check_capacity()
+            self.check_capacity()
         except DuetError as err:
             yield self._refuse(err)
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ from duet.talk import write_wav
 from duet.wav import read_pcm16
 from orchestrator.config import REPO_ROOT
 from orchestrator.models.launcher import free_port
-from tests.browser import PAGE_STATE, chromium, chromium_available, measured, page_state
+from tests.browser import PAGE_STATE, chromium, chromium_available, in_chromium, measured
 from tests.conftest import SAMPLE
 from tests.e2e.conftest import DuetServer, persona_folder, start_server, stop_server
 from tests.e2e.test_conversation_api_e2e import admin
+from tests.e2e.test_webrtc_e2e import ended
 from tests.firefox import firefox, firefox_available
 
 pytestmark = pytest.mark.e2e
@@ -59,25 +60,29 @@ def user_recording(folder: Path, silence_s: float = 4.0) -> Path:
     return path
 
 
-async def holds(page: Any, expression: str, within: float, what: str) -> None:
-    """Poll a page expression until it is true. (Not `wait_for_function`: the pages' Content-Security-Policy
-    forbids the eval it needs, and the tests keep that policy on.)"""
+Evaluate = Callable[[str], Awaitable[Any]]  # a page's expressions, in Chromium or Firefox
+
+
+async def holds(evaluate: Evaluate, expression: str, within: float, what: str, console: Any = None) -> None:
+    """Poll a page expression until it is true. (Not Playwright's `wait_for_function`: the pages'
+    Content-Security-Policy forbids the eval it needs, and the tests keep that policy on.)"""
     deadline = asyncio.get_running_loop().time() + within
-    while not await page.evaluate(f"() => Boolean({expression})"):
+    while not await evaluate(expression):
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} within {within:g} s")
+            raise AssertionError(f"{what} within {within:g} s" + (f"; its console: {console[-10:]}" if console else ""))
         await asyncio.sleep(0.25)
 
 
-async def until(page: Any, check: Any, within: float, what: str) -> dict[str, Any]:
-    """Poll the page's state until `check(state)` holds (a bound on how long the stack may take)."""
+async def until(evaluate: Evaluate, check: Any, within: float, what: str, console: Any = None) -> dict[str, Any]:
+    """Poll the page's state (`PAGE_STATE`) until `check(state)` holds (a bound on how long the stack may take)."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        state = await page_state(page)
+        state: dict[str, Any] = await evaluate(PAGE_STATE)
         if check(state):
             return state
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} within {within:g} s; the page says {state}")
+            also = f"; its console: {console[-10:]}" if console else ""
+            raise AssertionError(f"{what} within {within:g} s; the page says {state}{also}")
         await asyncio.sleep(0.5)
 
 
@@ -91,18 +96,19 @@ async def test_a_person_talks_with_the_replica_face_to_face_in_chromium(web_serv
 
         async with chromium(user_recording(tmp_path)) as browser:
             page = await browser.new_page()
+            chrome = in_chromium(page)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(measured(url, debug=True))
             await page.click("#join")
-            state = await until(page, lambda s: s["state"] == "live", 30, "the call did not go live")
+            state = await until(chrome, lambda s: s["state"] == "live", 30, "the call did not go live")
             assert (await api.get_conversation(cid))["status"] == "active"
 
             # the greeting is heard at the page, the face moves on screen, captions of both sides appear
-            await until(page, lambda s: s["replicaLoud"] > 50, 40, "the replica's greeting was not heard")
-            await until(page, lambda s: "user_turn" in s["events"], 60, "no user turn was committed")
+            await until(chrome, lambda s: s["replicaLoud"] > 50, 40, "the replica's greeting was not heard")
+            await until(chrome, lambda s: "user_turn" in s["events"], 60, "no user turn was committed")
             state = await until(
-                page,
+                chrome,
                 lambda s: s["events"].count("replica_speaking_start") >= 2,
                 90,
                 "the user's turn got no spoken reply",
@@ -116,19 +122,11 @@ async def test_a_person_talks_with_the_replica_face_to_face_in_chromium(web_serv
                 await page.screenshot(path=str(Path(SCREENSHOTS) / "call.png"))
 
             await page.click("#end")
-            state = await until(page, lambda s: s["state"] == "ended", 15, "hanging up did not end the call")
+            state = await until(chrome, lambda s: s["state"] == "ended", 15, "hanging up did not end the call")
             assert "session_ended" in state["events"]
             assert not errors, errors
 
-        async def ended() -> dict[str, Any]:
-            for _ in range(40):
-                conv_now = await api.get_conversation(cid)
-                if conv_now["status"] == "ended":
-                    return dict(conv_now)
-                await asyncio.sleep(0.25)
-            raise AssertionError(f"conversation still {conv_now['status']}")
-
-        final = await ended()
+        final = await ended(api, cid, within=10.0)
         assert final["shutdown_reason"] == "participant_left"
         turns = (await api.get_transcript(cid))["turns"]
         assert next(t["text"] for t in turns if t["role"] == "replica") == GREETING
@@ -141,6 +139,7 @@ async def test_a_team_builds_a_persona_and_tries_it_in_one_click(web_server: Due
     async with chromium(user_recording(tmp_path, silence_s=8.0)) as browser:
         context = await browser.new_context()
         page = await context.new_page()
+        builder = in_chromium(page)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         await page.goto(f"{web_server.http_url}/builder")
@@ -151,9 +150,9 @@ async def test_a_team_builds_a_persona_and_tries_it_in_one_click(web_server: Due
         await page.fill("#system-prompt", "You are Riley, a friendly receptionist. Answer in one short sentence.")
         await page.set_input_files("#face-file", str(portrait))
         status = "document.querySelector('#face-status').dataset.status"
-        await holds(page, f"{status} === 'ready'", 90, "the uploaded portrait did not become ready")
+        await holds(builder, f"{status} === 'ready'", 90, "the uploaded portrait did not become ready")
         await page.click("#save")
-        await holds(page, "!!document.querySelector('#test-call')?.offsetParent", 15, "the persona was not saved")
+        await holds(builder, "!!document.querySelector('#test-call')?.offsetParent", 15, "the persona was not saved")
         if SCREENSHOTS:
             await page.screenshot(path=str(Path(SCREENSHOTS) / "builder.png"), full_page=True)
 
@@ -167,17 +166,18 @@ async def test_a_team_builds_a_persona_and_tries_it_in_one_click(web_server: Due
             async with context.expect_page() as popup:
                 await page.click("#test-call")
             call = await popup.value
+            test_call = in_chromium(call)
             await call.wait_for_load_state()
             assert "/c/conv_" in call.url and "#token=" in call.url
             cid = call.url.split("/c/")[1].split("#")[0].split("?")[0]
             call.on("pageerror", lambda exc: errors.append(str(exc)))
             await call.click("#join")
-            await until(call, lambda s: s["state"] == "live", 30, "the test call did not go live")
+            await until(test_call, lambda s: s["state"] == "live", 30, "the test call did not go live")
             await until(
-                call, lambda s: "replica_speaking_start" in s["events"], 60, "the persona's replica never spoke"
+                test_call, lambda s: "replica_speaking_start" in s["events"], 60, "the persona's replica never spoke"
             )
             await call.click("#end")
-            await until(call, lambda s: s["state"] == "ended", 15, "hanging up did not end the test call")
+            await until(test_call, lambda s: s["state"] == "ended", 15, "hanging up did not end the test call")
             conv = await api.get_conversation(cid)
             assert conv["persona_id"] == personas[0]["persona_id"]
         assert not errors, errors
@@ -203,47 +203,24 @@ async def test_the_page_joins_and_the_replica_answers_in_firefox(web_server: Due
         async with firefox(free_port()) as ff:
             await ff.goto(measured(conv["conversation_url"]))
 
-            async def state() -> dict[str, Any]:
-                got: dict[str, Any] = await ff.evaluate(PAGE_STATE)
-                return got
-
-            async def until_ff(check: Any, within: float, what: str) -> dict[str, Any]:
-                deadline = asyncio.get_running_loop().time() + within
-                while not check(now := await state()):
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise AssertionError(
-                            f"{what} within {within:g} s (Firefox); the page says {now}; its console: {ff.logs[-10:]}"
-                        )
-                    await asyncio.sleep(0.5)
-                return now
-
-            async def holds_ff(expression: str, within: float, what: str) -> None:
-                deadline = asyncio.get_running_loop().time() + within
-                while not await ff.evaluate(expression):
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise AssertionError(f"{what} within {within:g} s (Firefox); its console: {ff.logs[-10:]}")
-                    await asyncio.sleep(0.5)
-
             await ff.evaluate("window.duet.join()")
-            await until_ff(lambda s: s["state"] == "live", 30, "the call did not go live")
+            await until(ff.evaluate, lambda s: s["state"] == "live", 30, "the call did not go live", ff.logs)
             assert (await api.get_conversation(cid))["status"] == "active"
-            await until_ff(lambda s: "replica_speaking_start" in s["events"], 40, "the replica never spoke")
-            await until_ff(lambda s: s["frames"] > 10, 20, "the replica's face was not shown")
+            spoke = "the replica never spoke"
+            await until(ff.evaluate, lambda s: "replica_speaking_start" in s["events"], 40, spoke, ff.logs)
+            await until(ff.evaluate, lambda s: s["frames"] > 10, 20, "the replica's face was not shown", ff.logs)
             # The interactions go in on the data channel, and the replica's voice comes back as RTP. (Headless
             # Firefox here has no audio output device, so its AudioContext never starts: the page's meters
             # stay empty, and the voice is checked on the receiver's statistics instead.)
             await ff.evaluate("window.duet.send({type: 'echo', text: 'Firefox hears this line.'})")
             echoed = "window.duet.events.some(e => e.type === 'replica_caption' && e.text.includes('Firefox hears'))"
-            await holds_ff(echoed, 30, "the echo sent on the data channel was not spoken")
+            await holds(ff.evaluate, echoed, 30, "the echo sent on the data channel was not spoken", ff.logs)
             audio_in = f"{FIREFOX_AUDIO_IN.strip()}.then(r => r.packets > 150 && r.bytes > 5000)"
-            await holds_ff(audio_in, 30, f"the replica's voice did not arrive: {await ff.evaluate(FIREFOX_AUDIO_IN)}")
+            arrived = f"the replica's voice did not arrive: {await ff.evaluate(FIREFOX_AUDIO_IN)}"
+            await holds(ff.evaluate, audio_in, 30, arrived, ff.logs)
             await ff.evaluate("window.duet.hangup()")
-            await until_ff(lambda s: s["state"] == "ended", 15, "hanging up did not end the call")
-        for _ in range(40):
-            if (await api.get_conversation(cid))["status"] == "ended":
-                break
-            await asyncio.sleep(0.25)
-        final = await api.get_conversation(cid)
+            await until(ff.evaluate, lambda s: s["state"] == "ended", 15, "hanging up did not end the call", ff.logs)
+        final = await ended(api, cid, within=10.0)
         assert (final["status"], final["shutdown_reason"]) == ("ended", "participant_left")
     # Firefox's microphone and camera (its fake devices) reached the session: the server's account of the call.
     # (Only the start of it: with no audio device on this machine, headless Firefox's media clock stalls after a

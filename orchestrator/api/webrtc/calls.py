@@ -46,7 +46,7 @@ from orchestrator.api.webrtc.playout import SAMPLE_RATE, Playout, SessionClock
 from orchestrator.api.webrtc.tracks import ReplicaAudio, ReplicaVideo
 from orchestrator.api.wire import event_dict
 from orchestrator.config import Settings
-from orchestrator.errors import Conflict, DuetError, Invalid, ServerBusy, Unavailable
+from orchestrator.errors import Conflict, DuetError, Invalid, Unavailable
 from orchestrator.events import ErrorEvent, Event
 from orchestrator.session.interactions import parse_interaction
 
@@ -236,7 +236,7 @@ class Call:
                 elif kind == "video":
                     self.face.push(msg.video.jpeg, msg.video.t)
                 elif kind == "event":
-                    self._on_event(msg.event.json)
+                    self._on_event(msg.event.type, msg.event.json)
                 elif kind == "error":
                     e = msg.error
                     self.send_event(ErrorEvent(t=e.t, code=e.code, message=e.message, fatal=e.fatal))
@@ -245,10 +245,10 @@ class Call:
         finally:
             self._ended.set()
 
-    def _on_event(self, raw: str) -> None:
-        if '"replica_' in raw[:40]:
+    def _on_event(self, kind: str, raw: str) -> None:
+        if kind in _CUT_EVENTS:  # (the stream names each event's type: only these are parsed)
             event = json.loads(raw)
-            if event.get("type") in _CUT_EVENTS and event.get("interrupted", True):
+            if event.get("interrupted", True):
                 self.playout.cut(float(event["t"]), event.get("reply_id"))
         self._send_raw(raw)
 
@@ -438,8 +438,7 @@ class WebRtcCalls:
         session's join (a wrong one is `unauthenticated`, a second join `conflict`), after the offer itself."""
         if not self.settings.webrtc.enabled:
             raise Unavailable("browser calls are turned off on this server (webrtc.enabled)")
-        if len(self.calls) >= self.settings.server.max_sessions:
-            raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+        self.service.check_capacity()  # (again at the join: this spares a full server the offer's work)
         sdp = check_offer(body)
         options = body.get("options") or {}
         ice = [RTCIceServer(**s) for s in ice_servers(self.settings, conversation_id)]
