@@ -33,7 +33,8 @@ from orchestrator.telemetry import Telemetry
 
 log = logging.getLogger("duet")
 
-SERVED_MODELS = ("vad", "floor", "asr", "llm", "tts")  # what sessions call directly (others are ensemble steps)
+# what sessions call directly (others are ensemble steps)
+SERVED_MODELS = ("vad", "floor", "asr", "llm", "tts", "embed")
 
 
 def language_model(settings: Settings, models: TritonModels) -> LanguageModel | None:
@@ -117,6 +118,7 @@ class ControlStack:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.faces.close()
+        await self.conversations.intel.close()
         await self.deliverer.close()
         for task in self.tasks:
             task.cancel()
@@ -196,6 +198,8 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
         port = server.add_insecure_port(f"{settings.server.host}:{settings.server.port}")
         http_url = None
         if control is not None:
+            embedder = models if "embed" in settings.triton.models else None
+            control.conversations.intel.attach(embedder, language_model(settings, models))
             control.conversations.live = service
             control.conversations.grpc_address = f"{public_host(settings)}:{port}"
             http_url = await control.serve_http(settings, service)

@@ -39,6 +39,7 @@ class TritonSettings:
         "face_render",
         "perception_audio",
         "perception_face",
+        "embed",
     )
     http_port: int = 0  # 0 = pick a free loopback port
     grpc_port: int = 0
@@ -229,6 +230,30 @@ class WebRtcSettings:
 
 
 @dataclass(frozen=True)
+class IntelSettings:
+    """The intelligence layer: the knowledge base, memories, guardrails, objectives, tools (docs/intelligence.md)."""
+
+    max_document_bytes: int = 10 << 20  # an uploaded document (413 above)
+    strategy: str = "balanced"  # retrieval in conversations: speed | balanced | quality
+    top_k: int = 3  # chunks given to a reply
+    min_score: float = 0.25  # a chunk whose cosine similarity to the turn is below this is not given
+    # Retrieval in a reply's path waits at most this long; a slower search is left out of that reply (logged).
+    retrieval_timeout_ms: int = 150
+    memories_per_turn: int = 3  # memories (besides pinned ones) given to a reply
+    memory_min_score: float = 0.3
+    memory_dedup_score: float = 0.85  # a new fact this similar to a memory updates it instead of adding one
+    max_memories_per_conversation: int = 8
+    # how facts are learnt after a conversation: "rules" (the user's own first-person statements) or "llm" (the
+    # default LLM, schema-constrained; weaker on the 0.5B default: docs/intelligence.md)
+    memory_extractor: str = "rules"
+    # a turn goes to the LLM's tool choice only when its embedding is this close to a tool's name and description
+    # (the choice costs seconds on a CPU; 0 asks on every turn; calibrated in docs/intelligence.md)
+    tool_prefilter: float = 0.25
+    judge_timeout_s: float = 20.0  # an objectives judge, a tool choice, an LLM guardrail: given up after this
+    tool_result_timeout_s: float = 60.0  # a tool call waits this long for its result before the replica goes on
+
+
+@dataclass(frozen=True)
 class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -242,6 +267,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
+    intel: IntelSettings = field(default_factory=IntelSettings)
     log_level: str = "INFO"
 
 
@@ -352,6 +378,16 @@ def validate(s: Settings) -> None:
     _in_range("webrtc.camera_fps", w.camera_fps, 0.0, 30.0)
     _in_range("webrtc.ice_timeout_s", w.ice_timeout_s, 1.0, 600.0)
     _in_range("webrtc.turn_ttl_s", w.turn_ttl_s, 60, 86400)
+    i = s.intel
+    if i.memory_extractor not in ("rules", "llm"):
+        raise BadOption(f"intel.memory_extractor: {i.memory_extractor!r} is not rules or llm")
+    if i.strategy not in ("speed", "balanced", "quality"):
+        raise BadOption(f"intel.strategy: {i.strategy!r} is not speed, balanced or quality")
+    _in_range("intel.max_document_bytes", i.max_document_bytes, 1 << 10, 100 << 20)
+    _in_range("intel.top_k", i.top_k, 1, 10)
+    _in_range("intel.retrieval_timeout_ms", i.retrieval_timeout_ms, 10, 5000)
+    _in_range("intel.min_score", i.min_score, -1.0, 1.0)
+    _in_range("intel.memory_dedup_score", i.memory_dedup_score, 0.0, 1.0)
     for url in w.ice_servers:
         if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
             raise BadOption(f"webrtc.ice_servers: {url!r} is not a stun:, stuns:, turn: or turns: URL")
@@ -416,6 +452,7 @@ __all__ = [
     "ConversationSettings",
     "FaceSettings",
     "FloorSettings",
+    "IntelSettings",
     "LlmSettings",
     "MetricsSettings",
     "ServerSettings",

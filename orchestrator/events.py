@@ -169,6 +169,9 @@ class ReplyLatency:
     llm_first_token_ms: float | None = optional()
     tts_first_chunk_ms: float | None = optional()
     floor_ms: float | None = optional()
+    # preparing the reply's grounding (retrieval, input rails, tool choice), before the LLM starts: counted in
+    # llm_first_token_ms, which runs from the reply's start
+    grounding_ms: float | None = optional()
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,77 @@ class PerceptionToolCall(Event):
     evidence: Mapping[str, Any]
 
 
+# ---- the intelligence layer: knowledge, memories, guardrails, objectives, tools ------------------------------
+
+
+@dataclass(frozen=True)
+class KnowledgeHit:
+    document_id: str
+    chunk_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class KnowledgeEvent(Event):
+    """The document chunks a reply was given (sent just before the reply is heard)."""
+
+    type: ClassVar[str] = "knowledge"
+    t: float
+    query: str
+    results: tuple[KnowledgeHit, ...]
+    took_ms: float
+    reply_id: int | None = optional()
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    memory_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class MemoryEvent(Event):
+    """Memories of the user (the conversation's `memory_store`) entered the replica's context."""
+
+    type: ClassVar[str] = "memory"
+    t: float
+    memories: tuple[MemoryItem, ...]
+
+
+@dataclass(frozen=True)
+class GuardrailTriggered(Event):
+    """A guardrail held: a user turn answered with its fallback, or a replica clause never spoken."""
+
+    type: ClassVar[str] = "guardrail_triggered"
+    t: float
+    guardrail_id: str
+    name: str
+    applies_to: str  # the side it was checked on: "user" | "replica"
+    rule: str  # phrases | pattern | topics | semantic | llm
+    text: str  # what it caught
+    took_ms: float
+    reply_id: int | None = optional()
+
+
+@dataclass(frozen=True)
+class ObjectiveCompleted(Event):
+    type: ClassVar[str] = "objective_completed"
+    t: float
+    name: str
+    output_variables: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall(Event):
+    """The replica calls one of the persona's tools; the client answers with a `tool_result` interaction."""
+
+    type: ClassVar[str] = "tool_call"
+    t: float
+    call_id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
 @dataclass(frozen=True)
 class PerceptionStats(Event):
     type: ClassVar[str] = "perception_stats"
@@ -409,8 +483,14 @@ __all__ = [
     "Event",
     "FloorEvent",
     "FloorKind",
+    "GuardrailTriggered",
     "HeadPose",
     "InteractionEvent",
+    "KnowledgeEvent",
+    "KnowledgeHit",
+    "MemoryEvent",
+    "MemoryItem",
+    "ObjectiveCompleted",
     "PerceptionEvent",
     "PerceptionStats",
     "PerceptionToolCall",
@@ -426,6 +506,7 @@ __all__ = [
     "ReplyStarted",
     "SessionEnded",
     "SessionStarted",
+    "ToolCall",
     "TranscriptEvent",
     "UserTurn",
     "UtteranceSummary",

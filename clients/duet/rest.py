@@ -1,4 +1,5 @@
-"""Async client for Duet's REST control plane (`/v1/...`): personas, faces, conversations, keys.
+"""Async client for Duet's REST control plane (`/v1/...`): personas, faces, conversations, keys, and what
+replicas know and must do (documents and knowledge search, memories, guardrails, objectives).
 
 async with duet.Client("http://127.0.0.1:8080", api_key) as client:
     persona = await client.create_persona(name="Ada", system_prompt="You are Ada.")
@@ -16,7 +17,7 @@ import email.utils
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, Required, TypedDict, TypeVar, cast
@@ -31,8 +32,13 @@ T = TypeVar("T")
 DEFAULT_RETRY_WAIT_S = 1.0  # a 429 without Retry-After
 MAX_RETRY_WAIT_S = 30.0  # the longest one retry waits, whatever Retry-After says
 FACE_POLL_S = 0.5
+DOCUMENT_POLL_S = 0.5
+DOCUMENT_WAIT_S = 300.0  # embedding a large document on CPU takes a while
 
 Level = Literal["low", "medium", "high"]
+Strategy = Literal["speed", "balanced", "quality"]
+# `create_document(content_type=...)`: how to read the text; for a file, the part's Content-Type it becomes
+DOCUMENT_TYPES = {"text": "text/plain", "markdown": "text/markdown", "html": "text/html", "pdf": "application/pdf"}
 
 
 class Page(TypedDict, Generic[T]):
@@ -110,6 +116,65 @@ class ConversationProperties(TypedDict, total=False):
     max_duration_s: float
     participant_absent_timeout_s: float
     participant_left_timeout_s: float
+
+
+class Document(TypedDict, total=False):
+    document_id: Required[str]
+    status: Required[str]  # processing | ready | failed (only ready documents are searched)
+    name: str
+    tags: list[str]
+    content_type: str  # text | markdown | html | pdf
+    size: int  # bytes
+    error: str | None
+    chunks: int
+    created_at: str
+    updated_at: str
+
+
+class KnowledgeResult(TypedDict):
+    document_id: str
+    chunk_id: str
+    text: str
+    score: float
+
+
+class KnowledgeResults(TypedDict):
+    results: list[KnowledgeResult]  # best first
+    took_ms: float
+
+
+class Memory(TypedDict, total=False):
+    memory_id: Required[str]
+    text: str
+    pinned: bool  # a pinned memory enters every conversation of the store
+    conversation_id: str | None  # the conversation it was learnt from; None if added through the API
+    created_at: str
+    updated_at: str
+
+
+class Guardrail(TypedDict, total=False):
+    guardrail_id: Required[str]
+    name: str
+    applies_to: str  # user | replica | both
+    rule: dict[str, Any]  # {"type": "phrases"|"pattern"|"topics"|"semantic"|"llm", ...}
+    fallback_text: str
+    created_at: str
+
+
+class Objective(TypedDict, total=False):
+    name: Required[str]
+    prompt: Required[str]
+    confirmation_mode: str  # auto | manual
+    output_variables: list[str]
+    next_required: list[str]
+    next_conditional: dict[str, str]  # objective name -> condition
+
+
+class Objectives(TypedDict, total=False):
+    objectives_id: Required[str]
+    name: str | None
+    objectives: list[Objective]
+    created_at: str
 
 
 class Client:
@@ -227,17 +292,8 @@ class Client:
     async def wait_face_ready(self, face_id: str, timeout_s: float = 60.0, *, poll_s: float = FACE_POLL_S) -> Face:
         """Poll until the face is `ready`; a `failed` face raises DuetError("face_failed"), a slow one
         TimeoutError."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            face = await self.get_face(face_id)
-            if face["status"] == "ready":
-                return face
-            if face["status"] == "failed":
-                raise DuetError("face_failed", f"face {face_id} failed: {face.get('error') or 'no reason given'}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"face {face_id} still {face['status']!r} after {timeout_s:g} s")
-            await asyncio.sleep(min(poll_s, left))
+        face = await self._wait("face", face_id, self.get_face, timeout_s, poll_s)
+        return cast(Face, face)
 
     # --- conversations ---
 
@@ -338,7 +394,182 @@ class Client:
         """The result of the replica's `tool_call` `call_id` (any JSON value)."""
         return await self.interact(conversation_id, "tool_result", call_id=call_id, output=output)
 
+    # --- knowledge: documents and search ---
+
+    async def create_document(
+        self,
+        name: str | None = None,
+        *,
+        text: str | None = None,
+        path: str | Path | None = None,
+        content_type: str | None = None,
+        tags: list[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Document:
+        """Add a document: `text` (sent as JSON; `name` required) or the file at `path` (uploaded as multipart:
+        txt, md, html or pdf; `name` defaults to the file's name). `content_type` (text | markdown | html, and pdf
+        for a file) says how to read it; by default the server decides (Markdown for text; for a file its
+        bytes and extension). A JSON body is held to the server's body limit (1 MiB by default): upload a longer
+        text as a file. The answer's `status` is `processing`: `wait_document` for `ready`."""
+        if (text is None) == (path is None):
+            raise DuetError("bad_option", "create_document takes text= or path=, exactly one")
+        if text is not None:
+            body = _present(name=name, text=text, content_type=content_type, tags=tags)
+            created = await self._request("POST", "/v1/documents", body=body, idempotency_key=idempotency_key)
+            return cast(Document, created)
+        assert path is not None
+        if tags and any("," in t for t in tags):
+            raise DuetError("bad_option", "an uploaded file's tags travel comma-separated: no tag may hold a comma")
+        data, filename = await asyncio.to_thread(Path(path).read_bytes), Path(path).name
+        part_type = DOCUMENT_TYPES.get(content_type, content_type) if content_type else "application/octet-stream"
+
+        def form() -> aiohttp.FormData:  # built per attempt: aiohttp consumes a FormData when sending it
+            f = aiohttp.FormData()
+            f.add_field("file", data, filename=filename, content_type=part_type)
+            if name is not None:
+                f.add_field("name", name)
+            if tags:
+                f.add_field("tags", ",".join(tags))
+            return f
+
+        return cast(Document, await self._request("POST", "/v1/documents", form=form, idempotency_key=idempotency_key))
+
+    async def get_document(self, document_id: str) -> Document:
+        return cast(Document, await self._request("GET", f"/v1/documents/{_id(document_id)}"))
+
+    async def list_documents(self, limit: int | None = None, cursor: str | None = None) -> Page[Document]:
+        params = _present(limit=limit, cursor=cursor)
+        return cast(Page[Document], await self._request("GET", "/v1/documents", params=params))
+
+    def iter_documents(self, *, page_size: int | None = None) -> AsyncIterator[Document]:
+        return cast(AsyncIterator[Document], self._iterate("/v1/documents", _present(limit=page_size)))
+
+    async def delete_document(self, document_id: str) -> dict[str, Any]:
+        return await self._request("DELETE", f"/v1/documents/{_id(document_id)}")
+
+    async def wait_document(
+        self, document_id: str, timeout_s: float = DOCUMENT_WAIT_S, *, poll_s: float = DOCUMENT_POLL_S
+    ) -> Document:
+        """Poll until the document is `ready`; a `failed` one raises DuetError("document_failed"), a slow one
+        TimeoutError."""
+        document = await self._wait("document", document_id, self.get_document, timeout_s, poll_s)
+        return cast(Document, document)
+
+    async def search(
+        self,
+        query: str,
+        *,
+        document_ids: list[str] | None = None,
+        tags: list[str] | None = None,
+        top_k: int | None = None,
+        strategy: Strategy | None = None,
+    ) -> KnowledgeResults:
+        """The knowledge base's best chunks for `query` (what a replica would be given), among the ready
+        documents, narrowed to `document_ids` and/or `tags`; the server's defaults are top_k 5, `balanced`."""
+        body = _present(query=query, document_ids=document_ids, tags=tags, top_k=top_k, strategy=strategy)
+        return cast(KnowledgeResults, await self._request("POST", "/v1/knowledge/search", body=body))
+
+    # --- memories (per memory store: the name a conversation gives as `memory_store`) ---
+
+    async def list_memories(self, store: str, limit: int | None = None, cursor: str | None = None) -> Page[Memory]:
+        params = _present(limit=limit, cursor=cursor)
+        return cast(Page[Memory], await self._request("GET", _memories(store), params=params))
+
+    def iter_memories(self, store: str, *, page_size: int | None = None) -> AsyncIterator[Memory]:
+        return cast(AsyncIterator[Memory], self._iterate(_memories(store), _present(limit=page_size)))
+
+    async def add_memory(
+        self, store: str, text: str, pinned: bool = False, *, idempotency_key: str | None = None
+    ) -> Memory:
+        """Remember `text` in `store`; a pinned memory enters every conversation of the store."""
+        body = {"text": text, "pinned": pinned}
+        return cast(Memory, await self._request("POST", _memories(store), body=body, idempotency_key=idempotency_key))
+
+    async def delete_memory(self, store: str, memory_id: str) -> dict[str, Any]:
+        return await self._request("DELETE", f"{_memories(store)}/{_id(memory_id)}")
+
+    # --- guardrails ---
+
+    async def create_guardrail(
+        self, body: Mapping[str, Any] | None = None, /, *, idempotency_key: str | None = None, **fields: Any
+    ) -> Guardrail:
+        """`{name, applies_to: user|replica|both, rule: {type, ...}, fallback_text}`, as a mapping and/or keywords
+        (keywords override the mapping). Personas name it in `guardrail_ids`."""
+        merged = {**(body or {}), **fields}
+        created = await self._request("POST", "/v1/guardrails", body=merged, idempotency_key=idempotency_key)
+        return cast(Guardrail, created)
+
+    async def get_guardrail(self, guardrail_id: str) -> Guardrail:
+        return cast(Guardrail, await self._request("GET", f"/v1/guardrails/{_id(guardrail_id)}"))
+
+    async def list_guardrails(self, limit: int | None = None, cursor: str | None = None) -> Page[Guardrail]:
+        params = _present(limit=limit, cursor=cursor)
+        return cast(Page[Guardrail], await self._request("GET", "/v1/guardrails", params=params))
+
+    def iter_guardrails(self, *, page_size: int | None = None) -> AsyncIterator[Guardrail]:
+        return cast(AsyncIterator[Guardrail], self._iterate("/v1/guardrails", _present(limit=page_size)))
+
+    async def delete_guardrail(self, guardrail_id: str) -> dict[str, Any]:
+        return await self._request("DELETE", f"/v1/guardrails/{_id(guardrail_id)}")
+
+    # --- objectives ---
+
+    async def create_objectives(
+        self,
+        objectives: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        /,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Objectives:
+        """An objective set: the whole body (`{"objectives": [...], "name"?}`) or just the list of objectives
+        (`[{name, prompt, confirmation_mode?, output_variables?, next_required?, next_conditional?}]`, the first
+        is where a conversation starts); `name` overrides the body's. Personas name it in `objectives_id`."""
+        if isinstance(objectives, Mapping):
+            body: dict[str, Any] = dict(objectives)
+        else:
+            body = {"objectives": [dict(o) for o in objectives]}
+        body.update(_present(name=name))
+        created = await self._request("POST", "/v1/objectives", body=body, idempotency_key=idempotency_key)
+        return cast(Objectives, created)
+
+    async def get_objectives(self, objectives_id: str) -> Objectives:
+        return cast(Objectives, await self._request("GET", f"/v1/objectives/{_id(objectives_id)}"))
+
+    async def list_objectives(self, limit: int | None = None, cursor: str | None = None) -> Page[Objectives]:
+        params = _present(limit=limit, cursor=cursor)
+        return cast(Page[Objectives], await self._request("GET", "/v1/objectives", params=params))
+
+    def iter_objectives(self, *, page_size: int | None = None) -> AsyncIterator[Objectives]:
+        return cast(AsyncIterator[Objectives], self._iterate("/v1/objectives", _present(limit=page_size)))
+
+    async def delete_objectives(self, objectives_id: str) -> dict[str, Any]:
+        return await self._request("DELETE", f"/v1/objectives/{_id(objectives_id)}")
+
     # --- transport ---
+
+    async def _wait(
+        self,
+        what: str,
+        object_id: str,
+        get: Callable[[str], Awaitable[Mapping[str, Any]]],
+        timeout_s: float,
+        poll_s: float,
+    ) -> Mapping[str, Any]:
+        """Poll `get(object_id)` until its `status` is `ready`; `failed` raises DuetError("<what>_failed"), the
+        deadline TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            item = await get(object_id)
+            if item["status"] == "ready":
+                return item
+            if item["status"] == "failed":
+                reason = item.get("error") or "no reason given"
+                raise DuetError(f"{what}_failed", f"{what} {object_id} failed: {reason}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{what} {object_id} still {item['status']!r} after {timeout_s:g} s")
+            await asyncio.sleep(min(poll_s, left))
 
     async def _iterate(self, path: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None
@@ -406,6 +637,10 @@ def image_type(data: bytes) -> str:
 def _id(value: str) -> str:
     # Quoted so that an id can never reach another route (`../keys`).
     return quote(value, safe="")
+
+
+def _memories(store: str) -> str:
+    return f"/v1/memory-stores/{_id(store)}/memories"
 
 
 def _present(**fields: Any) -> dict[str, Any]:

@@ -659,7 +659,13 @@ class SessionService(pb_grpc.SessionServicer):
             llm = self._endpoint(endpoint)
         mode = spec.mode if spec.mode in ("conversation", "perceive") else "conversation"
         priority = PRIORITY_HIGH if joined.tenant.tier == "priority" else 0
-        return dataclasses.replace(spec, mode=mode, persona=joined.persona, llm=llm, flow=levels, priority=priority)
+        layer = None
+        if self.conversations is not None and joined.plan is not None:
+            # judged by the persona's own LLM (a judge's prompt is the same kind of request as a reply's)
+            layer = self.conversations.intel.layer(joined.plan, llm or self.llm, joined.persona.llm_model)
+        return dataclasses.replace(
+            spec, mode=mode, persona=joined.persona, llm=llm, flow=levels, priority=priority, layer=layer
+        )
 
     def _endpoint(self, endpoint: dict[str, str]) -> LanguageModel:
         """One client per (endpoint, model, key), shared by the sessions of every persona that names it."""

@@ -25,9 +25,19 @@ from typing import Any, Protocol
 from orchestrator.config import ApiSettings, Settings
 from orchestrator.control import personas as pz
 from orchestrator.control.credentials import new_join_token, token_matches
+from orchestrator.control.intel import Intel, Plan
 from orchestrator.control.webhooks import event_body, iso_utc
 from orchestrator.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unauthenticated
-from orchestrator.events import Event, PerceptionToolCall, ReplicaTurn, UserTurn, UtteranceSummary
+from orchestrator.events import (
+    Event,
+    GuardrailTriggered,
+    ObjectiveCompleted,
+    PerceptionToolCall,
+    ReplicaTurn,
+    ToolCall,
+    UserTurn,
+    UtteranceSummary,
+)
 from orchestrator.session.interactions import Interaction
 from orchestrator.session.persona import Persona
 from orchestrator.store.records import ConversationRecord, Tenant, Utterance
@@ -58,6 +68,7 @@ class Joined:
     persona_body: Mapping[str, Any]
     max_duration_s: float
     recorder: Recorder
+    plan: Plan | None = None  # what it uses of the intelligence layer (None: nothing)
 
 
 def _properties(settings: ApiSettings, given: Mapping[str, Any] | None) -> dict[str, int]:
@@ -89,6 +100,7 @@ class Conversations:
         self.live: LiveSessions | None = None  # set once the session service exists
         self.grpc_address = f"{settings.server.host}:{settings.server.port}"
         self.public_url = settings.api.public_url or f"http://{settings.server.host}:{settings.api.http_port}"
+        self.intel = Intel(store, settings)  # documents, memories, guardrails, objectives, tools
 
     # ---- the API's side ---------------------------------------------------------------------------------------
 
@@ -246,26 +258,38 @@ class Conversations:
             greeting=s.get("custom_greeting"),
             context=s.get("conversational_context"),
         )
+        plan = await self.intel.plan(conv, record.body)
         started = event_body("conversation.started", conv.id, now, {"persona_id": conv.persona_id})
         conv = await self.store.activate_conversation(conv.id, now, [started])
         self.notify()
         props = _properties(self.api, s.get("properties"))
-        return Joined(conv, tenant, persona, record.body, float(props["max_duration_s"]), Recorder(self, conv))
+        recorder = Recorder(self, conv)
+        return Joined(conv, tenant, persona, record.body, float(props["max_duration_s"]), recorder, plan)
 
     async def finish(
-        self, conv: ConversationRecord, reason: str, *, perception: list[dict[str, Any]] | None = None
+        self,
+        conv: ConversationRecord,
+        reason: str,
+        *,
+        perception: list[dict[str, Any]] | None = None,
+        objectives: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ConversationRecord:
+        """End `conv` with `reason`: the `conversation.ended` webhook holds the transcript, the perception
+        summaries and every completed objective's outputs (by objective name). A conversation with a memory
+        store is then learnt from, in the background."""
         now = self.clock()
         turns = await self.store.transcript(conv.tenant_id, conv.id)
         props = {
             "shutdown_reason": reason,
             "transcript": [_turn(u) for u in turns],
             "perception_summary": perception or [u.perception for u in turns if u.perception],
-            "objective_outputs": {},
+            "objective_outputs": {name: dict(values) for name, values in (objectives or {}).items()},
         }
         ended = event_body("conversation.ended", conv.id, now, props)
         record = await self.store.end_conversation(conv.id, reason, now, [ended])
         self.notify()
+        if store := conv.settings.get("memory_store"):
+            self.intel.memories.learn_later(conv.tenant_id, store, conv.id, [(u.role, u.text) for u in turns])
         return record
 
     async def sweep(self, page: int = 500) -> int:
@@ -318,13 +342,16 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._last_user_seq: int | None = None
         self.summaries: list[dict[str, Any]] = []
+        self.objectives: dict[str, dict[str, Any]] = {}  # completed objectives' outputs, by name
         self.dropped = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write(), name=f"conversation-{self.conv.id}-recorder")
 
     def event(self, event: Event) -> None:
-        if not isinstance(event, (UserTurn, ReplicaTurn, UtteranceSummary, PerceptionToolCall)):
+        if isinstance(event, ObjectiveCompleted):
+            self.objectives[event.name] = dict(event.output_variables)
+        if not isinstance(event, RECORDED):
             return
         try:
             self._queue.put_nowait(event)
@@ -357,9 +384,9 @@ class Recorder:
             self.summaries.append(summary)
             if self._last_user_seq is not None:
                 await store.set_utterance_perception(conv.id, self._last_user_seq, summary)
-        elif isinstance(event, PerceptionToolCall):
+        elif isinstance(event, WEBHOOKED):
             props = {k: v for k, v in event_dict(event).items() if k != "type"}
-            hook = event_body("conversation.perception_tool_call", conv.id, now, props)
+            hook = event_body(f"conversation.{event.type}", conv.id, now, props)
             await store.enqueue_webhooks(conv.id, [hook], now)
             self.service.notify()
 
@@ -373,7 +400,14 @@ class Recorder:
                 log.error("conversation %s: the recorder did not finish in time", self.conv.id)
                 self._task.cancel()
         with contextlib.suppress(Conflict):  # ended by the API meanwhile (it waits for this)
-            await self.service.finish(self.conv, reason if reason in SHUTDOWN_REASONS else "error")
+            await self.service.finish(
+                self.conv, reason if reason in SHUTDOWN_REASONS else "error", objectives=self.objectives
+            )
+
+
+# Events that are webhooks of their own (`conversation.<type>`), besides the turns.
+WEBHOOKED = (PerceptionToolCall, ToolCall, GuardrailTriggered, ObjectiveCompleted)
+RECORDED = (UserTurn, ReplicaTurn, UtteranceSummary, *WEBHOOKED)
 
 
 def request_digest(body: object) -> str:

@@ -101,9 +101,7 @@ def check_body(body: Mapping[str, Any], *, allowed_llm_hosts: Sequence[str], voi
         raise Invalid("system_prompt is required (or start from a `template` that has one)", "$.system_prompt")
     llm = (body.get("layers") or {}).get("llm") or {}
     if llm.get("backend") == "openai" and not llm.get("base_url"):
-        raise Invalid(
-            "an `openai` LLM layer needs base_url (an OpenAI-compatible endpoint)", "$.layers.llm.base_url"
-        )
+        raise Invalid("an `openai` LLM layer needs base_url (an OpenAI-compatible endpoint)", "$.layers.llm.base_url")
     if base_url := llm.get("base_url"):
         check_endpoint(base_url, allowed_llm_hosts)
     # a voice the tts model lacks would fail every reply of every call; refuse it here instead

@@ -10,6 +10,11 @@ served model and routes a request by the model it names (`ModelSpec`, from the m
 Text is streamed as it is generated, except what might be the start of a stop sequence: that is held back
 until the next tokens show whether it is one (`StopMatcher`), so a stop string split across tokens never
 reaches the caller.
+
+A request may carry a JSON Schema (JSON_SCHEMA): its reply is then sampled under the llama.cpp grammar built
+from the schema (`grammar_from_schema`, compiled once per schema text by `GrammarCache`), so it parses as JSON
+the schema accepts, unless a stop string or `max_tokens` cuts it. Such a request (a judge, a guardrail, a
+tool choice) is a one-off for the pool: see `EnginePool`.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ import logging
 import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 ROLES = ("system", "user", "assistant")
 MAX_STOPS = 8
@@ -32,14 +40,29 @@ MAX_STOP_CHARS = 64
 
 
 class LlmInputError(ValueError):
-    """A request the model cannot serve (bad JSON, unknown role, too long); the message says which input."""
+    """A request the model cannot serve (bad JSON, unknown role, too long); the message says which input.
+    A subclass with a `code` is a typed error: the model sends it as "<code>: <message>" (`error_text`) and
+    the Triton adapter raises the client's error of that code (bad_option: `BadOption`)."""
+
+    code = ""
 
 
 class UnknownModel(LlmInputError):
-    """A request named a model this server does not serve. `code` is the client's typed error (bad_option):
-    the model sends it as "bad_option: <message>" and the Triton adapter raises `BadOption` from it."""
+    """A request named a model this server does not serve (the client's `BadOption`)."""
 
     code = "bad_option"
+
+
+class JsonSchemaError(LlmInputError):
+    """A JSON_SCHEMA that cannot constrain a reply: not JSON, not a schema the converter knows, or one whose
+    grammar would be too large for llama.cpp (the client's `BadOption`)."""
+
+    code = "bad_option"
+
+
+def error_text(exc: LlmInputError) -> str:
+    """What the client is sent for a refused request: "<code>: <message>" for a typed error."""
+    return f"{exc.code}: {exc}" if exc.code else str(exc)
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,186 @@ def parse_stop(raw: str | bytes) -> tuple[str, ...]:
     if len(data) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in data):
         raise LlmInputError(f"STOP allows at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters")
     return tuple(data)
+
+
+# --- JSON_SCHEMA: replies decoded under a grammar built from a JSON Schema ---
+
+MAX_SCHEMA_CHARS = 16_384
+# Bounds on what a schema may expand into. llama-cpp-python writes `maxLength: n` (and `maxItems`, and a
+# pattern's `{n}`) as n nested optional groups, and llama.cpp's grammar parser recurses once per group: some
+# 12,000 levels overflow an 8 MB thread stack and crash the process, and a million-item array is a grammar of
+# tens of megabytes. So repetition counts, the grammar's size and its nesting depth are capped (a judge's
+# schema is a few hundred bytes; `maxLength` 1000 is a grammar of 8 KB, 1000 groups deep).
+MAX_REPEAT = 1_000
+MAX_GRAMMAR_CHARS = 65_536
+MAX_GRAMMAR_DEPTH = 1_000
+REPEAT_KEYS = frozenset(("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"))
+_QUANTIFIER = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+GRAMMAR_CACHE_SIZE = 32
+
+
+def parse_json_schema(raw: str | bytes | None) -> str:
+    """JSON_SCHEMA: a JSON Schema (a JSON object, as text) the reply must satisfy; absent or empty = free text.
+    Returns the schema's text (the grammar cache's key); a schema this server will not compile is refused
+    here, before it is queued (see `MAX_REPEAT`)."""
+    if raw is None:
+        return ""
+    try:
+        text = (raw.decode() if isinstance(raw, bytes) else str(raw)).strip()
+    except UnicodeDecodeError as exc:
+        raise JsonSchemaError(f"JSON_SCHEMA is not UTF-8: {exc}") from exc
+    if not text:
+        return ""
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise JsonSchemaError(f"JSON_SCHEMA is {len(text)} characters; at most {MAX_SCHEMA_CHARS} are allowed")
+    try:
+        schema = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise JsonSchemaError(f"JSON_SCHEMA is not valid JSON: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise JsonSchemaError("JSON_SCHEMA must be a JSON object (a JSON Schema)")
+    _check_repeats(schema)
+    return text
+
+
+def _check_repeats(node: Any, depth: int = 0) -> None:
+    """Refuse repetition counts over `MAX_REPEAT`: the schema's length and item counts and its patterns'."""
+    if depth > 64:
+        raise JsonSchemaError("JSON_SCHEMA is nested more than 64 levels deep")
+    if isinstance(node, list):
+        for item in node:
+            _check_repeats(item, depth + 1)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            too_many = isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_REPEAT
+            if key in REPEAT_KEYS and too_many:
+                raise JsonSchemaError(f"JSON_SCHEMA: {key} {value} is over {MAX_REPEAT}")
+            if key == "pattern" and isinstance(value, str):
+                for m in _QUANTIFIER.finditer(value):
+                    if any(n and int(n) > MAX_REPEAT for n in m.groups()):
+                        raise JsonSchemaError(f"JSON_SCHEMA: the pattern's {m.group(0)} is over {MAX_REPEAT}")
+            _check_repeats(value, depth + 1)
+
+
+def grammar_depth(gbnf: str) -> int:
+    """The deepest nesting of ( ) groups in a GBNF grammar (quoted literals and [...] classes skipped)."""
+    depth = deepest = 0
+    i, n = 0, len(gbnf)
+    while i < n:
+        c = gbnf[i]
+        if c in '"[':
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and gbnf[i] != close:
+                i += 2 if gbnf[i] == "\\" else 1
+        elif c == "#":  # a comment, to the end of the line
+            while i < n and gbnf[i] != "\n":
+                i += 1
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return deepest
+
+
+# The pattern shorthands llama-cpp-python's converter does not know (it writes `\d` into the grammar as an
+# escape llama.cpp then refuses), as the character ranges it does know; `\s` as a space only, since a raw tab
+# or newline inside a JSON string is not JSON.
+SHORTHANDS = {"d": "0-9", "w": "A-Za-z0-9_", "s": " "}
+# The converter's string character admits raw control characters (a newline), which no JSON parser accepts
+# inside a string: llama.cpp's own converter excludes them, as this does.
+LOOSE_CHAR = r'char ::= [^"\\] |'
+JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def expand_shorthands(pattern: str) -> str:
+    r"""`pattern` with `\d`, `\w` and `\s` written as character classes (`[0-9]`, or `0-9` inside a class);
+    a negated one (`\D`, `\W`, `\S`) is `JsonSchemaError`."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in SHORTHANDS:
+                out.append(SHORTHANDS[nxt] if in_class else f"[{SHORTHANDS[nxt]}]")
+            elif nxt in "DWS":
+                raise JsonSchemaError(f"JSON_SCHEMA: the pattern's \\{nxt} is not supported; write a class ([^0-9])")
+            else:
+                out.append(c + nxt)
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _expand_patterns(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_expand_patterns(v) for v in node]
+    if isinstance(node, dict):
+        return {
+            k: expand_shorthands(v) if k == "pattern" and isinstance(v, str) else _expand_patterns(v)
+            for k, v in node.items()
+        }
+    return node
+
+
+def grammar_from_schema(schema: str) -> LlamaGrammar:
+    """The llama.cpp grammar (GBNF) that admits exactly the JSON texts `schema` describes; `JsonSchemaError`
+    when the converter refuses the schema or its grammar is over the bounds the parser survives."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        if "pattern" in schema:
+            schema = json.dumps(_expand_patterns(json.loads(schema)))
+        gbnf = LlamaGrammar.from_json_schema(schema, verbose=False)._grammar.replace(LOOSE_CHAR, JSON_CHAR)
+    except JsonSchemaError:
+        raise
+    except Exception as exc:  # the converter asserts, or fails on a shape it does not expect
+        raise JsonSchemaError(f"JSON_SCHEMA cannot be turned into a grammar: {type(exc).__name__}: {exc}") from exc
+    if len(gbnf) > MAX_GRAMMAR_CHARS or grammar_depth(gbnf) > MAX_GRAMMAR_DEPTH:
+        raise JsonSchemaError(
+            f"JSON_SCHEMA makes a grammar of {len(gbnf)} characters nested {grammar_depth(gbnf)} deep; at most "
+            f"{MAX_GRAMMAR_CHARS} and {MAX_GRAMMAR_DEPTH} are allowed (lower maxLength, maxItems or the patterns)"
+        )
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+class GrammarCache:
+    """Compiled grammars by schema text, the `size` most recently used kept (a judge sends the same schema on
+    every request). Thread safe; a refused schema is not cached (it raises each time)."""
+
+    def __init__(self, size: int = GRAMMAR_CACHE_SIZE, compile: Callable[[str], Any] = grammar_from_schema) -> None:
+        self.size = size
+        self._compile = compile
+        self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._grammars)
+
+    def get(self, schema: str) -> Any:
+        with self._lock:
+            grammar = self._grammars.get(schema)
+            if grammar is not None:
+                self._grammars.move_to_end(schema)
+                self.hits += 1
+                return grammar
+            self.misses += 1
+        grammar = self._compile(schema)  # outside the lock: a slow compile holds up nobody else's hit
+        with self._lock:
+            self._grammars[schema] = grammar
+            self._grammars.move_to_end(schema)
+            while len(self._grammars) > self.size:
+                self._grammars.popitem(last=False)
+        return grammar
 
 
 class StopMatcher:
@@ -210,6 +413,17 @@ class LlamaEngine:
     def _cached_prefix(self, tokens: Sequence[int]) -> int:
         return min(self._held_prefix(tokens), len(tokens) - 1)  # llama.cpp re-evaluates one token for logits
 
+    def check_grammar(self, grammar: LlamaGrammar) -> None:
+        """Refuse a grammar llama.cpp cannot parse (`JsonSchemaError`) before generating with it: the sampler
+        that `Llama.generate` builds does not check, and a failed parse there crashes the process."""
+        import llama_cpp
+
+        vocab = self._llama._model.vocab
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode(), grammar._root.encode())
+        if not sampler:
+            raise JsonSchemaError("JSON_SCHEMA makes a grammar that llama.cpp cannot parse")
+        llama_cpp.llama_sampler_free(sampler)
+
     def prefill(self, messages: Sequence[Message], stats: GenerationStats | None = None) -> None:
         """Evaluate the conversation so far into this context's KV cache, generating nothing: a later request
         that continues it evaluates only what it adds. What the cache already holds is kept."""
@@ -230,9 +444,16 @@ class LlamaEngine:
         stop: Sequence[str] = (),
         cancelled: Callable[[], bool] = lambda: False,
         stats: GenerationStats | None = None,
+        grammar: LlamaGrammar | None = None,
     ) -> Generator[Step, None, None]:
         """Generate the assistant's reply, one `Step` per token. `cancelled` is polled before each token;
-        when it turns true generation stops at once. `stats` (if given) is filled in as it goes."""
+        when it turns true generation stops at once. `stats` (if given) is filled in as it goes.
+
+        With a `grammar` (`GrammarCache.get`) every token is sampled among those the grammar allows, and the
+        end of turn only once the grammar is complete; stop strings and `max_tokens` still cut the reply (a
+        JSON reply cut short is returned as it is). The grammar's parse state lives in the sampler that each
+        `Llama.generate` call builds afresh (a `LlamaGrammar` is only its text), so nothing of one request's
+        parse carries over to the next."""
         stats = stats if stats is not None else GenerationStats()
         if max_tokens < 0:
             raise LlmInputError(f"MAX_TOKENS must be 0 (a prefill) or positive, got {max_tokens}")
@@ -242,6 +463,8 @@ class LlamaEngine:
             if not cancelled():
                 self.prefill(messages, stats)
             return
+        if grammar is not None:
+            self.check_grammar(grammar)
         tokens = self._fitting_tokens(messages, opener=True)
         max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         stats.prompt_tokens = len(tokens)
@@ -251,7 +474,17 @@ class LlamaEngine:
         if cancelled():
             stats.finish_reason = "cancelled"
             return
-        gen = self._llama.generate(tokens, temp=temperature, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
+        # JSON repeats its quotes, commas and keys by nature: no repetition penalty under a grammar (with one,
+        # a closing quote grows less likely each time one was written).
+        gen = self._llama.generate(
+            tokens,
+            temp=temperature,
+            top_k=40,
+            top_p=0.95,
+            min_p=0.05,
+            repeat_penalty=1.1 if grammar is None else 1.0,
+            grammar=grammar,
+        )
         try:
             for token in gen:
                 if self._is_end_of_turn(token):
@@ -294,12 +527,16 @@ def shared_turns(a: Sequence[Message], b: Sequence[Message]) -> int:
     return n
 
 
-def best_engine(free: Sequence[tuple[int, Sequence[Message], int]], messages: Sequence[Message]) -> int:
+def best_engine(
+    free: Sequence[tuple[int, Sequence[Message], int]], messages: Sequence[Message], spare: Collection[int] = ()
+) -> int:
     """Among free engines (index, conversation it served last, when it was last used), the one whose KV cache
-    holds the longest prefix of `messages`; on a tie the least recently used, so a new conversation does not
-    evict the cache of the session that spoke last. Requests of one session thus return to the context that
-    already evaluated its history, instead of alternating between contexts as Triton's instances do."""
-    return min(free, key=lambda e: (-shared_turns(e[1], messages), e[2], e[0]))[0]
+    holds the longest prefix of `messages`; on a tie one that holds no conversation (nothing yet, or only a
+    one-off request's prompt: the indexes in `spare`), then the least recently used, so a new conversation
+    does not evict the cache of the session that spoke last. Requests of one session thus return to the
+    context that already evaluated its history, instead of alternating between contexts as Triton's
+    instances do."""
+    return min(free, key=lambda e: (-shared_turns(e[1], messages), bool(e[1]) and e[0] not in spare, e[2], e[0]))[0]
 
 
 PRIORITY_HIGH = 1  # a request's PRIORITY, as Triton counts priority levels: 1 is served first
@@ -324,6 +561,14 @@ class EnginePool:
     A session's next turn often arrives while the engine holding its history is still finishing the last
     reply (the client saw the final response a moment before the worker is free again). Evaluating the
     whole history elsewhere costs seconds, so such a job waits up to `affinity_wait_s` for that engine.
+
+    A one-off job (`oneshot`: a JSON judge or guardrail, whose prompt no later request continues) is routed
+    like any other: to the engine holding the longest prefix of its messages (a judge that appends its
+    question to a session's history then evaluates only the question), else to a free engine holding no
+    conversation, else to the least recently used one. An engine left holding only a one-off prompt (it
+    shared no turn with what the engine held before) is `spare`: the next one-off job or new conversation
+    takes it before evicting a session's history, so a stream of judges keeps to one context instead of
+    walking through every session's cache.
     """
 
     def __init__(self, engines: Sequence[LlamaEngine], affinity_wait_s: float = 0.25) -> None:
@@ -331,9 +576,10 @@ class EnginePool:
         self.affinity_wait_s = affinity_wait_s
         self._history: list[Sequence[Message]] = [() for _ in self._engines]
         self._last_used = [0 for _ in self._engines]
+        self._spare: set[int] = set()  # engines whose cache holds only a one-off job's prompt
         self._served = 0
         self._waiting: set[int] = set()
-        self._jobs: deque[tuple[Sequence[Message], Callable[[LlamaEngine], None], float, int]] = deque()
+        self._jobs: deque[tuple[Sequence[Message], Callable[[LlamaEngine], None], float, int, bool]] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self._threads = [
@@ -344,17 +590,21 @@ class EnginePool:
             t.start()
 
     def submit(
-        self, messages: Sequence[Message], job: Callable[[LlamaEngine], None], priority: int = PRIORITY_DEFAULT
+        self,
+        messages: Sequence[Message],
+        job: Callable[[LlamaEngine], None],
+        priority: int = PRIORITY_DEFAULT,
+        oneshot: bool = False,
     ) -> None:
         """Queue `job(engine)` behind the jobs of its priority or a higher one; it runs on a worker thread and
-        must handle its own errors."""
+        must handle its own errors. `oneshot`: no later request continues these messages (a JSON judge)."""
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine pool is closed")
             at = len(self._jobs)
             while at > 0 and self._jobs[at - 1][3] > priority:
                 at -= 1
-            self._jobs.insert(at, (tuple(messages), job, time.monotonic(), priority))
+            self._jobs.insert(at, (tuple(messages), job, time.monotonic(), priority, oneshot))
             self._cv.notify_all()
 
     def close(self) -> None:
@@ -381,14 +631,18 @@ class EnginePool:
                 while not self._closed:
                     timeout = None
                     if self._jobs:
-                        messages, job, queued_at, _ = self._jobs[0]
+                        messages, job, queued_at, _, oneshot = self._jobs[0]
                         free = [(k, self._history[k], self._last_used[k]) for k in sorted(self._waiting)]
-                        best = best_engine(free, messages)
+                        best = best_engine(free, messages, self._spare)
                         timeout = self._patience(messages, best, queued_at) or None
                         if best == i and timeout is None:
                             self._jobs.popleft()
                             self._served += 1
                             self._last_used[i] = self._served
+                            if oneshot and not shared_turns(self._history[i], messages):
+                                self._spare.add(i)  # it evicted nothing worth keeping, or has now
+                            elif not oneshot:
+                                self._spare.discard(i)
                             self._history[i] = messages  # what this context's KV cache will hold
                             if self._jobs:
                                 self._cv.notify_all()  # more queued: let the other free engines look
@@ -533,9 +787,10 @@ class ModelPools:
         messages: Sequence[Message],
         job: Callable[[LlamaEngine], None],
         priority: int = PRIORITY_DEFAULT,
+        oneshot: bool = False,
     ) -> None:
         """Queue `job(engine)` on the pool of the model `name` resolves to (see `EnginePool.submit`)."""
-        self._pools[self.resolve(name)].submit(messages, job, priority)
+        self._pools[self.resolve(name)].submit(messages, job, priority, oneshot)
 
     def close(self) -> None:
         for pool in self._pools.values():

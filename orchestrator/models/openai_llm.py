@@ -69,6 +69,17 @@ def delta_text(event: str) -> str:
     return content if isinstance(content, str) else ""
 
 
+def json_schema(text: str) -> dict[str, Any]:
+    """`LlmRequest.json_schema` parsed for `response_format`; text that is not a JSON object is `BadOption`."""
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadOption(f"the reply's JSON schema is not valid JSON: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise BadOption("the reply's JSON schema must be a JSON object (a JSON Schema)")
+    return schema
+
+
 def _endpoint_message(body: str) -> str:
     """The `error.message` of an OpenAI-style error body, or the start of whatever the endpoint sent."""
     try:
@@ -129,6 +140,13 @@ class OpenAIChat:
             body["model"] = model
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.json_schema:
+            # OpenAI's structured outputs (also llama.cpp's llama-server, vLLM); an endpoint that does not know
+            # `json_schema` answers with an error, which is better than a free-text reply the caller cannot parse.
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": json_schema(request.json_schema), "strict": True},
+            }
         return body
 
     async def generate(self, request: LlmRequest) -> AsyncGenerator[str, None]:

@@ -66,6 +66,9 @@ class LlmRequest:
     stop: tuple[str, ...] = ()
     request_id: str = ""
     model: str = ""  # which local model (a name the `llm` model serves); "" = its default
+    # A JSON Schema (as JSON text) the reply must satisfy: the local model decodes under a grammar built from
+    # it, an OpenAI-compatible endpoint gets it as `response_format` (json_schema). "" = free text.
+    json_schema: str = ""
 
 
 class LanguageModel(Protocol):
@@ -122,6 +125,16 @@ class PerceptionModels(Protocol):
 
     async def analyze_frame(self, image: bytes) -> dict[str, Any]:
         """One JPEG/PNG camera frame -> `frame_result` (`perception_face`)."""
+        ...
+
+
+EMBED_DIM = 384  # the `embed` model's vector size (all-MiniLM-L6-v2)
+
+
+class Embedder(Protocol):
+    async def embed(self, texts: list[str]) -> F32:
+        """Sentence embeddings, (len(texts), EMBED_DIM) float32, each row L2-normalised (cosine = dot product).
+        Texts longer than the model's window (256 word pieces) are cut; an empty list gives (0, EMBED_DIM)."""
         ...
 
 

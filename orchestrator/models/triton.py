@@ -262,7 +262,7 @@ class TritonModels:
             return t
 
         messages = json.dumps([{"role": m.role, "content": m.content} for m in request.messages])
-        return [
+        inputs = [
             tensor("MESSAGES", "BYTES", np.array([messages.encode()], dtype=np.object_)),
             tensor("MAX_TOKENS", "INT32", np.array([request.max_tokens], dtype=np.int32)),
             tensor("TEMPERATURE", "FP32", np.array([request.temperature], dtype=np.float32)),
@@ -271,6 +271,9 @@ class TritonModels:
             tensor("MODEL", "BYTES", np.array([request.model.encode()], dtype=np.object_)),
             tensor("PRIORITY", "INT32", np.array([priority], dtype=np.int32)),  # 0: the default level
         ]
+        if request.json_schema:  # the reply decoded under the schema's grammar; a bad schema is a bad_option error
+            inputs.append(tensor("JSON_SCHEMA", "BYTES", np.array([request.json_schema.encode()], dtype=np.object_)))
+        return inputs
 
     async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
         """Stream the reply's text pieces from the decoupled `llm` model over one gRPC stream.
@@ -278,7 +281,8 @@ class TritonModels:
         Closing this generator early (`aclose()`, or cancelling the task that iterates it) cancels the gRPC
         call; Triton then marks the request cancelled and the model stops generating at the next token.
         `llm_timeout_s` bounds the wait for each piece, not the whole reply. `request.model` names the served
-        model ("" = the default); a name the model does not serve is `BadOption`.
+        model ("" = the default); a name the model does not serve is `BadOption`, and so is a
+        `request.json_schema` the model cannot compile into a grammar.
         """
         responses = self._stream(
             "llm", self._llm_inputs(request, self.priority), ["TEXT"], self.llm_timeout_s, request_id=request.request_id
@@ -466,6 +470,50 @@ class TritonModels:
         raw = res.as_numpy("RESULT").reshape(-1)[0]
         result: dict[str, Any] = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
         return result
+
+    # --- embeddings (model `embed`) ---
+
+    embed_max_batch = 64  # the `embed` config's max_batch_size: the most texts one request may carry
+    # A request of many long texts takes seconds on a CPU (64 texts of 256 word pieces: ~4 s on one idle core), so
+    # its timeout grows with its size: at least `timeout_s`, and this much per text.
+    embed_timeout_per_text_s = 0.5
+
+    async def embed(self, texts: list[str]) -> F32:
+        """Sentence embeddings (`ports.Embedder`): [len(texts), EMBED_DIM] float32, unit rows; [] gives (0, EMBED_DIM).
+
+        Up to `embed_max_batch` texts go as one request; more go in requests of that size one after another, so
+        the queries of live sessions get in between them. A text that cannot be sent as UTF-8 (a lone surrogate)
+        is `BadText`; a longer text than the model's window is cut by the model (256 word pieces).
+        """
+        from orchestrator.inference.embed import BadText
+        from orchestrator.models.ports import EMBED_DIM
+
+        if not texts:
+            return np.zeros((0, EMBED_DIM), dtype=np.float32)
+        rows = []
+        for i, text in enumerate(texts):
+            try:
+                rows.append(text.encode())
+            except UnicodeEncodeError as exc:
+                raise BadText(f"texts[{i}] is not valid Unicode text ({exc.reason} at {exc.start})") from None
+        parts = []
+        for start in range(0, len(rows), self.embed_max_batch):
+            chunk = rows[start : start + self.embed_max_batch]
+            t = grpcclient.InferInput("TEXT", [len(chunk), 1], "BYTES")
+            t.set_data_from_numpy(np.array(chunk, dtype=np.object_).reshape(-1, 1))
+            client = self
+            if len(chunk) * self.embed_timeout_per_text_s > self.timeout_s:
+                client = copy.copy(self)  # same channel and healer, a longer timeout
+                client.timeout_s = len(chunk) * self.embed_timeout_per_text_s
+            try:
+                res = await client._call("embed", [t], ["EMBEDDING"])
+            except ModelUnavailable as exc:  # the model names a bad text as "bad_text: ..."
+                if f": {BadText.code}: " in exc.message:
+                    raise BadText(exc.message.split(f"{BadText.code}: ", 1)[1]) from None
+                raise
+            parts.append(res.as_numpy("EMBEDDING").astype(np.float32, copy=False))
+        out: F32 = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return out
 
 
 class ModelHealer:

@@ -21,6 +21,7 @@ with perception, the `perceive` session (`duet perceive`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from orchestrator.config import FloorSettings, Settings
 from orchestrator.errors import BadInteraction, DuetError, UnknownToolCall
 from orchestrator.events import (
     ErrorEvent,
+    Event,
     FloorEvent,
     InteractionEvent,
     ReplicaTurn,
@@ -42,11 +44,12 @@ from orchestrator.events import (
     VideoStarted,
 )
 from orchestrator.face.driver import FaceDriver
-from orchestrator.models.ports import ConversationModels, LanguageModel
+from orchestrator.models.ports import ConversationModels, LanguageModel, LlmRequest
 from orchestrator.perception.pipeline import PerceptionSession
 from orchestrator.session.base import Control, Outlet
 from orchestrator.session.dialogue import Dialogue
 from orchestrator.session.floor import FloorSession
+from orchestrator.session.grounding import Grounding, RailHit, ReplyLayer
 from orchestrator.session.interactions import (
     AppendContext,
     Echo,
@@ -93,6 +96,7 @@ class ConversationSession:
         clock: Clock = time.perf_counter,
         face: FaceDriver | None = None,
         perception: PerceptionSession | None = None,
+        layer: ReplyLayer | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -158,9 +162,17 @@ class ConversationSession:
         self._floor_base = self.floor.machine.s
         self.patience: Level = "medium"
         self.interruptibility: Level = "medium"
-        # Tool calls waiting for their `tool_result`, by call id: none are made yet; the tools layer fills this
-        # when the LLM calls a tool, and `_tool_result` is where the result goes back into the reply.
+        # The intelligence layer (documents, memories, guardrails, objectives, tools) of a conversation joined
+        # through the API; None: replies from the dialogue alone.
+        self.layer = layer
+        if layer is not None:
+            layer.bind(self._layer_event, lambda: self.now)
+        self._held_events: dict[int, list[Event]] = {}  # a reply's events, sent when it is released
+        self._released: set[int] = set()
+        # Tool calls waiting for their `tool_result`, by call id (the user turn that asked; the reply layer
+        # keeps the call itself).
         self.tool_calls: dict[str, str] = {}
+        self._follow_ups: dict[str, str] = {}  # a tool's result, by the user turn its follow-up reply answers
 
     # ---- the Session protocol ---------------------------------------------------------------------------
 
@@ -179,6 +191,9 @@ class ConversationSession:
             self.face.start()
         if self.perception is not None:
             self.perception.start()
+        if self.layer is not None:
+            for event in await self.layer.opening():
+                await self.out.event(event)
         if self.replying and self.persona.greeting:
             await self._apply(self.machine.greet(self.persona.greeting, self.now))
         elif self.replying:
@@ -245,6 +260,8 @@ class ConversationSession:
         """Cancel everything this session owns (idempotent)."""
         self._closed = True
         await self.runner.close()
+        if self.layer is not None:
+            await self.layer.close()
         await self.transcriber.close()
         if self.face is not None:
             await self.face.close()
@@ -295,12 +312,18 @@ class ConversationSession:
         self.machine.pause_on_speech = pauses_at_onset(self.interruptibility)
 
     async def _tool_result(self, result: ToolResult) -> None:
-        """Where a tool's output comes back. No tool calls exist yet, so every call id is unknown; the tools
-        layer will give the output to the reply that made the call."""
-        if result.call_id not in self.tool_calls:
+        """A tool's output came back: the replica answers the turn that called it again, with the output in its
+        context (a follow-up reply, started at once)."""
+        user_text = self.tool_calls.get(result.call_id)
+        context = self.layer.tool_result(result.call_id, result.output) if self.layer is not None else None
+        if user_text is None or context is None:
             raise UnknownToolCall(f"no tool call {result.call_id[:64]!r} is waiting for a result in this session")
         del self.tool_calls[result.call_id]
-        await self.out.event(InteractionEvent(round(self.now, 4), result.type))
+        actions = self.machine.follow_up(user_text, self.now)
+        started = next((a.reply_id for a in actions if isinstance(a, rm.StartReply)), None)
+        await self.out.event(InteractionEvent(round(self.now, 4), result.type, started))
+        self._follow_ups[user_text] = context
+        await self._apply(actions)
 
     # ---- context ------------------------------------------------------------------------------------------
 
@@ -388,6 +411,17 @@ class ConversationSession:
     async def clause_dropped(self, reply_id: int, reason: str, text: str) -> None:
         await self.out.event(ReplyClauseDropped(round(self.now, 4), reply_id, reason, text))
 
+    async def reply_event(self, reply_id: int, event: Event) -> None:
+        if reply_id in self._released:
+            await self.out.event(event)
+        else:
+            self._held_events.setdefault(reply_id, []).append(event)
+
+    async def _layer_event(self, event: Event) -> None:
+        """An event the reply layer found in the background (an objective completed)."""
+        if not self._closed:
+            await self.out.event(event)
+
     # ---- the reply machine's actions ------------------------------------------------------------------------
 
     async def _apply(self, actions: list[rm.Action]) -> None:
@@ -410,6 +444,10 @@ class ConversationSession:
                 self.dialogue.commit_user(a.text, a.t)
                 await self.out.event(UserTurn(round(a.t, 4), a.turn, a.text))
             elif isinstance(a, rm.CommitReplicaTurn):
+                self._released.discard(a.reply_id)
+                if self.layer is not None and a.text:
+                    last_user = next((t.text for t in reversed(self.dialogue.turns) if t.role == "user"), "")
+                    self.layer.turn_heard(last_user, a.text)
                 self.dialogue.commit_replica(a.text, a.t, interrupted=a.interrupted)
                 self._warm()
                 self.floor.text(a.text, replica=True)  # the floor model's context: what the replica last said
@@ -420,6 +458,16 @@ class ConversationSession:
         asr_ms = round(self.transcriber.final_ms, 1)
         if a.script:
             self.runner.start(a.reply_id, None, speculative=False, asr_final_ms=asr_ms, script=a.script)
+        elif self.layer is not None:
+            reply = self.runner.start(
+                a.reply_id,
+                None,
+                speculative=a.speculative,
+                asr_final_ms=asr_ms,
+                prepare=lambda: self._prepare(a),
+                rails=self._rails,
+            )
+            reply.user_text = a.snapshot.transcript
         else:
             request = self.dialogue.request(a.snapshot.transcript, request_id=f"{self.name}-{a.reply_id}")
             guard = ReplyGuard(notes=self.dialogue.prompt_notes(a.snapshot.transcript), said=self.dialogue.said())
@@ -434,8 +482,31 @@ class ConversationSession:
             )
         )
 
+    async def _prepare(self, a: rm.StartReply) -> tuple[LlmRequest | None, Grounding, ReplyGuard]:
+        """A reply's grounding (in the reply's task: a speculative reply retrieves while the floor decides), and
+        the request built with it."""
+        assert self.layer is not None
+        text = a.snapshot.transcript
+        follow_up = self._follow_ups.pop(text, None)
+        if follow_up is not None:  # a tool's result: answer with it, and nothing else to decide
+            grounding = Grounding(context=follow_up)
+        else:
+            grounding = await self.layer.ground(text, speculative=a.speculative)
+        self.dialogue.steer = grounding.notes
+        guard = ReplyGuard(notes=self.dialogue.prompt_notes(text), said=self.dialogue.said())
+        if grounding.script is not None:
+            return None, grounding, guard
+        request = self.dialogue.request(
+            text, request_id=f"{self.name}-{a.reply_id}", context=grounding.context, follow_up=follow_up is not None
+        )
+        return request, grounding, guard
+
+    async def _rails(self, clause: str, previous: str) -> RailHit | None:
+        return await self.layer.check_clause(clause, previous) if self.layer is not None else None
+
     async def _cancel_reply(self, a: rm.CancelReply) -> None:
         cancelled = await self.runner.cancel(a.reply_id)
+        self._held_events.pop(a.reply_id, None)
         if cancelled is not None:
             reply, generating = cancelled
             await self.out.event(ReplyCancelled(round(self.now, 4), a.reply_id, a.reason, reply.tokens, generating))
@@ -444,6 +515,16 @@ class ConversationSession:
         reply = self.runner.get(a.reply_id)
         if reply is None:
             return
+        self._released.add(a.reply_id)
+        g = reply.grounding
+        if g is not None:  # what the reply used, said now that it is heard (never for a cancelled speculation)
+            for event in g.events:
+                await self.out.event(event)
+            if g.tool_call is not None:
+                self.tool_calls[g.tool_call.call_id] = reply.user_text
+                await self.out.event(dataclasses.replace(g.tool_call, t=round(self.now, 4)))
+        for event in self._held_events.pop(a.reply_id, []):
+            await self.out.event(event)
         floor_ms = round(max(self._commit_t - self._last_speech_end, 0.0) * 1000, 1)
         await self.voice.release(
             reply.audio, self.samples, from_speculation=reply.speculative, latency=reply.latency(floor_ms)

@@ -33,7 +33,7 @@ from orchestrator.session.persona import Persona
 
 # The house rules of a spoken call, after the persona's own prompt (kept short: every token is evaluated).
 SPEAKING_RULES = (
-    "You are on a live voice call. Speak to the person directly, as \"you\". {length} Never repeat something you "
+    'You are on a live voice call. Speak to the person directly, as "you". {length} Never repeat something you '
     "already said. No lists, markdown, code or emoji. Lines marked NOTE are private notes for you: use them, but "
     "never read them out or mention them."
 )
@@ -96,6 +96,9 @@ class Dialogue:
     # The conversation's context (what the persona should know for this conversation), after the system
     # prompt. Set through `ConversationSession.set_context`, which also drops replies built on the old one.
     context: str = ""
+    # The current objective's guidance (the reply layer's notes), shown with the user's turn like a perception
+    # note and kept with it in the history.
+    steer: tuple[str, ...] = ()
 
     def commit_user(self, text: str, t: float) -> None:
         self.turns.append(Turn("user", text, t, notes=tuple(self.notes)))
@@ -112,7 +115,7 @@ class Dialogue:
     @property
     def notes(self) -> list[str]:
         """This turn's notes, as the model sees them (the reply guard keeps them from being read out)."""
-        return [note_line(n) for n in (self.perception_note,) if n.strip()]
+        return [note_line(n) for n in (self.perception_note, *self.steer) if n.strip()]
 
     def prompt_notes(self, user_text: str) -> list[str]:
         """Every note the prompt for `user_text` shows (the history's and this turn's), once each: what the
@@ -121,17 +124,25 @@ class Dialogue:
         lines = [n for t in recent for n in t.notes] + list(current[1] if current else ())
         return list(dict.fromkeys(lines))
 
-    def _parts(self, user_text: str) -> tuple[list[Turn], tuple[str, tuple[str, ...]] | None]:
+    def _parts(
+        self, user_text: str, *, follow_up: bool = False
+    ) -> tuple[list[Turn], tuple[str, tuple[str, ...]] | None]:
         """The history a reply to `user_text` carries, and the user's turn with its notes when it is not
-        committed yet (None when it is the history's last turn)."""
-        committed = bool(self.turns) and self.turns[-1].role == "user" and self.turns[-1].text == user_text
-        recent = self._window(pending=0 if committed else 1)
+        committed yet (None when it is the history's last turn). A `follow_up` answers the last user turn
+        again (a tool's result came back): the replica's turns after it are left out."""
+        turns = self.turns
+        if follow_up:
+            last = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)
+            if last >= 0 and turns[last].text == user_text:
+                turns = turns[: last + 1]
+        committed = bool(turns) and turns[-1].role == "user" and turns[-1].text == user_text
+        recent = self._window(pending=0 if committed else 1, turns=turns)
         return recent, None if committed and recent else (user_text, tuple(self.notes))
 
-    def _window(self, pending: int) -> list[Turn]:
+    def _window(self, pending: int, turns: list[Turn] | None = None) -> list[Turn]:
         """The history the prompt carries: with the `pending` user turn not committed yet, at most
         `history_turns` messages; trimmed in steps of half of that, starting with a user turn where it can."""
-        turns = [t for t in self.turns if t.text]
+        turns = [t for t in (self.turns if turns is None else turns) if t.text]
         limit = max(1, self.history_turns)
         if len(turns) + pending <= limit:
             return turns
@@ -141,7 +152,9 @@ class Dialogue:
             start += 1
         return turns[start:]
 
-    def _messages(self, recent: list[Turn], current: tuple[str, tuple[str, ...]] | None) -> list[ChatMessage]:
+    def _messages(
+        self, recent: list[Turn], current: tuple[str, tuple[str, ...]] | None, context: str = ""
+    ) -> list[ChatMessage]:
         messages = [ChatMessage("system", self.system_prompt)]
         shown: tuple[str, ...] = ()  # a note goes in where it first holds, not again on every later turn
 
@@ -152,12 +165,16 @@ class Dialogue:
             shown = notes
             messages.append(ChatMessage("user", text))
 
-        for turn in recent:
+        for i, turn in enumerate(recent):
             if turn.role == "user":
+                if context and current is None and i == len(recent) - 1:
+                    messages.append(ChatMessage("system", context))
                 user_turn(turn.text, turn.notes)
             else:
                 messages.append(ChatMessage(turn.role, turn.text))
         if current is not None:
+            if context:
+                messages.append(ChatMessage("system", context))
             user_turn(*current)
         return _merge_same_role(messages)
 
@@ -165,11 +182,15 @@ class Dialogue:
         """What the replica said so far (the guard keeps it from saying it again)."""
         return [t.text for t in self.turns if t.role == "assistant" and t.text]
 
-    def request(self, user_text: str, *, request_id: str = "") -> LlmRequest:
-        """The chat for a reply to `user_text` (the current turn's transcript, committed or not)."""
-        recent, current = self._parts(user_text)
+    def request(
+        self, user_text: str, *, request_id: str = "", context: str = "", follow_up: bool = False
+    ) -> LlmRequest:
+        """The chat for a reply to `user_text` (the current turn's transcript, committed or not). `context` (the
+        documents and memories for this turn, already marked) goes in as a system message just before the
+        user's turn, for this reply only: the history keeps no context, so the cached prefix stays valid."""
+        recent, current = self._parts(user_text, follow_up=follow_up)
         return LlmRequest(
-            messages=tuple(self._messages(recent, current)),
+            messages=tuple(self._messages(recent, current, context)),
             max_tokens=self.persona.max_tokens,
             temperature=self.persona.temperature,
             stop=self.stop,

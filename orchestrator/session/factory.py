@@ -23,6 +23,7 @@ from orchestrator.perception.pipeline import PerceptionSession
 from orchestrator.session.base import Outlet, Session
 from orchestrator.session.conversation import ConversationSession
 from orchestrator.session.floor import FloorSession
+from orchestrator.session.grounding import ReplyLayer
 from orchestrator.session.persona import Persona
 
 MODES = ("conversation", "floor", "acoustic", "perceive")
@@ -46,6 +47,8 @@ class SessionSpec:
     flow: tuple[str | None, str | None] = (None, None)
     priority: int = 0  # Triton request priority of its models' requests (1: a `priority` tenant; 0: default)
     playback_lead_ms: int | None = None  # the `playback_lead_ms` option (None: the server's setting)
+    # a conversation's documents, memories, guardrails, objectives and tools (one per session: not shared)
+    layer: ReplyLayer | None = None
 
     @property
     def paced(self) -> bool:
@@ -100,6 +103,7 @@ def build_session(
         clock=clock,
         face=face,
         perception=perception,
+        layer=spec.layer if spec.mode == "conversation" else None,
     )
     if spec.flow != (None, None):
         session.set_flow(*spec.flow)  # type: ignore[arg-type]  # (levels checked by the API's schema)

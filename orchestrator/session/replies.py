@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator.errors import DuetError
-from orchestrator.events import ReplyLatency
+from orchestrator.events import Event, ReplyLatency
 from orchestrator.models.ports import LanguageModel, LlmRequest, SpeechSynthesizer
+from orchestrator.session.grounding import Grounding, RailHit
 from orchestrator.session.persona import Persona
 from orchestrator.session.playback import ReplyAudio
 from orchestrator.speech.clauses import ClauseSplitter
@@ -32,6 +33,11 @@ from orchestrator.speech.guard import ReplyGuard, complete
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+# A reply's preparation, run first in its own task: the request built with the grounding (None: say the
+# grounding's script), the grounding, and the guard that knows the request's notes. Rails check a clause before
+# the TTS (None: it may be spoken).
+Prepare = Callable[[], Awaitable[tuple[LlmRequest | None, Grounding, ReplyGuard]]]
+Rails = Callable[[str, str], Awaitable[RailHit | None]]
 FALLBACK = "Sorry, could you say that again?"  # when the guard let nothing of a reply through
 WARM_CLOSE_WAIT_S = 10.0  # how long closing waits for a warm-up (a prefill) still in the model
 END_OF_STREAM_WAIT_S = 60.0  # at the end of the input, how long a reply still generating may take to finish
@@ -57,13 +63,18 @@ class Reply:
     asr_final_ms: float | None = None
     llm_first_token_ms: float | None = None
     tts_first_chunk_ms: float | None = None
+    user_text: str = ""  # the user's turn it answers
+    grounding: Grounding | None = None  # what the reply layer gave it (sent on when the reply is released)
+    grounding_ms: float | None = None  # how long preparing it took (retrieval, input rails, tool choice)
 
     @property
     def reply_id(self) -> int:
         return self.audio.reply_id
 
     def latency(self, floor_ms: float | None = None) -> ReplyLatency:
-        return ReplyLatency(self.asr_final_ms, self.llm_first_token_ms, self.tts_first_chunk_ms, floor_ms)
+        return ReplyLatency(
+            self.asr_final_ms, self.llm_first_token_ms, self.tts_first_chunk_ms, floor_ms, self.grounding_ms
+        )
 
 
 class ReplyProgress(Protocol):
@@ -81,6 +92,10 @@ class ReplyProgress(Protocol):
 
     async def clause_dropped(self, reply_id: int, reason: str, text: str) -> None:
         """The guard kept a clause from being spoken."""
+        ...
+
+    async def reply_event(self, reply_id: int, event: Event) -> None:
+        """Something the reply found while generating (an output rail held); sent once the reply is heard."""
         ...
 
 
@@ -143,13 +158,17 @@ class ReplyRunner:
         asr_final_ms: float,
         guard: ReplyGuard | None = None,
         script: str = "",
+        prepare: Prepare | None = None,
+        rails: Rails | None = None,
     ) -> Reply:
-        """Start a reply: generated from `request`, or the `script` spoken as it is (then `request` is None)."""
+        """Start a reply: generated from `request`, or the `script` spoken as it is (then `request` is None).
+        With `prepare`, the request (or a script) comes from it, first thing in the reply's task; `rails` check
+        each clause before it is spoken."""
         reply = Reply(ReplyAudio(reply_id), speculative, self._clock(), asr_final_ms=asr_final_ms)
         self._replies[reply_id] = reply
         guard = guard or ReplyGuard()
         reply.task = asyncio.create_task(
-            self._run(reply, request, guard, script), name=f"{self.name}-reply-{reply_id}"
+            self._run(reply, request, guard, script, prepare, rails), name=f"{self.name}-reply-{reply_id}"
         )
         return reply
 
@@ -190,11 +209,25 @@ class ReplyRunner:
 
     # ---- one reply ---------------------------------------------------------------------------------------
 
-    async def _run(self, reply: Reply, request: LlmRequest | None, guard: ReplyGuard, script: str) -> None:
+    async def _run(
+        self,
+        reply: Reply,
+        request: LlmRequest | None,
+        guard: ReplyGuard,
+        script: str,
+        prepare: Prepare | None = None,
+        rails: Rails | None = None,
+    ) -> None:
         rid = reply.reply_id
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
         failure: DuetError | None = None
-        think = self._recite(script, clauses) if request is None else self._think(reply, request, guard, clauses)
+        if prepare is not None:
+            t0 = self._clock()
+            request, reply.grounding, guard = await prepare()
+            reply.grounding_ms = round((self._clock() - t0) * 1000, 1)
+            if request is None:
+                script = reply.grounding.script or ""
+        think = self._recite(script, clauses) if request is None else self._think(reply, request, guard, clauses, rails)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(think, name=f"{self.name}-reply-{rid}-llm")
@@ -211,38 +244,60 @@ class ReplyRunner:
         await self.progress.reply_done(rid, reply.audio.text)
 
     async def _think(
-        self, reply: Reply, request: LlmRequest, guard: ReplyGuard, clauses: asyncio.Queue[str | None]
+        self,
+        reply: Reply,
+        request: LlmRequest,
+        guard: ReplyGuard,
+        clauses: asyncio.Queue[str | None],
+        rails: Rails | None = None,
     ) -> None:
         if self.llm is None:
             raise DuetError("no LLM is configured for replies")
         splitter = ClauseSplitter(first_clause_min_chars=self._clauses[0], clause_max_chars=self._clauses[1])
         reply.generating = True
         dropped = False
+        sentences = 0
+        said: list[str] = []  # the clauses passed on, for the rails' context
+
+        async def offer(clause: str, *, last: bool) -> bool:
+            """Pass `clause` on if the guard and the rails let it; False when a rail held (stop generating)."""
+            nonlocal dropped, sentences
+            if not await self._passes(reply, guard, clause, last=last):
+                dropped = True
+                return True
+            hit = await rails(clause, " ".join(said)) if rails is not None else None
+            if hit is not None:
+                await self.progress.reply_event(reply.reply_id, hit.event)
+                await clauses.put(hit.fallback)
+                return False
+            said.append(clause)
+            sentences += complete(clause)
+            await clauses.put(clause)
+            return True
+
         try:
-            sentences = 0
             stream = self.llm.generate(request)
+            held = False
             async for piece in stream:
                 if reply.tokens == 0:
                     reply.llm_first_token_ms = round((self._clock() - reply.started_wall) * 1000, 1)
                 reply.tokens += 1
                 for clause in splitter.feed(piece):
-                    if await self._passes(reply, guard, clause, last=False):
-                        await clauses.put(clause)
-                        sentences += complete(clause)
-                    else:
-                        dropped = True
-                if sentences >= self.persona.max_sentences:
-                    # A spoken reply is short: stop generating (this cancels the request in the model).
+                    if not await offer(clause, last=False):
+                        held = True
+                        break
+                if held or sentences >= self.persona.max_sentences:
+                    # A spoken reply is short, and nothing follows a guardrail's fallback: stop generating
+                    # (this cancels the request in the model).
                     await aclose(stream)
                     break
             else:
                 rest = splitter.flush()
                 for i, clause in enumerate(rest):
-                    if await self._passes(reply, guard, clause, last=i == len(rest) - 1):
-                        await clauses.put(clause)
-                    else:
-                        dropped = True
-            if dropped and not guard.spoken:  # nothing fit to say: better to ask than to stay silent
+                    if not await offer(clause, last=i == len(rest) - 1):
+                        held = True
+                        break
+            if dropped and not guard.spoken and not held:  # nothing fit to say: better to ask than stay silent
                 await clauses.put(FALLBACK)
         finally:
             reply.generating = False

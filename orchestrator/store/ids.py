@@ -10,7 +10,7 @@ import secrets
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-PREFIXES = ("ten", "key", "per", "face", "conv", "msg")
+PREFIXES = ("ten", "key", "per", "face", "conv", "msg", "doc", "chk", "mem", "grd", "obj")
 _ID = re.compile(r"^(" + "|".join(PREFIXES) + r")_[0-9a-hjkmnp-tv-z]{26}$")
 
 

@@ -130,6 +130,66 @@ class WebhookMessage:
 
 
 @dataclass(frozen=True)
+class DocumentRecord:
+    id: str  # "doc_..."
+    tenant_id: str
+    name: str
+    tags: tuple[str, ...]
+    content_type: str  # text | markdown | html | pdf
+    size: int
+    status: str  # processing | ready | failed
+    error: str | None
+    chunks: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk of a ready document, with what the search index needs of it."""
+
+    id: str  # "chk_..."
+    document_id: str
+    seq: int
+    heading: str
+    text: str
+    vector: bytes  # float32 little-endian, L2-normalised
+    sentence_vectors: bytes  # its sentences' vectors, one after the other (empty: one sentence)
+    tags: tuple[str, ...] = ()  # its document's
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    heading: str
+    text: str
+    vector: bytes
+    sentence_vectors: bytes = b""
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    id: str  # "mem_..."
+    tenant_id: str
+    store: str
+    text: str
+    pinned: bool
+    conversation_id: str | None
+    vector: bytes
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BodyRecord:
+    """An object kept as its validated API body: a guardrail ("grd_...") or an objectives set ("obj_...")."""
+
+    id: str
+    tenant_id: str
+    body: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a list, oldest first; `next_cursor` is opaque (None on the last page)."""
 

@@ -25,10 +25,15 @@ from orchestrator.store import tables as t
 from orchestrator.store.ids import cursor_for, id_from_cursor, new_id
 from orchestrator.store.records import (
     ApiKey,
+    BodyRecord,
+    ChunkRecord,
     ConversationRecord,
+    DocumentRecord,
     DueWebhook,
     FaceRecord,
     KeyCheck,
+    MemoryRecord,
+    NewChunk,
     Page,
     PersonaRecord,
     Tenant,
@@ -658,6 +663,221 @@ class Store:
             return False
         return True
 
+    # ---- documents and their chunks (the knowledge base) ----------------------------------------------------
+
+    async def create_document(
+        self, tenant_id: str, *, name: str, tags: Sequence[str], content_type: str, size: int, now: datetime
+    ) -> DocumentRecord:
+        row: dict[str, Any] = {
+            "id": new_id("doc"),
+            "tenant_id": tenant_id,
+            "name": name,
+            "tags": list(tags),
+            "content_type": content_type,
+            "size": size,
+            "status": "processing",
+            "error": None,
+            "chunks": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._write() as c:
+            await c.execute(t.documents.insert().values(**row))
+        return _document(row_of(row))
+
+    async def finish_document(self, document_id: str, chunks: Sequence[NewChunk], now: datetime) -> bool:
+        """A processed document's chunks, written with its `ready` status in one transaction (all or none).
+        False when the document is gone or no longer processing (deleted meanwhile): nothing is written."""
+        d = t.documents
+        async with self._write() as c:
+            r = (await c.execute(sa.select(d.c.tenant_id, d.c.status).where(d.c.id == document_id))).first()
+            if r is None or r.status != "processing":
+                return False
+            if chunks:
+                await c.execute(
+                    t.chunks.insert(),
+                    [
+                        {
+                            "id": new_id("chk"),
+                            "tenant_id": r.tenant_id,
+                            "document_id": document_id,
+                            "seq": i,
+                            "heading": ch.heading,
+                            "text": ch.text,
+                            "vector": ch.vector,
+                            "sentence_vectors": ch.sentence_vectors,
+                        }
+                        for i, ch in enumerate(chunks)
+                    ],
+                )
+            await c.execute(d.update().where(d.c.id == document_id).values(status="ready", chunks=len(chunks),
+                                                                             updated_at=now))  # fmt: skip
+        return True
+
+    async def fail_document(self, document_id: str, error: str, now: datetime) -> None:
+        d = t.documents
+        async with self._write() as c:
+            await c.execute(
+                d.update()
+                .where((d.c.id == document_id) & (d.c.status == "processing"))
+                .values(status="failed", error=error[:2000], updated_at=now)
+            )
+
+    async def get_document(self, tenant_id: str, document_id: str) -> DocumentRecord:
+        return _document(await self._one(t.documents, tenant_id, document_id, "document"))
+
+    async def list_documents(self, tenant_id: str, limit: int, cursor: str | None) -> Page[DocumentRecord]:
+        rows = await self._rows_after(t.documents, t.documents.c.tenant_id == tenant_id, limit, cursor)
+        return _page([_document(r) for r in rows], limit, lambda x: x.id)
+
+    async def delete_document(self, tenant_id: str, document_id: str) -> None:
+        d = t.documents
+        scope = (d.c.id == document_id) & (d.c.tenant_id == tenant_id)
+        async with self._write() as c:
+            await c.execute(t.chunks.delete().where((t.chunks.c.document_id == document_id)
+                                                    & (t.chunks.c.tenant_id == tenant_id)))  # fmt: skip
+            done = await c.execute(d.delete().where(scope))
+            if done.rowcount == 0:
+                raise NotFound(f"no document {document_id}")
+
+    async def ready_documents(self, tenant_id: str) -> list[DocumentRecord]:
+        d = t.documents
+        async with self.engine.connect() as c:
+            rows = (await c.execute(d.select().where((d.c.tenant_id == tenant_id) & (d.c.status == "ready")))).all()
+        return [_document(r) for r in rows]
+
+    async def knowledge_version(self, tenant_id: str) -> tuple[int, str]:
+        """A cheap fingerprint of a tenant's ready documents (their number and the newest id): a search index
+        built from an older fingerprint is stale."""
+        d = t.documents
+        q = sa.select(sa.func.count(d.c.id), sa.func.max(d.c.id)).where(
+            (d.c.tenant_id == tenant_id) & (d.c.status == "ready")
+        )
+        async with self.engine.connect() as c:
+            n, newest = (await c.execute(q)).one()
+        return int(n or 0), str(newest or "")
+
+    async def chunks_of(self, tenant_id: str, document_ids: Sequence[str] | None = None) -> list[ChunkRecord]:
+        """The chunks of a tenant's ready documents (or of those of `document_ids`), with each one's tags."""
+        ch, d = t.chunks, t.documents
+        q = (
+            sa.select(ch, d.c.tags)
+            .join(d, d.c.id == ch.c.document_id)
+            .where((ch.c.tenant_id == tenant_id) & (d.c.tenant_id == tenant_id) & (d.c.status == "ready"))
+        )
+        if document_ids is not None:
+            q = q.where(ch.c.document_id.in_(list(document_ids)))
+        async with self.engine.connect() as c:
+            rows = (await c.execute(q.order_by(ch.c.document_id, ch.c.seq))).all()
+        return [
+            ChunkRecord(
+                r.id, r.document_id, r.seq, r.heading, r.text, bytes(r.vector), bytes(r.sentence_vectors), tuple(r.tags)
+            )
+            for r in rows
+        ]
+
+    # ---- memories (per tenant and memory store) ----------------------------------------------------------------
+
+    async def add_memory(
+        self,
+        tenant_id: str,
+        store: str,
+        text: str,
+        vector: bytes,
+        now: datetime,
+        *,
+        pinned: bool = False,
+        conversation_id: str | None = None,
+    ) -> MemoryRecord:
+        row: dict[str, Any] = {
+            "id": new_id("mem"),
+            "tenant_id": tenant_id,
+            "store": store,
+            "text": text,
+            "pinned": pinned,
+            "conversation_id": conversation_id,
+            "vector": vector,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._write() as c:
+            await self._tenant_exists(c, tenant_id)
+            await c.execute(t.memories.insert().values(**row))
+        return _memory(row_of(row))
+
+    async def update_memory(
+        self, tenant_id: str, memory_id: str, text: str, vector: bytes, now: datetime, conversation_id: str | None
+    ) -> None:
+        m = t.memories
+        async with self._write() as c:
+            await c.execute(
+                m.update()
+                .where((m.c.id == memory_id) & (m.c.tenant_id == tenant_id))
+                .values(text=text, vector=vector, updated_at=now, conversation_id=conversation_id)
+            )
+
+    async def memories(self, tenant_id: str, store: str) -> list[MemoryRecord]:
+        m = t.memories
+        async with self.engine.connect() as c:
+            rows = (
+                await c.execute(m.select().where((m.c.tenant_id == tenant_id) & (m.c.store == store)).order_by(m.c.id))
+            ).all()
+        return [_memory(r) for r in rows]
+
+    async def list_memories(self, tenant_id: str, store: str, limit: int, cursor: str | None) -> Page[MemoryRecord]:
+        m = t.memories
+        rows = await self._rows_after(m, (m.c.tenant_id == tenant_id) & (m.c.store == store), limit, cursor)
+        return _page([_memory(r) for r in rows], limit, lambda x: x.id)
+
+    async def delete_memory(self, tenant_id: str, store: str, memory_id: str) -> None:
+        m = t.memories
+        scope = (m.c.id == memory_id) & (m.c.tenant_id == tenant_id) & (m.c.store == store)
+        async with self._write() as c:
+            done = await c.execute(m.delete().where(scope))
+        if done.rowcount == 0:
+            raise NotFound(f"no memory {memory_id} in store {store!r}")
+
+    # ---- guardrails and objectives (kept as their validated bodies) ---------------------------------------------
+
+    async def create_body(self, table: str, tenant_id: str, body: dict[str, Any], now: datetime) -> BodyRecord:
+        tbl, prefix = _BODY_TABLES[table]
+        row: dict[str, Any] = {"id": new_id(prefix), "tenant_id": tenant_id, "body": body, "created_at": now}
+        async with self._write() as c:
+            await c.execute(tbl.insert().values(**row))
+        return BodyRecord(**row)
+
+    async def get_body(self, table: str, tenant_id: str, object_id: str) -> BodyRecord:
+        return _body(await self._one(_BODY_TABLES[table][0], tenant_id, object_id, table.rstrip("s")))
+
+    async def bodies(self, table: str, tenant_id: str, ids: Sequence[str]) -> list[BodyRecord]:
+        """The tenant's objects of `ids` that exist, in the order of `ids`."""
+        tbl = _BODY_TABLES[table][0]
+        async with self.engine.connect() as c:
+            rows = (await c.execute(tbl.select().where((tbl.c.tenant_id == tenant_id) & tbl.c.id.in_(list(ids))))).all()
+        found = {r.id: _body(r) for r in rows}
+        return [found[i] for i in ids if i in found]
+
+    async def list_bodies(self, table: str, tenant_id: str, limit: int, cursor: str | None) -> Page[BodyRecord]:
+        tbl = _BODY_TABLES[table][0]
+        rows = await self._rows_after(tbl, tbl.c.tenant_id == tenant_id, limit, cursor)
+        return _page([_body(r) for r in rows], limit, lambda x: x.id)
+
+    async def delete_body(self, table: str, tenant_id: str, object_id: str) -> None:
+        await self._delete(_BODY_TABLES[table][0], tenant_id, object_id, table.rstrip("s"))
+
+
+_BODY_TABLES = {"guardrails": (t.guardrails, "grd"), "objectives": (t.objectives, "obj")}
+
+
+class _Row:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def row_of(values: dict[str, Any]) -> Any:
+    """A dict as a row-like object (attribute access), for the record builders."""
+    return _Row(values)
+
 
 async def _open_count(c: AsyncConnection, tenant_id: str, now: datetime) -> int:
     """A tenant's open conversations: active, or created with a join token still valid (what its quota counts)."""
@@ -671,6 +891,24 @@ class QuotaFull(Conflict):
     """A tenant is at its limit of open conversations (the HTTP layer answers 429)."""
 
     code = "rate_limited"
+
+
+def _document(r: Any) -> DocumentRecord:
+    return DocumentRecord(
+        r.id, r.tenant_id, r.name, tuple(r.tags), r.content_type, r.size, r.status, r.error, r.chunks,
+        r.created_at, r.updated_at,
+    )  # fmt: skip
+
+
+def _memory(r: Any) -> MemoryRecord:
+    return MemoryRecord(
+        r.id, r.tenant_id, r.store, r.text, bool(r.pinned), r.conversation_id, bytes(r.vector), r.created_at,
+        r.updated_at,
+    )  # fmt: skip
+
+
+def _body(r: Any) -> BodyRecord:
+    return BodyRecord(r.id, r.tenant_id, dict(r.body), r.created_at)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -166,3 +166,69 @@ idempotency_keys = sa.Table(
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+# ---- the intelligence layer ---------------------------------------------------------------------------------
+
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("tags", JSON, nullable=False),
+    sa.Column("content_type", sa.String(40), nullable=False),  # text | markdown | html | pdf
+    sa.Column("size", sa.Integer, nullable=False),  # bytes given
+    sa.Column("status", sa.String(20), nullable=False),  # processing | ready | failed
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("chunks", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+chunks = sa.Table(
+    "chunks",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("document_id", ID, sa.ForeignKey("documents.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("heading", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),  # float32 little-endian, L2-normalised
+    # the chunk's sentences' vectors, one after the other (the `quality` strategy's re-ranking); empty for one
+    sa.Column("sentence_vectors", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("document_id", "seq"),
+)
+
+memories = sa.Table(
+    "memories",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("store", sa.String(200), nullable=False),  # the conversation's `memory_store` key (one user)
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("pinned", sa.Boolean, nullable=False),
+    sa.Column("conversation_id", ID, nullable=True),  # the conversation it was learnt from (None: added by API)
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_memories_tenant_id_store", "tenant_id", "store"),
+)
+
+guardrails = sa.Table(
+    "guardrails",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("body", JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+objectives = sa.Table(
+    "objectives",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("body", JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)

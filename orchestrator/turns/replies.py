@@ -336,6 +336,19 @@ class ReplyMachine:
         out.append(self._start(snap, speculative=False, t=t, committed=True))
         return out + self._try_release(t)
 
+    def follow_up(self, text: str, t: float) -> list[Action]:
+        """Answer the user's committed turn `text` again (a tool's result came back): a (non-speculative) reply,
+        released once it is playable and the replica is quiet (the wait line it follows is heard to its end);
+        nothing is committed. A reply in preparation is superseded."""
+        if self._ended or not text.strip():
+            return []
+        out: list[Action] = []
+        if self._pending is not None:
+            out.append(self._cancel(self._pending, "superseded", t))
+        self._held = False
+        out.append(self._start(Snapshot(self._turn, text, self._context), speculative=False, t=t, committed=True))
+        return out + self._try_release(t)
+
     def on_reply_audio(self, reply_id: int, t: float) -> list[Action]:
         reply = self._pending
         if reply is None or reply.id != reply_id:

@@ -4,6 +4,7 @@ the models it serves by name."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.request
@@ -300,3 +301,50 @@ def test_a_warmed_history_leaves_only_the_users_words_to_evaluate(llm_server: Em
     # The first turn evaluates the system prompt and the note; each later one little more than its words
     # (about 10 tokens, plus the chat template's markers).
     assert uncached[0] > 40 and all(n <= 24 for n in uncached[1:]), uncached
+
+
+# --- replies under a JSON schema (JSON_SCHEMA) ---
+
+NAME_SCHEMA = {
+    "type": "object",
+    "properties": {"completed": {"type": "boolean"}, "name": {"type": "string"}},
+    "required": ["completed", "name"],
+}
+NAME_JUDGE = (
+    ChatMessage("system", "You read a conversation and answer with one JSON object, nothing else."),
+    ChatMessage(
+        "user",
+        "Conversation:\nAgent: Welcome! Before we start, may I have your name?\nUser: Of course, I'm Daniel Brooks.\n\n"
+        "Did the user give their name? JSON keys: completed (true if they did), name (their name, or empty).",
+    ),
+)
+
+
+def test_a_json_schema_reply_parses_and_validates(llm_server: EmbeddedTriton) -> None:
+    """Both served models, at a temperature: the reply is one JSON object the schema accepts."""
+    import jsonschema
+
+    names, _ = served_models()
+    for name in names:
+        for temperature in (0.0, 0.7):
+            request = LlmRequest(
+                NAME_JUDGE, max_tokens=64, temperature=temperature, model=name, json_schema=json.dumps(NAME_SCHEMA)
+            )
+            text = "".join(asyncio.run(with_models(llm_server, lambda m, r=request: collect(m.generate(r)))))
+            reply = json.loads(text)
+            jsonschema.validate(reply, NAME_SCHEMA)
+            if name == "qwen2.5-coder-0.5b" and temperature == 0.0:  # the default model gets this one right
+                assert reply["completed"] is True and "Daniel" in reply["name"], reply
+
+
+def test_an_invalid_json_schema_is_a_bad_option_and_the_model_serves_on(llm_server: EmbeddedTriton) -> None:
+    for schema, message in (
+        ('{"type": "wizard"}', "Unrecognized schema"),
+        ("{not json", "not valid JSON"),
+        (json.dumps({"type": "string", "maxLength": 100000}), "maxLength 100000 is over"),  # would crash the parser
+    ):
+        request = ask("Hi", max_tokens=8, json_schema=schema)
+        with pytest.raises(BadOption, match=re.escape(message)):
+            asyncio.run(with_models(llm_server, lambda m, r=request: collect(m.generate(r))))
+    text = "".join(asyncio.run(with_models(llm_server, lambda m: collect(m.generate(ask("Say hi.", max_tokens=6))))))
+    assert text.strip()

@@ -153,6 +153,18 @@ def test_errors_are_typed_with_the_endpoint_message(endpoint: str) -> None:
         asyncio.run(reply(nowhere, ask("hi")))
 
 
+def test_a_json_schema_is_sent_as_structured_output_and_refused_loudly_here(endpoint: str) -> None:
+    """`json_schema` goes as OpenAI's `response_format: {"type": "json_schema", ...}`. llama-cpp-python's
+    server (0.3.x) knows only "text" and "json_object" there, so it refuses the request; the caller gets an
+    error naming the field, never a free-text reply it would then fail to parse. (llama.cpp's own
+    llama-server, vLLM and OpenAI accept it.)"""
+    schema = '{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}'
+    chat = OpenAIChat(LlmSettings(backend="openai", openai_base_url=endpoint))
+    with pytest.raises((ModelUnavailable, BadOption), match=r"(?s)HTTP \d+: .*json_schema"):
+        asyncio.run(reply(chat, ask("Is the sky blue?", max_tokens=16, json_schema=schema)))
+    assert asyncio.run(reply(OpenAIChat(LlmSettings(backend="openai", openai_base_url=endpoint)), ask("Say hi.")))
+
+
 def test_the_api_key_comes_from_the_named_variable_only() -> None:
     settings = LlmSettings(backend="openai", openai_base_url="http://127.0.0.1:1/v1", openai_api_key_env="DUET_T_KEY")
     assert OpenAIChat(settings, env={"DUET_T_KEY": "sk-test"})._headers["Authorization"] == "Bearer sk-test"

@@ -20,7 +20,7 @@ from orchestrator.control.webhooks import event_body
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import migrate
 from orchestrator.store import tables as t
-from orchestrator.store.records import ConversationRecord, Tenant
+from orchestrator.store.records import ConversationRecord, NewChunk, Tenant
 from orchestrator.store.store import QuotaFull, Store, make_engine, open_store, utc_now
 from orchestrator.store.tables import metadata
 
@@ -79,7 +79,7 @@ async def test_migrations_upgrade_an_empty_database_to_head_and_back(store_url: 
             assert await c.run_sync(_tables) == set()
         for _ in range(2):  # up, down, and up again: the downgrade leaves nothing that blocks a new upgrade
             await migrate.upgrade(engine)
-            assert await migrate.current(engine) == "0001"
+            assert await migrate.current(engine) == "0002"
             async with engine.connect() as c:
                 assert await c.run_sync(_tables) == {*metadata.tables, "alembic_version"}
                 differences = await c.run_sync(_differences)
@@ -90,7 +90,7 @@ async def test_migrations_upgrade_an_empty_database_to_head_and_back(store_url: 
                 assert await c.run_sync(_tables) <= {"alembic_version"}
         await migrate.upgrade(engine)
         await migrate.upgrade(engine)  # at head already: a no-op
-        assert await migrate.current(engine) == "0001"
+        assert await migrate.current(engine) == "0002"
     finally:
         await engine.dispose()
 
@@ -112,7 +112,10 @@ async def test_open_store_migrates_and_keeps_data_across_reopen(store_url: str) 
 
 # Store methods whose queries take a tenant id, and how each treats another tenant's object. A new method must be
 # listed here (the test fails otherwise), so that nobody adds a query that forgets its tenant.
-CREATES = {"create_persona", "create_face", "create_conversation", "add_key", "keep_answer"}  # write as the tenant
+CREATES = {  # write as the tenant
+    "create_persona", "create_face", "create_conversation", "add_key", "keep_answer", "create_document", "add_memory",
+    "create_body",
+}  # fmt: skip
 OWN_ROW = {"get_tenant", "_tenant_exists", "_lock_tenant"}  # the tenant row itself
 
 
@@ -124,6 +127,11 @@ async def test_every_tenant_scoped_method_treats_another_tenants_ids_as_not_foun
     face = await store.create_face(b.id, "face", now)
     key = await store.add_key(b.id, key_id="key_b", name="k", prefix="duet_b", salt=b"s", digest=b"d", now=now)
     await store.keep_answer(b.id, "createConversation", "idem", "digest", 201, "{}", now)
+    doc = await store.create_document(b.id, name="d", tags=["t"], content_type="text", size=3, now=now)
+    assert await store.finish_document(doc.id, [NewChunk("H", "text", b"\0" * 8)], now)
+    memory = await store.add_memory(b.id, "user-1", "The user has a dog.", b"\0" * 8, now)
+    rail = await store.create_body("guardrails", b.id, {"name": "r"}, now)
+    goals = await store.create_body("objectives", b.id, {"objectives": []}, now)
 
     missing: dict[str, Callable[[], Awaitable[Any]]] = {
         "get_persona": lambda: store.get_persona(a.id, persona.id),
@@ -136,6 +144,11 @@ async def test_every_tenant_scoped_method_treats_another_tenants_ids_as_not_foun
         "transcript": lambda: store.transcript(a.id, conv.id),
         "list_webhooks": lambda: store.list_webhooks(a.id, conv.id, 10, None),
         "revoke_key": lambda: store.revoke_key(a.id, key.id, now),
+        "get_document": lambda: store.get_document(a.id, doc.id),
+        "delete_document": lambda: store.delete_document(a.id, doc.id),
+        "delete_memory": lambda: store.delete_memory(a.id, "user-1", memory.id),
+        "get_body": lambda: store.get_body("guardrails", a.id, rail.id),
+        "delete_body": lambda: store.delete_body("objectives", a.id, goals.id),
         "_one": lambda: store._one(t.conversations, a.id, conv.id, "conversation"),  # what the gets share
         "_delete": lambda: store._delete(t.conversations, a.id, conv.id, "conversation"),  # ... and deletes
     }
@@ -151,6 +164,15 @@ async def test_every_tenant_scoped_method_treats_another_tenants_ids_as_not_foun
         "open_conversations": lambda: store.open_conversations(a.id, now),
         "minutes_used": lambda: store.minutes_used(a.id, now - timedelta(days=1), now),
         "idempotent_answer": lambda: store.idempotent_answer(a.id, "createConversation", "idem"),
+        "list_documents": lambda: store.list_documents(a.id, 100, None),
+        "ready_documents": lambda: store.ready_documents(a.id),
+        "chunks_of": lambda: store.chunks_of(a.id),
+        "chunks_of_ids": lambda: store.chunks_of(a.id, [doc.id]),
+        "knowledge_version": lambda: _count(store.knowledge_version(a.id)),
+        "memories": lambda: store.memories(a.id, "user-1"),
+        "list_memories": lambda: store.list_memories(a.id, "user-1", 100, None),
+        "bodies": lambda: store.bodies("guardrails", a.id, [rail.id]),
+        "list_bodies": lambda: store.list_bodies("objectives", a.id, 100, None),
     }
     for name, call in empty.items():
         result = await call()
@@ -161,7 +183,10 @@ async def test_every_tenant_scoped_method_treats_another_tenants_ids_as_not_foun
         for name, member in inspect.getmembers(Store, inspect.iscoroutinefunction)
         if "tenant_id" in inspect.signature(member).parameters
     }
-    assert scoped == set(missing) | set(empty) | CREATES | OWN_ROW
+    # (update_memory writes only where tenant and id match: another tenant's id changes nothing)
+    await store.update_memory(a.id, memory.id, "Mallory was here.", b"\0" * 8, now, None)
+    assert (await store.memories(b.id, "user-1"))[0].text == "The user has a dog."
+    assert scoped == (set(missing) | set(empty) | CREATES | OWN_ROW | {"update_memory"}) - {"chunks_of_ids"}
 
     # a tenant that does not exist owns nothing and can be given nothing
     with pytest.raises(NotFound):
@@ -185,6 +210,55 @@ async def test_every_tenant_scoped_method_treats_another_tenants_ids_as_not_foun
     assert (await store.get_conversation(b.id, conv.id)).status == "created"
     assert (await store.get_face(b.id, face.id)).name == "face"
     assert (await store.list_keys(b.id))[0].revoked_at is None
+    assert [c.text for c in await store.chunks_of(b.id)] == ["text"]
+    assert (await store.knowledge_version(b.id))[0] == 1
+
+
+async def _count(version: Awaitable[tuple[int, str]]) -> int:
+    return (await version)[0]
+
+
+async def test_a_document_becomes_ready_with_its_chunks_in_one_step(store: Store) -> None:
+    now = utc_now()
+    tenant = await _tenant(store)
+    doc = await store.create_document(tenant.id, name="Policies", tags=["clinic"], content_type="markdown", size=10,
+                                      now=now)  # fmt: skip
+    assert doc.status == "processing" and await store.chunks_of(tenant.id) == []  # nothing searchable yet
+    chunks = [NewChunk(f"H{i}", f"chunk {i}", bytes([i]) * 8, b"\1" * 16) for i in range(3)]
+    assert await store.finish_document(doc.id, chunks, now)
+    done = await store.get_document(tenant.id, doc.id)
+    assert done.status == "ready" and done.chunks == 3
+    rows = await store.chunks_of(tenant.id)
+    assert [(r.seq, r.text, r.tags, r.sentence_vectors) for r in rows] == [
+        (i, f"chunk {i}", ("clinic",), b"\1" * 16) for i in range(3)
+    ]
+    assert not await store.finish_document(doc.id, chunks, now)  # once
+    # a document deleted while it was processing stays deleted: its late chunks are not written
+    late = await store.create_document(tenant.id, name="Late", tags=[], content_type="text", size=1, now=now)
+    await store.delete_document(tenant.id, late.id)
+    assert not await store.finish_document(late.id, chunks, now)
+    failed = await store.create_document(tenant.id, name="Bad", tags=[], content_type="pdf", size=1, now=now)
+    await store.fail_document(failed.id, "embedding failed: model down", now)
+    assert (await store.get_document(tenant.id, failed.id)).status == "failed"
+    assert (await store.knowledge_version(tenant.id))[0] == 1
+    await store.delete_document(tenant.id, doc.id)
+    assert await store.chunks_of(tenant.id) == [] and (await store.knowledge_version(tenant.id))[0] == 0
+
+
+async def test_memories_are_kept_per_store(store: Store) -> None:
+    now = utc_now()
+    tenant = await _tenant(store)
+    a = await store.add_memory(tenant.id, "user-1", "The user has a dog.", b"\0" * 8, now, pinned=True)
+    await store.add_memory(tenant.id, "user-2", "The user lives in Lyon.", b"\0" * 8, now, conversation_id="conv_x")
+    assert [m.text for m in await store.memories(tenant.id, "user-1")] == ["The user has a dog."]
+    assert (await store.memories(tenant.id, "user-1"))[0].pinned
+    await store.update_memory(tenant.id, a.id, "The user has two dogs.", b"\1" * 8, now, "conv_y")
+    [updated] = await store.memories(tenant.id, "user-1")
+    assert updated.text == "The user has two dogs." and updated.conversation_id == "conv_y"
+    with pytest.raises(NotFound):  # a memory is deleted from its own store only
+        await store.delete_memory(tenant.id, "user-2", a.id)
+    await store.delete_memory(tenant.id, "user-1", a.id)
+    assert await store.memories(tenant.id, "user-1") == []
 
 
 # ---- conversations ----------------------------------------------------------------------------------------------

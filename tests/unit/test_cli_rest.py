@@ -156,6 +156,57 @@ def test_faces_and_keys_verbs_parse() -> None:
     assert parse("keys", "list").verb == "list"
 
 
+def test_knowledge_memory_guardrail_and_objective_verbs_parse() -> None:
+    a = parse("documents", "add", "faq.md", "--name", "FAQ", "--tags", "a,b", "--wait")
+    assert (a.command, a.verb, a.file, a.text, a.name, a.tags, a.wait) == (
+        "documents",
+        "add",
+        "faq.md",
+        None,
+        "FAQ",
+        "a,b",
+        True,
+    )
+    a = parse("documents", "add", "--text", "Hello", "--name", "N", "--content-type", "markdown")
+    assert (a.file, a.text, a.content_type, a.wait) == (None, "Hello", "markdown", False)
+    with pytest.raises(SystemExit):
+        parse("documents", "add", "--text", "x", "--content-type", "docx")
+    assert parse("documents", "list", "--limit", "3").limit == 3
+    assert parse("documents", "get", "doc_1").id == "doc_1"
+    assert parse("documents", "delete", "doc_1").id == "doc_1"
+    a = parse("search", "opening hours", "--strategy", "quality", "--top-k", "3", "--tag", "faq", "--tag", "en")
+    assert (a.command, a.query, a.strategy, a.top_k, a.tag, a.document) == (
+        "search",
+        "opening hours",
+        "quality",
+        3,
+        ["faq", "en"],
+        None,
+    )
+    with pytest.raises(SystemExit):
+        parse("search", "q", "--strategy", "fastest")
+    a = parse("memories", "add", "Likes tea", "--store", "user-7", "--pinned")
+    assert (a.verb, a.text, a.store, a.pinned) == ("add", "Likes tea", "user-7", True)
+    assert parse("memories", "list", "--store", "s").store == "s"
+    assert (
+        parse("memories", "delete", "mem_1", "--store", "s").id,
+        parse("memories", "add", "t", "--store", "s").pinned,
+    ) == (
+        "mem_1",
+        False,
+    )
+    with pytest.raises(SystemExit):
+        parse("memories", "list")  # --store is required
+    for group in ("guardrails", "objectives"):
+        a = parse(group, "create", "--file", "x.json", "--idempotency-key", "k")
+        assert (a.command, a.verb, a.file, a.idempotency_key) == (group, "create", "x.json", "k")
+        assert parse(group, "get", "id_1").id == "id_1"
+        assert parse(group, "delete", "id_1").id == "id_1"
+        assert parse(group, "list").verb == "list"
+        with pytest.raises(SystemExit):
+            parse(group, "create")  # --file is required
+
+
 # --- against a server ---
 
 
@@ -327,3 +378,140 @@ async def test_a_delete_with_no_body_still_prints_an_object(api: Recorder, capsy
     api.reply = lambda _: web.Response(status=204)
     code, out, _ = await run_cli(capsys, "personas", "delete", "per_1")
     assert (code, json.loads(out)) == (0, {"persona_id": "per_1", "deleted": True})
+
+
+async def test_the_knowledge_verbs_hit_their_routes(
+    api: Recorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    faq = tmp_path / "faq.md"
+    faq.write_text("# Hours\nNine to five.\n")
+    runs: list[tuple[list[str], str, str]] = [
+        (["documents", "add", str(faq), "--tags", "faq, en"], "POST", "/v1/documents"),
+        (["documents", "add", "--text", "Hi", "--name", "N", "--content-type", "text"], "POST", "/v1/documents"),
+        (["documents", "list", "--limit", "2"], "GET", "/v1/documents"),
+        (["documents", "get", "doc_1"], "GET", "/v1/documents/doc_1"),
+        (["documents", "delete", "doc_1"], "DELETE", "/v1/documents/doc_1"),
+        (
+            ["search", "hours", "--top-k", "2", "--document", "doc_1", "--strategy", "speed"],
+            "POST",
+            "/v1/knowledge/search",
+        ),
+        (["memories", "list", "--store", "user-7"], "GET", "/v1/memory-stores/user-7/memories"),
+        (
+            ["memories", "add", "Likes tea", "--store", "user-7", "--pinned"],
+            "POST",
+            "/v1/memory-stores/user-7/memories",
+        ),
+        (["memories", "delete", "mem_1", "--store", "user-7"], "DELETE", "/v1/memory-stores/user-7/memories/mem_1"),
+        (["guardrails", "list"], "GET", "/v1/guardrails"),
+        (["guardrails", "get", "grd_1"], "GET", "/v1/guardrails/grd_1"),
+        (["guardrails", "delete", "grd_1"], "DELETE", "/v1/guardrails/grd_1"),
+        (["objectives", "list", "--cursor", "c"], "GET", "/v1/objectives"),
+        (["objectives", "get", "obj_1"], "GET", "/v1/objectives/obj_1"),
+        (["objectives", "delete", "obj_1"], "DELETE", "/v1/objectives/obj_1"),
+    ]
+    for argv, method, path in runs:
+        code, out, err = await run_cli(capsys, *argv)
+        assert code == 0, (argv, err)
+        assert json.loads(out) == {"ok": True}
+        assert (api.seen[-1]["method"], api.seen[-1]["path"]) == (method, path), argv
+    bodies = [s["body"] for s in api.seen]
+    assert bodies[0] == {"file": "faq.md", "tags": "faq,en"}
+    assert bodies[1] == {"name": "N", "text": "Hi", "content_type": "text"}
+    assert api.seen[2]["query"] == {"limit": "2"}
+    assert bodies[5] == {"query": "hours", "document_ids": ["doc_1"], "top_k": 2, "strategy": "speed"}
+    assert bodies[7] == {"text": "Likes tea", "pinned": True}
+    assert api.seen[12]["query"] == {"cursor": "c"}
+
+
+async def test_guardrail_and_objectives_create_send_their_files(
+    api: Recorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rule = {
+        "name": "no-prices",
+        "applies_to": "replica",
+        "rule": {"type": "pattern", "pattern": "\\$\\d+"},
+        "fallback_text": "I can't discuss prices.",
+    }
+    (tmp_path / "rule.json").write_text(json.dumps(rule))
+    goals = [{"name": "greet", "prompt": "Greet the user", "next_required": ["ask"]}, {"name": "ask", "prompt": "Ask"}]
+    (tmp_path / "goals.json").write_text(json.dumps({"name": "intake", "objectives": goals}))
+    (tmp_path / "goals.yaml").write_text("- name: greet\n  prompt: Greet the user\n")
+    api.reply = lambda _: web.json_response({"id": "x"}, status=201)
+    code, out, _ = await run_cli(capsys, "guardrails", "create", "--file", str(tmp_path / "rule.json"))
+    assert (code, json.loads(out)) == (0, {"id": "x"})
+    assert (
+        await run_cli(capsys, "objectives", "create", "-f", str(tmp_path / "goals.json"), "--idempotency-key", "o")
+    )[0] == 0
+    assert (await run_cli(capsys, "objectives", "create", "-f", str(tmp_path / "goals.yaml")))[0] == 0
+    assert [(s["path"], s["body"]) for s in api.seen] == [
+        ("/v1/guardrails", rule),
+        ("/v1/objectives", {"name": "intake", "objectives": goals}),
+        ("/v1/objectives", {"objectives": [{"name": "greet", "prompt": "Greet the user"}]}),  # a bare list is the set
+    ]
+    assert api.seen[1]["idempotency_key"] == "o"
+
+
+async def test_documents_add_wait_polls_until_ready(api: Recorder, capsys: pytest.CaptureFixture[str]) -> None:
+    states = iter(["processing", "ready"])
+
+    def reply(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            return web.json_response({"document_id": "doc_1", "status": "processing"}, status=202)
+        return web.json_response({"document_id": "doc_1", "status": next(states), "chunks": 2})
+
+    api.reply = reply
+    code, out, err = await run_cli(capsys, "documents", "add", "--text", "Hello", "--name", "N", "--wait")
+    assert code == 0, err
+    assert json.loads(out) == {"document_id": "doc_1", "status": "ready", "chunks": 2}
+    assert [(s["method"], s["path"]) for s in api.seen] == [
+        ("POST", "/v1/documents"),
+        ("GET", "/v1/documents/doc_1"),
+        ("GET", "/v1/documents/doc_1"),
+    ]
+
+
+async def test_bad_knowledge_input_fails_before_any_request(
+    api: Recorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "a.md").write_text("# A\n")
+    (tmp_path / "scalar.json").write_text("42")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    cases: list[tuple[list[str], str]] = [
+        (["documents", "add"], "FILE or --text"),
+        (["documents", "add", str(tmp_path / "a.md"), "--text", "x"], "FILE or --text"),
+        (["documents", "add", "--text", "x"], "--text needs --name"),
+        (["documents", "add", str(tmp_path / "missing.md")], "bad_file"),
+        (["guardrails", "create", "-f", str(tmp_path / "missing.json")], "bad_file"),
+        (["guardrails", "create", "-f", str(tmp_path / "list.json")], "bad_file"),  # a guardrail is one object
+        (["objectives", "create", "-f", str(tmp_path / "scalar.json")], "bad_file"),
+    ]
+    for argv, expected in cases:
+        code, out, err = await run_cli(capsys, *argv)
+        assert (code, out) == (2, ""), argv
+        assert expected in err, (argv, err)
+    assert api.seen == []
+
+
+async def test_a_memory_delete_with_no_body_still_prints_an_object(
+    api: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.reply = lambda _: web.Response(status=204)
+    code, out, _ = await run_cli(capsys, "memories", "delete", "mem_1", "--store", "s")
+    assert (code, json.loads(out)) == (0, {"store": "s", "memory_id": "mem_1", "deleted": True})
+    code, out, _ = await run_cli(capsys, "documents", "delete", "doc_1")
+    assert (code, json.loads(out)) == (0, {"document_id": "doc_1", "deleted": True})
+
+
+async def test_a_wait_that_runs_out_is_a_typed_error(
+    api: Recorder, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import duet.cli
+
+    monkeypatch.setattr(duet.cli, "DOCUMENT_WAIT_S", 0.05)
+    api.reply = lambda _: web.json_response({"document_id": "doc_1", "status": "processing"}, status=202)
+    code, out, err = await run_cli(
+        capsys, "documents", "add", "--text", "x", "--name", "N", "--wait", "--timeout", "0.05"
+    )
+    assert (code, out) == (2, "")
+    assert err.startswith("duet: timeout: document doc_1 still 'processing'"), err

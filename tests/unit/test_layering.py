@@ -52,16 +52,26 @@ def test_the_session_core_loads_without_tritonclient() -> None:
 
 
 def test_no_event_dict_is_built_outside_the_api_edge() -> None:
-    """Events are typed to the wire edge: outside `orchestrator/api/wire.py` no code builds a dict with a
-    `type` key (an event in dict form), except the face motion request, which is a model input, and the REST
-    control plane's answers (`orchestrator/api/http/`, a wire edge of its own: an interaction's `type`)."""
+    """Events are typed to the wire edge: outside `orchestrator/api/wire.py` no code builds a dict whose `type`
+    is an event's (a constant naming an event type, or an expression: `event.type`), except the face motion
+    request, which is a model input, and the REST control plane's answers (`orchestrator/api/http/`, a wire
+    edge of its own: an interaction's `type`). JSON Schemas (`"type": "object"`) are not events."""
+    import orchestrator.events as ev
+
+    event_types = {c.type for c in vars(ev).values() if isinstance(c, type) and issubclass(c, ev.Event) and c.type}
     builders = []
     for path in sorted((ROOT / "orchestrator").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "type" for k in node.keys):
-                builders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    # (and the WebRTC edge's SDP bodies: `{"sdp", "type": "answer"}`)
+            if not isinstance(node, ast.Dict):
+                continue
+            for k, v in zip(node.keys, node.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value == "type":
+                    values = v.elts if isinstance(v, ast.List | ast.Tuple) else [v]  # a schema's type union
+                    if any(not isinstance(x, ast.Constant) or x.value in event_types for x in values):
+                        builders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    # (and the WebRTC edge's SDP bodies: `{"sdp", "type": "answer"}`, and a guardrail's rule as the API shows it)
     allowed = (
+        "orchestrator/intel/guardrails.py",
         "orchestrator/api/wire.py",
         "orchestrator/face/motion.py",
         "orchestrator/api/http/",

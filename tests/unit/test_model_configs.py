@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -87,17 +88,44 @@ def test_llm_config_lists_its_models_and_setup_provides_each_one() -> None:
 
 
 def test_llm_inputs_match_what_the_adapter_sends() -> None:
-    """The adapter sends exactly the config's inputs; MODEL and PRIORITY are optional (a client may leave them
-    out)."""
+    """The adapter sends exactly the config's inputs; MODEL, PRIORITY and JSON_SCHEMA are optional (a client may
+    leave them out; the adapter sends JSON_SCHEMA only with a schema)."""
     from orchestrator.models.ports import ChatMessage, LlmRequest
     from orchestrator.models.triton import TritonModels
 
     llm = parse("llm")
-    inputs = TritonModels._llm_inputs(LlmRequest((ChatMessage("user", "hi"),), model="smollm2-135m"))
+    plain = LlmRequest((ChatMessage("user", "hi"),), model="smollm2-135m")
+    inputs = TritonModels._llm_inputs(dataclasses.replace(plain, json_schema='{"type": "object"}'))
     assert {i.name() for i in inputs} == set(llm["input"])  # type: ignore[arg-type]
+    assert {i.name() for i in TritonModels._llm_inputs(plain)} == set(llm["input"]) - {"JSON_SCHEMA"}  # type: ignore[arg-type]
+    assert re.search(r'name: "JSON_SCHEMA" data_type: TYPE_STRING dims: \[ 1 \] optional: true', str(llm["text"]))
     sent = {i.name(): i.datatype() for i in inputs}
     assert sent["MODEL"] == "BYTES"
     assert re.search(r'name: "MODEL" data_type: TYPE_STRING dims: \[ 1 \] optional: true', str(llm["text"]))
     assert sent["PRIORITY"] == "INT32"
     assert re.search(r'name: "PRIORITY" data_type: TYPE_INT32 dims: \[ 1 \] optional: true', str(llm["text"]))
     assert "decoupled: true" in str(llm["text"])
+
+
+def test_embed_config_matches_the_engine_and_the_adapter() -> None:
+    """`embed`: one text per row in, a vector of EMBED_DIM out; the adapter's chunk is the config's batch limit; the
+    ONNX file the config names is what setup exports, from sources setup checks against scripts/models.sha256."""
+    from orchestrator.inference.embed import MAX_TOKENS, ONNX_FILE
+    from orchestrator.models.ports import EMBED_DIM
+    from orchestrator.models.triton import TritonModels
+
+    embed = parse("embed")
+    assert embed["name"] == "embed"
+    assert embed["input"] == {"TEXT": ("TYPE_STRING", [1])}
+    assert embed["output"] == {"EMBEDDING": ("TYPE_FP32", [EMBED_DIM])}
+    assert embed["max_batch_size"] == TritonModels.embed_max_batch
+    text = str(embed["text"])
+    assert 'backend: "python"' in text and "dynamic_batching" in text and "instance_group" in text
+    assert (REPO / "embed" / "1" / "model.py").is_file()
+    params = dict(re.findall(r'key:\s*"([^"]+)"\s+value:\s*\{\s*string_value:\s*"([^"]*)"', text))
+    assert params["onnx_file"] == ONNX_FILE and int(params["max_tokens"]) == MAX_TOKENS
+    bootstrap = (REPO.parent / "scripts" / "bootstrap.sh").read_text()
+    assert "scripts/export_embed.py" in bootstrap and "model_repository/embed/1" in bootstrap
+    digests = (REPO.parent / "scripts" / "models.sha256").read_text()
+    for source in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert f"all-minilm-l6-v2/{source}" in digests

@@ -171,6 +171,112 @@ ROUTES: list[tuple[str, Call, str, str, dict[str, str], Any]] = [
     ("end", lambda c: c.end_conversation("conv_1"), "POST", "/v1/conversations/conv_1/end", {}, None),
     ("transcript", lambda c: c.get_transcript("conv_1"), "GET", "/v1/conversations/conv_1/transcript", {}, None),
     ("webhooks", lambda c: c.list_webhook_deliveries("conv_1"), "GET", "/v1/conversations/conv_1/webhooks", {}, None),
+    (
+        "create_document_text",
+        lambda c: c.create_document("FAQ", text="# Hours\nNine to five."),
+        "POST",
+        "/v1/documents",
+        {},
+        {"name": "FAQ", "text": "# Hours\nNine to five."},
+    ),
+    (
+        "create_document_text_full",
+        lambda c: c.create_document("FAQ", text="<p>Hi</p>", content_type="html", tags=["faq", "en"]),
+        "POST",
+        "/v1/documents",
+        {},
+        {"name": "FAQ", "text": "<p>Hi</p>", "content_type": "html", "tags": ["faq", "en"]},
+    ),
+    ("get_document", lambda c: c.get_document("doc_1"), "GET", "/v1/documents/doc_1", {}, None),
+    (
+        "list_documents",
+        lambda c: c.list_documents(limit=4, cursor="c"),
+        "GET",
+        "/v1/documents",
+        {"limit": "4", "cursor": "c"},
+        None,
+    ),
+    ("delete_document", lambda c: c.delete_document("doc_1"), "DELETE", "/v1/documents/doc_1", {}, None),
+    ("search", lambda c: c.search("opening hours"), "POST", "/v1/knowledge/search", {}, {"query": "opening hours"}),
+    (
+        "search_full",
+        lambda c: c.search("hours", document_ids=["doc_1"], tags=["faq"], top_k=3, strategy="quality"),
+        "POST",
+        "/v1/knowledge/search",
+        {},
+        {"query": "hours", "document_ids": ["doc_1"], "tags": ["faq"], "top_k": 3, "strategy": "quality"},
+    ),
+    ("list_memories", lambda c: c.list_memories("user-7"), "GET", "/v1/memory-stores/user-7/memories", {}, None),
+    (
+        "list_memories_paged",
+        lambda c: c.list_memories("user-7", limit=10, cursor="m"),
+        "GET",
+        "/v1/memory-stores/user-7/memories",
+        {"limit": "10", "cursor": "m"},
+        None,
+    ),
+    (
+        "add_memory",
+        lambda c: c.add_memory("user-7", "Likes tea"),
+        "POST",
+        "/v1/memory-stores/user-7/memories",
+        {},
+        {"text": "Likes tea", "pinned": False},
+    ),
+    (
+        "add_memory_pinned",
+        lambda c: c.add_memory("user-7", "Is called Sam", pinned=True),
+        "POST",
+        "/v1/memory-stores/user-7/memories",
+        {},
+        {"text": "Is called Sam", "pinned": True},
+    ),
+    (
+        "delete_memory",
+        lambda c: c.delete_memory("user-7", "mem_1"),
+        "DELETE",
+        "/v1/memory-stores/user-7/memories/mem_1",
+        {},
+        None,
+    ),
+    (
+        "create_guardrail",
+        lambda c: c.create_guardrail(
+            {"name": "no-prices", "applies_to": "replica", "rule": {"type": "phrases", "phrases": ["$"]}},
+            fallback_text="I can't say.",
+        ),
+        "POST",
+        "/v1/guardrails",
+        {},
+        {
+            "name": "no-prices",
+            "applies_to": "replica",
+            "rule": {"type": "phrases", "phrases": ["$"]},
+            "fallback_text": "I can't say.",
+        },
+    ),
+    ("get_guardrail", lambda c: c.get_guardrail("grd_1"), "GET", "/v1/guardrails/grd_1", {}, None),
+    ("list_guardrails", lambda c: c.list_guardrails(limit=1), "GET", "/v1/guardrails", {"limit": "1"}, None),
+    ("delete_guardrail", lambda c: c.delete_guardrail("grd_1"), "DELETE", "/v1/guardrails/grd_1", {}, None),
+    (
+        "create_objectives_body",
+        lambda c: c.create_objectives({"name": "intake", "objectives": [{"name": "greet", "prompt": "Say hi"}]}),
+        "POST",
+        "/v1/objectives",
+        {},
+        {"name": "intake", "objectives": [{"name": "greet", "prompt": "Say hi"}]},
+    ),
+    (
+        "create_objectives_list",
+        lambda c: c.create_objectives([{"name": "greet", "prompt": "Say hi"}], name="intake"),
+        "POST",
+        "/v1/objectives",
+        {},
+        {"objectives": [{"name": "greet", "prompt": "Say hi"}], "name": "intake"},
+    ),
+    ("get_objectives", lambda c: c.get_objectives("obj_1"), "GET", "/v1/objectives/obj_1", {}, None),
+    ("list_objectives", lambda c: c.list_objectives(), "GET", "/v1/objectives", {}, None),
+    ("delete_objectives", lambda c: c.delete_objectives("obj_1"), "DELETE", "/v1/objectives/obj_1", {}, None),
 ]
 
 INTERACTIONS: list[tuple[Call, dict[str, Any]]] = [
@@ -252,6 +358,100 @@ async def test_creates_send_the_idempotency_key(api: FakeApi) -> None:
     assert api.seen[1].json == {"name": "A"}  # the key is a header, never a body field
 
 
+async def test_the_new_creates_send_the_idempotency_key(api: FakeApi, tmp_path: Path) -> None:
+    api.reply = lambda _: web.json_response({"document_id": "doc_1", "status": "processing"}, status=202)
+    (tmp_path / "faq.md").write_text("# FAQ\n")
+    async with Client(api.url, KEY) as client:
+        await client.create_document("FAQ", text="x", idempotency_key="k-doc")
+        await client.create_document(path=tmp_path / "faq.md", idempotency_key="k-file")
+        await client.add_memory("s", "x", idempotency_key="k-mem")
+        await client.create_guardrail(name="g", idempotency_key="k-grd")
+        await client.create_objectives([{"name": "a", "prompt": "p"}], idempotency_key="k-obj")
+        await client.search("q")  # a search creates nothing: no key
+    keys = [s.headers.get("Idempotency-Key") for s in api.seen]
+    assert keys == ["k-doc", "k-file", "k-mem", "k-grd", "k-obj", None]
+    assert api.seen[3].json == {"name": "g"}
+
+
+async def test_create_document_uploads_a_file_as_multipart(api: FakeApi, tmp_path: Path) -> None:
+    api.reply = lambda _: web.json_response({"document_id": "doc_1", "status": "processing"}, status=202)
+    page = tmp_path / "hours.html"
+    page.write_bytes(b"<html><body>Open 9-5</body></html>")
+    async with Client(api.url, KEY) as client:
+        doc = await client.create_document("Hours", path=page, tags=["faq", "hours"])
+        await client.create_document(path=str(page))
+        await client.create_document(path=page, content_type="text")
+    assert doc == {"document_id": "doc_1", "status": "processing"}
+    first, second, third = api.seen
+    assert (first.method, first.path, first.json) == ("POST", "/v1/documents", None)
+    assert first.headers["Content-Type"].startswith("multipart/form-data")
+    html = page.read_bytes()
+    assert first.form == {
+        "file": ("hours.html", "application/octet-stream", html),  # the server reads the kind off bytes and name
+        "name": "Hours",
+        "tags": "faq,hours",
+    }
+    assert second.form == {"file": ("hours.html", "application/octet-stream", html)}  # no name: the file's
+    assert third.form["file"] == ("hours.html", "text/plain", html)  # an explicit kind is the part's type
+
+
+async def test_create_document_takes_text_or_path_and_comma_free_file_tags(api: FakeApi, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    async with Client(api.url, KEY) as client:
+        with pytest.raises(DuetError, match="exactly one") as both:
+            await client.create_document("A", text="a", path=tmp_path / "a.txt")
+        assert both.value.code == "bad_option"
+        with pytest.raises(DuetError, match="exactly one"):
+            await client.create_document("A")
+        with pytest.raises(DuetError, match="comma"):
+            await client.create_document(path=tmp_path / "a.txt", tags=["a,b"])
+        with pytest.raises(FileNotFoundError):
+            await client.create_document(path=tmp_path / "missing.txt")
+    assert api.seen == []
+
+
+async def test_wait_document_polls_until_ready(api: FakeApi) -> None:
+    states = iter(["processing", "processing", "ready"])
+    api.reply = lambda _: web.json_response({"document_id": "doc_1", "status": next(states), "chunks": 3})
+    async with Client(api.url, KEY) as client:
+        doc = await client.wait_document("doc_1", timeout_s=5, poll_s=0.01)
+    assert (doc["status"], doc["chunks"]) == ("ready", 3)
+    assert [s.path for s in api.seen] == ["/v1/documents/doc_1"] * 3
+
+
+async def test_wait_document_raises_on_failed_and_on_timeout(api: FakeApi) -> None:
+    api.reply = lambda _: web.json_response({"document_id": "doc_1", "status": "failed", "error": "embedding failed"})
+    async with Client(api.url, KEY) as client:
+        with pytest.raises(DuetError, match="embedding failed") as failed:
+            await client.wait_document("doc_1", poll_s=0.01)
+        assert failed.value.code == "document_failed"
+        api.reply = lambda _: web.json_response({"document_id": "doc_1", "status": "processing"})
+        with pytest.raises(TimeoutError, match="doc_1"):
+            await client.wait_document("doc_1", timeout_s=0.05, poll_s=0.01)
+
+
+async def test_search_returns_the_results(api: FakeApi) -> None:
+    found = {
+        "results": [{"document_id": "doc_1", "chunk_id": "chk_1", "text": "Open 9-5", "score": 0.91}],
+        "took_ms": 4.2,
+    }
+    api.reply = lambda _: web.json_response(found)
+    async with Client(api.url, KEY) as client:
+        results = await client.search("hours", strategy="speed")
+    assert results == found
+    assert results["results"][0]["chunk_id"] == "chk_1"
+
+
+async def test_memory_store_names_are_quoted_into_one_path_segment(api: FakeApi) -> None:
+    async with Client(api.url, KEY) as client:
+        await client.list_memories("../keys")
+        await client.delete_memory("a/b", "../x")
+    assert [s.path for s in api.seen] == [
+        "/v1/memory-stores/..%2Fkeys/memories",
+        "/v1/memory-stores/a%2Fb/memories/..%2Fx",
+    ]
+
+
 async def test_ids_are_quoted_into_one_path_segment(api: FakeApi) -> None:
     async with Client(api.url, KEY) as client:
         await client.get_persona("../keys")
@@ -322,6 +522,27 @@ async def test_iterators_follow_next_cursor(api: FakeApi) -> None:
         {"limit": "2", "cursor": "c1"},
         {"limit": "2", "cursor": "c2"},
     ]
+
+
+@pytest.mark.parametrize(
+    ("iterate", "path"),
+    [
+        (lambda c: c.iter_documents(page_size=1), "/v1/documents"),
+        (lambda c: c.iter_memories("user-7", page_size=1), "/v1/memory-stores/user-7/memories"),
+        (lambda c: c.iter_guardrails(page_size=1), "/v1/guardrails"),
+        (lambda c: c.iter_objectives(page_size=1), "/v1/objectives"),
+    ],
+    ids=["documents", "memories", "guardrails", "objectives"],
+)
+async def test_the_new_iterators_follow_next_cursor(
+    api: FakeApi, iterate: Callable[[Client], AsyncIterator[Any]], path: str
+) -> None:
+    pages = {None: {"data": [{"n": 1}], "next_cursor": "c1"}, "c1": {"data": [{"n": 2}], "next_cursor": None}}
+    api.reply = lambda seen: web.json_response(pages[seen.query.get("cursor")])
+    async with Client(api.url, KEY) as client:
+        items = [i async for i in iterate(client)]
+    assert items == [{"n": 1}, {"n": 2}]
+    assert [(s.path, s.query) for s in api.seen] == [(path, {"limit": "1"}), (path, {"limit": "1", "cursor": "c1"})]
 
 
 async def test_iter_conversations_passes_the_status_filter(api: FakeApi) -> None:

@@ -2,7 +2,9 @@
 
 The model serves every GGUF its config lists (`model.<name>` parameters, `default_model`); a request names
 one in its optional MODEL input (absent or empty: the default), and an unknown name is answered with a
-"bad_option: ..." error that the client raises as `BadOption`. Each request streams its reply through its own
+"bad_option: ..." error that the client raises as `BadOption`. An optional JSON_SCHEMA (a JSON Schema as
+text) has the reply decoded under the grammar built from it (compiled once per schema text, `GrammarCache`);
+one that cannot be compiled is a "bad_option: ..." error too. Each request streams its reply through its own
 response sender, one text piece per response, then an empty response with the FINAL flag. Each served model
 has its own pool of llama.cpp contexts (`engines`, each `n_threads` threads); a request goes to the free
 context of its model that already holds the longest part of its conversation, so a session's next turn only
@@ -22,9 +24,11 @@ import triton_python_backend_utils as pb_utils
 
 from orchestrator.inference.llm import (
     GenerationStats,
+    GrammarCache,
     LlmInputError,
     ModelPools,
-    UnknownModel,
+    error_text,
+    parse_json_schema,
     parse_messages,
     parse_model_name,
     parse_model_specs,
@@ -59,6 +63,8 @@ class TritonPythonModel:
         # listed models are loaded.
         specs, default = parse_model_specs(params)
         self.pools = ModelPools.load(specs, default, Path(__file__).parent)
+        # JSON_SCHEMA's grammars, compiled once per schema text (a judge sends the same one every time).
+        self.grammars = GrammarCache()
         # The stub's IPC to the server is not safe from several threads at once (the server crashed when two
         # workers sent and counted concurrently): every send, metric update and cancellation check takes this.
         self._ipc = threading.Lock()
@@ -115,19 +121,24 @@ class TritonPythonModel:
                 messages = parse_messages(_scalar(request, "MESSAGES"), prefill=max_tokens == 0)
                 raw_priority = _scalar(request, "PRIORITY", optional=True)
                 priority = parse_priority(None if raw_priority is None else int(raw_priority))
+                schema = parse_json_schema(_scalar(request, "JSON_SCHEMA", optional=True))
                 options = {
                     "max_tokens": max_tokens,
                     "temperature": float(_scalar(request, "TEMPERATURE")),
                     "stop": parse_stop(_scalar(request, "STOP")),
+                    "grammar": self.grammars.get(schema) if schema and max_tokens else None,
                 }
             except LlmInputError as exc:
-                # "<code>: <message>" for a typed error (an unknown model): the client raises that type.
-                message = f"{exc.code}: {exc}" if isinstance(exc, UnknownModel) else str(exc)
-                self._send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+                # "<code>: <message>" for a typed error (an unknown model, a bad schema): the client raises that
+                # type (BadOption).
+                error = pb_utils.TritonError(error_text(exc), pb_utils.TritonError.INVALID_ARG)
+                self._send(sender, pb_utils.InferenceResponse(error=error))
                 self._send(sender, None, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
             job = functools.partial(self._generate, request, sender, messages, options, self.metrics[served])
-            self.pools.submit(served, messages, job, priority)  # a priority tenant's reply is served first
+            # A priority tenant's reply is served first; a JSON request (a judge) is a one-off: the pool keeps it
+            # off the contexts holding sessions' histories when it can (EnginePool, `oneshot`).
+            self.pools.submit(served, messages, job, priority, oneshot=bool(schema))
 
     def _generate(self, request, sender, messages, options, metrics, engine):
         """Runs on a pool worker: stream one reply through the request's sender, FINAL flag last."""
@@ -143,7 +154,8 @@ class TritonPythonModel:
                     with self._ipc:
                         sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
         except LlmInputError as exc:
-            self._send(sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+            error = pb_utils.TritonError(error_text(exc), pb_utils.TritonError.INVALID_ARG)
+            self._send(sender, pb_utils.InferenceResponse(error=error))
         except Exception as exc:  # a llama.cpp failure (or a send to a vanished client) ends this request only
             if not self._cancelled(request):
                 pb_utils.Logger.log_error(f"llm generation failed: {exc!r}")

@@ -14,9 +14,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
+from orchestrator.api.http.forms import read_upload
 from orchestrator.api.http.server import ApiError
 from orchestrator.config import REPO_ROOT, Settings
 from orchestrator.errors import DuetError
@@ -32,40 +32,11 @@ PREPARING = 2  # portraits prepared at once (each holds a CPU core for seconds)
 
 async def read_portrait(request: web.Request, limit: int) -> tuple[bytes, str]:
     """The `file` part (PNG or JPEG, at most `limit` bytes) and the optional `name` of a multipart upload."""
-    try:
-        return await _read_parts(request, limit)
-    except (ValueError, LookupError, RuntimeError, HttpProcessingError) as err:
-        # what aiohttp's multipart parser raises for a malformed body (boundary, part headers, encodings)
-        raise ApiError("bad_request", "the body is not a well-formed multipart form") from err
-
-
-async def _read_parts(request: web.Request, limit: int) -> tuple[bytes, str]:
-    if request.content_type != "multipart/form-data":
-        raise ApiError("unsupported_media_type", "upload a portrait as multipart/form-data with a `file` field")
-    reader = await request.multipart()
-    image: bytes | None = None
-    name = ""
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise ApiError("bad_request", "nested multipart bodies are not accepted")
-        if part.name == "file":
-            data = bytearray()
-            while chunk := await part.read_chunk(1 << 16):
-                data += chunk
-                if len(data) > limit:
-                    raise ApiError("too_large", f"the portrait is over {limit} bytes")
-            image = bytes(data)
-        elif part.name == "name":
-            name = (await part.text()).strip()
-            if len(name) > 100 or "\x00" in name:
-                raise ApiError("invalid", "name is at most 100 characters, with no NUL", "name")
-        else:
-            raise ApiError("invalid", f"unknown form field {part.name!r} (file, name)", part.name or "$")
-    if image is None:
-        raise ApiError("invalid", "the `file` field (a PNG or JPEG portrait) is required", "file")
+    upload = await read_upload(request, limit, {"name": 100}, "a portrait (PNG or JPEG)")
+    image = upload.data or b""
     if not (image.startswith(b"\x89PNG\r\n\x1a\n") or image.startswith(b"\xff\xd8\xff")):
         raise ApiError("unsupported_media_type", "the portrait must be a PNG or JPEG image")
-    return image, name
+    return image, upload.fields.get("name", "")
 
 
 def _normalised_png(data: bytes) -> bytes:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from orchestrator.api.http import openapi
 from orchestrator.api.http.faces import FacePreparer, read_portrait
+from orchestrator.api.http.forms import read_upload
 from orchestrator.api.http.server import ApiError, Caller, ControlPlane, Handler
 from orchestrator.api.webrtc.calls import ice_servers
 from orchestrator.control import personas as pz
@@ -15,7 +16,15 @@ from orchestrator.control.tenants import create_key, key_view
 from orchestrator.control.webhooks import iso_utc
 from orchestrator.errors import Unauthenticated, Unavailable
 from orchestrator.session.interactions import parse_interaction
-from orchestrator.store.records import FaceRecord, Page, PersonaRecord, WebhookMessage
+from orchestrator.store.records import (
+    BodyRecord,
+    DocumentRecord,
+    FaceRecord,
+    MemoryRecord,
+    Page,
+    PersonaRecord,
+    WebhookMessage,
+)
 from orchestrator.store.store import utc_now
 
 DEFAULT_LIMIT = 20
@@ -49,6 +58,48 @@ def _persona(p: PersonaRecord) -> dict[str, Any]:
 
 def _face(f: FaceRecord) -> dict[str, Any]:
     return {"face_id": f.id, "name": f.name, "status": f.status, "error": f.error, "created_at": iso_utc(f.created_at)}
+
+
+def _document(d: DocumentRecord) -> dict[str, Any]:
+    return {
+        "document_id": d.id,
+        "name": d.name,
+        "tags": list(d.tags),
+        "content_type": d.content_type,
+        "size": d.size,
+        "status": d.status,
+        "error": d.error,
+        "chunks": d.chunks,
+        "created_at": iso_utc(d.created_at),
+        "updated_at": iso_utc(d.updated_at),
+    }
+
+
+def _memory(m: MemoryRecord) -> dict[str, Any]:
+    return {
+        "memory_id": m.id,
+        "text": m.text,
+        "pinned": m.pinned,
+        "conversation_id": m.conversation_id,
+        "created_at": iso_utc(m.created_at),
+        "updated_at": iso_utc(m.updated_at),
+    }
+
+
+def _guardrail(g: BodyRecord) -> dict[str, Any]:
+    return {"guardrail_id": g.id, **g.body, "created_at": iso_utc(g.created_at)}
+
+
+def _objectives(o: BodyRecord) -> dict[str, Any]:
+    return {"objectives_id": o.id, "name": o.body.get("name"), "objectives": o.body["objectives"],
+            "created_at": iso_utc(o.created_at)}  # fmt: skip
+
+
+def _tags(raw: str) -> list[str]:
+    tags = [t.strip() for t in raw.split(",") if t.strip()]
+    if len(tags) > 100 or any(len(t) > 100 for t in tags):
+        raise ApiError("invalid", "tags: at most 100, each at most 100 characters", "tags")
+    return tags
 
 
 def _webhook(m: WebhookMessage) -> dict[str, Any]:
@@ -111,6 +162,7 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
     async def _checked(caller: Caller, persona: dict[str, Any]) -> dict[str, Any]:
         pz.check_body(persona, allowed_llm_hosts=allowed_hosts, voices=voices)
         await convs.check_persona_face(caller.tenant.id, persona.get("face_id"))
+        await convs.intel.check_persona(caller.tenant.id, persona)
         return persona
 
     async def create_persona(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
@@ -195,6 +247,104 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
             raise Unavailable("this server takes no browser calls (no session service)")
         return _json(await plane.calls.answer(cid, token, body, peer=request.remote or ""))
 
+    # ---- the knowledge base ----
+    intel = convs.intel
+
+    async def create_document(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        limit = plane.settings.intel.max_document_bytes
+        if body is not None:  # JSON: the text itself
+            kind = body.get("content_type", "markdown")
+            doc = await intel.knowledge.add(
+                caller.tenant.id,
+                name=body["name"],
+                data=body["text"].encode(),
+                content_type=kind,
+                tags=body.get("tags") or [],
+                field="$.text",
+            )
+        else:
+            upload = await read_upload(request, limit, {"name": 200, "tags": 2000}, "a document")
+            doc = await intel.knowledge.add(
+                caller.tenant.id,
+                name=upload.fields.get("name") or upload.filename or "document",
+                data=upload.data or b"",
+                filename=upload.filename,
+                content_type=upload.content_type,
+                tags=_tags(upload.fields.get("tags", "")),
+                field="$.file",
+            )
+        return _json({"document_id": doc.id, "status": doc.status}, 202)
+
+    async def list_documents(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _list(await store.list_documents(caller.tenant.id, *_paging(request)), _document)
+
+    async def get_document(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(_document(await store.get_document(caller.tenant.id, request.match_info["document_id"])))
+
+    async def delete_document(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        await intel.knowledge.delete(caller.tenant.id, request.match_info["document_id"])
+        return web.Response(status=204)
+
+    async def search_knowledge(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        result = await intel.knowledge.search(
+            caller.tenant.id,
+            body["query"],
+            document_ids=body.get("document_ids"),
+            tags=body.get("tags"),
+            top_k=body.get("top_k", 5),
+            strategy=body.get("strategy", "balanced"),
+        )
+        hits = [
+            {"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text, "score": round(h.score, 4)}
+            for h in result.hits
+        ]
+        return _json({"results": hits, "took_ms": round(result.took_ms, 2)})
+
+    # ---- memories ----
+    async def list_memories(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        page = await store.list_memories(caller.tenant.id, request.match_info["store"], *_paging(request))
+        return _list(page, _memory)
+
+    async def create_memory(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        memory = await intel.memories.add(
+            caller.tenant.id, request.match_info["store"], body["text"], pinned=bool(body.get("pinned", False))
+        )
+        return _json(_memory(memory), 201)
+
+    async def delete_memory(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        m = request.match_info
+        await store.delete_memory(caller.tenant.id, m["store"], m["memory_id"])
+        return web.Response(status=204)
+
+    # ---- guardrails and objectives ----
+    async def create_guardrail(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(_guardrail(await intel.create_guardrail(caller.tenant.id, body)), 201)
+
+    async def list_guardrails(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _list(await store.list_bodies("guardrails", caller.tenant.id, *_paging(request)), _guardrail)
+
+    async def get_guardrail(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        gid = request.match_info["guardrail_id"]
+        return _json(_guardrail(await store.get_body("guardrails", caller.tenant.id, gid)))
+
+    async def delete_guardrail(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        await store.delete_body("guardrails", caller.tenant.id, request.match_info["guardrail_id"])
+        return web.Response(status=204)
+
+    async def create_objectives(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json(_objectives(await intel.create_objectives(caller.tenant.id, body)), 201)
+
+    async def list_objectives(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _list(await store.list_bodies("objectives", caller.tenant.id, *_paging(request)), _objectives)
+
+    async def get_objectives(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        oid = request.match_info["objectives_id"]
+        return _json(_objectives(await store.get_body("objectives", caller.tenant.id, oid)))
+
+    async def delete_objectives(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        await store.delete_body("objectives", caller.tenant.id, request.match_info["objectives_id"])
+        return web.Response(status=204)
+
     async def list_webhooks(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         cid = request.match_info["conversation_id"]
         return _list(await store.list_webhooks(caller.tenant.id, cid, *_paging(request)), _webhook)
@@ -223,4 +373,20 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
         "getWebRtcConfig": get_webrtc_config,
         "joinWebRtc": join_webrtc,
         "listWebhookDeliveries": list_webhooks,
+        "createDocument": create_document,
+        "listDocuments": list_documents,
+        "getDocument": get_document,
+        "deleteDocument": delete_document,
+        "searchKnowledge": search_knowledge,
+        "listMemories": list_memories,
+        "createMemory": create_memory,
+        "deleteMemory": delete_memory,
+        "createGuardrail": create_guardrail,
+        "listGuardrails": list_guardrails,
+        "getGuardrail": get_guardrail,
+        "deleteGuardrail": delete_guardrail,
+        "createObjectives": create_objectives,
+        "listObjectives": list_objectives,
+        "getObjectives": get_objectives,
+        "deleteObjectives": delete_objectives,
     }

@@ -199,7 +199,7 @@ def _wrap(
             plane.admit(key.id)
             caller = Caller(tenant, key)
         body: Any = None
-        if json_op:
+        if json_op and not request.content_type.startswith("multipart/"):  # (a form is the handler's to read)
             body = await _json_body(request, op, limit)
             if body is not None or op.request_required:
                 openapi.validate_request(op.operation_id, body)
@@ -243,7 +243,8 @@ async def _idempotent(
 def make_app(plane: ControlPlane, handlers: dict[str, Handler]) -> web.Application:
     """The aiohttp application: one route per operation of the document."""
     # multipart uploads are the largest bodies; JSON bodies are held to `api.max_body_bytes` by `_json_body`
-    app = web.Application(middlewares=[_errors], client_max_size=plane.settings.api.max_portrait_bytes + (64 << 10))
+    largest = max(plane.settings.api.max_portrait_bytes, plane.settings.intel.max_document_bytes)
+    app = web.Application(middlewares=[_errors], client_max_size=largest + (64 << 10))
     missing = [op.operation_id for op in openapi.operations() if op.operation_id not in handlers]
     if missing:
         raise RuntimeError(f"operations without a handler: {missing}")

@@ -1,0 +1,81 @@
+"""What a reply is grounded in beyond the dialogue: the session's view of the intelligence layer.
+
+A conversation joined through the API may have documents, memories, guardrails, objectives and tools. The
+session does not know how any of them work; it asks a `ReplyLayer` (built per conversation by
+`orchestrator/control/intel.py`) at four points:
+
+- **a reply starts** (`ground`, inside the reply's own task, so a speculative reply started at
+  `eot_tentative` retrieves while the floor is still deciding): the input rails check the user's turn (a
+  violation makes the reply the guardrail's fallback), the tool choice runs on a committed turn, and the
+  documents and memories relevant to the turn come back as a marked context message, with the events that
+  say what was used;
+- **a clause is ready** (`check_clause`, before the TTS sees it): the output rails; a violating clause is
+  replaced by the fallback, and the rest of the reply is not generated;
+- **a reply was heard** (`turn_heard`): the objectives' judge looks at the exchange in the background and
+  reports completions through the `emit` it was bound with;
+- **a tool's result comes back** (`tool_result`): it becomes the context of the follow-up reply.
+
+Events a reply produced wait until the reply is released (heard): a speculative reply that is cancelled
+leaves no `knowledge` event and, above all, makes no tool call before the floor commits.
+
+Pure: types and the protocol only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestrator.events import Event, GuardrailTriggered, ToolCall
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What `ReplyLayer.ground` gives one reply."""
+
+    context: str = ""  # a marked context message for this reply only (documents, memories)
+    notes: tuple[str, ...] = ()  # private guidance lines (the current objective), kept from being read out
+    script: str | None = None  # say exactly this instead of generating (a guardrail's fallback, a tool's wait)
+    events: tuple[Event, ...] = ()  # sent when the reply is released (knowledge, memory, guardrail_triggered)
+    tool_call: ToolCall | None = None  # sent when the reply is released; the reply is its `script`
+
+
+@dataclass(frozen=True)
+class RailHit:
+    """An output rail held on a clause: `fallback` is said instead, and `event` reports it."""
+
+    fallback: str
+    event: GuardrailTriggered
+
+
+Emit = Callable[[Event], Awaitable[None]]
+
+
+class ReplyLayer(Protocol):
+    def bind(self, emit: Emit, now: Callable[[], float]) -> None:
+        """Where events found in the background go (objective completions), and the session clock."""
+        ...
+
+    async def opening(self) -> Sequence[Event]:
+        """Events at the start of the session (the memories the conversation starts with)."""
+        ...
+
+    async def ground(self, user_text: str, *, speculative: bool) -> Grounding:
+        """Everything a reply to `user_text` needs besides the dialogue. Never raises: a part that fails or
+        is too slow is left out of this reply (and logged)."""
+        ...
+
+    async def check_clause(self, clause: str, previous: str) -> RailHit | None:
+        """The output rails on `clause` (`previous`: what the reply said before it)."""
+        ...
+
+    def turn_heard(self, user_text: str, replica_text: str) -> None:
+        """An exchange was heard: the objectives' judge may run (in the background)."""
+        ...
+
+    def tool_result(self, call_id: str, output: Any) -> str | None:
+        """The context for the follow-up reply of a tool's result; None when `call_id` is not waiting."""
+        ...
+
+    async def close(self) -> None: ...
