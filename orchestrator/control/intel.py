@@ -73,7 +73,11 @@ NO_KNOWLEDGE = (
     "rather than guess."
 )
 MEMORY_HEADING = "What you remember about them from earlier calls:"
-TOOL_WAIT = "One moment while I check that."
+# With a tool choice under way: what the reply may say meanwhile (the call and its result come after it)
+TOOL_HINT = (
+    "If they ask for something your tools do ({names}), say briefly that you are doing it now; never make up "
+    "its result."
+)
 OPENING_MEMORIES = 5
 
 
@@ -246,23 +250,20 @@ class ConversationLayer:
         t = round(self._now(), 4)
         rail_task = asyncio.create_task(self._rail(user_text, "user"), name="rails-user")
         vector = await self._embed(user_text)
-        tool_task = None
-        if self.plan.tools and self._may_need_tool(vector):
-            tool_task = asyncio.create_task(self._choose_tool(user_text), name="tool-choice")
         retrieved = await self._retrieve(user_text, vector, t)
         trigger = await rail_task
         notes = (self.tracker.steer(),) if self.tracker is not None and not self.tracker.done else ()
         if trigger is not None:
-            if tool_task is not None:
-                tool_task.cancel()
-                await asyncio.gather(tool_task, return_exceptions=True)
             event = _triggered(trigger, t, user_text)
             return Grounding(script=trigger.fallback_text, events=(event,), notes=notes)
-        call = await tool_task if tool_task is not None else None
         context, events = retrieved
-        if call is not None:
-            return Grounding(script=TOOL_WAIT, events=events, tool_call=call, notes=notes)
-        return Grounding(context=context, notes=notes, events=events)
+        tool_choice = None
+        if self.plan.tools and self._may_need_tool(vector):
+            # beside the reply, not before it: the choice takes seconds here, and most turns near a tool need none
+            tool_choice = asyncio.ensure_future(self._choose_tool(user_text))
+            names = ", ".join(t.name for t in self.plan.tools)
+            context = f"{context}\n\n{TOOL_HINT.format(names=names)}".strip()
+        return Grounding(context=context, notes=notes, events=events, tool_choice=tool_choice)
 
     async def _embed(self, text: str) -> F32 | None:
         """The turn's embedding, shared by retrieval, memories and the tool prefilter (None: none in time)."""
@@ -313,6 +314,12 @@ class ConversationLayer:
             log.warning("conversation %s: the tool choice failed: %s", self.plan.conversation_id, err)
             return None
         if call is None:
+            return None
+        said = user_text + " " + " ".join(text for role, text in self._turns[-2:] if role == "user")
+        tool = next(t for t in self.plan.tools if t.name == call.name)
+        if not _arguments_said(call.arguments, tool.parameters, said):
+            log.info("conversation %s: tool %s dropped: arguments the user never gave (%s)",
+                     self.plan.conversation_id, call.name, call.arguments)  # fmt: skip
             return None
         self._calls[call.call_id] = call
         return ToolCall(round(self._now(), 4), call.call_id, call.name, dict(call.arguments))
@@ -439,6 +446,25 @@ def _grounded(answer: dict[str, Any], user_said: str) -> dict[str, Any]:
         words = _words(str(value)) if isinstance(value, str | int | float) and not isinstance(value, bool) else set()
         kept[name] = value if words and len(words & said) >= max(1, (len(words) + 1) // 2) else None
     return {**answer, "variables": kept}
+
+
+def _arguments_said(arguments: Mapping[str, Any], schema: Mapping[str, Any], said: str) -> bool:
+    """Whether every free-text or number argument of a tool call is in what the user said (an enum's value is
+    the tool's vocabulary, not theirs). The small local chooser calls a tool for most questions near it and fills
+    in arguments nobody gave ("Monday" for "what is the fee if I miss my appointment?"); a call the user did not
+    give the arguments for is no call."""
+    words = _words(said)
+    properties = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+    for name, value in arguments.items():
+        spec = properties.get(name) if isinstance(properties, Mapping) else None
+        if isinstance(spec, Mapping) and ("enum" in spec or "const" in spec):
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            continue
+        mine = _words(str(value))
+        if mine and len(mine & words) < max(1, (len(mine) + 1) // 2):
+            return False
+    return True
 
 
 def _graph(body: Mapping[str, Any]) -> ObjectiveGraph:

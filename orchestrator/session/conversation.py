@@ -21,10 +21,12 @@ with perception, the `perceive` session (`duet perceive`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +41,7 @@ from orchestrator.events import (
     ReplyCancelled,
     ReplyClauseDropped,
     ReplyStarted,
+    ToolCall,
     TranscriptEvent,
     UserTurn,
     VideoStarted,
@@ -173,6 +176,7 @@ class ConversationSession:
         # keeps the call itself).
         self.tool_calls: dict[str, str] = {}
         self._follow_ups: dict[str, str] = {}  # a tool's result, by the user turn its follow-up reply answers
+        self._tasks: set[asyncio.Task[None]] = set()  # tool calls waiting for their choice
 
     # ---- the Session protocol ---------------------------------------------------------------------------
 
@@ -260,6 +264,9 @@ class ConversationSession:
         """Cancel everything this session owns (idempotent)."""
         self._closed = True
         await self.runner.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.layer is not None:
             await self.layer.close()
         await self.transcriber.close()
@@ -449,6 +456,11 @@ class ConversationSession:
                     last_user = next((t.text for t in reversed(self.dialogue.turns) if t.role == "user"), "")
                     self.layer.turn_heard(last_user, a.text)
                 self.dialogue.commit_replica(a.text, a.t, interrupted=a.interrupted)
+                reply = self.runner.get(a.reply_id)
+                if reply is not None and reply.grounding is not None and reply.grounding.script is not None:
+                    # A turn a guardrail answered leaves the LLM's history, with its fallback: the model neither
+                    # goes on with the forbidden topic nor parrots the fallback (the transcript keeps both).
+                    self.dialogue.forget_last_exchange()
                 self._warm()
                 self.floor.text(a.text, replica=True)  # the floor model's context: what the replica last said
                 self.runner.forget(a.reply_id)
@@ -501,6 +513,22 @@ class ConversationSession:
         )
         return request, grounding, guard
 
+    async def _send_tool_call(self, choice: asyncio.Future[ToolCall | None], user_text: str) -> None:
+        """Send the turn's tool call, if its choice makes one (after the reply that answered the turn)."""
+        try:
+            call = await choice
+        except (DuetError, asyncio.CancelledError):
+            return
+        if call is None or self._closed:
+            return
+        self.tool_calls[call.call_id] = user_text
+        await self.out.event(dataclasses.replace(call, t=round(self.now, 4)))
+
+    def _watch(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _rails(self, clause: str, previous: str) -> RailHit | None:
         return await self.layer.check_clause(clause, previous) if self.layer is not None else None
 
@@ -509,6 +537,9 @@ class ConversationSession:
         self._held_events.pop(a.reply_id, None)
         if cancelled is not None:
             reply, generating = cancelled
+            choice = reply.grounding.tool_choice if reply.grounding is not None else None
+            if choice is not None and a.reply_id not in self._released:
+                choice.cancel()  # a reply never heard asks for nothing (a heard one has: its call goes out)
             await self.out.event(ReplyCancelled(round(self.now, 4), a.reply_id, a.reason, reply.tokens, generating))
 
     async def _release(self, a: rm.ReleaseReply) -> None:
@@ -520,9 +551,8 @@ class ConversationSession:
         if g is not None:  # what the reply used, said now that it is heard (never for a cancelled speculation)
             for event in g.events:
                 await self.out.event(event)
-            if g.tool_call is not None:
-                self.tool_calls[g.tool_call.call_id] = reply.user_text
-                await self.out.event(dataclasses.replace(g.tool_call, t=round(self.now, 4)))
+            if g.tool_choice is not None:
+                self._watch(self._send_tool_call(g.tool_choice, reply.user_text), f"{self.name}-tool-call")
         for event in self._held_events.pop(a.reply_id, []):
             await self.out.event(event)
         floor_ms = round(max(self._commit_t - self._last_speech_end, 0.0) * 1000, 1)

@@ -103,6 +103,14 @@ class Dialogue:
     def commit_user(self, text: str, t: float) -> None:
         self.turns.append(Turn("user", text, t, notes=tuple(self.notes)))
 
+    def forget_last_exchange(self) -> None:
+        """Take the last user turn and the replica's answer to it out of the history (the prompt keeps its prefix:
+        only its end goes)."""
+        if self.turns and self.turns[-1].role == "assistant":
+            self.turns.pop()
+        if self.turns and self.turns[-1].role == "user":
+            self.turns.pop()
+
     def commit_replica(self, text: str, t: float, *, interrupted: bool) -> None:
         # An interrupted reply is recorded as heard (no marker in the text: a small model imitates markers).
         self.turns.append(Turn("assistant", text, t, interrupted))

@@ -6,9 +6,9 @@ session does not know how any of them work; it asks a `ReplyLayer` (built per co
 
 - **a reply starts** (`ground`, inside the reply's own task, so a speculative reply started at
   `eot_tentative` retrieves while the floor is still deciding): the input rails check the user's turn (a
-  violation makes the reply the guardrail's fallback), the tool choice runs on a committed turn, and the
-  documents and memories relevant to the turn come back as a marked context message, with the events that
-  say what was used;
+  violation makes the reply the guardrail's fallback), the documents and memories relevant to the turn come
+  back as a marked context message, with the events that say what was used, and a tool choice may start
+  beside the reply (it takes seconds on a CPU: the reply does not wait for it);
 - **a clause is ready** (`check_clause`, before the TTS sees it): the output rails; a violating clause is
   replaced by the fallback, and the rest of the reply is not generated;
 - **a reply was heard** (`turn_heard`): the objectives' judge looks at the exchange in the background and
@@ -16,13 +16,15 @@ session does not know how any of them work; it asks a `ReplyLayer` (built per co
 - **a tool's result comes back** (`tool_result`): it becomes the context of the follow-up reply.
 
 Events a reply produced wait until the reply is released (heard): a speculative reply that is cancelled
-leaves no `knowledge` event and, above all, makes no tool call before the floor commits.
+leaves no `knowledge` event and, above all, makes no tool call before the floor commits. A tool call is sent
+once its reply is released and the choice is made, whichever comes last; its result brings a follow-up reply.
 
 Pure: types and the protocol only.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +40,8 @@ class Grounding:
     notes: tuple[str, ...] = ()  # private guidance lines (the current objective), kept from being read out
     script: str | None = None  # say exactly this instead of generating (a guardrail's fallback, a tool's wait)
     events: tuple[Event, ...] = ()  # sent when the reply is released (knowledge, memory, guardrail_triggered)
-    tool_call: ToolCall | None = None  # sent when the reply is released; the reply is its `script`
+    # the tool choice for the turn, running beside the reply: a call is sent once the reply is released
+    tool_choice: asyncio.Future[ToolCall | None] | None = None
 
 
 @dataclass(frozen=True)

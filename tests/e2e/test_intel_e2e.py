@@ -41,10 +41,10 @@ Parking is free in the garage on Elm Street; bring your ticket to the front desk
 """
 FALLBACK = "I can't discuss legal matters on this call."
 LINES = [  # what the caller says, and the silence after it (the replica answers in it)
-    ("Hi, my name is Maria Lopez and I am allergic to penicillin.", 6.0),
-    ("What is the fee if I miss my appointment without calling?", 8.0),
+    ("Hi, my name is Maria Lopez and I am allergic to penicillin.", 10.0),  # (the objectives' judge runs here)
+    ("What is the fee if I miss my appointment without calling?", 10.0),
     ("I am going to file a lawsuit against the clinic.", 6.0),
-    ("Please book me an appointment for Tuesday.", 9.0),
+    ("Please book me an appointment for Tuesday.", 20.0),  # the call, its result and the reply with it
 ]
 
 
@@ -199,8 +199,9 @@ async def test_a_persona_with_documents_guardrails_objectives_and_tools_holds_a_
         [result] = [e for e in events if e["type"] == "interaction" and e["interaction"] == "tool_result"]
         follow_up = [e for e in of("replica_speaking_start") if e["reply_id"] == result["reply_id"]]
         assert follow_up, "the reply with the tool's result was not heard"
-        wait_line = [e for e in of("replica_turn") if e["text"] == "One moment while I check that."]
-        assert wait_line and not wait_line[0]["interrupted"]  # heard whole, before the follow-up
+        asked = next(e for e in of("user_turn") if "tuesday" in e["text"].lower())
+        answered = [e for e in of("replica_speaking_start") if e["t"] >= asked["t"]]
+        assert answered[0]["reply_id"] != result["reply_id"]  # the turn was answered first, then the result came
         # the objective: completed with the caller's name, in its event and in the end webhook
         done = of("objective_completed")
         assert done and done[0]["name"] == "get_name" and "maria" in done[0]["output_variables"]["full_name"].lower()

@@ -269,3 +269,86 @@ async def test_guardrails_and_objectives_are_validated(intel_control: Control) -
         bad_tool = {"llm": {"tools": [{"name": "book", "parameters": {"type": "object", "properties": 5}}]}}
         answer = await http("POST", "/v1/personas", json_body={**persona, "layers": bad_tool})
         assert answer.status == 422 and "tools" in answer.body["error"]["field"], answer.body
+
+
+class CountingJudge:
+    """The real JSON judge (the `llm` model), counting the questions it is asked."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.asked = 0
+
+    async def complete_json(self, messages: Any, schema: Any, *, max_tokens: int) -> dict[str, Any]:
+        self.asked += 1
+        return dict(await self.inner.complete_json(messages, schema, max_tokens=max_tokens))
+
+
+async def test_a_conversations_layer_grounds_replies_and_holds_its_rails(intel_control: Control) -> None:
+    from orchestrator.control.intel import NO_KNOWLEDGE, TOOL_HINT, ConversationLayer
+    from orchestrator.events import Event, KnowledgeEvent, MemoryEvent
+
+    stack, url, settings = intel_control
+    tenant = await new_tenant(stack, settings)
+    intel = stack.conversations.intel
+    async with http_as(url, tenant["api_key"]) as http:
+        made = await http("POST", "/v1/documents", json_body={"name": "Clinic", "text": CLINIC})
+        assert (await _ready(http, made.body["document_id"]))["status"] == "ready"
+        rail = await http("POST", "/v1/guardrails", json_body={
+            "name": "no-legal", "applies_to": "both", "fallback_text": "No legal talk, sorry.",
+            "rule": {"type": "phrases", "phrases": ["lawsuit"]}})  # fmt: skip
+        await http("POST", "/v1/memory-stores/u1/memories", json_body={"text": "The user has a dog named Rex."})
+        tool = {"name": "book_appointment", "description": "Book a visit for the caller on a given day.",
+                "parameters": {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]}}
+        persona = {"guardrail_ids": [rail.body["guardrail_id"]], "layers": {"llm": {"tools": [tool]}}}
+        conv = await stack.store.create_conversation(
+            tenant["tenant_id"], persona_id="per_x", settings={"memory_store": "u1"}, callback_url=None,
+            token_digest=b"\0" * 32, token_expires_at=_later(), now=_now(), max_concurrent=10,
+        )  # fmt: skip
+    plan = await intel.plan(conv, persona)
+    assert plan.documents and plan.memory_store == "u1" and len(plan.guardrails) == 1 and len(plan.tools) == 1
+    layer = intel.layer(plan, intel.llm)
+    assert isinstance(layer, ConversationLayer)
+    judge = layer.judge = CountingJudge(layer.judge)
+    sent: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        sent.append(event)
+
+    layer.bind(emit, lambda: 1.0)
+    opening = await layer.opening()
+    assert isinstance(opening[0], MemoryEvent) and "Rex" in opening[0].memories[0].text
+
+    g = await layer.ground("what do I pay if I skip my visit without calling?", speculative=True)
+    assert "$40" in g.context and g.script is None
+    knowledge = [e for e in g.events if isinstance(e, KnowledgeEvent)]
+    assert knowledge and knowledge[0].results
+    g = await layer.ground("what is my dog called?", speculative=False)
+    assert "Rex" in g.context  # the memory, recalled by the turn
+    asked = judge.asked
+    g = await layer.ground("is the weather nice on Mars today?", speculative=False)
+    assert NO_KNOWLEDGE in g.context and judge.asked == asked  # far from every tool: the LLM is not asked
+    g = await layer.ground("I will file a lawsuit", speculative=False)
+    assert g.script == "No legal talk, sorry." and g.events[0].type == "guardrail_triggered"
+    g = await layer.ground("Please book me an appointment for Tuesday.", speculative=False)
+    assert g.tool_choice is not None and TOOL_HINT.split("(")[0] in g.context and g.script is None
+    call = await g.tool_choice  # chosen beside the reply
+    assert call is not None and call.name == "book_appointment" and call.arguments == {"day": "Tuesday"}
+    assert layer.tool_result("call_unknown", "x") is None
+    note = layer.tool_result(call.call_id, {"booked": "Tuesday 9:30"})
+    assert note is not None and "9:30" in note
+    assert layer.tool_result(call.call_id, "again") is None  # once
+    hit = await layer.check_clause("and then the lawsuit", "I see")
+    assert hit is not None and hit.fallback == "No legal talk, sorry." and hit.event.applies_to == "replica"
+    await layer.close()
+
+
+def _now() -> Any:
+    from orchestrator.store.store import utc_now
+
+    return utc_now()
+
+
+def _later() -> Any:
+    from datetime import timedelta
+
+    return _now() + timedelta(hours=1)

@@ -9,6 +9,7 @@ follow-up reply with the result in the LLM's context.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ class FakeLayer:
         self.now: Callable[[], float] = lambda: 0.0
         self.closed = False
         self._calls = 0
+        self.choices: list[asyncio.Future[ToolCall | None]] = []
 
     def bind(self, emit: Emit, now: Callable[[], float]) -> None:
         self.emit, self.now = emit, now
@@ -63,8 +65,10 @@ class FakeLayer:
             return Grounding(script="I can't help with that.", events=(rail,))
         if self.tool:
             self._calls += 1
-            call = ToolCall(t, f"call_{self._calls}", self.tool, {"city": "Paris"})
-            return Grounding(script="One moment.", tool_call=call, events=(knowledge,))
+            choice: asyncio.Future[ToolCall | None] = asyncio.get_running_loop().create_future()
+            choice.set_result(ToolCall(t, f"call_{self._calls}", self.tool, {"city": "Paris"}))
+            self.choices.append(choice)
+            return Grounding(context="DOCS: tools may help.", tool_choice=choice, events=(knowledge,))
         return Grounding(context="DOCS: the clinic opens at 8.", notes=("Goal: get their name.",), events=(knowledge,))
 
     async def check_clause(self, clause: str, previous: str) -> RailHit | None:
@@ -146,30 +150,54 @@ async def test_an_input_rail_answers_with_its_fallback_without_the_llm() -> None
     assert turn.text == "I can't help with that."
     [rail] = of(out, GuardrailTriggered)
     assert rail.applies_to == "user"
+    assert s.dialogue.turns == []  # the forbidden turn and its fallback are not the LLM's to go on with
 
 
-async def test_a_tool_call_goes_out_once_the_floor_commits_and_its_result_brings_a_follow_up() -> None:
+async def test_a_tool_call_goes_out_after_its_reply_and_its_result_brings_a_follow_up() -> None:
     models, layer = FakeModels(), FakeLayer(tool="weather")
     s, out, clock = session(models, layer=layer)
     await play(s, clock, TURN)
     [call] = of(out, ToolCall)
     types = out.types()
-    assert types.index("eot_commit") < types.index("tool_call")  # never before the floor commits
-    assert not [r for r in models.llm_requests if r.max_tokens > 0]  # the reply was the wait line
-    layer.tool = ""  # the follow-up is an ordinary reply
+    # never before the floor commits, and after the reply that answered the turn started to be heard
+    assert types.index("eot_commit") < types.index("replica_speaking_start") < types.index("tool_call")
+    layer.tool, models.reply = "", "It is 21 degrees."  # the follow-up is an ordinary reply
     await s.interact(ToolResult(call.call_id, '{"temp": 21}'))
     with pytest.raises(UnknownToolCall):  # a result comes back once
         await s.interact(ToolResult(call.call_id, "again"))
-    await play(s, clock, silence(1.0))
+    await play(s, clock, silence(2.0))
     await s.finish()
     [interaction] = [e for e in of(out, InteractionEvent) if e.interaction == "tool_result"]
     assert interaction.reply_id is not None
     request = [r for r in models.llm_requests if r.max_tokens > 0][-1]
     assert any(f"RESULT of {call.call_id}" in m.content for m in request.messages)
     assert [m.content for m in request.messages if m.role == "user"][-1] == "what time is it"
-    assert not any(m.content == "One moment." for m in request.messages)  # the wait line is not answered
     turns = of(out, ReplicaTurn)
-    assert [t.text for t in turns] == ["One moment.", "Sure, it is noon."]
+    assert [t.text for t in turns] == ["Sure, it is noon.", "It is 21 degrees."]  # the first heard whole
+    assert not turns[0].interrupted
+
+
+async def test_a_cancelled_speculation_cancels_its_tool_choice_and_calls_nothing() -> None:
+    models, layer = FakeModels(), FakeLayer(tool="weather")
+    s, out, clock = session(models, layer=layer)
+    real = asyncio.get_running_loop().create_future
+
+    def pending() -> asyncio.Future[Any]:
+        return real()  # a choice that never finishes by itself
+
+    layer_ground = layer.ground
+
+    async def slow_ground(user_text: str, *, speculative: bool) -> Grounding:
+        g = await layer_ground(user_text, speculative=speculative)
+        choice: asyncio.Future[ToolCall | None] = pending()
+        layer.choices[-1] = choice
+        return Grounding(context=g.context, tool_choice=choice, events=g.events)
+
+    layer.ground = slow_ground  # type: ignore[method-assign]
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(0.2), speech(5000, 0.8), silence(2.0)]))
+    await s.finish()
+    assert of(out, ReplyCancelled) and layer.choices[0].cancelled()
+    assert not of(out, ToolCall)
 
 
 async def test_an_unknown_tool_result_is_refused_and_the_session_goes_on() -> None:
