@@ -112,26 +112,45 @@ def make_settings(store_url: str, faces_dir: Path, **api: Any) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def embed_url() -> Iterator[str]:
+    """A tritonserver with the `embed` model: documents and memories need it (the control plane alone serves
+    no models; the knowledge base answers 503 without it)."""
+    from orchestrator.config import TritonSettings
+    from orchestrator.models.launcher import EmbeddedTriton
+
+    with EmbeddedTriton(TritonSettings(models=("embed",))) as server:
+        yield server.grpc_url
+
+
 @contextlib.asynccontextmanager
-async def running_control(settings: Settings) -> AsyncIterator[Control]:
+async def running_control(settings: Settings, embed_url: str | None = None) -> AsyncIterator[Control]:
+    from orchestrator.models.triton import TritonModels
+
     stack = await open_control(settings)
+    models = TritonModels(embed_url) if embed_url else None
+    stack.conversations.intel.attach(models, None)
     try:
         url = await stack.serve_http(settings)
         yield Control(stack, url, settings)
     finally:
         await stack.close()
+        if models is not None:
+            await models.close()
 
 
 StartControl = Callable[..., Awaitable[Control]]
 
 
 @pytest.fixture
-async def start_control(store_url: str, faces_dir: Path) -> AsyncIterator[StartControl]:
-    """Starts a control stack on the test's store with `api` settings overridden; all are closed at the end."""
+async def start_control(store_url: str, faces_dir: Path, embed_url: str) -> AsyncIterator[StartControl]:
+    """Starts a control stack on the test's store with `api` settings overridden, its knowledge base on the
+    `embed` model; all are closed at the end."""
     async with contextlib.AsyncExitStack() as stacks:
 
         async def start(**api: Any) -> Control:
-            return await stacks.enter_async_context(running_control(make_settings(store_url, faces_dir, **api)))
+            settings = make_settings(store_url, faces_dir, **api)
+            return await stacks.enter_async_context(running_control(settings, embed_url))
 
         yield start
 

@@ -24,6 +24,9 @@ BODIES: dict[str, Any] = {
     "createInteraction": {"type": "echo", "text": "hello"},
     "joinWebRtc": {"sdp": "v=0\r\n", "type": "offer"},
 }
+# A memory store's name is the tenant's own namespace, not an object: another tenant's name is simply an empty
+# store of this tenant's (checked below), so these two are not walked with B's ids.
+NAMESPACED = {"listMemories", "createMemory"}
 
 
 async def _populate(control: Control, name: str) -> dict[str, Any]:
@@ -36,6 +39,11 @@ async def _populate(control: Control, name: str) -> dict[str, Any]:
         face = await stack.store.create_face(tenant["tenant_id"], f"{name}'s face", utc_now())
         await stack.store.set_face_status(face.id, "ready")  # (a real portrait is prepared in test_api)
         conv = await client.create_conversation(persona["persona_id"], callback_url="http://127.0.0.1:9/hooks")
+        doc = await client.create_document(f"{name}'s policies", text=f"{name} opens at eight.")
+        memory = await client.add_memory("user-1", f"The user told {name} a secret.")
+        rail = await client.create_guardrail(name="r", applies_to="user", fallback_text="No.",
+                                             rule={"type": "phrases", "phrases": ["secret"]})  # fmt: skip
+        goals = await client.create_objectives([{"name": "a", "prompt": "Ask their name."}])
     return {
         **tenant,
         "key_id": key["key_id"],
@@ -43,6 +51,11 @@ async def _populate(control: Control, name: str) -> dict[str, Any]:
         "face_id": face.id,
         "conversation_id": conv["conversation_id"],
         "token": conv["join"]["token"],
+        "document_id": doc["document_id"],
+        "store": "user-1",
+        "memory_id": memory["memory_id"],
+        "guardrail_id": rail["guardrail_id"],
+        "objectives_id": goals["objectives_id"],
     }
 
 
@@ -53,7 +66,7 @@ async def test_every_route_answers_another_tenants_ids_with_404(control: Control
     async with http_as(control.url, a["api_key"]) as http:
         for op in openapi.operations():
             names = re.findall(r"{(\w+)}", op.path)
-            if not names or op.operation_id in JOIN_TOKEN_OPS:  # (those take no API key: tested below)
+            if not names or op.operation_id in JOIN_TOKEN_OPS | NAMESPACED:  # (no API key: tested below)
                 continue
             path = op.path.format(**{n: b[n] for n in names})
             body = BODIES.get(op.operation_id)
@@ -76,8 +89,18 @@ async def test_every_route_answers_another_tenants_ids_with_404(control: Control
                 "getTranscript",
                 "createInteraction",
                 "listWebhookDeliveries",
+                "getDocument",
+                "deleteDocument",
+                "deleteMemory",
+                "getGuardrail",
+                "deleteGuardrail",
+                "getObjectives",
+                "deleteObjectives",
             ]
         )
+        # the same memory store name is another store in each tenant
+        mine = (await http("GET", "/v1/memory-stores/user-1/memories")).body["data"]
+        assert [m["text"] for m in mine] == ["The user told A a secret."]
 
         # body references to B's objects: createConversation answers 422 naming the field (a body field is not a
         # path: the document gives createConversation no 404), as does a persona naming B's face
@@ -105,6 +128,9 @@ async def test_every_route_answers_another_tenants_ids_with_404(control: Control
             "/v1/personas": "persona_id",
             "/v1/faces": "face_id",
             "/v1/conversations": "conversation_id",
+            "/v1/documents": "document_id",
+            "/v1/guardrails": "guardrail_id",
+            "/v1/objectives": "objectives_id",
         }
         for path, id_name in lists.items():
             listed = {x[id_name] for x in (await http("GET", path, params={"limit": "100"})).body["data"]}
@@ -119,9 +145,13 @@ async def test_every_route_answers_another_tenants_ids_with_404(control: Control
     assert (await stack.store.get_face(b["tenant_id"], b["face_id"])).status == "ready"
     assert all(k.revoked_at is None for k in await stack.store.list_keys(b["tenant_id"]))
     assert await stack.store.transcript(b["tenant_id"], b["conversation_id"]) == []
+    assert (await stack.store.get_document(b["tenant_id"], b["document_id"])).name == "B's policies"
+    assert [m.text for m in await stack.store.memories(b["tenant_id"], "user-1")] == ["The user told B a secret."]
+    assert (await stack.store.get_body("guardrails", b["tenant_id"], b["guardrail_id"])).body["name"] == "r"
+    assert (await stack.store.get_body("objectives", b["tenant_id"], b["objectives_id"])).body
 
 
-JOIN_TOKEN_OPS = ("getWebRtcConfig", "joinWebRtc")  # a browser holds a conversation's join token, not a key
+JOIN_TOKEN_OPS = {"getWebRtcConfig", "joinWebRtc"}  # a browser holds a conversation's join token, not a key
 
 
 async def test_every_route_but_the_document_needs_a_key(control: Control) -> None:
