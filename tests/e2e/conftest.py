@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,25 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def webhook_server(handle: Callable[[Any, str], Awaitable[Any]]) -> AsyncIterator[str]:
+    """A team's webhook endpoint on loopback: `POST <url>/<tenant>` goes to `handle(request, tenant)`; yields
+    the URL to which a conversation's `callback_url` adds `/<tenant_id>`."""
+    from aiohttp import web
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        response: web.StreamResponse = await handle(request, request.match_info["tenant"])
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hooks/{tenant}", route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hooks"
+    finally:
+        await runner.cleanup()

@@ -23,7 +23,7 @@ from duet.talk import write_wav
 from duet.wav import read_pcm16
 from orchestrator.models.launcher import free_port
 from tests.conftest import SAMPLE
-from tests.e2e.conftest import DUET, DuetServer, persona_folder, start_server, stop_server
+from tests.e2e.conftest import DUET, DuetServer, persona_folder, start_server, stop_server, webhook_server
 
 pytestmark = pytest.mark.e2e
 
@@ -78,19 +78,11 @@ class Receiver:
 async def receiver_url() -> AsyncIterator[tuple[str, dict[str, Receiver]]]:
     receivers: dict[str, Receiver] = {}
 
-    async def handle(request: web.Request) -> web.Response:
-        return await receivers[request.match_info["tenant"]].handle(request)
+    async def handle(request: web.Request, tenant: str) -> web.Response:
+        return await receivers[tenant].handle(request)
 
-    app = web.Application()
-    app.router.add_post("/hooks/{tenant}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/hooks", receivers
-    finally:
-        await runner.cleanup()
+    async with webhook_server(handle) as url:
+        yield url, receivers
 
 
 async def _eventually(check: Any, within: float, what: str) -> None:

@@ -23,7 +23,7 @@ import duet
 from duet.talk import write_wav
 from orchestrator.models.launcher import free_port
 from orchestrator.models.triton import TritonModels
-from tests.e2e.conftest import DUET, DuetServer, persona_folder, start_server, stop_server
+from tests.e2e.conftest import DUET, DuetServer, persona_folder, start_server, stop_server, webhook_server
 
 pytestmark = pytest.mark.e2e
 
@@ -86,19 +86,11 @@ class Backend:
 async def hooks() -> AsyncIterator[tuple[str, dict[str, Backend]]]:
     backends: dict[str, Backend] = {}
 
-    async def handle(request: web.Request) -> web.Response:
-        return await backends[request.match_info["tenant"]].handle(request)
+    async def handle(request: web.Request, tenant: str) -> web.Response:
+        return await backends[tenant].handle(request)
 
-    app = web.Application()
-    app.router.add_post("/hooks/{tenant}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/hooks", backends
-    finally:
-        await runner.cleanup()
+    async with webhook_server(handle) as url:
+        yield url, backends
 
 
 async def _voice(triton_url: str, lines: list[tuple[str, float]], lead_s: float) -> np.ndarray:
