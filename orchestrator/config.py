@@ -235,7 +235,7 @@ class IntelSettings:
 
     max_document_bytes: int = 10 << 20  # an uploaded document (413 above)
     strategy: str = "balanced"  # retrieval in conversations: speed | balanced | quality
-    top_k: int = 3  # chunks given to a reply
+    top_k: int = 2  # chunks given to a reply (their best two sentences each: perf/bench_context.py)
     min_score: float = 0.25  # a chunk whose cosine similarity to the turn is below this is not given
     # Retrieval in a reply's path waits at most this long; a slower search is left out of that reply (logged).
     retrieval_timeout_ms: int = 150

@@ -55,7 +55,8 @@ from orchestrator.intel.tools import (
     tool_choice_schema,
     tool_result_note,
 )
-from orchestrator.knowledge.index import STRATEGY_MODES, Hit
+from orchestrator.knowledge.index import STRATEGY_MODES, Hit, KnowledgeIndex
+from orchestrator.knowledge.retrieve import excerpt
 from orchestrator.models.ports import F32, ChatMessage, Embedder, LanguageModel
 from orchestrator.session.dialogue import note_line
 from orchestrator.session.grounding import Emit, Grounding, RailHit
@@ -333,6 +334,7 @@ class ConversationLayer:
         try:
             async with asyncio.timeout(self.s.retrieval_timeout_ms / 1000):
                 hits: list[Hit] = []
+                index: KnowledgeIndex | None = None
                 if p.documents:
                     index = await self.intel.knowledge.index(p.tenant_id)
                     hits = index.search(
@@ -356,8 +358,11 @@ class ConversationLayer:
         parts: list[str] = []
         events: list[Event] = []
         if p.documents:
-            if hits:
-                lines = [f"[{i + 1}] {' '.join(h.text.split())}" for i, h in enumerate(hits)]
+            if hits and index is not None:
+                lines = [
+                    f"[{i + 1}] {' '.join(excerpt(h.text, index.sentence_vectors(h.chunk_id), vector).split())}"
+                    for i, h in enumerate(hits)
+                ]
                 parts.append("\n".join([KNOWLEDGE_HEADING, *lines]))
             else:
                 parts.append(NO_KNOWLEDGE)

@@ -170,6 +170,7 @@ class KnowledgeIndex:
         self._postings: dict[str, dict[int, int]] = {}  # term -> {entry id: frequency}
         self._total_length = 0
         self._matrix: _Matrix | None = None  # rebuilt on the first vector search after a change
+        self._by_chunk: dict[str, int] = {}  # chunk id -> entry id
         self._row_of: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -208,6 +209,7 @@ class KnowledgeIndex:
                 self._postings.setdefault(term, {})[entry_id] = tf
             self._total_length += sum(terms.values())
             doc.entries.append(entry_id)
+            self._by_chunk[c.chunk_id] = entry_id
         self._matrix = None
 
     def remove(self, document_id: str) -> int:
@@ -218,6 +220,7 @@ class KnowledgeIndex:
         doc = self._documents.pop(number)
         for entry_id in doc.entries:
             entry = self._entries.pop(entry_id)
+            self._by_chunk.pop(entry.chunk_id, None)
             for term in entry.terms:
                 postings = self._postings[term]
                 del postings[entry_id]
@@ -226,6 +229,11 @@ class KnowledgeIndex:
             self._total_length -= entry.length
         self._matrix = None
         return len(doc.entries)
+
+    def sentence_vectors(self, chunk_id: str) -> F32 | None:
+        """A chunk's sentences' vectors (None: unknown, or a chunk of one sentence)."""
+        entry_id = self._by_chunk.get(chunk_id)
+        return None if entry_id is None else self._entries[entry_id].sentence_vectors
 
     def prepare(self) -> None:
         """Build the vector matrices now (a search after a change does it otherwise): for a caller that builds

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.knowledge.chunk import Chunk
-from orchestrator.knowledge.index import STRATEGY_MODES, Hit, IndexedChunk, KnowledgeIndex, Mode
+from orchestrator.knowledge.chunk import Chunk, split_sentences
+from orchestrator.knowledge.index import F32, STRATEGY_MODES, Hit, IndexedChunk, KnowledgeIndex, Mode
 from orchestrator.models.ports import Embedder
 
 EMBED_BATCH = 64  # texts per `embed` request when indexing a document
@@ -92,3 +92,30 @@ class Retriever:
         hits = self.index.search(query, vector, mode=mode, top_k=top_k, document_ids=document_ids, tags=tags)
         end = self._clock()
         return Retrieval(hits, took_ms=(end - start) * 1000, embed_ms=(embedded - start) * 1000)
+
+
+def excerpt(text: str, sentence_vectors: F32 | None, query: F32, *, sentences: int = 2, max_words: int = 60) -> str:
+    """What of a chunk a reply is given: its best sentences for the query (by their own vectors), in the
+    chunk's order, under the chunk's heading, at most `max_words`. Every word of context costs the LLM's prompt
+    evaluation (~65 tokens/s on one CPU thread), and a whole chunk (~150 tokens) to hold one sentence of answer
+    costs seconds. Without sentence vectors (or when the chunk's sentences no longer match them), the chunk's
+    first `max_words` words."""
+    heading, sep, body = text.partition(": ")
+    if not sep or len(heading) > 200:
+        heading, body = "", text
+    parts = split_sentences(body)
+    if sentence_vectors is None or len(parts) != len(sentence_vectors) or not parts:
+        words = text.split()
+        return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+    scores = sentence_vectors @ np.asarray(query, np.float32)
+    best = sorted(np.argsort(-scores)[:sentences].tolist())
+    chosen: list[str] = []
+    count = 0
+    for i in best:
+        n = len(parts[i].split())
+        if chosen and count + n > max_words:
+            break
+        chosen.append(parts[i])
+        count += n
+    body_text = " ".join(chosen)
+    return f"{heading}: {body_text}" if heading else body_text
