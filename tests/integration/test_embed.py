@@ -49,11 +49,15 @@ async def with_models(url: str, job: Any) -> Any:
         await models.close()
 
 
-def test_adapter_is_an_embedder() -> None:
+async def test_adapter_is_an_embedder() -> None:
     def takes(e: Embedder) -> Embedder:
         return e
 
-    assert takes(TritonModels("127.0.0.1:1")) is not None
+    models = TritonModels("127.0.0.1:1")  # (its gRPC channel needs the running loop: an async test)
+    try:
+        assert takes(models) is models
+    finally:
+        await models.close()
 
 
 def test_rows_are_unit_vectors_and_a_batch_equals_single_calls(embed_server: EmbeddedTriton) -> None:
