@@ -68,8 +68,31 @@ def sample_label() -> dict[str, object]:
 
 @pytest.fixture(scope="session")
 def triton() -> Iterator[object]:
+    """One tritonserver with every model for the session's tests. Triton 2.51 itself has been seen to segfault
+    (signal 11 in the server binary, twice in ~40 CI runs, with requests being cancelled): the test that was
+    running fails, and the server is started again on the same ports, as `duet serve` does, so one crash does not
+    fail every later test as well."""
+    import threading
+
     from orchestrator.config import TritonSettings
     from orchestrator.models.launcher import EmbeddedTriton
 
     with EmbeddedTriton(TritonSettings()) as server:
-        yield server
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.5):
+                if not server.running and not done.is_set():
+                    print(f"\n[triton] the session's tritonserver died:\n{server.log_tail()}\n[triton] restarting it")
+                    try:
+                        server.restart()
+                    except Exception as err:  # (the next round tries again)
+                        print(f"[triton] restart failed: {err}")
+
+        watcher = threading.Thread(target=watch, name="triton-watch", daemon=True)
+        watcher.start()
+        try:
+            yield server
+        finally:
+            done.set()
+            watcher.join(timeout=5)
