@@ -6,7 +6,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
 	bench-asr bench-replies bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults \
-	bench-isolation bench-api bench-priority bench-webrtc bench-knowledge bench-micro bench-micro-save serve clean
+	bench-isolation bench-api bench-priority bench-webrtc bench-knowledge bench-intel bench-judges bench-context bench-micro bench-micro-save \
+	serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,7 +43,8 @@ e2e: setup  ## whole stack through the real CLI and SDK
 	@$(PY) -m pytest -q tests/e2e
 
 BENCHES := bench-turns bench-conversation bench-asr bench-replies bench-echo bench-load bench-pa bench-pa-speech bench-face \
-	bench-perception bench-faults bench-isolation bench-api bench-priority bench-webrtc bench-knowledge bench-micro
+	bench-perception bench-faults bench-isolation bench-api bench-priority bench-webrtc bench-knowledge bench-intel \
+	bench-judges bench-context bench-micro
 bench: setup $(BENCHES)  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
@@ -96,8 +98,17 @@ bench-priority: setup  ## priority tier vs standard: llm and asr latency while s
 bench-webrtc: setup  ## browser calls: latency at the page vs duet talk (gRPC), lip sync, CPU per call, calls that fit
 	@$(PY) perf/bench_webrtc.py --out perf/out/bench_webrtc.json
 
+bench-judges: setup  ## objectives/guardrail/tool judges: valid JSON, accuracy, latency per local model (grammar vs free)
+	@$(PY) perf/bench_judges.py --out perf/out/bench_judges.json
+
+bench-context: setup  ## a grounded reply's context: whole chunks vs their best sentences (tokens, fact kept)
+	@$(PY) perf/bench_context.py
+
 bench-knowledge: setup  ## knowledge search: recall@1/@5, MRR per strategy and mode, latency at 1,000 chunks (served embed)
 	@$(PY) perf/bench_knowledge.py --out perf/out/knowledge/bench_knowledge.json
+
+bench-intel: setup  ## grounded answers with vs without documents, latency added, guardrails, objectives, tools, memories
+	@$(PY) perf/bench_intel.py --out perf/out/intel/bench_intel.json
 
 # Micro-benchmarks (pytest-benchmark) of the hot pure functions; docs/micro-benchmarks.md reads the table.
 # `bench_*.py` files are collected only here (python_files); `make test`/`make unit` never see them. One BLAS
