@@ -7,7 +7,11 @@ in the same run (the machine is shared and noisy: compare within one run).
     .venv/bin/python perf/bench_intel.py --parts qa --conditions off,all --questions 20   # a latency rerun
     .venv/bin/python perf/bench_intel.py --parts qa --conditions off,docs,docs1 --questions 20   # + top_k 1
     .venv/bin/python perf/bench_intel.py --triton HOST:PORT --metrics URL   # a running tritonserver
+    .venv/bin/python perf/bench_intel.py --parts objectives --merge     # one part again, the others kept
     .venv/bin/python perf/bench_intel.py --report perf/out/intel/bench_intel.json          # the tables again
+
+Each part is written to the JSON as soon as it is done, the qa part after every reply: the same command with
+`--merge` goes on with an interrupted qa part where it stopped.
 
 The real pieces, in this process: a SQLite store in a temporary folder, `Intel` (knowledge base, memory bank)
 attached to `TritonModels` (the served `embed`, `llm` and `tts` models), and for every question a real
@@ -56,7 +60,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -595,7 +599,15 @@ async def ask(
     }
 
 
-async def run_qa(bench: Bench, questions: Sequence[Mapping[str, Any]], conditions: Sequence[str]) -> dict[str, Any]:
+async def run_qa(
+    bench: Bench,
+    questions: Sequence[Mapping[str, Any]],
+    conditions: Sequence[str],
+    done: Sequence[dict[str, Any]] = (),
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> dict[str, Any]:
+    """Every question under every condition (`done`: rows of an interrupted run, kept and not asked again;
+    `on_row` sees the rows so far after each reply)."""
     guardrails = tuple(g for _, g in load_guardrails())
     store = "bench-caller"
     for text in ALL_MEMORIES:
@@ -611,14 +623,19 @@ async def run_qa(bench: Bench, questions: Sequence[Mapping[str, Any]], condition
         intel = Intel(bench.intel.store, one)
         intel.attach(bench.models, bench.models)
         plans["docs1"] = (docs, intel)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(done)
+    asked = {(r["id"], r["condition"]) for r in rows}
     n = 0
     for i, q in enumerate(questions):
         order = [conditions[(i + k) % len(conditions)] for k in range(len(conditions))]  # rotating: noise hits all
         for condition in order:
             n += 1
+            if (q["id"], condition) in asked:
+                continue
             row = await ask(bench, q, condition, plans, n)
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
             mark = "fact" if row["states_fact"] else ("unknown" if row["says_unknown"] else "-")
             log(
                 f"[qa {i + 1}/{len(questions)}] {row['id']:12} {condition:4} {mark:7} "
@@ -1264,8 +1281,17 @@ async def run(args: argparse.Namespace, url: str, metrics_url: str, earlier: Map
                 await add_documents(bench)
                 questions = pick_questions(load_questions(), args.questions)
                 conditions = [c for c in args.conditions.split(",") if c]
-                saved["qa"] = await run_qa(bench, questions, conditions)
-                saved["qa"]["questions"] = len(questions)
+                # an interrupted run of the same questions and conditions goes on where it stopped
+                earlier_qa = saved.get("qa") or {}
+                same = earlier_qa.get("partial") and earlier_qa.get("conditions") == conditions
+                done = earlier_qa.get("rows", []) if same and earlier_qa.get("questions") == len(questions) else []
+
+                def partial(rows: list[dict[str, Any]]) -> None:
+                    qa = {"rows": rows, "questions": len(questions), "conditions": conditions, "partial": True}
+                    save({**saved, "qa": qa}, args.out)
+
+                saved["qa"] = await run_qa(bench, questions, conditions, done, partial)
+                saved["qa"].update(questions=len(questions), conditions=conditions)
                 save(saved, args.out)
             if "rails" in parts and not args.no_llm_rails:
                 await run_llm_rails(bench, saved["rails"])
