@@ -10,7 +10,7 @@ Per reply (`ConversationLayer.ground`, in the reply's own task), at once and sid
 - the **input rails** on the user's turn (deterministic rules in microseconds, semantic ones through `embed`,
   LLM-judged ones through the JSON judge); a violation makes the reply the guardrail's fallback;
 - the **tool choice** (a schema-constrained JSON judgement: one of the persona's tools with valid arguments,
-  or none); a call makes the reply a short wait line, and the call is sent when the reply is heard;
+  or none), beside the reply, past an embedding prefilter; a call is sent once the reply is heard;
 - **retrieval**: the turn is embedded once; the tenant's index gives the best chunks, the memory store the
   most similar memories; both go into one marked context message. With documents and nothing relevant, the
   message says so, and tells the replica to say it does not know rather than guess.

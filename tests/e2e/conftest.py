@@ -208,3 +208,27 @@ async def webhook_server(handle: Callable[[Any, str], Awaitable[Any]]) -> AsyncI
         yield f"http://127.0.0.1:{port}/hooks"
     finally:
         await runner.cleanup()
+
+
+def admin(server: DuetServer, *args: str) -> dict[str, Any]:
+    """`duet admin ...` on the server's store, as an operator runs it beside the server."""
+    import json
+
+    done = subprocess.run(
+        [DUET, "admin", *args], env=server.env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    out: dict[str, Any] = json.loads(done.stdout)
+    return out
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    """Poll `check()` until true (a bound on how long the outside world may take, not a timed assertion)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+        await asyncio.sleep(0.2)

@@ -23,21 +23,20 @@ from duet.talk import write_wav
 from duet.wav import read_pcm16
 from orchestrator.models.launcher import free_port
 from tests.conftest import SAMPLE
-from tests.e2e.conftest import DUET, DuetServer, persona_folder, start_server, stop_server, webhook_server
+from tests.e2e.conftest import (
+    DUET,
+    DuetServer,
+    admin,
+    eventually,
+    persona_folder,
+    start_server,
+    stop_server,
+    webhook_server,
+)
 
 pytestmark = pytest.mark.e2e
 
 FAST = {"llm": {"model": "smollm2-135m", "max_tokens": 40}}  # what is said does not matter here; timing does
-
-
-def admin(server: DuetServer, *args: str) -> dict[str, Any]:
-    """`duet admin ...` on the server's store, as an operator runs it beside the server."""
-    done = subprocess.run(
-        [DUET, "admin", *args], env=server.env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    out: dict[str, Any] = json.loads(done.stdout)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +82,6 @@ async def receiver_url() -> AsyncIterator[tuple[str, dict[str, Receiver]]]:
 
     async with webhook_server(handle) as url:
         yield url, receivers
-
-
-async def _eventually(check: Any, within: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def test_a_team_runs_a_conversation_through_the_api_alone(
@@ -156,7 +146,7 @@ async def test_a_team_runs_a_conversation_through_the_api_alone(
         async def delivered() -> bool:
             return "conversation.ended" in receiver.types(cid)
 
-        await _eventually(delivered, 30, "the conversation.ended webhook")
+        await eventually(delivered, 30, "the conversation.ended webhook")
         types = receiver.types(cid)
         assert types[0] == "conversation.started" and types[-1] == "conversation.ended", types
         assert types.count("conversation.utterance") == len(transcript["turns"])
@@ -202,7 +192,7 @@ async def test_the_backend_steers_and_ends_a_live_call(api_server: DuetServer) -
                 async def active() -> bool:
                     return (await api.get_conversation(cid))["status"] == "active"
 
-                await _eventually(active, 30, "the conversation to become active")
+                await eventually(active, 30, "the conversation to become active")
                 await api.echo(cid, "Your refund is on its way.")
 
                 async def echoed() -> bool:
@@ -210,7 +200,7 @@ async def test_the_backend_steers_and_ends_a_live_call(api_server: DuetServer) -
                         e["type"] == "replica_turn" and e["text"] == "Your refund is on its way." for e in events
                     )
 
-                await _eventually(echoed, 60, "the echoed line to be said")
+                await eventually(echoed, 60, "the echoed line to be said")
                 await api.overwrite_context(cid, "The caller is a premium customer.")
                 ended = await api.end_conversation(cid)
                 assert ended["status"] == "ended" and ended["shutdown_reason"] == "ended_by_api"

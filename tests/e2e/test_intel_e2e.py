@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,8 @@ from standardwebhooks.webhooks import Webhook
 
 import duet
 from duet.talk import write_wav
-from orchestrator.models.launcher import free_port
 from orchestrator.models.triton import TritonModels
-from tests.e2e.conftest import DUET, DuetServer, persona_folder, start_server, stop_server, webhook_server
+from tests.e2e.conftest import DUET, DuetServer, admin, eventually, webhook_server
 
 pytestmark = pytest.mark.e2e
 
@@ -46,16 +45,6 @@ LINES = [  # what the caller says, and the silence after it (the replica answers
     ("I am going to file a lawsuit against the clinic.", 6.0),
     ("Please book me an appointment for Tuesday.", 20.0),  # the call, its result and the reply with it
 ]
-
-
-@pytest.fixture(scope="module")
-def server(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuetServer]:
-    personas = persona_folder(tmp_path_factory.mktemp("personas"))
-    s = start_server(triton.grpc_url, free_port(), personas)
-    try:
-        yield s
-    finally:
-        stop_server(s)
 
 
 class Backend:
@@ -120,28 +109,12 @@ async def _talk(server: DuetServer, conv: dict[str, Any], audio: np.ndarray, out
     return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
 
 
-async def _eventually(check: Any, within: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
-        await asyncio.sleep(0.3)
-
-
-def _admin(server: DuetServer, *args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [DUET, "admin", *args], env=server.env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
-
-
 async def test_a_persona_with_documents_guardrails_objectives_and_tools_holds_a_spoken_call(
-    server: DuetServer, triton: Any, tmp_path: Path, hooks: tuple[str, dict[str, Backend]]
+    duet_server: DuetServer, triton: Any, tmp_path: Path, hooks: tuple[str, dict[str, Backend]]
 ) -> None:
+    server = duet_server
     url, backends = hooks
-    tenant = _admin(server, "tenant", "create", "Riverside")
+    tenant = admin(server, "tenant", "create", "Riverside")
     backend = backends[tenant["tenant_id"]] = Backend(tenant["webhook_secret"])
     async with duet.Client(server.http_url, tenant["api_key"]) as api:
         backend.api = api
@@ -201,7 +174,7 @@ async def test_a_persona_with_documents_guardrails_objectives_and_tools_holds_a_
         async def ended() -> bool:
             return bool(backend.of("conversation.ended"))
 
-        await _eventually(ended, 60, "the conversation.ended webhook")
+        await eventually(ended, 60, "the conversation.ended webhook")
         outputs = backend.of("conversation.ended")[0]["properties"]["objective_outputs"]
         assert "maria" in outputs["get_name"]["full_name"].lower(), outputs
         assert backend.of("conversation.guardrail_triggered") and backend.of("conversation.objective_completed")
@@ -210,7 +183,7 @@ async def test_a_persona_with_documents_guardrails_objectives_and_tools_holds_a_
         async def learnt() -> bool:
             return any("penicillin" in m["text"] for m in (await api.list_memories("patient-7"))["data"])
 
-        await _eventually(learnt, 60, "the memories of the first call")
+        await eventually(learnt, 60, "the memories of the first call")
         second = await api.create_conversation(persona["persona_id"], memory_store="patient-7")
         again = await _talk(server, second, np.zeros(3 * SR, np.int16), tmp_path / "second")
         memory = [e for e in again if e["type"] == "memory"]
