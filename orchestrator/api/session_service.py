@@ -189,6 +189,7 @@ class _Stream:
 
     last_audio: float  # wall time the last audio chunk was read (or the session began)
     ended: bool = False  # END or the end of the request stream was read
+    left: bool = False  # the user left (a hang-up): nobody hears the rest of a reply (`SessionService.leave`)
     paced: bool = False
     refused: int = 0  # inputs refused with a non-fatal error (bad chunks, frames, oversized text)
     audio: AudioClock = dataclasses.field(default_factory=lambda: AudioClock(0.0))  # the audio read so far
@@ -617,7 +618,7 @@ class SessionService(pb_grpc.SessionServicer):
                 await outbox.event(ErrorEvent.of(item.error, session.now, fatal=True))
                 return item.error.code
             if isinstance(item, _End):
-                await session.finish()
+                await session.finish(left=stream.left)
                 outbox.finale([SessionEnded(round(session.now, 4))])  # the last message, after all the rest
                 return "ended"
             try:
@@ -711,6 +712,13 @@ class SessionService(pb_grpc.SessionServicer):
         except TimeoutError:
             return False
         return self._live.get(conversation_id) is live
+
+    def leave(self, conversation_id: str) -> None:
+        """The user of the live session `conversation_id` hung up: when its input ends, the session stops the
+        replica instead of letting a reply play out and renders no face for it (nobody is there to hear it)."""
+        live = self._live.get(conversation_id)
+        if live is not None:
+            live.stream.left = True
 
     async def _dispatch(self, session: Session, item: _Stamped | _Interact) -> None:
         if isinstance(item, _Interact):

@@ -81,8 +81,9 @@ class Session(Protocol):
         raises a non-fatal `DuetError`: the transport reports it and the session goes on."""
         ...
 
-    async def finish(self) -> None:
-        """The client's input ended: settle the last turn, send what is left, stop the session's tasks."""
+    async def finish(self, *, left: bool = False) -> None:
+        """The client's input ended: settle the last turn, send what is left, stop the session's tasks.
+        `left`: the user hung up, so a reply in flight is stopped rather than played out."""
         ...
 
     async def close(self) -> None:

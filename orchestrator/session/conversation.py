@@ -110,6 +110,7 @@ class ConversationSession:
         self.perception = perception  # the user's voice and camera, described for the LLM
         self._clock = clock
         self._closed = False
+        self._finishing = False  # the input ended: no later reply needs a warm cache
         history = int((settings.asr.max_utterance_s + 2) * SAMPLE_RATE)
         self.floor = FloorSession(
             models,
@@ -204,8 +205,11 @@ class ConversationSession:
             self._warm()  # the system prompt, evaluated while the user says hello (~2 s with the 0.5B)
 
     def _warm(self) -> None:
-        """Have the model evaluate the prompt so far (`llm.warm_history`): the next reply finds it cached."""
-        if self._warm_history and (warm := self.dialogue.warm_request(request_id=f"{self.name}-warm")):
+        """Have the model evaluate the prompt so far (`llm.warm_history`): the next reply finds it cached.
+        Not once the input has ended: no reply follows, and closing would wait for the prefill."""
+        if not self._warm_history or self._finishing:
+            return
+        if warm := self.dialogue.warm_request(request_id=f"{self.name}-warm"):
             self.runner.warm(warm)
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
@@ -238,9 +242,12 @@ class ConversationSession:
             await self._apply(self.machine.on_floor("barge_in", self.now))
         # (with replies, the server knows when the replica speaks: the client's marks are not needed)
 
-    async def finish(self) -> None:
+    async def finish(self, *, left: bool = False) -> None:
         """End of the client's audio: settle the last turn, let a reply finish generating, and send the rest
-        of its audio straight after what was sent (there is no input clock any more to pace it)."""
+        of its audio straight after what was sent (there is no input clock any more to pace it). When the user
+        `left` (a hang-up), the last turn still reaches the transcript, but the replica stops where it was
+        heard: no reply is generated, spoken or rendered for nobody."""
+        self._finishing = True
         await self.floor.finish()
         if self.perception is not None:
             await self.perception.finish()
@@ -250,6 +257,8 @@ class ConversationSession:
             await self._drain()
             if not self.gate.pending and not self.transcriber.busy:
                 break
+        if left:
+            await self._apply(self.machine.finish(self.now, left=True))
         await self.runner.settle()
         await self._apply(self.machine.finish(self.now))
         ended = await self.voice.flush()

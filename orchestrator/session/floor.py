@@ -125,7 +125,8 @@ class FloorSession:
     def replica(self, speaking: bool) -> None:
         self.machine.on_replica(speaking)
 
-    async def finish(self) -> None:
+    async def finish(self, *, left: bool = False) -> None:
+        del left  # (no replies here: the same either way)
         await self._run(self.machine.finish(self.timeline.now))
 
     async def _run(self, actions: list[Action]) -> None:

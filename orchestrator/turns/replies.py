@@ -391,13 +391,15 @@ class ReplyMachine:
             return []
         return [*out, CommitReplicaTurn(reply.id, spoken_text, True, t), *self._try_release(t)]
 
-    def finish(self, t: float) -> list[Action]:
+    def finish(self, t: float, *, left: bool = False) -> list[Action]:
         """Session ending: unreleased work is cancelled; a released reply may play out. A paused one is no longer
         paused: the session sends the rest of it straight after what was heard (there is no input clock left to
-        resume on)."""
+        resume on). When the user `left`, nobody would hear it: the playing reply stops too (reason `ended`)."""
         if self._ended:
             return []
         out: list[Action] = []
+        if left and self._playing is not None:
+            out += self._stop(t, reason="ended")
         if self._pending is not None:
             out.append(self._cancel(self._pending, "ended", t))
         self._paused, self._resume_at = False, None

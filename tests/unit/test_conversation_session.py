@@ -212,6 +212,22 @@ async def test_a_turn_is_answered_and_both_turns_enter_the_history() -> None:
     assert not [e for e in out.events if isinstance(e, ErrorEvent)]
 
 
+async def test_a_user_who_hangs_up_stops_the_replica_where_it_was_heard() -> None:
+    models = FakeModels()
+    s, out, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([silence(0.5), speech(3000, 1.0), silence(0.5)]))
+    assert of(out, ReplicaSpeakingStart) and not of(out, ReplicaSpeakingStop)  # the reply is being heard
+    calls = dict(models.calls)
+    await s.finish(left=True)
+    [started] = of(out, ReplyStarted)
+    [stop] = of(out, ReplicaSpeakingStop)
+    assert stop.interrupted  # stopped where it was, not played out to nobody
+    [replica] = of(out, ReplicaTurn)
+    assert replica.interrupted and [t.role for t in s.dialogue.turns] == ["user", "assistant"]
+    assert models.calls == calls  # nothing more was generated or spoken after the hang-up
+    assert out.cuts and out.cuts[-1][0] == started.reply_id  # what had been sent ahead is cut off
+
+
 async def test_the_floor_events_reach_the_client_before_anything_they_cause() -> None:
     s, out, clock = session(FakeModels(), speculation=False)
     await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))

@@ -430,6 +430,17 @@ def test_finish_cancels_unreleased_and_lets_playing_reply_end() -> None:
     assert phase(m) is Phase.ENDED and m.finish(3.1) == []
 
 
+def test_when_the_user_left_finish_stops_the_playing_reply_too() -> None:
+    m = ReplyMachine()
+    rid = answered(m)
+    m.on_floor("speech_start", 2.0)
+    spec = speculate(m, "and tomorrow", 2.2)
+    acts = m.finish(2.5, left=True)  # a hang-up: nobody would hear the rest
+    assert acts == [CancelReply(rid, "ended", 2.5), StopPlayback(rid, 2.5), CancelReply(spec.reply_id, "ended", 2.5)]
+    assert m.on_playback_stopped(rid, "It is", 2.5) == [CommitReplicaTurn(rid, "It is", True, 2.5)]
+    assert phase(m) is Phase.ENDED and m.finish(2.6, left=True) == []
+
+
 def test_a_greeting_is_released_at_its_first_audio_and_is_the_first_replica_turn() -> None:
     m = ReplyMachine()
     [start] = m.greet("Hi, I'm Ava.", 0.0)

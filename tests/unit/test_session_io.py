@@ -201,8 +201,8 @@ class Recorder:
     async def control(self, kind: Control) -> None:
         self.calls.append(kind.value)
 
-    async def finish(self) -> None:
-        self.calls.append("finish")
+    async def finish(self, *, left: bool = False) -> None:
+        self.calls.append("finish (left)" if left else "finish")
 
     async def close(self) -> None:
         self.calls.append("close")
@@ -246,6 +246,27 @@ async def test_an_interrupt_overtakes_the_audio_already_queued(monkeypatch: pyte
     assert audio_before < 40, "the interrupt waited behind all the audio"
     assert rec.calls.count("audio") == 40 and rec.calls[-2:] == ["finish", "close"]  # nothing lost, END last
     assert kinds(out)[0] == "session_started" and kinds(out)[-1] == "session_ended"
+
+
+async def test_a_user_who_left_makes_the_session_stop_rather_than_play_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder()
+    monkeypatch.setattr(service_module, "build_session", lambda *a, **k: rec)
+    svc = service()
+
+    async def client(leave: bool) -> AsyncIterator[pb.ClientMessage]:
+        yield start_message()
+        yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+        if leave:  # a hang-up (the WebRTC bridge's `end`), then the end of the input
+            for sid in list(svc._live):
+                svc.leave(sid)
+        yield pb.ClientMessage(control=pb.Control(kind=pb.Control.END))
+
+    [m async for m in svc.Converse(client(False), Context())]  # type: ignore[arg-type]
+    assert rec.calls[-2:] == ["finish", "close"]
+    svc.leave("no-such-session")  # (nothing live by that id: nothing happens)
+    rec.calls.clear()
+    [m async for m in svc.Converse(client(True), Context())]  # type: ignore[arg-type]
+    assert rec.calls[-2:] == ["finish (left)", "close"]
 
 
 async def test_a_conversation_whose_client_reads_nothing_holds_bounded_output(monkeypatch: pytest.MonkeyPatch) -> None:

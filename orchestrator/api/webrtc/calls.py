@@ -170,8 +170,11 @@ class Call:
                 return
             yield item
 
-    def close_input(self) -> None:
-        """No more input: the session finishes what it has and ends (once)."""
+    def close_input(self, *, left: bool = False) -> None:
+        """No more input: the session finishes what it has and ends (once). `left`: the user has gone (a
+        hang-up, a lost peer), so the session stops the replica instead of playing a reply out to nobody."""
+        if left:
+            self.calls.service.leave(self.conversation_id)
         if not self._input_closed:
             self._input_closed = True
             with contextlib.suppress(asyncio.QueueFull):
@@ -298,7 +301,7 @@ class Call:
                 # the microphone's last frames may still be on their way (the channel and the media are not
                 # ordered with each other): the user's last word is heard before the input closes
                 await asyncio.sleep(END_DRAIN_S)
-                self.close_input()
+                self.close_input(left=True)
                 return
             interaction = parse_interaction(body)
             if not await self.calls.service.interact(self.conversation_id, interaction):
@@ -319,7 +322,7 @@ class Call:
         state = self.pc.connectionState
         if state in ("failed", "closed"):
             self.reason = self.reason or f"peer_{state}"
-            self.close_input()
+            self.close_input(left=True)
         elif state == "disconnected":
             self._lost_since = time.monotonic()
             self._spawn(self._watch_lost(self._lost_since), "ice-watch")
@@ -336,7 +339,7 @@ class Call:
             if quiet >= limit:
                 self.reason = self.reason or "peer_gone"
                 log.info("call %s: no media from the peer for %.0f s; it has left", self.conversation_id, quiet)
-                self.close_input()
+                self.close_input(left=True)
                 return
             await asyncio.sleep(min(limit - quiet, 1.0) + 0.01)
 
@@ -345,7 +348,7 @@ class Call:
         await asyncio.sleep(self.calls.settings.webrtc.ice_timeout_s)
         if self._lost_since == since:
             self.reason = self.reason or "ice_timeout"
-            self.close_input()
+            self.close_input(left=True)
 
     async def run(self, messages: AsyncIterator[pb.ServerMessage]) -> None:
         """The call from its first answer to the closed connection."""
