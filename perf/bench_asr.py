@@ -17,7 +17,7 @@ Views:
 (a) **offline**: the recogniser of the `asr` model (orchestrator.inference.asr.WhisperRecognizer, the same
     code and decode options as model_repository/asr) in this process, on each labelled turn's audio exactly as
     a session sends its final decode: from `TURN_PAD_S` (0.25 s) before the turn's first speech to
-    `FINAL_PAD_S` (0.1 s) after its last (orchestrator/speech/gate.py), hold pauses included. One row per
+    `FINAL_PAD_S` (0 s since 2026-12-06) after its last (orchestrator/speech/gate.py), hold pauses included. One row per
     prompt variant (`VARIANTS`); `ms/turn` is the wall time of that decode (word timings included, as for a
     final) with `--threads` CTranslate2 threads. Turns run in call order, so the variants that use the user's
     earlier words use the recogniser's own earlier transcripts, as a session would.

@@ -30,7 +30,7 @@ import math
 import pickle
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +48,15 @@ from orchestrator.inference.turn import SmartTurn, pcm_to_float  # noqa: E402
 from orchestrator.inference.vad import SileroBatch  # noqa: E402
 from orchestrator.signal.audio import SAMPLE_RATE, AudioTimeline  # noqa: E402
 from orchestrator.signal.prosody import PROSODY_FEATURES, prosody_batch  # noqa: E402
+from orchestrator.speech.gate import FINAL_PAD_S, TURN_PAD_S  # noqa: E402
 from orchestrator.turns.floor import Evaluate, FloorMachine  # noqa: E402
-from orchestrator.turns.fusion import BASE_FEATURES, FusionWeights, feature_vector, fit_logistic  # noqa: E402
-from orchestrator.turns.lexical import lexical  # noqa: E402
+from orchestrator.turns.fusion import (  # noqa: E402
+    BASE_FEATURES,
+    FusionWeights,
+    feature_vector,
+    fit_logistic,
+    text_features,
+)
 
 DATA = ROOT / "perf" / "data" / "turns"
 WEIGHTS = ROOT / "model_repository" / "floor_fusion" / "1" / "weights.json"
@@ -176,14 +182,16 @@ def simulate(
     compute_ms: float,
     max_pause_ms: float,
     labels: Sequence[dict[str, object]],
+    min_pause_ms: float = 0.0,
 ) -> PolicyResult:
-    """First evaluation point per pause with p >= threshold commits; the safety net commits at max pause."""
+    """First evaluation point per pause with p >= threshold (and at least `min_pause_ms` of pause) commits;
+    the safety net commits at max pause."""
     by_pause: dict[str, list[tuple[Point, float]]] = {}
     spurious = 0
     committed_in_speech: set[str] = set()
     for pt, prob in zip(points, p, strict=True):
         if pt.where == "speech":
-            if prob >= threshold:
+            if prob >= threshold and pt.pause_ms >= min_pause_ms:
                 spurious += 1
                 committed_in_speech.add(pt.file)
             continue
@@ -196,7 +204,7 @@ def simulate(
         pauses: list[dict[str, Any]] = label["pauses"]  # type: ignore[assignment]
         for i, pause in enumerate(pauses):
             seq = by_pause.get(f"{label['file']}:{i}", [])
-            hit = next((pt for pt, prob in seq if prob >= threshold), None)
+            hit = next((pt for pt, prob in seq if prob >= threshold and pt.pause_ms >= min_pause_ms), None)
             if pause["kind"] == "hold":
                 dur_ms = (pause["end"] - pause["start"]) * 1000
                 if hit is not None or dur_ms >= max_pause_ms + 100:
@@ -213,7 +221,7 @@ def simulate(
 
 
 PAUSE_FEATURES = ("pause_s", "log_pause", "turn_logit_x_pause")
-TEXT_FEATURES = ("text_present", "text_complete", "context_question")
+TEXT_FEATURES = ("text_present", "text_complete", "text_turn", "context_question")
 
 
 def text_so_far(label: dict[str, Any], t: float) -> str:
@@ -228,10 +236,9 @@ def text_so_far(label: dict[str, Any], t: float) -> str:
 def with_texts(x: F64, texts: Sequence[str], names: Sequence[str]) -> F64:
     """`x` with the text features of each row computed from `texts` (as feature_vector does)."""
     out = x.copy()
-    ip, ic = names.index("text_present"), names.index("text_complete")
+    cols = [names.index(n) for n in ("text_present", "text_complete", "text_turn", "context_question")]
     for i, text in enumerate(texts):
-        lx = lexical(text)
-        out[i, ip], out[i, ic] = lx.present, (lx.complete - 0.5) * lx.present
+        out[i, cols] = text_features(text)
     return out
 
 
@@ -348,8 +355,8 @@ def logit_of(w: FusionWeights, x: F64) -> F64:
 # on the audio clock (streaming is real time, so wall time = audio time) and runs the real recogniser.
 
 ASR_MODEL = ROOT / "model_repository" / "asr" / "1" / "whisper-base"
-TURN_PAD_S = 0.25  # conversation.py keeps this much audio before the detected speech start
-FINAL_PAD_S = 0.10  # and this much after speech_end for the final decode
+# the gate keeps TURN_PAD_S of audio before the detected speech start, FINAL_PAD_S after speech_end (0 since
+# 2026-12-06: speech_end already lies 64+ ms into the pause)
 ASR_DELAY_MS = 250.0  # default decode latency d (see --asr-delay-ms)
 CHUNK = 320  # 20 ms client chunks: the conversation checks for a due partial after each one
 
@@ -439,13 +446,22 @@ def decode_schedule(
     return turns
 
 
-def transcript_at(turns: Sequence[AsrTurn], t: float, texts: dict[tuple[int, int], str]) -> str:
-    """The newest transcript of the turn in progress at `t` that has reached the floor by `t`."""
+def transcript_at(
+    turns: Sequence[AsrTurn], t: float, texts: dict[tuple[int, int], str], pause_start: float | None = None
+) -> str:
+    """The newest transcript of the turn in progress at `t` that has reached the floor by `t`. With
+    `pause_start`, only the final decode of the pause that began there counts (the server's floor sees the
+    words only once they reach the pause: `FloorSession.text`); a partial decoded mid-speech is ""."""
     turn = next((tn for tn in reversed(turns) if tn.begin <= t + 1e-9), None)
     if turn is None:
         return ""
     ready = [dc for dc in turn.decodes if dc.ready <= t + 1e-9]
-    return texts[(ready[-1].start, ready[-1].end)] if ready else ""
+    if not ready:
+        return ""
+    newest = ready[-1]
+    if pause_start is not None and not (newest.final and newest.end >= round(pause_start * SAMPLE_RATE)):
+        return ""
+    return texts[(newest.start, newest.end)]
 
 
 class Recogniser:
@@ -519,9 +535,12 @@ def asr_texts(
     decoder: str = "duet",
     threads: int = 2,
     final_pad_s: float = FINAL_PAD_S,
-) -> tuple[list[str], dict[Key, float]]:
+    finals_only: bool = True,
+) -> tuple[Callable[[Sequence[Point]], list[str]], dict[Key, float], dict[str, list[float]]]:
     """The transcript each point would see under the streaming schedule (decoding what the cache lacks), and
-    the wall time of each decode the schedule runs."""
+    the wall time of each decode the schedule runs, and when each final decode reaches the floor (per file).
+    `finals_only`: a point sees only the final decode of its own pause, as the server's floor does (see
+    `transcript_at`)."""
     cache = AsrCache.load(cache_path)
     interval = float(AsrSettings().partial_interval_ms)
     vad: SileroBatch | None = None
@@ -558,8 +577,55 @@ def asr_texts(
     per_file: dict[str, dict[tuple[int, int], str]] = {}
     for (f, a, b), txt in texts.items():
         per_file.setdefault(f, {})[(a, b)] = txt
-    seen = [transcript_at(schedules[pt.file], pt.t, per_file.get(pt.file, {})) for pt in points]
-    return seen, {k: times[k] for k in wanted}
+
+    def seen(pts: Sequence[Point]) -> list[str]:
+        return [
+            transcript_at(
+                schedules[pt.file],
+                pt.t,
+                per_file.get(pt.file, {}),
+                pt.t - pt.pause_ms / 1000 if finals_only else None,
+            )
+            for pt in pts
+        ]
+
+    arrivals = {f: [dc.ready for tn in turns for dc in tn.decodes if dc.final] for f, turns in schedules.items()}
+    return seen, {k: times[k] for k in wanted}, arrivals
+
+
+def with_arrivals(
+    points: Sequence[Point], arrivals: dict[str, list[float]], names: Sequence[str], labels: Sequence[dict[str, Any]]
+) -> list[Point]:
+    """`points` plus an evaluation where each final transcript reaches the floor inside a pause (the server
+    evaluates then, `FloorMachine.on_text`): the acoustic features of the pause's last evaluation before it,
+    the pause length at that moment."""
+    by_file = {str(lb["file"]): lb for lb in labels}
+    ipause, ilog, icross = (names.index(n) for n in ("pause_s", "log_pause", "turn_logit_x_pause"))
+    last: dict[tuple[str, float], Point] = {}  # per pause (file, VAD pause start): the points in time order
+    extra: list[Point] = []
+    queue = {f: sorted(ts) for f, ts in arrivals.items()}
+    for pt in points:
+        key = (pt.file, round(pt.t - pt.pause_ms / 1000, 4))
+        prev = last.get(key)
+        if prev is not None:
+            for ready in queue.get(pt.file, []):
+                if prev.t < ready < pt.t and prev.features is not None:
+                    extra.append(_moved(prev, ready, by_file[pt.file], ipause, ilog, icross))
+        last[key] = pt
+    out = sorted([*points, *extra], key=lambda q: (q.file, q.t))
+    return out
+
+
+def _moved(pt: Point, t: float, label: dict[str, Any], ipause: int, ilog: int, icross: int) -> Point:
+    assert pt.features is not None
+    pause_ms = pt.pause_ms + (t - pt.t) * 1000
+    f = pt.features.copy()
+    f[ipause] = pause_ms / 1000
+    f[ilog] = math.log(0.02 + pause_ms / 1000)
+    f[icross] = f[0] * f[ipause]
+    where, idx = locate(label, t, pause_ms)
+    key = f"{pt.file}:{idx}" if idx >= 0 else ""
+    return Point(pt.file, pt.voice, t, pause_ms, int(where == "yield"), where, key, pt.pause_start, f)
 
 
 @dataclass(frozen=True)
@@ -607,10 +673,13 @@ def score_weights(
     compute_ms: float,
 ) -> str:
     """Frozen weights replayed as the server runs them (commit at floor.commit_threshold) on each recipe's
-    scoring features: a held-out report that fits nothing."""
+    scoring features, at each turn-taking patience a persona can set (`flow_floor`: the commit threshold,
+    the safety net and, when high, a minimum pause): a held-out report that fits nothing."""
+    from orchestrator.session.interactions import flow_floor
+
     rows = [
-        "| weights | text | median ms | p90 ms | interruptions | spurious | recall |",
-        "|---|---|---|---|---|---|---|",
+        "| weights | text | patience | median ms | p90 ms | interruptions | spurious | recall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         w = FusionWeights.load(path)
@@ -619,13 +688,16 @@ def score_weights(
             if id(rc.score) in scored:  # the cross rows ("scored with/without") repeat a text source
                 continue
             scored.add(id(rc.score))
-            r = simulate(
-                points, w.predict(rc.score), settings.commit_threshold, compute_ms, settings.max_pause_ms, labels
-            )
-            rows.append(
-                f"| {path} | {rc.name.split(' (')[0]} | {r.median:.0f} | {r.p90:.0f} | {r.interruptions} | "
-                f"{r.spurious} | {r.recalled}/{r.yields} |"
-            )
+            p = w.predict(rc.score)
+            for level in ("low", "medium", "high"):
+                s = flow_floor(settings, level)
+                r = simulate(
+                    points, p, s.commit_threshold, compute_ms, s.max_pause_ms, labels, s.min_commit_pause_ms
+                )
+                rows.append(
+                    f"| {path} | {rc.name.split(' (')[0]} | {level} | {r.median:.0f} | {r.p90:.0f} | "
+                    f"{r.interruptions} | {r.spurious} | {r.recalled}/{r.yields} |"
+                )
     return "\n".join(rows)
 
 
@@ -650,6 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="decode latency: a transcript reaches the floor this long after its decode starts",
     )
     ap.add_argument("--asr-final-pad-ms", type=float, default=FINAL_PAD_S * 1000, help="audio decoded past speech_end")
+    ap.add_argument(
+        "--asr-partials", action="store_true", help="the floor also sees partials decoded mid-speech (before 2026-12)"
+    )
     ap.add_argument("--asr-cache", default=str(ROOT / ".cache" / "floor_asr_transcripts.pkl"))
     ap.add_argument("--asr-threads", type=int, default=2, help="CTranslate2 threads for the decodes")
     ap.add_argument("--asr-decoder", default="duet", choices=("duet", "faster-whisper"), help="see Recogniser")
@@ -678,6 +753,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_all = len(points)
     n_full = apply_reuse(points, names, settings.acoustic_refresh_ms)
     points = [pt for pt in points if pt.where != "onset"]
+    seen = None
+    if args.asr:
+        seen, decode_ms, arrivals = asr_texts(
+            points, labels, settings, args.asr_delay_ms, Path(args.asr_cache), args.asr_decoder, args.asr_threads,
+            args.asr_final_pad_ms / 1000, not args.asr_partials,
+        )  # fmt: skip
+        if not args.asr_partials:
+            n_before = len(points)
+            points = [pt for pt in with_arrivals(points, arrivals, names, labels) if pt.where != "onset"]
+            print(f"{len(points) - n_before} evaluations added where a final transcript arrives in a pause")
     x = np.stack([pt.features for pt in points if pt.features is not None])
     xt = with_text(x, points, by_file, names)
     y = np.asarray([pt.label for pt in points], dtype=np.float64)
@@ -688,11 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"pauses, {sum(pt.where == 'speech' for pt in points)} in speech (VAD dips)"
     )
     recipes = [Recipe("no text (shipped recipe)", "none", xt, x, x), Recipe("ideal text", "ideal", xt, xt, xt)]
-    if args.asr:
-        texts, decode_ms = asr_texts(
-            points, labels, settings, args.asr_delay_ms, Path(args.asr_cache), args.asr_decoder, args.asr_threads,
-            args.asr_final_pad_ms / 1000,
-        )  # fmt: skip
+    if seen is not None:
+        texts = seen(points)
         xa = with_texts(x, texts, names)
         print(
             f"ASR ({args.asr_decoder}): d = {args.asr_delay_ms:.0f} ms; {sum(bool(t) for t in texts)}/{len(texts)} "
@@ -796,8 +878,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pause_knee_s=pol.knee_s,
         pause_gain_per_s=pol.gain_per_s,
         note=f"trained by perf/train_floor.py{' --asr' if args.asr else ''} on perf/data/turns/{args.split} "
-        f"({len(points)} evaluation points, audio-only rows plus rows with {source}; lexical cue of "
-        f"orchestrator/turns/lexical.py; policy budget {args.budget}); "
+        f"({len(points)} evaluation points, audio-only rows plus rows with {source}; text cues of "
+        f"orchestrator/turns/lexical.py and textturn.py; policy budget {args.budget}); "
         f"policy threshold {pol.threshold:.2f} calibrated to floor.commit_threshold {target:.2f}",
         stats=stats,
     )

@@ -401,7 +401,7 @@ class ConversationSession:
     # ---- the transcriber's reports (TranscriptListener) --------------------------------------------------
 
     async def heard(self, heard: Heard) -> None:
-        self.floor.text(heard.text)
+        await self.floor.heard(heard.text, final=heard.final, upto=heard.t)
         await self.out.event(TranscriptEvent(round(heard.t, 4), heard.text, heard.final))
         if self.replying:
             await self._apply(self.machine.on_transcript(heard.text, heard.final, self.now))

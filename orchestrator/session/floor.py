@@ -78,6 +78,7 @@ class FloorSession:
         self._vad_state: F32 = np.zeros((2, 128), dtype=np.float32)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (chunk end sample, wall arrival)
         self.user_text = ""  # latest user transcript of the current turn (partial or final)
+        self._text_upto: float | None = None  # the audio `user_text` covers, when it is a final decode
         self.context = ""  # what the replica said last
         self._acoustics: FloorEstimate | None = None  # last full evaluation (Smart Turn + prosody)
 
@@ -121,6 +122,27 @@ class FloorSession:
             self.context = bounded_context(text)
         else:
             self.user_text = bounded_text(text)
+            self._text_upto = None
+
+    async def heard(self, text: str, *, final: bool, upto: float) -> None:
+        """The user's turn so far, decoded up to audio time `upto`. A final decode that reaches into the
+        current pause is evaluated at once (`FloorMachine.on_text`): the words are the strongest cue, and
+        they arrive a few hundred milliseconds into the pause."""
+        self.text(text)
+        if final:
+            self._text_upto = upto
+            if self._fresh_text():
+                await self._run(self.machine.on_text())
+
+    def _fresh_text(self) -> bool:
+        """Whether `user_text` is the final decode of the current pause (its words up to the pause)."""
+        return self._text_upto is not None and self._text_upto >= self.machine.pause_start - 1e-6
+
+    @property
+    def _fusion_text(self) -> str:
+        # Only the pause's own final transcript: a partial decoded mid-speech lacks the last words, and what the
+        # fusion would read in it (a dangling "to the", a finished-looking clause) is about other words.
+        return self.user_text if self._fresh_text() else ""
 
     def replica(self, speaking: bool) -> None:
         self.machine.on_replica(speaking)
@@ -139,9 +161,9 @@ class FloorSession:
     async def _evaluate(self, ev: Evaluate) -> None:
         pause_samples = round(ev.pause_ms * SAMPLE_RATE / 1000)
         if ev.reuse_acoustics and self._acoustics is not None:
-            est = await self.models.fuse(self._acoustics, pause_samples, self.user_text, self.context)
+            est = await self.models.fuse(self._acoustics, pause_samples, self._fusion_text, self.context)
         else:
-            est = await self.models.floor(self.timeline.window(ev.t), pause_samples, self.user_text, self.context)
+            est = await self.models.floor(self.timeline.window(ev.t), pause_samples, self._fusion_text, self.context)
             self._acoustics = est
         await self._run(self.machine.on_estimate(ev.request_id, est.p_yield))
 
@@ -156,6 +178,6 @@ class FloorSession:
 
     async def _send(self, e: FloorEvent) -> None:
         if e.kind == "eot_commit":
-            self.user_text = ""
+            self.user_text, self._text_upto = "", None
         compute_ms = (self._clock() - self._arrival_of(e.t)) * 1000.0
         await self._emit(dataclasses.replace(e, t=round(e.t, 4), compute_ms=round(compute_ms, 2)))

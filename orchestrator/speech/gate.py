@@ -26,7 +26,7 @@ from orchestrator.config import FloorSettings
 from orchestrator.speech.transcript import DecodeWindow, Hypothesis, PartialSchedule, StreamingTranscript
 
 TURN_PAD_S = 0.25  # audio kept before the detected speech start (VAD confirms speech ~64 ms late)
-FINAL_PAD_S = 0.10  # and after speech end, for the final decode
+FINAL_PAD_S = 0.0  # and after speech end, for the final decode (speech_end already lies 64+ ms into the pause)
 PARTIAL_MIN_AUDIO_S = 0.8  # no partial decode of less speech than this: short windows make Whisper loop
 LINK_S = 1.2  # speech over the replica this soon after a backchannel continues it (one barge-in turn)
 

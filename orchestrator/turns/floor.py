@@ -72,6 +72,7 @@ class FloorMachine:
         self._barged_in = False
         self._tentative = False
         self._pending: Evaluate | None = None  # the evaluation in flight
+        self._text_waiting = False  # new words arrived while an evaluation was in flight
         self._last_eval_t: float | None = None  # in the current pause
         self._fresh_in_pause = False  # a full (acoustic) evaluation was made in the current pause
         self._next_id = 0
@@ -123,12 +124,29 @@ class FloorMachine:
                 out += self._maybe_evaluate(t)
         return out
 
+    @property
+    def pause_start(self) -> float:
+        """Audio time where the user's current pause began (the end of their last voiced window)."""
+        return self._last_voiced_end
+
+    def on_text(self) -> list[Action]:
+        """The words of the user's turn reached the pause (its final transcript): evaluate now, not at the next
+        tick, reusing the pause's acoustic cues when there are some. With an evaluation in flight (it read the
+        older text), the next one starts as soon as it answers."""
+        if self.phase is not Phase.PAUSED or not self._user_turn():
+            return []
+        if self._pending is not None:
+            self._text_waiting = True
+            return []
+        return self._evaluate_now(self._t)
+
     def on_estimate(self, request_id: int, p_yield: float) -> list[Action]:
         """The answer to an `Evaluate`. Stale answers (speech resumed meanwhile) are ignored."""
         ev = self._pending
         if ev is None or ev.request_id != request_id:
             return []
         self._pending = None
+        again, self._text_waiting = self._text_waiting, False
         if self.phase not in (Phase.PAUSED, Phase.SPEAKING) or not self._user_turn():
             return []
         out: list[Action] = []
@@ -143,6 +161,8 @@ class FloorMachine:
             out.append(FloorEvent("eot_tentative", ev.t, p_yield=round(p_yield, 4)))
         if commit:
             out += self._commit(ev.t, reason="model", p_yield=p_yield)
+        elif again and self.phase is Phase.PAUSED:
+            out += self._evaluate_now(max(self._t, ev.t))
         return out
 
     def on_replica(self, speaking: bool) -> None:
@@ -167,6 +187,7 @@ class FloorMachine:
             out.append(FloorEvent("eot_cancel", t))
         self._tentative = False
         self._pending = None  # an answer about the old pause is now stale
+        self._text_waiting = False
         self._last_eval_t = None
         self._fresh_in_pause = False
         if self.phase is not Phase.PAUSED:  # a new segment (not the same turn resuming)
@@ -197,11 +218,17 @@ class FloorMachine:
             return []
         if self._last_eval_t is not None and (t - self._last_eval_t) * 1000 < self.s.eval_interval_ms - 1e-6:
             return []
+        pause_ms = (t - self._last_voiced_end) * 1000
+        return self._evaluate_now(t, reuse=self._fresh_in_pause and pause_ms > self.s.acoustic_refresh_ms)
+
+    def _evaluate_now(self, t: float, reuse: bool | None = None) -> list[Action]:
+        """Ask for P(yield) at `t`; `reuse` (default: whenever this pause had a full evaluation) runs the fusion
+        alone on the last acoustic cues."""
+        reuse = self._fresh_in_pause if reuse is None else reuse
         self._next_id += 1
         self._last_eval_t = t
-        pause_ms = (t - self._last_voiced_end) * 1000
-        reuse = self._fresh_in_pause and pause_ms > self.s.acoustic_refresh_ms
         self._fresh_in_pause = self._fresh_in_pause or not reuse
+        pause_ms = (t - self._last_voiced_end) * 1000
         self._pending = Evaluate(t=t, pause_ms=pause_ms, request_id=self._next_id, reuse_acoustics=reuse)
         return [self._pending]
 

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orchestrator.turns.lexical import lexical
+from orchestrator.turns.textturn import TextTurnModel
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -36,8 +37,10 @@ BASE_FEATURES = (
     "turn_logit_x_pause",
     "text_present",
     "text_complete",
+    "text_turn",
     "context_question",
 )
+TEXT_TURN_CLIP = 6.0  # the learned text model's log-odds, bounded: one odd transcript cannot decide alone
 
 
 def _logit(p: float) -> float:
@@ -45,20 +48,29 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def feature_vector(p_turn: float, prosody: Sequence[float], pause_ms: float, text: str = "", context: str = "") -> F64:
+def text_features(
+    text: str, context: str = "", model: TextTurnModel | None = None
+) -> tuple[float, float, float, float]:
+    """`text_present`, `text_complete` (the rules of `lexical`), `text_turn` (the learned text model's bounded
+    log-odds that the turn is complete, `orchestrator.turns.textturn`) and `context_question`."""
+    lx = lexical(text, context)
+    learned = (model or TextTurnModel.load()).logit(text, context) if lx.present else 0.0
+    turn = max(-TEXT_TURN_CLIP, min(TEXT_TURN_CLIP, learned))
+    return lx.present, (lx.complete - 0.5) * lx.present, turn, lx.context_question
+
+
+def feature_vector(
+    p_turn: float,
+    prosody: Sequence[float],
+    pause_ms: float,
+    text: str = "",
+    context: str = "",
+    text_model: TextTurnModel | None = None,
+) -> F64:
     """Raw features in the order `BASE_FEATURES + prosody names`."""
     pause_s = max(pause_ms, 0.0) / 1000.0
-    lx = lexical(text, context)
     tl = _logit(p_turn)
-    base = [
-        tl,
-        pause_s,
-        math.log(0.02 + pause_s),
-        tl * pause_s,
-        lx.present,
-        (lx.complete - 0.5) * lx.present,
-        lx.context_question,
-    ]
+    base = [tl, pause_s, math.log(0.02 + pause_s), tl * pause_s, *text_features(text, context, text_model)]
     return np.asarray([*base, *(float(v) for v in prosody)], dtype=np.float64)
 
 

@@ -228,6 +228,34 @@ async def test_a_user_who_hangs_up_stops_the_replica_where_it_was_heard() -> Non
     assert out.cuts and out.cuts[-1][0] == started.reply_id  # what had been sent ahead is cut off
 
 
+async def test_the_fusion_reads_the_words_of_the_pause_only_and_at_once() -> None:
+    class Reading(FakeModels):
+        def __init__(self) -> None:
+            super().__init__()
+            self.read: list[tuple[str, int]] = []  # (text, pause samples) of each floor evaluation
+
+        async def floor(self, audio: I16, pause_samples: int, text: str, context: str) -> FloorEstimate:
+            self.read.append((text, pause_samples))
+            return await super().floor(audio, pause_samples, text, context)
+
+        async def fuse(self, acoustics: FloorEstimate, pause_samples: int, text: str, context: str) -> FloorEstimate:
+            self.read.append((text, pause_samples))
+            return await super().fuse(acoustics, pause_samples, text, context)
+
+        async def transcribe(self, audio: I16, prompt: str = "", *, word_timings: bool = True) -> Transcript:
+            heard = await super().transcribe(audio, prompt, word_timings=word_timings)
+            return heard if word_timings else Transcript("what time")  # a partial lacks the last words
+
+    models = Reading()
+    s, _, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([silence(0.3), speech(3000, 2.0), silence(1.0)]))
+    await s.finish()
+    assert models.calls["asr"] >= 2  # partials were decoded while the user spoke ...
+    texts = [text for text, _ in models.read]
+    assert set(texts) == {"", "what time is it"}  # ... but the fusion only ever read the pause's own final
+    assert texts.index("what time is it") > 0  # the acoustics came first, the words when they arrived
+
+
 async def test_the_floor_events_reach_the_client_before_anything_they_cause() -> None:
     s, out, clock = session(FakeModels(), speculation=False)
     await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))

@@ -206,3 +206,43 @@ def test_late_evaluations_reuse_acoustics_and_reset_per_pause() -> None:
         assert not pause[0].reuse_acoustics
         assert all(e.reuse_acoustics == (e.pause_ms > FloorSettings().acoustic_refresh_ms) for e in pause)
         assert any(e.reuse_acoustics for e in pause)
+
+
+def _pause(fsm: FloorMachine, speech_s: float, pause_s: float) -> list[FloorEvent | Evaluate]:
+    """Voiced audio for `speech_s`, then `pause_s` of silence; every evaluation left unanswered but the first."""
+    out: list[FloorEvent | Evaluate] = []
+    for i in range(round((speech_s + pause_s) / WIN)):
+        end = (i + 1) * WIN
+        out += fsm.on_vad(end, 0.9 if end <= speech_s else 0.05, WIN * 1000, end)
+    return out
+
+
+def test_words_arriving_in_a_pause_are_evaluated_at_once() -> None:
+    fsm = FloorMachine(FloorSettings(eval_interval_ms=2000))  # (no tick would come before the words)
+    first = [a for a in _pause(fsm, 1.0, 0.13) if isinstance(a, Evaluate)][-1]
+    assert fsm.on_estimate(first.request_id, 0.1) == []  # the acoustics alone: a hold, so far
+    [ev] = fsm.on_text()  # the final transcript reached the pause
+    assert isinstance(ev, Evaluate) and ev.reuse_acoustics and ev.t == pytest.approx(1.12)
+    assert ev.pause_ms == pytest.approx((1.12 - fsm.pause_start) * 1000)
+    assert types([e for e in fsm.on_estimate(ev.request_id, 0.95) if isinstance(e, FloorEvent)]) == [
+        "eot_tentative",
+        "eot_commit",
+    ]
+    assert fsm.on_text() == []  # committed: nothing left to decide
+
+
+def test_words_arriving_during_an_evaluation_start_the_next_one_when_it_answers() -> None:
+    fsm = FloorMachine(FloorSettings(eval_interval_ms=2000))
+    first = [a for a in _pause(fsm, 1.0, 0.13) if isinstance(a, Evaluate)][-1]
+    assert fsm.on_text() == []  # one evaluation in flight: it read the older words
+    [again] = fsm.on_estimate(first.request_id, 0.1)
+    assert isinstance(again, Evaluate) and again.request_id > first.request_id
+    assert fsm.on_estimate(again.request_id, 0.1) == []  # answered, and no new words since: no third
+
+
+def test_words_outside_a_pause_evaluate_nothing() -> None:
+    fsm = FloorMachine(FloorSettings())
+    assert fsm.on_text() == []  # nobody spoke yet
+    for i in range(20):
+        fsm.on_vad((i + 1) * WIN, 0.9, WIN * 1000, (i + 1) * WIN)
+    assert fsm.on_text() == []  # the user is speaking

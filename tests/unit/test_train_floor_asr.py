@@ -20,12 +20,12 @@ def schedule(
     return decode_schedule(events, yields, int(seconds * SR), delay_ms, 480.0, 64.0)
 
 
-def test_partials_every_interval_while_speaking_then_a_final_after_the_pad() -> None:
+def test_partials_every_interval_while_speaking_then_a_final_at_the_speech_end() -> None:
     turns = schedule([("speech_start", 1.0), ("speech_end", 3.0)], [2.9], delay_ms=250)
     assert len(turns) == 1
     start = 16_000 - PAD
     ends = [dc.end for dc in turns[0].decodes]
-    assert ends == [round(t * SR) for t in (1.48, 1.96, 2.44, 2.92, 3.1)]
+    assert ends == [round(t * SR) for t in (1.48, 1.96, 2.44, 2.92, 3.0)]  # (FINAL_PAD_S is 0)
     assert all(dc.start == start for dc in turns[0].decodes)
     assert [dc.final for dc in turns[0].decodes] == [False] * 4 + [True]
     # The last partial (2.92 + 0.25) is still running when the final's audio is there: the final waits for it.
@@ -41,8 +41,8 @@ def test_a_hold_pause_keeps_the_turn_and_a_yield_pause_opens_a_new_one() -> None
     first = turns[0].decodes
     assert [dc.final for dc in first] == [False, True, False, False, True]
     assert {dc.start for dc in first} == {16_000 - PAD}  # resumed speech is re-decoded from the turn start
-    # The first final ended at 1.7 s: resumed speech is more than 480 ms later, so it is decoded at once.
-    assert [dc.end for dc in first[2:]] == [round(t * SR) for t in (2.2, 2.68, 2.9)]
+    # The first final ended at 1.6 s: resumed speech is more than 480 ms later, so it is decoded at once.
+    assert [dc.end for dc in first[2:]] == [round(t * SR) for t in (2.2, 2.68, 2.8)]
     assert turns[1].decodes[0].start == 5 * SR - PAD
 
 
@@ -67,6 +67,15 @@ def test_the_floor_sees_the_newest_arrived_transcript_of_the_current_turn_only()
     assert transcript_at(turns, 4.9, texts) == "I want to go."
     assert transcript_at(turns, 5.2, texts) == ""  # a new turn: the old text is gone
     assert transcript_at(turns, 6.0, texts) == "Yes."
+
+
+def test_with_the_pause_start_only_the_final_decode_of_that_pause_is_seen() -> None:
+    # samples: the final (0, 200) covers up to 200/16000 s; pauses starting before that see it, later ones not
+    turns = [AsrTurn(0.0, 0, [Decode(0, 100, 0.02, False), Decode(0, 200, 0.03, True)])]
+    texts = {(0, 100): "I want to", (0, 200): "I want to go."}
+    assert transcript_at(turns, 0.025, texts, pause_start=0.005) == ""  # the newest is a partial
+    assert transcript_at(turns, 0.035, texts, pause_start=0.0124) == "I want to go."
+    assert transcript_at(turns, 0.035, texts, pause_start=0.0126) == ""  # a later pause: other words
 
 
 def test_text_features_match_the_servers_feature_vector() -> None:

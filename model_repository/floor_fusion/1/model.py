@@ -7,6 +7,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from orchestrator.turns.fusion import FusionWeights, feature_vector
+from orchestrator.turns.textturn import TextTurnModel
 
 SAMPLE_RATE = 16000
 
@@ -20,7 +21,9 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.weights = FusionWeights.load(Path(__file__).parent / params.get("weights_file", "weights.json"))
+        here = Path(__file__).parent
+        self.weights = FusionWeights.load(here / params.get("weights_file", "weights.json"))
+        self.text_model = TextTurnModel.load(here / params.get("text_turn_file", "text_turn.json"))
 
     def execute(self, requests):
         responses = []
@@ -39,6 +42,7 @@ class TritonPythonModel:
                             1000.0 * float(pause[i, 0]) / SAMPLE_RATE,
                             _text(text, i),
                             _text(context, i),
+                            self.text_model,
                         )
                         for i in range(p_turn.shape[0])
                     ]
