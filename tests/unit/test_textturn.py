@@ -127,3 +127,27 @@ def test_sparse_and_dense_weights_read_the_same(tmp_path: Path) -> None:
 def test_wrong_feature_version_is_refused() -> None:
     with pytest.raises(ValueError, match="feature_version"):
         TextTurnModel.from_dict({"feature_version": 99, "size": 4, "bias": 0.0, "coef": [0, 0, 0, 0]})
+
+
+def test_short_answers_and_acknowledgements_are_complete(model: TextTurnModel) -> None:
+    for t in ("Definitely not.", "Nope.", "Yep.", "Sure, that works.", "Sounds great."):
+        assert model.p_complete(t) > 0.5, t
+    assert model.p_complete("Yes, but") < 0.5
+
+
+def test_phrasal_verb_particle_ends_a_turn(model: TextTurnModel) -> None:
+    assert model.p_complete("I need to sign in.") > model.p_complete("I need to sign") + 0.2
+    assert model.p_complete("I want to remove the extra add on.") > 0.5
+    assert model.p_complete("I need to sign in to the") < 0.2
+
+
+def test_list_closed_by_and_is_complete(model: TextTurnModel) -> None:
+    assert model.p_complete("I have a cough, a fever and a rash.") > 0.5
+    closed = model.p_complete("We use Outlook, Teams and Dropbox.")
+    assert closed > model.p_complete("We use Outlook, Teams") + 0.2
+    assert model.p_complete("We use Outlook, Teams and") < 0.2
+
+
+def test_amounts_and_full_digit_groups_are_complete(model: TextTurnModel) -> None:
+    assert model.p_complete("The bill was sixty four twenty.") > 0.5
+    assert model.p_complete("My phone number is 212 555 0148.") > model.p_complete("My phone number is 212") + 0.2
