@@ -41,8 +41,10 @@ class RecordingLLM:
 
 async def converse(triton: Any, pcm: npt.NDArray[np.int16]) -> tuple[list[dict[str, Any]], RecordingLLM]:
     settings = Settings()
-    # A hair-trigger tentative threshold: every pause starts a speculative reply for the context to cancel.
-    floor = dataclasses.replace(settings.floor, tentative_threshold=0.05)
+    # A hair-trigger tentative threshold: every pause starts a speculative reply for the context to cancel; and
+    # no commit before 800 ms of pause, so the speculation lasts (the floor now commits as soon as the pause's
+    # words arrive, often with its tentative).
+    floor = dataclasses.replace(settings.floor, tentative_threshold=0.05, min_commit_pause_ms=800)
     models = TritonModels(triton.grpc_url, timeout_s=30.0)
     llm = RecordingLLM(models)
     out = RecordingOutlet()
