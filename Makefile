@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-pa bench-conversation \
+.PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-text-turn bench-pa bench-conversation \
 	bench-asr bench-replies bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults \
 	bench-isolation bench-api bench-priority bench-webrtc bench-knowledge bench-intel bench-judges bench-context bench-micro bench-micro-save \
 	serve clean
@@ -44,12 +44,15 @@ e2e: setup  ## whole stack through the real CLI and SDK
 
 BENCHES := bench-turns bench-conversation bench-asr bench-replies bench-echo bench-load bench-pa bench-pa-speech bench-face \
 	bench-perception bench-faults bench-isolation bench-api bench-priority bench-webrtc bench-knowledge bench-intel \
-	bench-judges bench-context bench-micro
+	bench-judges bench-context bench-micro bench-text-turn
 bench: setup $(BENCHES)  ## every benchmark table
 
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
 	@$(PY) perf/bench_turns.py --split check --out perf/out/bench_turns_check.json
 	@$(PY) perf/bench_turns.py --split dev --out perf/out/bench_turns_dev.json
+
+bench-text-turn: setup  ## the learned text end-of-turn model vs the lexical rules: held-out AUC (a fit, not shipped)
+	@$(PY) perf/train_text_turn.py --out perf/out/text_turn_bench.json
 
 bench-pa: setup  ## perf_analyzer on vad / turn / floor at concurrency 1..32
 	@bash perf/pa_floor.sh
