@@ -1,8 +1,9 @@
 """Train the learned text end-of-turn model (orchestrator/turns/textturn.py) and score it on held-out turns.
 
 Training text (nothing from perf/data/turns/check/):
-- chatterbot-corpus 1.3.3 (BSD by its wheel's classifier; `pip install chatterbot-corpus==1.3.3`, part of the `dev` extra): the
-  English conversations, as (previous utterance = replica context, next utterance = the user's turn) pairs.
+- chatterbot-corpus 1.3.3 (BSD by its wheel's classifier; `pip install chatterbot-corpus==1.3.3`, part of the
+  `dev` extra): the English conversations, as (previous utterance = replica context, next utterance = the
+  user's turn) pairs.
   Every whole utterance is a complete turn (1); prefixes cut at word boundaries are holds (0), mostly right
   after a function word or at a comma (clearly unfinished), fewer after a content word, very few at a
   sentence end inside the utterance (genuinely ambiguous: "Yes. | And ...").
