@@ -94,6 +94,7 @@ from orchestrator.intel.judge import JsonModel, JudgeFailed, LlmJson  # noqa: E4
 from orchestrator.intel.objectives import parse_objectives  # noqa: E402
 from orchestrator.intel.tools import Tool, parse_llm_tools, parse_tool_choice  # noqa: E402
 from orchestrator.models.ports import ChatMessage, Embedder, LanguageModel, LlmRequest  # noqa: E402
+from perf.bench_knowledge import percentile  # noqa: E402  (one definition for the knowledge and intel benches)
 
 KNOWLEDGE = ROOT / "perf" / "data" / "knowledge"
 DATA = ROOT / "perf" / "data" / "intel"
@@ -212,16 +213,6 @@ def says_unknown(reply: str) -> bool:
     """The reply says the replica does not know (one of `UNKNOWN`)."""
     text = normalise(reply)
     return any(p.search(text) for p in UNKNOWN)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between the closest ranks; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def stats(values: Sequence[float | None]) -> dict[str, float]:
