@@ -8,7 +8,10 @@ One `Telemetry` per service (its own registry, so tests and several servers in o
 - `duet_paced_sessions_total`, `duet_pacing_delay_seconds_total`: audio read at real time instead of faster;
 - `duet_stage_latency_seconds{stage}`: wall-clock latency per stage (`floor_decision`, `asr_final`,
   `llm_first_token`, `tts_first_chunk`, `first_audio`);
-- `duet_event_loop_lag_seconds`: how late the orchestrator's event loop runs a timer (every session shares it).
+- `duet_event_loop_lag_seconds`: how late the orchestrator's event loop runs a timer (every session shares it);
+- `duet_triton_endpoint_up{endpoint}` (1: in rotation), `duet_triton_endpoint_outstanding{endpoint}`,
+  `duet_triton_endpoint_calls_total{endpoint}`, `duet_triton_endpoint_drops_total{endpoint}` and
+  `duet_triton_endpoint_retries_total{endpoint}` (calls that failed there and went to another): each Triton server.
 
 Served by prometheus-client's own HTTP server thread on `metrics.host:metrics.port` (loopback by default).
 """
@@ -18,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from orchestrator.config import MetricsSettings
 from orchestrator.events import Event, FloorEvent, ReplicaSpeakingStart
+from orchestrator.models.endpoints import EndpointState
 
 log = logging.getLogger("duet.telemetry")
 
@@ -82,6 +86,11 @@ class Telemetry:
         """Export the model healer's counts (`duet_model_healing_total{event,model}`) and the embedded
         tritonserver's restarts (`duet_triton_restarts_total`), read at scrape time."""
         self.registry.register(_HealingMetrics(counts, restarts))
+
+    def watch_endpoints(self, states: Callable[[], Iterable[EndpointState]]) -> None:
+        """Export each Triton server's rotation, outstanding requests and counts (`duet_triton_endpoint_*`),
+        read at scrape time."""
+        self.registry.register(_EndpointMetrics(states))
 
     def first_audio(self, seconds: float) -> None:
         self.latency.labels(stage="first_audio").observe(max(seconds, 0.0))
@@ -156,3 +165,36 @@ class _HealingMetrics:
             events.add_metric([event, model], n)
         yield events
         yield CounterMetricFamily("duet_triton_restarts", "Embedded tritonserver restarts", value=self.restarts())
+
+
+class _EndpointMetrics:
+    """Prometheus view of the Triton endpoints (read at scrape time)."""
+
+    def __init__(self, states: Callable[[], Iterable[EndpointState]]) -> None:
+        self.states = states
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "duet_triton_endpoint_up", "1 while the Triton server is in rotation", labels=["endpoint"]
+        )
+        outstanding = GaugeMetricFamily(
+            "duet_triton_endpoint_outstanding", "Requests in flight to the Triton server", labels=["endpoint"]
+        )
+        calls = CounterMetricFamily(
+            "duet_triton_endpoint_calls", "Calls sent to the Triton server", labels=["endpoint"]
+        )
+        drops = CounterMetricFamily(
+            "duet_triton_endpoint_drops", "Times the Triton server left rotation", labels=["endpoint"]
+        )
+        retries = CounterMetricFamily(
+            "duet_triton_endpoint_retries",
+            "Calls that failed on the Triton server with a transport error and were sent to another",
+            labels=["endpoint"],
+        )
+        for s in self.states():
+            up.add_metric([s.url], 1.0 if s.up else 0.0)
+            outstanding.add_metric([s.url], s.outstanding)
+            calls.add_metric([s.url], s.calls)
+            drops.add_metric([s.url], s.drops)
+            retries.add_metric([s.url], s.retries)
+        yield from (up, outstanding, calls, drops, retries)

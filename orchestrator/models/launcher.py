@@ -372,9 +372,10 @@ def process_argv(pid: int) -> list[str]:
 
 @contextlib.contextmanager
 def triton_for(settings: TritonSettings) -> Iterator[str]:
-    """Yield a gRPC URL: the configured one, or an embedded server's for the duration of the block."""
-    if settings.url:
-        yield settings.url
+    """Yield a gRPC URL: the configured ones (comma-separated when several), or an embedded server's for the
+    duration of the block."""
+    if endpoints := settings.endpoints():
+        yield ",".join(endpoints)
         return
     with EmbeddedTriton(settings) as server:
         yield server.grpc_url

@@ -1,7 +1,7 @@
 """The models' vocabulary: the shared types and the `Protocol`s the session core calls.
 
 Pure: no `tritonclient` here. `orchestrator.models.triton.TritonModels` implements every protocol over one
-Triton channel; `orchestrator.models.openai_llm.OpenAIChat` implements `LanguageModel`; tests use fakes.
+Triton channel per server; `orchestrator.models.openai_llm.OpenAIChat` implements `LanguageModel`; tests use fakes.
 """
 
 from __future__ import annotations

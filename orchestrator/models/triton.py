@@ -1,9 +1,26 @@
 """The Triton adapter, and the only module that imports `tritonclient`: typed async calls to the Duet models
-over one gRPC channel, and the healer that reloads a model whose stub died.
+over one gRPC channel per Triton server, spread over several servers where there are several, and the healer
+that reloads a model whose stub died.
 
 It implements the protocols of `orchestrator.models.ports`; everything else sees only those, so the session
 logic stays testable with fakes and the transport stays replaceable. Failures become `ModelUnavailable` with
 the model's own message.
+
+Several servers (`triton.urls`): each call goes to the server with the least outstanding requests
+(`orchestrator.models.endpoints` decides; `watch_endpoints` checks their health). A call that fails with a
+transport error (gRPC UNAVAILABLE: the server is gone, refused the connection, or closed the socket under
+the call) drops that server from rotation and is sent once more, to another server, when that is safe:
+- unary calls (`vad`, `floor`, `floor_fusion`, `asr`, `face_motion`, the perception models, `embed`) always:
+  each is a pure function of its inputs (the state of a session's VAD travels in and out as tensors), so a
+  call that did reach the lost server and is computed again elsewhere changes nothing but the time taken;
+- streams (`llm`, `tts`, `face_render`) only before their first response: their caller has seen nothing
+  yet, so the stream starts afresh elsewhere as if sent there first. A stream that already yielded (LLM
+  tokens, speech, frames) is never replayed (its caller would get a second, different start) and fails with
+  `model_unavailable`, as a stream cut by a dead stub does;
+- a call that failed for any other reason (its input, the model's own error, a timeout: the server may be
+  slow, not gone) is not sent again elsewhere; a dead stub is the healer's case (below).
+One session's LLM requests keep to the server that served its last turn (its KV cache, holding the
+conversation's prefix, lives there) while that server is in rotation.
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -25,6 +42,14 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.errors import BadFaceParams, BadOption, BadPortrait, ModelUnavailable
+from orchestrator.models.endpoints import (
+    EndpointPool,
+    EndpointState,
+    PoolPolicy,
+    Restored,
+    Transition,
+    affinity_key,
+)
 from orchestrator.models.healing import (
     Action,
     Healed,
@@ -57,6 +82,13 @@ class ReloadHung(ModelUnavailable):
     """A reload did not finish in its time: Triton refuses to load that model again while the stuck load runs."""
 
 
+class EndpointDown(ModelUnavailable):
+    """A transport error: the Triton server did not take the call, or was lost during it (gRPC UNAVAILABLE)."""
+
+
+_UNAVAILABLE = str(grpc.StatusCode.UNAVAILABLE)  # how tritonclient spells the status of such an error
+
+
 # tritonclient's own channel defaults, plus a short reconnect backoff: after Triton restarts (or an external
 # one comes back) the channel is usable within ~1 s, not after gRPC's default backoff of up to 120 s.
 _KEEPALIVE = grpcclient.KeepAliveOptions()
@@ -76,14 +108,42 @@ _CHANNEL_ARGS = [
 PRIORITY_LEVELS = ("asr",)  # models whose config.pbtxt declares `priority_levels` (Triton queues by priority)
 
 
-class TritonModels:
-    """Async client for `vad` and the `floor` ensemble. One instance is shared by all sessions."""
+class _Endpoint:
+    """One Triton server: its gRPC channel, and the healer of its models (set by `ModelHealer`)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
+        self.client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
+        self.healer: ModelHealer | None = None
+
+
+def endpoint_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """The gRPC endpoints named by `url`: one `host:port`, a comma-separated list, or a sequence of them."""
+    items = url.split(",") if isinstance(url, str) else [u for part in url for u in part.split(",")]
+    return tuple(dict.fromkeys(u.strip() for u in items if u.strip()))
+
+
+class TritonModels:
+    """Async client for every Duet model, over one or several Triton servers. One instance is shared by all
+    sessions. `url`: one gRPC `host:port`, or several (a sequence, or comma-separated)."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        timeout_s: float = 10.0,
+        *,
+        policy: PoolPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        urls = endpoint_urls(url)
+        if not urls:
+            raise ValueError("TritonModels needs a Triton gRPC endpoint (host:port)")
+        self.urls = urls
+        self.url = ",".join(urls)
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
-        self.healer: ModelHealer | None = None  # set by `ModelHealer(self)`: requests then heal dead models
+        self._endpoints = tuple(_Endpoint(u) for u in urls)
+        self._by_url = {e.url: e for e in self._endpoints}
+        self.pool = EndpointPool(urls, policy, clock)
         # How long a request waits for a model being healed before it fails: a reload takes 0.5-3 s on an idle
         # machine, 10 s and more for a large model on a loaded one; waiting beats failing a turn (or, for `vad`
         # and `floor`, the session).
@@ -93,86 +153,216 @@ class TritonModels:
         # pool queues replies), the models in PRIORITY_LEVELS through Triton's scheduler queue.
         self.priority = 0
 
+    @property
+    def healer(self) -> ModelHealer | None:
+        """The healer of this client's one server (`ModelHealer(models.at(url))` for one of several)."""
+        return self._single().healer
+
+    @healer.setter
+    def healer(self, healer: ModelHealer | None) -> None:
+        self._single().healer = healer
+
+    def _single(self) -> _Endpoint:
+        if len(self._endpoints) != 1:
+            raise ValueError(f"{len(self._endpoints)} Triton endpoints: a healer heals one (use `at(url)`)")
+        return self._endpoints[0]
+
+    def at(self, url: str) -> TritonModels:
+        """This client (same channels, same pool) sending only to the server at `url`: what its healer uses."""
+        view = copy.copy(self)
+        view._endpoints = (self._by_url[url],)
+        view.urls, view.url = (url,), url
+        return view
+
+    def healers(self) -> list[ModelHealer]:
+        return [e.healer for e in self._endpoints if e.healer is not None]
+
     def with_priority(self, priority: int) -> TritonModels:
-        """This client (same channel, same healer) sending its requests at `priority`."""
+        """This client (same channels, same healers, same pool) sending its requests at `priority`."""
         view = copy.copy(self)
         view.priority = priority
         return view
 
+    def endpoint_states(self) -> list[EndpointState]:
+        """Each server's rotation, outstanding requests and counts (for metrics)."""
+        return self.pool.states()
+
     async def close(self) -> None:
-        await self._client.close()
+        for e in self._endpoints:
+            await e.client.close()
 
     async def ready(self, models: tuple[str, ...] = ("vad", "floor")) -> None:
-        try:
-            live = await self._client.is_server_ready()
-            missing = [m for m in models if not await self._client.is_model_ready(m)]
-        except InferenceServerException as exc:
-            raise ModelUnavailable(f"Triton at {self.url} is not reachable: {exc.message()}") from exc
-        if not live or missing:
-            raise ModelUnavailable(f"Triton at {self.url} is not ready (models not ready: {missing or 'server'})")
+        """Raises unless a server is ready with `models`. With several, those not ready leave rotation (logged)
+        and are taken back by `watch_endpoints` once they are."""
+        problems = await asyncio.gather(*(self._not_ready(e, models) for e in self._endpoints))
+        for e, problem in zip(self._endpoints, problems, strict=True):
+            self._log(self.pool.checked(e.url, problem is None, problem or "", at_once=True))
+        if all(p is not None for p in problems):
+            raise ModelUnavailable("; ".join(p for p in problems if p))
+        for problem in problems:
+            if problem is not None:
+                log.warning("%s; serving from the other Triton endpoints meanwhile", problem)
 
-    async def _infer(self, model: str, inputs: list[Any], outputs: list[str]) -> Any:
+    async def _not_ready(self, e: _Endpoint, models: tuple[str, ...]) -> str | None:
+        try:
+            live = await e.client.is_server_ready()
+            missing = [m for m in models if not await e.client.is_model_ready(m)]
+        except InferenceServerException as exc:
+            return f"Triton at {e.url} is not reachable: {exc.message()}"
+        if not live or missing:
+            return f"Triton at {e.url} is not ready (models not ready: {missing or 'server'})"
+        return None
+
+    # --- the endpoints: which server takes a call, and which are in rotation ---
+
+    async def watch_endpoints(self) -> None:
+        """Until cancelled: check each server's readiness (gRPC ServerReady) every `check_interval_s`, taking
+        back a server that is ready and dropping one whose checks keep failing. Run it as an owned task."""
+        policy = self.pool.policy
+        try:
+            while True:
+                due = [self._by_url[u] for u in self.pool.due()]
+                results = await asyncio.gather(*(self._check(e, policy.check_timeout_s) for e in due))
+                for e, (problem, refused) in zip(due, results, strict=True):
+                    self._log(self.pool.checked(e.url, problem is None, problem or "", at_once=refused))
+                await asyncio.sleep(max(self.pool.next_due() - self.pool.now(), 0.01))
+        except Exception:  # the rotation must not freeze unnoticed (cancellation is no Exception: it passes)
+            log.exception("Triton endpoint health checks stopped")
+            raise
+
+    @staticmethod
+    async def _check(e: _Endpoint, timeout_s: float) -> tuple[str | None, bool]:
+        """What is wrong with the server at `e` (None: it is ready), and whether it is gone (a transport error:
+        one such check is enough to drop it, while a slow or not-ready answer must repeat)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                ready = await e.client.is_server_ready(client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            return exc.message() or str(exc.status()), exc.status() == _UNAVAILABLE
+        except TimeoutError:
+            return f"no answer within {timeout_s:g}s", False
+        return (None, False) if ready else ("not ready", False)
+
+    @staticmethod
+    def _log(transition: Transition | None) -> None:
+        if transition is None:
+            return
+        if isinstance(transition, Restored):
+            log.warning(
+                "Triton at %s is back in rotation after %.2f s (%s)",
+                transition.url,
+                transition.down_s,
+                transition.reason,
+            )
+        else:
+            log.warning("Triton at %s left rotation: %s", transition.url, transition.reason)
+
+    def _pick(self, model: str, tried: set[str], affinity: str = "") -> _Endpoint | None:
+        """The server for a call to `model` (None: every one was tried): in rotation, not healing `model`."""
+        healthy = [e.url for e in self._endpoints if e.healer is None or e.healer.healthy(model)]
+        url = self.pool.choose(among=self.urls, exclude=tried, prefer=healthy, affinity=affinity)
+        return None if url is None else self._by_url[url]
+
+    def _in_rotation(self, tried: set[str]) -> bool:
+        """Whether a server not yet tried is in rotation."""
+        return any(e.url not in tried and self.pool.up(e.url) for e in self._endpoints)
+
+    def _elsewhere(self, model: str, tried: set[str]) -> bool:
+        """Whether a server not yet tried is in rotation and not healing `model`."""
+        return any(
+            e.url not in tried and self.pool.up(e.url) and (e.healer is None or e.healer.healthy(model))
+            for e in self._endpoints
+        )
+
+    async def _infer(self, e: _Endpoint, model: str, inputs: list[Any], outputs: list[str]) -> Any:
         try:
             # Not `asyncio.wait_for`: on Python 3.11 it can return the result when a cancel and the reply land
             # together, so a cancelled session would carry on (and never release its slot).
             async with asyncio.timeout(self.timeout_s):
-                return await self._client.infer(
+                return await e.client.infer(
                     model,
                     inputs,
                     outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
                     priority=self.priority if model in PRIORITY_LEVELS else 0,
                 )
         except InferenceServerException as exc:
+            if exc.status() == _UNAVAILABLE:
+                raise EndpointDown(f"model {model!r} is not reachable at {e.url}: {exc.message()}") from exc
             raise ModelUnavailable(f"model {model!r} failed: {exc.message()}") from exc
         except TimeoutError as exc:
             raise ModelUnavailable(f"model {model!r} did not answer within {self.timeout_s:.0f}s") from exc
 
     async def _call(self, model: str, inputs: list[Any], outputs: list[str]) -> Any:
-        """`_infer`, healing a model whose stub died: the failure starts (or joins) its reload, and the request
-        is sent once more when the model is back. Once only: a request that kills the stub again fails."""
-        healer = self.healer
-        if healer is None:
-            return await self._infer(model, inputs, outputs)
-        if not healer.healthy(model):
-            await healer.wait_healthy(model, self.heal_wait_s)
-        sent = healer.now()
-        try:
-            return await self._infer(model, inputs, outputs)
-        except ModelUnavailable as exc:
-            # its stub died, or it went to a model being reloaded meanwhile ("unknown model", "not ready")
-            dead = healer.failed(model, exc.message, sent) or not healer.healthy(model)
-            if not dead or not await healer.wait_healthy(model, self.heal_wait_s):
-                raise
-        sent = healer.now()
-        try:
-            return await self._infer(model, inputs, outputs)
-        except ModelUnavailable as exc:
-            healer.failed(model, exc.message, sent)  # it killed the new stub too: that starts another reload
-            raise
+        """`_infer` on the least loaded server, sent at most twice (every model called this way is a pure
+        function of its inputs, so a second send is always safe):
+        - a transport error drops the server from rotation; the call goes to another server if there is one;
+        - a dead stub starts (or joins) its model's reload on that server; the call goes to another server
+          where the model is healthy, else waits for the reload and goes to the same one. A request that kills
+          the new stub too fails."""
+        tried: set[str] = set()
+        for attempt in (1, 2):
+            e = self._pick(model, tried)
+            if e is None:
+                break
+            healer = e.healer
+            if healer is not None and not healer.healthy(model):
+                await healer.wait_healthy(model, self.heal_wait_s)
+            heal_sent = healer.now() if healer is not None else 0.0
+            sent = self.pool.begin(e.url)
+            try:
+                result = await self._infer(e, model, inputs, outputs)
+            except EndpointDown as exc:
+                retry = attempt == 1 and self._in_rotation({*tried, e.url})
+                self._log(self.pool.failed(e.url, sent, exc.message, retried=retry))
+                if not retry:
+                    raise
+                log.info("%s; sending it to another endpoint", exc.message)
+                tried.add(e.url)
+                continue
+            except ModelUnavailable as exc:
+                if healer is None:
+                    raise
+                # its stub died, or it went to a model being reloaded meanwhile ("unknown model", "not ready")
+                dead = healer.failed(model, exc.message, heal_sent) or not healer.healthy(model)
+                if not dead or attempt == 2:
+                    raise  # (a second failure on a dead stub has started another reload: the next call waits)
+                if self._elsewhere(model, {*tried, e.url}):
+                    tried.add(e.url)
+                elif not await healer.wait_healthy(model, self.heal_wait_s):
+                    raise
+                continue
+            finally:
+                self.pool.end(e.url)
+            self._log(self.pool.succeeded(e.url, sent))
+            return result
+        raise ModelUnavailable(f"model {model!r}: no Triton endpoint left to try")
 
     # --- the repository API (model healing) ---
 
     async def reload(self, model: str, timeout_s: float = 30.0) -> None:
         """Unload and load `model` again: what brings back a model whose stub died (a plain load of an unchanged
-        model does nothing). Ensembles that use it come back by themselves."""
+        model does nothing). Ensembles that use it come back by themselves. On this client's one server."""
+        client = self._single().client
         try:
             async with asyncio.timeout(timeout_s):
-                await self._client.unload_model(model)
-                await self._client.load_model(model)
+                await client.unload_model(model)
+                await client.load_model(model)
         except InferenceServerException as exc:
             raise ModelUnavailable(f"reloading model {model!r} failed: {exc.message()}") from exc
         except TimeoutError as exc:
             raise ReloadHung(f"reloading model {model!r} took over {timeout_s:.0f}s") from exc
 
     async def ensembles(self) -> dict[str, tuple[str, ...]]:
-        """The loaded ensembles and the models each runs (`floor` -> `turn`, `prosody`, `floor_fusion`)."""
+        """The loaded ensembles and the models each runs (`floor` -> `turn`, `prosody`, `floor_fusion`), on this
+        client's one server."""
+        client = self._single().client
         try:
-            index = await self._client.get_model_repository_index(as_json=True)
+            index = await client.get_model_repository_index(as_json=True)
             out: dict[str, tuple[str, ...]] = {}
             for entry in index.get("models", []):
                 if entry.get("state") != "READY":
                     continue
-                config = (await self._client.get_model_config(entry["name"], as_json=True)).get("config", {})
+                config = (await client.get_model_config(entry["name"], as_json=True)).get("config", {})
                 if config.get("platform") == "ensemble":
                     steps = config.get("ensemble_scheduling", {}).get("step", [])
                     out[entry["name"]] = tuple(dict.fromkeys(step["model_name"] for step in steps))
@@ -285,7 +475,12 @@ class TritonModels:
         `request.json_schema` the model cannot compile into a grammar.
         """
         responses = self._stream(
-            "llm", self._llm_inputs(request, self.priority), ["TEXT"], self.llm_timeout_s, request_id=request.request_id
+            "llm",
+            self._llm_inputs(request, self.priority),
+            ["TEXT"],
+            self.llm_timeout_s,
+            request_id=request.request_id,
+            affinity=affinity_key(request.request_id),  # one session's replies: where its KV cache is
         )
         try:
             async for result in responses:
@@ -302,37 +497,63 @@ class TritonModels:
             await responses.aclose()  # closing us must cancel the request now, not when GC gets to it
 
     async def _stream(
-        self, model: str, inputs: list[Any], outputs: list[str], timeout_s: float, request_id: str = ""
+        self,
+        model: str,
+        inputs: list[Any],
+        outputs: list[str],
+        timeout_s: float,
+        request_id: str = "",
+        affinity: str = "",
     ) -> AsyncGenerator[Any, None]:
-        """`_stream_once`, healing a model whose stub died. A stream that fails before its first response is
-        sent once more when the model is back; one that fails later cannot be (its start was used already),
-        so it fails, and its failure starts the reload the next request finds done."""
-        healer = self.healer
+        """`_stream_once` on the least loaded server (or the one `affinity` used last), healing a model whose
+        stub died. A stream that fails before its first response is sent once more: to another server after a
+        transport error, or after a dead stub where another server has the model healthy, else to the same one
+        when the model is back. One that fails later cannot be (its caller has seen its start), so it fails; a
+        dead stub's failure is still reported, and starts the reload the next request finds done."""
+        tried: set[str] = set()
         for attempt in (1, 2):
+            e = self._pick(model, tried, affinity)
+            if e is None:
+                break
+            healer = e.healer
             if healer is not None and not healer.healthy(model):
                 await healer.wait_healthy(model, self.heal_wait_s)
-            sent = healer.now() if healer is not None else 0.0
-            responses = self._stream_once(model, inputs, outputs, timeout_s, request_id)
+            heal_sent = healer.now() if healer is not None else 0.0
+            sent = self.pool.begin(e.url)
+            responses = self._stream_once(e, model, inputs, outputs, timeout_s, request_id)
             started = False
             try:
                 async for result in responses:
-                    started = True
+                    if not started:
+                        started = True
+                        self._log(self.pool.succeeded(e.url, sent))
                     yield result
                 return
+            except EndpointDown as exc:
+                retry = not started and attempt == 1 and self._in_rotation({*tried, e.url})
+                self._log(self.pool.failed(e.url, sent, exc.message, retried=retry))
+                if not retry:
+                    raise
+                log.info("%s; sending it to another endpoint", exc.message)
+                tried.add(e.url)
             except ModelUnavailable as exc:
                 if healer is None:
                     raise
                 # reported even when it cannot be sent again: the failure is what starts the reload
-                dead = isinstance(exc, StubDied) or healer.failed(model, exc.message, sent)
+                dead = isinstance(exc, StubDied) or healer.failed(model, exc.message, heal_sent)
                 if started or attempt == 2 or not (dead or not healer.healthy(model)):
                     raise
-                if not await healer.wait_healthy(model, self.heal_wait_s):
+                if self._elsewhere(model, {*tried, e.url}):
+                    tried.add(e.url)
+                elif not await healer.wait_healthy(model, self.heal_wait_s):
                     raise
             finally:
+                self.pool.end(e.url)
                 await responses.aclose()
+        raise ModelUnavailable(f"model {model!r}: no Triton endpoint left to try")
 
     async def _stream_once(
-        self, model: str, inputs: list[Any], outputs: list[str], timeout_s: float, request_id: str = ""
+        self, e: _Endpoint, model: str, inputs: list[Any], outputs: list[str], timeout_s: float, request_id: str = ""
     ) -> AsyncGenerator[Any, None]:
         """One request to a decoupled model over a gRPC stream: its responses until the FINAL flag.
 
@@ -351,8 +572,8 @@ class TritonModels:
                 "parameters": {"triton_enable_empty_final_response": True},
             }
 
-        stream = self._client.stream_infer(inputs_iterator=one_request())
-        healer = self.healer
+        stream = e.client.stream_infer(inputs_iterator=one_request())
+        healer = e.healer
         deaths = healer.deaths(model) if healer is not None else 0
         try:
             while True:
@@ -369,7 +590,10 @@ class TritonModels:
                         raise StubDied(f"model {model!r} failed: its stub died during the request") from None
                     raise ModelUnavailable(f"model {model!r} sent nothing for {timeout_s:.0f}s") from exc
                 except grpc.RpcError as exc:
-                    raise ModelUnavailable(f"model {model!r} is not reachable at {self.url}: {exc}") from exc
+                    message = f"model {model!r} is not reachable at {e.url}: {exc}"
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        raise EndpointDown(message) from exc
+                    raise ModelUnavailable(message) from exc
                 if error is not None:
                     raise ModelUnavailable(f"model {model!r} failed: {error.message()}")
                 yield result
@@ -518,6 +742,7 @@ class TritonModels:
 
 class ModelHealer:
     """Heals the models of one `TritonModels` whose stub died: the I/O around `orchestrator.models.healing.Healer`.
+    One server's: with several, each has its own (`ModelHealer(models.at(url))`).
 
     - Requests report their failures (`failed`); the dead-stub one starts a reload, shared by every request
       that fails meanwhile, and those wait for it (`wait_healthy`) and are sent once more.
