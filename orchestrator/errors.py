@@ -51,6 +51,13 @@ class ServerBusy(DuetError):
     code = "server_busy"
 
 
+class Draining(DuetError):
+    """The server is shutting down (SIGTERM): it takes no new sessions, calls or renders while its live sessions
+    finish. Not the client's fault: connect again, and another server takes the session."""
+
+    code = "draining"
+
+
 class RateLimited(DuetError):
     """Sessions are being started faster than `server.starts_per_s` (or per connection); try again shortly."""
 
@@ -101,7 +108,6 @@ class TextTooLong(DuetError):
 
     code = "text_too_long"
     fatal = False
-
 
 
 # ---- the control plane (REST); each maps to one HTTP status (orchestrator/api/http/errors.py) ----------------

@@ -333,8 +333,19 @@ def test_orchestrator_drains_gracefully() -> None:
     command = c["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and int(command[1]) > 0  # waits only: endpoints go before SIGTERM
     assert spec["terminationGracePeriodSeconds"] == 330
-    assert spec["terminationGracePeriodSeconds"] > int(command[1])
+    # the application drains for DUET_SERVER__DRAIN_TIMEOUT_S after SIGTERM: the grace covers the sleep, the
+    # drain and the stop after it, or Kubernetes kills the pod mid-drain
+    drain_s = load_settings(env={"DUET_SERVER__DRAIN_TIMEOUT_S": env_of(c)["DUET_SERVER__DRAIN_TIMEOUT_S"]["value"]})
+    assert drain_s.server.drain_timeout_s == 285
+    assert spec["terminationGracePeriodSeconds"] >= int(command[1]) + drain_s.server.drain_timeout_s + 30
     assert objects("default", "Deployment")[ORCH]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_a_grace_period_shorter_than_the_drain_is_refused() -> None:
+    h = helm()
+    values = {"orchestrator": {"drain": {"drainTimeoutSeconds": 600}}}  # the default grace (330) is too short
+    with h.Chart.load(CHART) as chart, pytest.raises(h.HelmError, match="terminationGracePeriodSeconds"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_orchestrator_probes_hit_a_route_that_exists_without_a_key() -> None:
@@ -345,6 +356,9 @@ def test_orchestrator_probes_hit_a_route_that_exists_without_a_key() -> None:
         assert get["port"] == "http"
         operation = document["paths"][get["path"]]["get"]
         assert operation["security"] == [], f"{get['path']} needs a key: a probe would get 401"
+    # readiness follows Triton, the store and the drain; liveness only the event loop (a drain is not a crash)
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v1/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == c["startupProbe"]["httpGet"]["path"] == "/v1/health/live"
 
 
 def test_ingress_is_optional_with_session_affinity() -> None:

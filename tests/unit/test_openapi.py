@@ -18,6 +18,8 @@ from orchestrator.errors import DuetError
 DOC = openapi.document()
 OPERATION_IDS = {
     "getOpenApi",
+    "getLiveness",
+    "getReadiness",
     "getWebRtcConfig",
     "joinWebRtc",
     "listKeys",
@@ -178,9 +180,10 @@ def test_every_path_parameter_is_declared() -> None:
 
 
 JOIN_TOKEN_OPS = ("getWebRtcConfig", "joinWebRtc")  # a browser holds a conversation's join token, not a key
+PUBLIC_OPS = ("getOpenApi", "getLiveness", "getReadiness")  # the document and the probes: no key at all
 
 
-def test_security_is_bearer_except_for_the_document_and_the_browser_join() -> None:
+def test_security_is_bearer_except_for_the_public_operations_and_the_browser_join() -> None:
     for scheme in ("bearer", "joinToken"):
         assert DOC["components"]["securitySchemes"][scheme] == {
             "type": "http",
@@ -188,14 +191,14 @@ def test_security_is_bearer_except_for_the_document_and_the_browser_join() -> No
             "description": DOC["components"]["securitySchemes"][scheme]["description"],
         }
     for _, _, _, op in _ops():
-        if op["operationId"] == "getOpenApi":
+        if op["operationId"] in PUBLIC_OPS:
             assert op["security"] == []
         elif op["operationId"] in JOIN_TOKEN_OPS:
             assert op["security"] == [{"joinToken": []}], op["operationId"]
         else:
             assert op["security"] == [{"bearer": []}], op["operationId"]
     auth = {op.operation_id: op.auth for op in openapi.operations()}
-    assert auth.pop("getOpenApi") is False
+    assert [auth.pop(name) for name in PUBLIC_OPS] == [False, False, False]
     assert [auth.pop(name) for name in JOIN_TOKEN_OPS] == [False, False]
     assert all(auth.values())
 
@@ -203,7 +206,7 @@ def test_security_is_bearer_except_for_the_document_and_the_browser_join() -> No
 def test_error_responses_are_listed_and_shared() -> None:
     for path, method, _, op in _ops():
         name = op["operationId"]
-        if name == "getOpenApi":
+        if name in PUBLIC_OPS:  # no key, no body, no rate: nothing to refuse (readiness's 503: below)
             continue
         responses = op["responses"]
         expected = {"401", "429", "503"}
@@ -223,6 +226,21 @@ def test_error_responses_are_listed_and_shared() -> None:
         assert errors == expected, f"{method} {path}"
         for code in errors:
             assert responses[code] == {"$ref": f"#/components/responses/{ERROR_RESPONSES[code]}"}
+
+
+def test_probes_answer_their_own_bodies() -> None:
+    by_id = {op["operationId"]: (path, op) for path, _, _, op in _ops()}
+    assert by_id["getLiveness"][0] == "/v1/health/live"
+    assert set(by_id["getLiveness"][1]["responses"]) == {"200"}
+    path, ready = by_id["getReadiness"]
+    assert path == "/v1/health/ready"
+    assert set(ready["responses"]) == {"200", "503"}  # not ready is the same body, naming the failed checks
+    for status in ("200", "503"):
+        media = ready["responses"][status]["content"]["application/json"]
+        assert media["schema"] == {"$ref": "#/components/schemas/Readiness"}
+        validate_response("getReadiness", int(status), media["example"])
+    checks = DOC["components"]["schemas"]["Readiness"]["properties"]["checks"]["properties"]
+    assert set(checks) == {"triton", "store", "draining"}
 
 
 def test_shared_error_responses_use_the_error_schema() -> None:
@@ -644,6 +662,20 @@ def _page(item: dict[str, Any]) -> dict[str, Any]:
     ("operation_id", "status", "body"),
     [
         ("getOpenApi", 200, DOC),
+        ("getLiveness", 200, {"live": True}),
+        ("getReadiness", 200, {"ready": True, "checks": {"store": {"ok": True}, "draining": {"ok": True}}}),
+        (
+            "getReadiness",
+            503,
+            {
+                "ready": False,
+                "checks": {
+                    "triton": {"ok": False, "message": "Triton or a model this server calls is not ready"},
+                    "store": {"ok": True},
+                    "draining": {"ok": True},
+                },
+            },
+        ),
         ("listKeys", 200, _page(KEY)),
         ("createKey", 201, {k: KEY[k] for k in ("key_id", "name", "prefix", "created_at")} | {"api_key": "duet_x"}),
         ("revokeKey", 200, KEY | {"revoked_at": NOW}),
@@ -726,6 +758,10 @@ def test_good_responses_pass(operation_id: str, status: int, body: object) -> No
         ("getPersona", 404, {"code": "not_found"}, "$.code"),
         ("getPersona", 201, PERSONA_OUT, "$"),  # not a documented status
         ("deletePersona", 204, {"deleted": True}, "$"),
+        ("getReadiness", 200, {"ready": True, "checks": {"store": {"ok": True}}}, "$.checks.draining"),
+        ("getReadiness", 503, {"ready": False, "checks": {"draining": {"ok": "no"}}}, "$.checks.draining.ok"),
+        ("getReadiness", 200, {"ready": True, "checks": {"draining": {"ok": True}, "x": {"ok": True}}}, "$.checks.x"),
+        ("getLiveness", 503, {"live": True}, "$"),
     ],
 )
 def test_bad_responses_are_caught(operation_id: str, status: int, body: object, field: str) -> None:

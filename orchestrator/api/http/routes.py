@@ -140,6 +140,14 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
     async def get_openapi(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         return web.Response(body=openapi.document_json(), content_type="application/json")
 
+    # ---- probes (no key) ----
+    async def get_liveness(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        return _json({"live": True})  # answered at all: the event loop runs
+
+    async def get_readiness(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
+        report = await plane.readiness.report()
+        return _json(report.body(), 200 if report.ready else 503)
+
     # ---- keys ----
     async def list_keys(request: web.Request, caller: Caller, body: Any) -> web.StreamResponse:
         keys = await store.list_keys(caller.tenant.id)
@@ -351,6 +359,8 @@ def handlers(plane: ControlPlane, faces: FacePreparer) -> dict[str, Handler]:
 
     return {
         "getOpenApi": get_openapi,
+        "getLiveness": get_liveness,
+        "getReadiness": get_readiness,
         "listKeys": list_keys,
         "createKey": create_key_,
         "revokeKey": revoke_key,
