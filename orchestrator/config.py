@@ -1,7 +1,8 @@
 """One frozen settings tree, loaded from YAML and `DUET_*` environment variables, validated at start.
 
 Environment overrides use double underscores between levels: `DUET_TRITON__URL=host:8001`,
-`DUET_SERVER__PORT=50051`, `DUET_FLOOR__COMMIT_THRESHOLD=0.7`.
+`DUET_SERVER__PORT=50051`, `DUET_FLOOR__COMMIT_THRESHOLD=0.7`; lists are comma-separated:
+`DUET_TRITON__URLS=triton-a:8001,triton-b:8001`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class TritonSettings:
-    url: str = ""  # gRPC host:port of an existing Triton; empty = launch the embedded one
+    url: str = ""  # gRPC host:port of an existing Triton; empty (and no `urls`) = launch the embedded one
+    # Several Triton servers (gRPC host:port each; env: comma-separated): every model call goes to the one with
+    # the least outstanding requests, a server that fails or is not ready leaves rotation until it is ready
+    # again (docs/robustness.md). `url` and `urls` together name them all.
+    urls: tuple[str, ...] = ()
+    health_interval_s: float = 1.0  # each server's readiness is checked this often
     model_repository: str = str(REPO_ROOT / "model_repository")
     models: tuple[str, ...] = (
         "vad",
@@ -46,6 +52,11 @@ class TritonSettings:
     metrics_port: int = 0
     startup_timeout_s: float = 90.0
     request_timeout_s: float = 10.0
+
+    def endpoints(self) -> tuple[str, ...]:
+        """The configured Triton servers, `url` first (empty: launch the embedded one)."""
+        items = [u.strip() for part in (self.url, *self.urls) for u in part.split(",")]
+        return tuple(dict.fromkeys(u for u in items if u))
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,9 @@ class ServerSettings:
     triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
     # ... of which sessions running ahead of real time (floor/acoustic fed as fast as possible) hold at most this
     bulk_inflight: int = 2
+    # On SIGTERM/SIGINT `duet serve` drains: no new sessions, readiness fails, live sessions go on for at most
+    # this long, then the rest are ended (shutdown reason `error`); a second signal stops at once (docs/deploy.md).
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +213,11 @@ class ApiSettings:
     max_minutes_per_day: int = 0  # 0 = unlimited
     default_max_duration_s: int = 1800  # a conversation's `properties.max_duration_s` when not given
     default_absent_timeout_s: int = 300  # created but nobody joined this long: ended `participant_absent`
+    # Several orchestrators on one store (docs/deploy.md): each holds the conversations whose sessions it runs.
+    instance_id: str = ""  # this orchestrator's name in the store (a pod's name); empty: a fresh one per process
+    internal_url: str = ""  # where the other orchestrators reach this one's API; empty: the local API address
+    hold_lease_s: float = 15.0  # a holder renews its conversations' lease every third of this; one not renewed
+    # within it (the holder died) is ended `error` by any orchestrator
 
 
 @dataclass(frozen=True)
@@ -348,6 +367,7 @@ FLOOR_RANGES_MS: dict[str, tuple[int, int]] = {
     "barge_in_ms": (64, 5000),
 }
 FACE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a file name in faces/, never a path
+INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]*$")  # empty: generated at start
 
 
 def _in_range(where: str, value: float, lo: float, hi: float) -> None:
@@ -392,6 +412,12 @@ def validate(s: Settings) -> None:
         if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
             raise BadOption(f"webrtc.ice_servers: {url!r} is not a stun:, stuns:, turn: or turns: URL")
     _in_range("server.idle_timeout_s", sv.idle_timeout_s, 0.0, 86400.0)
+    _in_range("api.hold_lease_s", s.api.hold_lease_s, 3.0, 3600.0)
+    if len(s.api.instance_id) > 80 or not INSTANCE_ID.match(s.api.instance_id):
+        raise BadOption(f"api.instance_id {s.api.instance_id[:80]!r} is not a name (letters, digits, '.', '-', '_')")
+    if s.api.internal_url and not s.api.internal_url.startswith(("http://", "https://")):
+        raise BadOption(f"api.internal_url {s.api.internal_url[:80]!r} is not an http(s) URL")
+    _in_range("server.drain_timeout_s", sv.drain_timeout_s, 0.0, 86400.0)
     _in_range("server.audio_burst_s", sv.audio_burst_s, 0.1, 60.0)
     _in_range("server.max_text_chars", sv.max_text_chars, 1, 1 << 20)
     _in_range("server.max_video_fps", sv.max_video_fps, 1.0, 120.0)
@@ -403,6 +429,10 @@ def validate(s: Settings) -> None:
     _in_range("server.triton_inflight", sv.triton_inflight, 1, 4096)
     _in_range("server.bulk_inflight", sv.bulk_inflight, 1, sv.triton_inflight)
     _in_range("metrics.port", s.metrics.port, 0, 65535)
+    _in_range("triton.health_interval_s", s.triton.health_interval_s, 0.05, 60.0)
+    for url in s.triton.endpoints():
+        if url.startswith(("http://", "https://")):  # Triton's HTTP URL where its gRPC endpoint is wanted
+            raise BadOption(f"triton.url/urls: {url!r} is an HTTP URL; give Triton's gRPC host:port")
     if s.llm.backend not in ("triton", "openai"):
         raise BadOption(f"llm.backend must be 'triton' or 'openai', not {s.llm.backend!r}")
     if s.llm.backend == "openai" and not s.llm.openai_base_url:

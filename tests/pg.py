@@ -148,6 +148,17 @@ class ThrowawayPostgres:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
 
+    def pause(self) -> None:
+        """Stop the server, keeping its data and port (a restart or failover, as clients see it): `resume`."""
+        self._pg_ctl_stop("fast")
+
+    def resume(self) -> None:
+        """Start the paused server again on the same port."""
+        self._run_server_bin(
+            "pg_ctl", "start", "-w", "-t", str(round(self.start_timeout_s)), "-D", str(self.data_dir),
+            "-l", str(self.log_path), "-o", f"-p {self.port}", timeout_s=self.start_timeout_s + 10,
+        )  # fmt: skip
+
     def __enter__(self) -> ThrowawayPostgres:
         return self.start()
 

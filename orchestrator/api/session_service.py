@@ -33,6 +33,7 @@ import grpc
 
 from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
+from orchestrator.api.drain import Drain
 from orchestrator.api.inbox import Inbox
 from orchestrator.api.limits import AudioClock, FrameRate, TokenBucket
 from orchestrator.api.options import check_audio_format, clip_spec, parse_options
@@ -44,6 +45,7 @@ from orchestrator.errors import (
     AudioTooFast,
     BadOption,
     ConversationEnded,
+    Draining,
     DuetError,
     IdleTimeout,
     ProtocolError,
@@ -256,8 +258,10 @@ class SessionService(pb_grpc.SessionServicer):
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.perf_counter,
         conversations: Conversations | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.models = models
+        self.drain = drain  # once it drains (SIGTERM), every new session, call and render is refused
         self.settings = settings
         self.llm = llm
         self.conversations = conversations  # the control plane's conversations (join tokens), when it runs
@@ -280,7 +284,12 @@ class SessionService(pb_grpc.SessionServicer):
         self._live: dict[str, _Live] = {}
 
     def check_capacity(self) -> None:
-        """Sessions and renders share one limit: each holds Triton streams and a slice of the machine."""
+        """Sessions and renders share one limit: each holds Triton streams and a slice of the machine. A draining
+        server takes none."""
+        if self.drain is not None and self.drain.draining:
+            raise Draining(
+                "the server is shutting down: it takes no new sessions (its live ones may finish); connect again"
+            )
         if self.active >= self.settings.server.max_sessions:
             raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
 
@@ -333,7 +342,10 @@ class SessionService(pb_grpc.SessionServicer):
         return event_message(ErrorEvent.of(err, 0.0, fatal=True))
 
     async def close(self) -> None:
-        """Cancel every session still running (server shutdown), and the personas' LLM clients."""
+        """Cancel every session still running (server shutdown: their conversations end with reason `error`), and
+        the personas' LLM clients."""
+        for sid in self._live:
+            self._stopping.setdefault(sid, "error")
         for llm in self._endpoints.values():
             await llm.close()
         for task in list(self._sessions):
@@ -686,15 +698,31 @@ class SessionService(pb_grpc.SessionServicer):
         await asyncio.sleep(seconds)
         await self.stop(sid, "max_duration")
 
-    async def stop(self, conversation_id: str, reason: str) -> bool:
+    async def stop(self, conversation_id: str, reason: str, error: DuetError | None = None) -> bool:
         """End the live session of `conversation_id` now, with a shutdown reason (`ended_by_api`,
-        `max_duration`); its client gets a fatal `conversation_ended` error. False when none is live."""
+        `max_duration`, `error`); its client gets `error`, by default a fatal `conversation_ended`. False when
+        none is live."""
         live = self._live.get(conversation_id)
         if live is None:
             return False
         self._stopping[conversation_id] = reason
-        await live.inbox.put(_End(ConversationEnded(f"the conversation ended ({reason})")), urgent=True)
+        error = error or ConversationEnded(f"the conversation ended ({reason})")
+        await live.inbox.put(_End(error), urgent=True)
         return True
+
+    async def end_all(self, reason: str, error: DuetError) -> int:
+        """End every live session now (the drain time passed), each with `reason` and `error`; how many."""
+        ended = 0
+        for sid in list(self._live):
+            # bounded: a session whose inbox stays full is cancelled with the rest when the server stops
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(INTERACT_WAIT_S):
+                    ended += await self.stop(sid, reason, error)
+        return ended
+
+    def held(self) -> list[str]:
+        """The conversations (joined with a token) whose sessions run here: their holds are renewed."""
+        return [sid for sid in self._live if sid.startswith("conv_")]
 
     async def interact(self, conversation_id: str, interaction: Interaction) -> bool:
         """Hand `interaction` to the live session `conversation_id` (how the REST control plane steers a call).

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from orchestrator.control import personas as pz
 from orchestrator.control.credentials import new_join_token, token_matches
 from orchestrator.control.intel import Intel, Plan
 from orchestrator.control.webhooks import event_body, iso_utc
-from orchestrator.errors import Conflict, Invalid, NotFound, QuotaExceeded, Unauthenticated
+from orchestrator.errors import Conflict, DuetError, Invalid, NotFound, QuotaExceeded, Unauthenticated
 from orchestrator.events import (
     Event,
     GuardrailTriggered,
@@ -40,13 +41,14 @@ from orchestrator.events import (
 )
 from orchestrator.session.interactions import Interaction
 from orchestrator.session.persona import Persona
-from orchestrator.store.records import ConversationRecord, Tenant, Utterance
-from orchestrator.store.store import QuotaFull, Store, utc_now
+from orchestrator.store.records import ConversationRecord, Hold, Tenant, Utterance
+from orchestrator.store.store import QuotaFull, Store, transient, utc_now
 
 log = logging.getLogger("duet.conversations")
 
 SHUTDOWN_REASONS = ("ended_by_api", "max_duration", "participant_absent", "participant_left", "error")
 RECORD_QUEUE = 256  # events waiting to be written to the store, per conversation
+RECORD_RETRY_S = 120.0  # a write that fails because the store is away is tried again for this long
 SWEEP_S = 5.0
 
 
@@ -56,6 +58,21 @@ class LiveSessions(Protocol):
     async def interact(self, conversation_id: str, interaction: Interaction) -> bool: ...
 
     async def stop(self, conversation_id: str, reason: str) -> bool: ...
+
+    def held(self) -> list[str]:
+        """The conversations whose sessions run here now."""
+        ...
+
+
+class HeldElsewhere(DuetError):
+    """The conversation's session runs on another orchestrator, reached at `url`: the request goes there."""
+
+    code = "conflict"
+    fatal = False
+
+    def __init__(self, conversation_id: str, url: str) -> None:
+        super().__init__(f"conversation {conversation_id} runs on another server")
+        self.url = url
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,11 @@ class Conversations:
         self.grpc_address = f"{settings.server.host}:{settings.server.port}"
         self.public_url = settings.api.public_url or f"http://{settings.server.host}:{settings.api.http_port}"
         self.intel = Intel(store, settings)  # documents, memories, guardrails, objectives, tools
+        # Which orchestrator this is, among those sharing the store, and where the others reach it (the server
+        # sets the local API address once it listens, unless `api.internal_url` names one).
+        self.instance_id = settings.api.instance_id or f"duet-{secrets.token_hex(6)}"
+        self._renewed_since: datetime | None = None  # since when this server's renewals have all succeeded
+        self.internal_url = settings.api.internal_url or self.public_url
 
     # ---- the API's side ---------------------------------------------------------------------------------------
 
@@ -204,6 +226,7 @@ class Conversations:
         conv = await self.store.get_conversation(tenant.id, conversation_id)
         if conv.status == "ended":
             raise Conflict(f"conversation {conversation_id} has already ended")
+        self._route(conv)
         if conv.status == "active" and self.live is not None and await self.live.stop(conversation_id, "ended_by_api"):
             # the session ends itself and records the end (with its transcript); wait for it, briefly
             for _ in range(100):
@@ -223,8 +246,63 @@ class Conversations:
         conv = await self.store.get_conversation(tenant.id, conversation_id)
         if conv.status != "active":
             raise Conflict(f"conversation {conversation_id} is {conv.status}; interactions need an active one")
+        self._route(conv)
         if self.live is None or not await self.live.interact(conversation_id, interaction):
             raise Conflict(f"conversation {conversation_id} has no live session on this server")
+
+    def _route(self, conv: ConversationRecord) -> None:
+        """An active conversation another live orchestrator holds is that one's to steer: `HeldElsewhere`.
+        One whose holder's lease ran out is this server's to end (the sweeper would end it `error` anyway)."""
+        if (
+            conv.status == "active"
+            and conv.holder is not None
+            and conv.holder != self.instance_id
+            and conv.holder_url
+            and conv.held_until is not None
+            and conv.held_until > self.clock()
+        ):
+            raise HeldElsewhere(conv.id, conv.holder_url)
+
+    def hold(self, now: datetime) -> Hold:
+        """This orchestrator's claim on a conversation it starts running at `now`."""
+        return Hold(self.instance_id, self.internal_url, now + timedelta(seconds=self.api.hold_lease_s))
+
+    async def renew(self) -> int:
+        """Renew the lease of every conversation whose session runs here (every third of `api.hold_lease_s`)."""
+        if self.live is None:
+            return 0
+        now = self.clock()
+        held = self.live.held()
+        try:
+            renewed = await self.store.renew_holds(self.instance_id, held, self.hold(now).until)
+            if not held:
+                await self.store.ping()  # holding nothing, it must still know the store answers (sweep_orphans)
+        except Exception:
+            self._renewed_since = None
+            raise
+        if self._renewed_since is None:
+            self._renewed_since = now
+        return renewed
+
+    async def sweep_orphans(self, page: int = 500) -> int:
+        """Ends (`error`) the active conversations whose holder stopped renewing: its process died, or lost the
+        store for longer than the lease. Their transcripts so far are kept and the `conversation.ended`
+        webhooks go out from here. Conversations of this instance are left to their sessions."""
+        now = self.clock()
+        lease = timedelta(seconds=self.api.hold_lease_s)
+        if self.live is not None and (self._renewed_since is None or now - self._renewed_since < lease):
+            # After a store outage every lease has lapsed: give the live holders one lease to renew first.
+            return 0
+        ended = 0
+        held_here = set(self.live.held()) if self.live is not None else set()
+        for conv in await self.store.orphaned(now, page):
+            if conv.id in held_here:
+                continue
+            with contextlib.suppress(Conflict):
+                await self.finish(conv, "error")
+                ended += 1
+                log.warning("conversation %s ended: its server %s stopped renewing its hold", conv.id, conv.holder)
+        return ended
 
     # ---- the session's side -----------------------------------------------------------------------------------
 
@@ -260,7 +338,7 @@ class Conversations:
         )
         plan = await self.intel.plan(conv, record.body)
         started = event_body("conversation.started", conv.id, now, {"persona_id": conv.persona_id})
-        conv = await self.store.activate_conversation(conv.id, now, [started])
+        conv = await self.store.activate_conversation(conv.id, now, [started], self.hold(now))
         self.notify()
         props = _properties(self.api, s.get("properties"))
         recorder = Recorder(self, conv)
@@ -311,12 +389,15 @@ class Conversations:
         return ended
 
     async def run_sweeper(self) -> None:
+        """For ever (an owned task): renew this server's holds, end absent and orphaned conversations."""
         while True:
-            try:
-                await self.sweep()
-            except Exception:  # the store being away for a moment must not stop the sweeper
-                log.exception("sweeping absent conversations failed")
-            await asyncio.sleep(SWEEP_S)
+            steps = (("renewing holds", self.renew), ("sweeping", self.sweep), ("ending orphans", self.sweep_orphans))
+            for what, step in steps:
+                try:
+                    await step()
+                except Exception:  # the store being away for a moment must not stop the sweeper
+                    log.exception("%s failed", what)
+            await asyncio.sleep(min(SWEEP_S, self.api.hold_lease_s / 3))
 
     def llm_endpoint(self, body: Mapping[str, Any]) -> dict[str, str] | None:
         """A persona's OpenAI-compatible endpoint (base_url, model, api_key), if its LLM layer names one."""
@@ -361,10 +442,25 @@ class Recorder:
 
     async def _write(self) -> None:
         while (event := await self._queue.get()) is not None:
+            await self._record_retrying(event)
+
+    async def _record_retrying(self, event: Event) -> None:
+        """Write `event`; while the store is away (a restart, a failover) try again with backoff, the session
+        going on meanwhile and later events waiting in the queue, so nothing is lost or reordered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECORD_RETRY_S
+        delay = 0.2
+        while True:
             try:
                 await self._record(event)
-            except Exception:
-                log.exception("conversation %s: recording %s failed", self.conv.id, event.type)
+                return
+            except Exception as err:
+                if not transient(err) or loop.time() + delay > deadline:
+                    log.exception("conversation %s: recording %s failed", self.conv.id, event.type)
+                    return
+                log.warning("conversation %s: the store is away (%s); retrying in %.1f s", self.conv.id, err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _record(self, event: Event) -> None:
         from orchestrator.api.wire import event_dict
@@ -395,7 +491,7 @@ class Recorder:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._queue.put(None), timeout=5.0)
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=10.0)
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=RECORD_RETRY_S + 10.0)
             except TimeoutError:
                 log.error("conversation %s: the recorder did not finish in time", self.conv.id)
                 self._task.cancel()

@@ -1,6 +1,7 @@
 """Versioned migrations (Alembic, scripts in `migrations/versions/`), run on start: `open_store` upgrades the
 database to the newest schema before anything reads it. `duet admin db downgrade` and the migration test go
 the other way. Alembic runs on the async engine's connection (its sync facade), so no second driver is needed.
+On PostgreSQL several orchestrators may start at once: an advisory lock makes their upgrades take turns.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -22,8 +23,15 @@ def _config(connection: Connection) -> Config:
     return cfg
 
 
+# A PostgreSQL advisory lock's key (any constant, the same in every orchestrator): servers starting together
+# migrate one after another, and the later ones find the schema already at head.
+MIGRATION_LOCK = 0x64756574
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # held until this transaction ends
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await conn.run_sync(lambda c: command.upgrade(_config(c), revision))
 
 

@@ -75,6 +75,9 @@ class ConversationRecord:
     created_at: datetime
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    holder: str | None = None  # while active: the orchestrator running the session (`api.instance_id`)
+    holder_url: str | None = None  # where the other orchestrators reach that one's REST API
+    held_until: datetime | None = None  # the holder's lease: renewed while the session lives
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,15 @@ class Utterance:
     text: str
     t: float  # seconds on the session clock
     perception: dict[str, Any] | None = None  # the utterance summary of the user's turn, when perception ran
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An orchestrator's claim on a live conversation: who runs it, where it is reached, until when."""
+
+    holder: str
+    url: str
+    until: datetime
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from orchestrator.store.records import (
     DocumentRecord,
     DueWebhook,
     FaceRecord,
+    Hold,
     KeyCheck,
     MemoryRecord,
     NewChunk,
@@ -45,6 +46,28 @@ from orchestrator.store.records import (
 
 R = TypeVar("R")
 WEBHOOK_LEASE_S = 30.0  # a claimed webhook is handed out again after this long (its deliverer died)
+
+
+def transient(err: BaseException) -> bool:
+    """Whether a store call failed because the database was away (restarting, unreachable, a dropped
+    connection), so the same call may succeed later; not for a constraint or a bad statement."""
+    if isinstance(err, (sa.exc.OperationalError, sa.exc.InterfaceError)) or (
+        isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated
+    ):
+        return True
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:  # the driver's own error, under SQLAlchemy's wrappers
+        seen.add(id(cause))
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        # SQLSTATE class 08: connection exception; 57P0x: the server shutting down, crashed or starting up
+        if isinstance(code, str) and code.startswith(("08", "57P")):
+            return True
+        if isinstance(cause, (OSError, ConnectionError, TimeoutError)):
+            return True
+        orig = getattr(cause, "orig", None)
+        cause = orig if isinstance(orig, BaseException) else cause.__cause__
+    return False
 
 
 def utc_now() -> datetime:
@@ -112,6 +135,9 @@ def _conversation(r: Any) -> ConversationRecord:
         r.created_at,
         r.started_at,
         r.ended_at,
+        r.holder,
+        r.holder_url,
+        r.held_until,
     )
 
 
@@ -136,6 +162,11 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """One trivial query: raises when the database does not answer (the readiness check)."""
+        async with self.engine.connect() as c:
+            await c.execute(sa.text("SELECT 1"))
 
     # ---- tenants and keys -----------------------------------------------------------------------------------
 
@@ -384,15 +415,21 @@ class Store:
         return _page([_conversation(r) for r in rows], limit, lambda x: x.id)
 
     async def activate_conversation(
-        self, conversation_id: str, now: datetime, events: Sequence[WebhookEvent] = ()
+        self,
+        conversation_id: str,
+        now: datetime,
+        events: Sequence[WebhookEvent] = (),
+        hold: Hold | None = None,
     ) -> ConversationRecord:
-        """created → active, once: a second join is a `Conflict` (the row changes only if still `created`)."""
+        """created → active, once: a second join is a `Conflict` (the row changes only if still `created`).
+        `hold`: the orchestrator that runs the session, and its lease (see `renew_holds`)."""
         conv = t.conversations
+        held = {} if hold is None else {"holder": hold.holder, "holder_url": hold.url, "held_until": hold.until}
         async with self._write() as c:
             done = await c.execute(
                 conv.update()
                 .where((conv.c.id == conversation_id) & (conv.c.status == "created"))
-                .values(status="active", started_at=now)
+                .values(status="active", started_at=now, **held)
             )
             r = (await c.execute(conv.select().where(conv.c.id == conversation_id))).first()
             if r is None:
@@ -430,6 +467,33 @@ class Store:
             record = _conversation(r)
             await self._enqueue(c, record, events, now)
         return record
+
+    async def renew_holds(self, holder: str, conversation_ids: Sequence[str], until: datetime) -> int:
+        """`holder` still runs these conversations: their leases now last until `until`. Only active ones that
+        `holder` holds change (a conversation a sweeper already ended stays ended). Returns how many."""
+        if not conversation_ids:
+            return 0
+        conv = t.conversations
+        renewed = 0
+        async with self._write() as c:
+            for i in range(0, len(conversation_ids), 500):
+                ids = list(conversation_ids[i : i + 500])
+                done = await c.execute(
+                    conv.update()
+                    .where(conv.c.id.in_(ids) & (conv.c.holder == holder) & (conv.c.status == "active"))
+                    .values(held_until=until)
+                )
+                renewed += done.rowcount
+        return renewed
+
+    async def orphaned(self, now: datetime, limit: int = 500) -> list[ConversationRecord]:
+        """Active conversations whose holder's lease ran out before `now`: the orchestrator that ran them is
+        gone (crashed, killed, cut off from the store). Conversations activated without a hold never expire."""
+        conv = t.conversations
+        q = conv.select().where((conv.c.status == "active") & (conv.c.held_until < now))
+        async with self.engine.connect() as c:
+            rows = (await c.execute(q.order_by(conv.c.held_until).limit(limit))).all()
+        return [_conversation(r) for r in rows]
 
     async def stale_created(
         self, before: datetime, limit: int = 500, after: str | None = None

@@ -110,8 +110,15 @@ conversations = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("started_at", UtcDateTime, nullable=True),
     sa.Column("ended_at", UtcDateTime, nullable=True),
+    # while active: the orchestrator running its session (`api.instance_id`), where the others reach its REST API
+    # (requests for the conversation are forwarded there), and until when it vouches for it: each holder renews
+    # its live conversations; one whose holder stopped renewing is ended `error` by any orchestrator's sweeper
+    sa.Column("holder", sa.String(80), nullable=True),
+    sa.Column("holder_url", sa.String(2000), nullable=True),
+    sa.Column("held_until", UtcDateTime, nullable=True),
     sa.Index("ix_conversations_tenant_id_id", "tenant_id", "id"),
     sa.Index("ix_conversations_tenant_id_status", "tenant_id", "status"),
+    sa.Index("ix_conversations_status_held_until", "status", "held_until"),
 )
 
 utterances = sa.Table(

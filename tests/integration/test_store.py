@@ -20,7 +20,7 @@ from orchestrator.control.webhooks import event_body
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import migrate
 from orchestrator.store import tables as t
-from orchestrator.store.records import ConversationRecord, NewChunk, Tenant
+from orchestrator.store.records import ConversationRecord, Hold, NewChunk, Tenant
 from orchestrator.store.store import QuotaFull, Store, make_engine, open_store, utc_now
 from orchestrator.store.tables import metadata
 
@@ -79,7 +79,7 @@ async def test_migrations_upgrade_an_empty_database_to_head_and_back(store_url: 
             assert await c.run_sync(_tables) == set()
         for _ in range(2):  # up, down, and up again: the downgrade leaves nothing that blocks a new upgrade
             await migrate.upgrade(engine)
-            assert await migrate.current(engine) == "0002"
+            assert await migrate.current(engine) == "0003"
             async with engine.connect() as c:
                 assert await c.run_sync(_tables) == {*metadata.tables, "alembic_version"}
                 differences = await c.run_sync(_differences)
@@ -90,9 +90,21 @@ async def test_migrations_upgrade_an_empty_database_to_head_and_back(store_url: 
                 assert await c.run_sync(_tables) <= {"alembic_version"}
         await migrate.upgrade(engine)
         await migrate.upgrade(engine)  # at head already: a no-op
-        assert await migrate.current(engine) == "0002"
+        assert await migrate.current(engine) == "0003"
     finally:
         await engine.dispose()
+
+
+async def test_servers_starting_together_migrate_in_turn(store_url: str) -> None:
+    if not store_url.startswith("postgresql"):
+        pytest.skip("several orchestrators share a PostgreSQL store; SQLite is one server's")
+    engines = [make_engine(store_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(migrate.upgrade(e) for e in engines))  # without the lock: duplicate tables
+        assert await migrate.current(engines[0]) == "0003"
+    finally:
+        for e in engines:
+            await e.dispose()
 
 
 async def test_open_store_migrates_and_keeps_data_across_reopen(store_url: str) -> None:
@@ -287,6 +299,28 @@ async def test_conversation_states(store: Store) -> None:
     assert (await store.get_conversation(tenant.id, conv.id)).shutdown_reason == "participant_left"
     turns = await store.transcript(tenant.id, conv.id)
     assert [(u.seq, u.role, u.text, u.t) for u in turns] == [(0, "user", "Hi", 1.0), (1, "replica", "Hello!", 2.0)]
+
+
+async def test_holds_are_renewed_by_their_holder_and_orphans_found_once_they_lapse(store: Store) -> None:
+    tenant = await _tenant(store)
+    now = utc_now()
+    a, b, c = [await _conversation(store, tenant) for _ in range(3)]
+    lease = now + timedelta(seconds=15)
+    await store.activate_conversation(a.id, now, hold=Hold("orch-1", "http://10.0.0.1:8080", lease))
+    await store.activate_conversation(b.id, now, hold=Hold("orch-2", "http://10.0.0.2:8080", lease))
+    await store.activate_conversation(c.id, now)  # no hold (a single server's): never an orphan
+    held = await store.get_conversation(tenant.id, a.id)
+    assert (held.holder, held.holder_url, held.held_until) == ("orch-1", "http://10.0.0.1:8080", lease)
+    assert await store.orphaned(now + timedelta(seconds=10)) == []
+    # orch-1 renews both ids it names, but only its own changes
+    assert await store.renew_holds("orch-1", [a.id, b.id], now + timedelta(seconds=30)) == 1
+    assert await store.renew_holds("orch-1", [], now + timedelta(seconds=30)) == 0
+    orphans = await store.orphaned(now + timedelta(seconds=20))
+    assert [o.id for o in orphans] == [b.id] and orphans[0].holder == "orch-2"
+    await store.end_conversation(b.id, "error", now + timedelta(seconds=20))
+    assert await store.renew_holds("orch-2", [b.id], now + timedelta(seconds=60)) == 0  # ended stays ended
+    assert await store.orphaned(now + timedelta(seconds=25)) == []
+    assert [o.id for o in await store.orphaned(now + timedelta(seconds=31))] == [a.id]
 
 
 async def test_concurrent_activations_let_exactly_one_through(store: Store) -> None:

@@ -21,11 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator.api.health import CachedProbe, Readiness
 from orchestrator.api.http import openapi
+from orchestrator.api.http.forward import forward
 from orchestrator.api.limits import TokenBucket
 from orchestrator.api.webrtc.calls import WebRtcCalls
 from orchestrator.config import Settings
-from orchestrator.control.conversations import Conversations, request_digest
+from orchestrator.control.conversations import Conversations, HeldElsewhere, request_digest
 from orchestrator.control.tenants import KeyChecks, authenticate
 from orchestrator.errors import DuetError, QuotaExceeded
 from orchestrator.store.records import ApiKey, Tenant
@@ -47,6 +49,7 @@ STATUS = {
     "unavailable": 503,
     "model_unavailable": 503,
     "server_busy": 503,
+    "draining": 503,
 }
 KEYS_TRACKED = 10_000  # API keys whose request rate is remembered (least recently used first out)
 MAX_DEPTH = 64  # JSON nesting a body may have: the validators and the store recurse (no real body nests so deep)
@@ -93,6 +96,8 @@ class ControlPlane:
         self._rates: OrderedDict[str, TokenBucket] = OrderedDict()
         self.keys = KeyChecks(store)
         self.calls: WebRtcCalls | None = None  # browser calls, once the session service exists
+        # `GET /v1/health/ready`: the store alone here; `duet serve` gives the whole server's (Triton, drain)
+        self.readiness = Readiness({"store": store_probe(store)})
 
     def admit(self, key_id: str) -> None:
         rate = self.settings.api.key_requests_per_s
@@ -104,6 +109,10 @@ class ControlPlane:
             self._rates.popitem(last=False)
         if not bucket.admit(1, time.monotonic()):
             raise QuotaExceeded(f"this API key is over {rate:g} requests per second", retry_after_s=1.0 / rate + 0.5)
+
+
+def store_probe(store: Store) -> CachedProbe:
+    return CachedProbe("store", store.ping, "the store does not answer")
 
 
 @web.middleware
@@ -204,9 +213,13 @@ def _wrap(
             if body is not None or op.request_required:
                 openapi.validate_request(op.operation_id, body)
         idem = request.headers.get("Idempotency-Key") if op.idempotent else None
-        if caller is not None and idem is not None:
-            return await _idempotent(plane, op, caller, idem, body, request, handler)
-        return await handler(request, caller, body)  # type: ignore[arg-type]
+        try:
+            if caller is not None and idem is not None:
+                return await _idempotent(plane, op, caller, idem, body, request, handler)
+            return await handler(request, caller, body)  # type: ignore[arg-type]
+        except HeldElsewhere as elsewhere:  # its session runs on another orchestrator: that one answers
+            sent = None if body is None else json.dumps(body).encode()  # (the body stream is read already)
+            return await forward(request, elsewhere.url, plane.conversations.instance_id, sent)
 
     return run
 
