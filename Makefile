@@ -50,6 +50,8 @@ bench: setup $(BENCHES)  ## every benchmark table
 bench-turns: setup  ## Duet's floor model vs silence timeouts vs Smart Turn alone, on the same audio
 	@$(PY) perf/bench_turns.py --split check --out perf/out/bench_turns_check.json
 	@$(PY) perf/bench_turns.py --split dev --out perf/out/bench_turns_dev.json
+	@$(PY) perf/data/make_real_turns.py
+	@$(PY) perf/bench_turns.py --split real --out perf/out/bench_turns_real.json
 
 bench-text-turn: setup  ## the learned text end-of-turn model vs the lexical rules: held-out AUC (a fit, not shipped)
 	@$(PY) perf/train_text_turn.py --out perf/out/text_turn_bench.json

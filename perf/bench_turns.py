@@ -284,7 +284,7 @@ def iter_files(labels: list[dict[str, Any]], limit: int | None) -> Iterator[tupl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Turn-taking benchmark (one table, same audio for every system)")
-    ap.add_argument("--split", choices=("dev", "check", "all"), default="dev")
+    ap.add_argument("--split", choices=("dev", "check", "all", "real"), default="dev")  # real: make_real_turns.py
     ap.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma list from {','.join(ALL_SYSTEMS)}")
     ap.add_argument("--server", default=None, help="HOST:PORT of a running duet server (else one is started)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N files (smoke runs)")
