@@ -27,6 +27,7 @@ they cost an extra decoder pass, so callers that need only text can skip them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from orchestrator.inference.device import CPU, ModelDevice
 
 SAMPLE_RATE: Final = 16_000
 HOP: Final = 160  # samples per mel frame (10 ms)
@@ -259,6 +262,27 @@ def words_to_json(words: Sequence[RecognizedWord]) -> str:
     return json.dumps([{"w": w.text, "s": w.start, "e": w.end, "p": w.probability} for w in words])
 
 
+def whisper_placement(
+    device: ModelDevice, compute_type: str, gpu_compute_type: str, cuda_devices: int
+) -> tuple[str, int, str]:
+    """CTranslate2's (device, device_index, compute_type): the CPU with `compute_type` unless `device` is a GPU
+    that this CTranslate2 sees (`cuda_devices`, its `get_cuda_device_count()`), then CUDA with `gpu_compute_type`
+    (float16, or int8_float16 for int8 weights with float16 activations). A GPU asked for but not seen is logged
+    and the model stays on the CPU."""
+    if not device.on_gpu:
+        return "cpu", 0, compute_type
+    if device.device_id >= cuda_devices:
+        logging.getLogger(__name__).warning(
+            "%s: GPU %d asked for, CTranslate2 sees %d CUDA device(s): Whisper stays on the CPU (%s)",
+            device.model or "asr",
+            device.device_id,
+            cuda_devices,
+            compute_type,
+        )
+        return "cpu", 0, compute_type
+    return "cuda", device.device_id, gpu_compute_type
+
+
 class WhisperRecognizer:
     """Whisper on CTranslate2: `recognizer(audios, prompts)` transcribes a batch of utterances in one call."""
 
@@ -270,6 +294,8 @@ class WhisperRecognizer:
         compute_type: str = "int8",
         language: str = "en",
         options: DecodeOptions | None = None,
+        device: ModelDevice = CPU,
+        gpu_compute_type: str = "float16",
     ) -> None:
         import ctranslate2
         import tokenizers
@@ -277,8 +303,11 @@ class WhisperRecognizer:
         from faster_whisper.tokenizer import Tokenizer
 
         self._ct2 = ctranslate2
+        cuda_devices = ctranslate2.get_cuda_device_count() if device.on_gpu else 0
+        self.placement = whisper_placement(device, compute_type, gpu_compute_type, cuda_devices)
+        where, index, compute_type = self.placement
         self.model = ctranslate2.models.Whisper(
-            str(model_dir), device="cpu", compute_type=compute_type, intra_threads=threads
+            str(model_dir), device=where, device_index=index, compute_type=compute_type, intra_threads=threads
         )
         self.tokenizer = Tokenizer(
             tokenizers.Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")),
@@ -351,7 +380,8 @@ class WhisperRecognizer:
     ) -> list[Recognition]:
         """Encode rows that share one encoder length in one call, then decode and align them."""
         mel = np.stack([self.features(a, frames) for a in audios])
-        encoded = self.model.encode(self._ct2.StorageView.from_array(mel))
+        # On a GPU the encoding is copied back to the CPU: `_rows` picks rows of it with numpy.
+        encoded = self.model.encode(self._ct2.StorageView.from_array(mel), to_cpu=self.placement[0] == "cuda")
         prompt_ids = [self.prompt(p) for p in prompts]
         content = [min(frames, math.ceil(a.shape[0] / HOP)) for a in audios]
         # CTranslate2 needs <|startoftranscript|> at the same position in every row of one generate call, so

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orchestrator.errors import DuetError
+from orchestrator.inference.device import CPU_EP, Provider
 from orchestrator.inference.vad import onnx_session
 
 F32 = npt.NDArray[np.float32]
@@ -145,10 +146,12 @@ class SentenceEmbedder:
         threads: int = 1,
         max_tokens: int = MAX_TOKENS,
         group_tokens: int = GROUP_TOKENS,
+        providers: Sequence[Provider] = (CPU_EP,),
     ) -> None:
         folder = Path(model_dir)
         self.tokenizer = Tokenizer(folder / TOKENIZER_FILE, max_tokens)
-        self._session = onnx_session(folder / onnx_file, threads)
+        self.providers = list(providers)  # asked for; `_session.get_providers()` is what onnxruntime gave
+        self._session = onnx_session(folder / onnx_file, threads, self.providers)
         self.group_tokens = group_tokens
 
     def encode(self, ids: I64, mask: I64) -> F32:

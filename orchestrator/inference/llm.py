@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.inference.device import ModelDevice
+
 if TYPE_CHECKING:
     from llama_cpp.llama_grammar import LlamaGrammar
 
@@ -350,10 +352,22 @@ class GenerationStats:
 class LlamaEngine:
     """One llama.cpp context over a chat GGUF; `stream` generates for one request at a time."""
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, n_threads: int = 1, seed: int = 0) -> None:
-        from llama_cpp import Llama
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int = 1,
+        seed: int = 0,
+        n_gpu_layers: int = 0,
+        main_gpu: int = 0,
+    ) -> None:
+        from llama_cpp import LLAMA_SPLIT_MODE_NONE, Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        # Layers on a GPU (`offload_layers`): all on the instance's GPU, none split over the others. 0: the CPU,
+        # called as before the GPU profile existed.
+        gpu: dict[str, Any] = {"n_gpu_layers": n_gpu_layers, "main_gpu": main_gpu, "split_mode": LLAMA_SPLIT_MODE_NONE}
         self._llama = Llama(
             model_path=str(model_path),
             n_ctx=n_ctx,
@@ -362,6 +376,7 @@ class LlamaEngine:
             n_batch=256,
             seed=seed,
             verbose=False,
+            **(gpu if n_gpu_layers else {}),
         )
         self.n_ctx = n_ctx
         template = self._llama.metadata.get("tokenizer.chat_template")
@@ -732,6 +747,28 @@ def parse_model_name(raw: str | bytes | None) -> str:
     return name.strip()
 
 
+def llama_gpu_offload() -> bool:
+    """Whether this llama.cpp build can put layers on a GPU (built with CUDA; the default build is CPU only)."""
+    from llama_cpp import llama_supports_gpu_offload
+
+    return bool(llama_supports_gpu_offload())
+
+
+def offload_layers(device: ModelDevice, layers: int, supported: bool) -> int:
+    """`n_gpu_layers` for a model instance: 0 on the CPU; `layers` (-1: all) on a GPU when this llama.cpp build
+    can offload (`supported`); otherwise 0, logged, since the model then stays on the CPU."""
+    if not device.on_gpu:
+        return 0
+    if not supported:
+        logging.getLogger("duet.llm").warning(
+            "%s: device gpu, but this llama.cpp build has no GPU offload: the LLM stays on the CPU "
+            "(build llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on)",
+            device.model or "llm",
+        )
+        return 0
+    return layers
+
+
 class ModelPools:
     """One `EnginePool` per served model; a request goes to the pool of the model it names ("" = the default).
     Each pool keeps its own prefix routing: a session that changes model starts a fresh cache there."""
@@ -753,9 +790,17 @@ class ModelPools:
         default: str,
         folder: Path,
         engine: Callable[[Path, ModelSpec], LlamaEngine] | None = None,
+        *,
+        n_gpu_layers: int = 0,
+        main_gpu: int = 0,
     ) -> ModelPools:
-        """Load the listed models (only those: a 1.5B model's pool costs ~2 GB), each GGUF from `folder`."""
-        make = engine or (lambda path, spec: LlamaEngine(path, n_ctx=spec.n_ctx, n_threads=spec.n_threads))
+        """Load the listed models (only those: a 1.5B model's pool costs ~2 GB), each GGUF from `folder`, with
+        `n_gpu_layers` layers on GPU `main_gpu` (0: all on the CPU; see `offload_layers`)."""
+        make = engine or (
+            lambda path, spec: LlamaEngine(
+                path, n_ctx=spec.n_ctx, n_threads=spec.n_threads, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu
+            )
+        )
         missing = [s for s in specs if not (folder / s.file).is_file()]
         if missing:
             names = ", ".join(f"{s.name} ({s.file})" for s in missing)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import resample_poly
 
+from orchestrator.inference.device import CPU_EP, Provider
 from orchestrator.speech.clauses import normalize, split_text
 
 I16 = npt.NDArray[np.int16]
@@ -182,26 +183,34 @@ def add_alignment_output(model: bytes) -> bytes:
     return model[:tag_at] + b"\x3a" + _varint(len(new_graph)) + new_graph + model[end:]
 
 
-def onnx_session(model: bytes, threads: int) -> Any:
+def onnx_session(model: bytes, threads: int, providers: Sequence[Provider] = (CPU_EP,)) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=so, providers=list(providers))
 
 
 class PiperSpeaker:
     """One loaded piper voice that turns a sentence into 16 kHz audio with phoneme timings."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1, noise_scale: float = 0.0, noise_w: float = 0.0):
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int = 1,
+        noise_scale: float = 0.0,
+        noise_w: float = 0.0,
+        providers: Sequence[Provider] = (CPU_EP,),
+    ):
         from piper import PiperVoice
         from piper.config import PiperConfig, SynthesisConfig
 
         path = Path(model_path)
         config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
-        session = onnx_session(add_alignment_output(path.read_bytes()), threads)
+        self.providers = list(providers)  # asked for; the session's get_providers() is what onnxruntime gave
+        session = onnx_session(add_alignment_output(path.read_bytes()), threads, self.providers)
         self.voice = PiperVoice(session=session, config=config)
         self.syn_config = SynthesisConfig(noise_scale=noise_scale, noise_w_scale=noise_w, normalize_audio=False)
         self.rate = config.sample_rate

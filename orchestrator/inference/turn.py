@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from orchestrator.inference.device import CPU_EP, Provider
 from orchestrator.inference.vad import onnx_session
 from orchestrator.signal.logmel import WINDOW_SAMPLES, log_mel_batch
 
@@ -21,8 +23,9 @@ def pcm_to_float(audio: npt.NDArray[np.int16] | F32) -> F32:
 
 
 class SmartTurn:
-    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        self._session = onnx_session(model_path, threads)
+    def __init__(self, model_path: str | Path, threads: int = 1, providers: Sequence[Provider] = (CPU_EP,)) -> None:
+        self.providers = list(providers)  # asked for; `_session.get_providers()` is what onnxruntime gave
+        self._session = onnx_session(model_path, threads, self.providers)
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, audio: npt.NDArray[np.int16] | F32) -> F32:

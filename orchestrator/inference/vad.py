@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from orchestrator.inference.device import CPU_EP, Provider
+
 SAMPLE_RATE = 16000
 WINDOW = 512
 CONTEXT = 64
@@ -22,8 +24,9 @@ STATE_SHAPE = (2, 128)
 F32 = npt.NDArray[np.float32]
 
 
-def onnx_session(path: str | Path, threads: int = 1) -> Any:
-    """An onnxruntime session tuned for a small shared CPU: sequential, `threads` intra-op threads."""
+def onnx_session(path: str | Path, threads: int = 1, providers: Sequence[Provider] = (CPU_EP,)) -> Any:
+    """An onnxruntime session tuned for a small shared CPU: sequential, `threads` intra-op threads; `providers`
+    from `device.onnx_providers` (the CPU's alone by default)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -31,14 +34,15 @@ def onnx_session(path: str | Path, threads: int = 1) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
 
 
 class SileroBatch:
     """Runs Silero on stacked windows; state layout is [B, 2, 128] outside, [2, B, 128] inside ONNX."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        self._session = onnx_session(model_path, threads)
+    def __init__(self, model_path: str | Path, threads: int = 1, providers: Sequence[Provider] = (CPU_EP,)) -> None:
+        self.providers = list(providers)  # asked for; `_session.get_providers()` is what onnxruntime gave
+        self._session = onnx_session(model_path, threads, self.providers)
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
 
     def __call__(self, audio: npt.NDArray[np.int16] | F32, state: F32) -> tuple[F32, F32]:

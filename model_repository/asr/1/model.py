@@ -7,6 +7,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from orchestrator.inference.asr import DecodeOptions, WhisperRecognizer, words_to_json
+from orchestrator.inference.device import ModelDevice
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class TritonPythonModel:
@@ -27,6 +30,9 @@ class TritonPythonModel:
             compute_type=params.get("compute_type", "int8"),
             language=params.get("language", "en"),
             options=options,
+            # device gpu: CUDA with gpu_compute_type; compute_type stays the CPU's (and the fallback's)
+            device=ModelDevice.from_triton(params, args, REPO_ROOT),
+            gpu_compute_type=params.get("gpu_compute_type", "float16"),
         )
 
     def execute(self, requests):

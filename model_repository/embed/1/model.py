@@ -6,7 +6,10 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from orchestrator.inference.device import ModelDevice, onnx_providers
 from orchestrator.inference.embed import EmbedInputError, SentenceEmbedder, decode_texts
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class TritonPythonModel:
@@ -18,6 +21,7 @@ class TritonPythonModel:
             onnx_file=params.get("onnx_file", "minilm-l6-v2.onnx"),
             threads=int(params.get("intra_op_threads", "1")),
             max_tokens=int(params.get("max_tokens", "256")),
+            providers=onnx_providers(ModelDevice.from_triton(params, args, REPO_ROOT)),
         )
 
     def execute(self, requests):

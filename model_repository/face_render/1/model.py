@@ -8,6 +8,7 @@ import triton_python_backend_utils as pb_utils
 
 from orchestrator.errors import DuetError
 from orchestrator.face.library import RenderPool
+from orchestrator.inference.device import ModelDevice
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -30,10 +31,14 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        # device: auto (CUDA when torch sees one, else the CPU), cpu, cuda, or gpu (the GPU of this KIND_GPU instance).
+        device = p.get("device", "auto")
+        if device == "gpu":
+            device = ModelDevice.from_triton(p, args, REPO_ROOT).torch
         self.pool = RenderPool(
             faces_dir=REPO_ROOT / p.get("faces_dir", "faces"),
             cache_dir=REPO_ROOT / p.get("cache_dir", ".cache/faces"),
-            device=p.get("device", "auto"),
+            device=device,
             threads=int(p.get("torch_threads", "2")),
         )
         self.round_frames = int(p.get("gpu_batch_frames" if self.pool.on_gpu else "cpu_batch_frames", "4"))

@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from orchestrator.inference.device import ModelDevice
 from orchestrator.inference.llm import (
     GenerationStats,
     GrammarCache,
     LlmInputError,
     ModelPools,
     error_text,
+    llama_gpu_offload,
+    offload_layers,
     parse_json_schema,
     parse_messages,
     parse_model_name,
@@ -35,6 +38,8 @@ from orchestrator.inference.llm import (
     parse_priority,
     parse_stop,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _scalar(request, name, optional=False):
@@ -62,7 +67,12 @@ class TritonPythonModel:
         # can then send a request to the context that already holds its conversation's KV cache. Only the
         # listed models are loaded.
         specs, default = parse_model_specs(params)
-        self.pools = ModelPools.load(specs, default, Path(__file__).parent)
+        # device gpu: n_gpu_layers (-1: all) on this instance's GPU, if this llama.cpp build can offload at all.
+        device = ModelDevice.from_triton(params, args, REPO_ROOT)
+        layers = offload_layers(device, int(params.get("n_gpu_layers", "-1")), device.on_gpu and llama_gpu_offload())
+        self.pools = ModelPools.load(
+            specs, default, Path(__file__).parent, n_gpu_layers=layers, main_gpu=device.device_id
+        )
         # JSON_SCHEMA's grammars, compiled once per schema text (a judge sends the same one every time).
         self.grammars = GrammarCache()
         # The stub's IPC to the server is not safe from several threads at once (the server crashed when two

@@ -7,8 +7,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from orchestrator.errors import DuetError
+from orchestrator.inference.device import ModelDevice
 from orchestrator.perception.face import FaceAnalyzer, decode_frame
 from orchestrator.perception.pipeline import frame_result
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class TritonPythonModel:
@@ -18,7 +21,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         torch.set_num_threads(int(p.get("torch_threads", "1")))
-        self.analyzer = FaceAnalyzer(Path(__file__).parent / p.get("emotion_model", "emotion_model.hdf5"))
+        # device gpu puts the expression network on the instance's GPU; face detection (mediapipe) stays on the CPU.
+        device = ModelDevice.from_triton(p, args, REPO_ROOT)
+        self.analyzer = FaceAnalyzer(
+            Path(__file__).parent / p.get("emotion_model", "emotion_model.hdf5"), device=device.torch
+        )
 
     def execute(self, requests):
         responses = [None] * len(requests)

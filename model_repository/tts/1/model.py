@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from orchestrator.inference.device import ModelDevice, onnx_providers
 from orchestrator.inference.tts import VoiceLibrary, sentences
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+REPO_ROOT = Path(__file__).resolve().parents[3]
 COUNTERS = {
     "duet_tts_sentences_total": "Sentences synthesised by the tts model (stops growing when a request is cancelled)",
     "duet_tts_cancelled_requests_total": "tts requests that stopped with sentences left because the client cancelled",
@@ -45,6 +47,7 @@ class TritonPythonModel:
             threads=int(params.get("intra_op_threads", "1")),
             noise_scale=float(params.get("noise_scale", "0")),
             noise_w=float(params.get("noise_w", "0")),
+            providers=onnx_providers(ModelDevice.from_triton(params, args, REPO_ROOT)),
         )
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # Triton requires each MetricFamily to outlive its Metrics, so the families are kept on the model.

@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from orchestrator.inference.device import ModelDevice, onnx_providers
 from orchestrator.inference.turn import SmartTurn
 from orchestrator.inference.vad import split_rows
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class TritonPythonModel:
@@ -15,7 +18,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = Path(__file__).parent / params.get("onnx_file", "smart-turn-v3.2-cpu.onnx")
-        self.turn = SmartTurn(path, threads=int(params.get("intra_op_threads", "1")))
+        device = ModelDevice.from_triton(params, args, REPO_ROOT)
+        self.turn = SmartTurn(
+            path, threads=int(params.get("intra_op_threads", "1")), providers=onnx_providers(device)
+        )
 
     def execute(self, requests):
         audios = [pb_utils.get_input_tensor_by_name(r, "AUDIO").as_numpy() for r in requests]

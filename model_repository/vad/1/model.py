@@ -6,7 +6,10 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from orchestrator.inference.device import ModelDevice, onnx_providers
 from orchestrator.inference.vad import SileroBatch, split_rows
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class TritonPythonModel:
@@ -14,7 +17,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = Path(__file__).parent / params.get("onnx_file", "silero_vad.onnx")
-        self.vad = SileroBatch(path, threads=int(params.get("intra_op_threads", "1")))
+        device = ModelDevice.from_triton(params, args, REPO_ROOT)
+        self.vad = SileroBatch(
+            path, threads=int(params.get("intra_op_threads", "1")), providers=onnx_providers(device)
+        )
 
     def execute(self, requests):
         audios, states = [], []
