@@ -7,6 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: help setup demo test lint typecheck unit integration e2e bench bench-turns bench-text-turn bench-pa bench-conversation \
 	bench-asr bench-replies bench-echo bench-load bench-pa-speech bench-face bench-perception bench-faults \
 	bench-isolation bench-api bench-priority bench-webrtc bench-knowledge bench-intel bench-judges bench-context bench-micro bench-micro-save \
+	bench-soak \
 	serve clean
 
 help:  ## list the targets
@@ -90,6 +91,12 @@ bench-perception: setup  ## perception freshness through the stack, accuracy tab
 
 bench-faults: setup  ## kill the llm, tts and asr stubs mid-session: time to recovery, turns lost (docs/robustness.md)
 	@$(PY) perf/bench_faults.py --repeats 2
+
+# Not in BENCHES: it runs for half an hour (`make bench-soak SOAK_MINUTES=10` for a shorter one).
+SOAK_MINUTES ?= 30
+SOAK_SESSIONS ?= 1
+bench-soak: setup  ## a 30-minute soak at one call: memory growth, leaked tasks and fds, latency drift (docs/robustness.md)
+	@$(PY) perf/soak.py --minutes $(SOAK_MINUTES) --sessions $(SOAK_SESSIONS) --out perf/out/soak.json
 
 bench-isolation: setup  ## a healthy call alone vs beside 50 hostile streams: latency, how each hostile one ended
 	@$(PY) perf/bench_isolation.py --hostile 50

@@ -9,6 +9,7 @@ One `Telemetry` per service (its own registry, so tests and several servers in o
 - `duet_stage_latency_seconds{stage}`: wall-clock latency per stage (`floor_decision`, `asr_final`,
   `llm_first_token`, `tts_first_chunk`, `first_audio`);
 - `duet_event_loop_lag_seconds`: how late the orchestrator's event loop runs a timer (every session shares it);
+- `duet_asyncio_tasks`: asyncio tasks alive on the orchestrator's loop (a soak watches it return to idle);
 - `duet_triton_endpoint_up{endpoint}` (1: in rotation), `duet_triton_endpoint_outstanding{endpoint}`,
   `duet_triton_endpoint_calls_total{endpoint}`, `duet_triton_endpoint_drops_total{endpoint}` and
   `duet_triton_endpoint_retries_total{endpoint}` (calls that failed there and went to another): each Triton server.
@@ -67,6 +68,9 @@ class Telemetry:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=r,
         )
+        self.asyncio_tasks = Gauge(
+            "duet_asyncio_tasks", "asyncio tasks alive on the orchestrator's event loop", registry=r
+        )
         for stage in STAGES:  # every series exists from the start (a scrape sees zeros, not absences)
             self.latency.labels(stage=stage)
         self._server: Any = None
@@ -96,12 +100,15 @@ class Telemetry:
         self.latency.labels(stage="first_audio").observe(max(seconds, 0.0))
 
     async def watch_loop(self, period_s: float = 0.25) -> None:
-        """Measure the event loop's lag for ever (run it as an owned task): a busy loop delays every session."""
+        """Measure the event loop's lag for ever (run it as an owned task): a busy loop delays every session.
+        Each tick also counts the loop's live tasks (one pass over a weak set): a task leak shows as a count
+        that does not return to its idle value."""
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + period_s
             await asyncio.sleep(period_s)
             self.loop_lag.observe(max(loop.time() - due, 0.0))
+            self.asyncio_tasks.set(len(asyncio.all_tasks(loop)))
 
     def serve(self, s: MetricsSettings) -> str | None:
         """Start the HTTP endpoint; returns its URL (None when disabled)."""
