@@ -32,29 +32,34 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class HeapTrimmer:
-    """`soon()` after a session ends; one trim runs at a time, `delay_s` after the latest call."""
+    """`soon()` after a session ends: one trim, in the loop's default executor, `delay_s` after the latest call
+    (a timer, not a task: nothing is left pending when the loop closes)."""
 
     def __init__(self, delay_s: float = TRIM_DELAY_S, trim: Callable[[int], int] | None = None) -> None:
         self.delay_s = delay_s
         self._trim = trim if trim is not None else _malloc_trim()
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: asyncio.Future[int] | None = None
         self.trims = 0
 
     def soon(self) -> None:
         if self._trim is None:
             return
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # a later end restarts the wait: one trim after a burst of ends
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="heap-trim")
+        if self._timer is not None:
+            self._timer.cancel()  # a later end restarts the wait: one trim after a burst of ends
+        self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._start)
 
-    async def _run(self) -> None:
-        await asyncio.sleep(self.delay_s)
-        assert self._trim is not None
-        await asyncio.to_thread(self._trim, 0)
+    def _start(self) -> None:
+        self._timer = None
+        if self._trim is None or (self._running is not None and not self._running.done()):
+            return
+        self._running = asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
         self.trims += 1
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running is not None:
+            with contextlib.suppress(Exception):
+                await self._running
