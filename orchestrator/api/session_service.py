@@ -34,7 +34,6 @@ import grpc
 from duet.proto import session_pb2 as pb
 from duet.proto import session_pb2_grpc as pb_grpc
 from orchestrator.api.drain import Drain
-from orchestrator.api.heap import HeapTrimmer
 from orchestrator.api.inbox import Inbox
 from orchestrator.api.limits import AudioClock, FrameRate, TokenBucket
 from orchestrator.api.options import check_audio_format, clip_spec, parse_options
@@ -283,7 +282,6 @@ class SessionService(pb_grpc.SessionServicer):
         # The sessions running now, by session id (the start's conversation id when it named one): where
         # `interact` delivers. Registered when a session's task starts, removed in its `finally`.
         self._live: dict[str, _Live] = {}
-        self.heap = HeapTrimmer()
 
     def check_capacity(self) -> None:
         """Sessions and renders share one limit: each holds Triton streams and a slice of the machine. A draining
@@ -336,7 +334,6 @@ class SessionService(pb_grpc.SessionServicer):
     def _release_slot(self) -> None:
         self.active -= 1
         self.telemetry.sessions_open.set(self.active)
-        self.heap.soon()  # give the session's freed native memory back (orchestrator/api/heap.py)
 
     def _refuse(self, err: DuetError) -> pb.ServerMessage:
         """A refused `start`: always fatal (the stream ends), whatever the error is elsewhere (a `conflict` is not
@@ -354,7 +351,6 @@ class SessionService(pb_grpc.SessionServicer):
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
-        await self.heap.close()
 
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext[Any, Any]

@@ -40,7 +40,7 @@ RATE = 16000
 LEAD_S = 0.5  # background before the turn
 TAIL_S = 2.5  # background after it: the yield pause
 ONSET_S = 0.02  # audio kept before the labelled start (the STM's times are word-aligned, onsets soft)
-HOLD_MIN_S = 0.15  # a gap inside one speaker's run this long is a hold pause (shorter: one breath of speech)
+HOLD_MIN_S = 0.25  # a gap inside one speaker's run this long is a hold pause (as in the synthetic splits)
 QUIET = (3.0, 6.5)  # seconds of the recording with nobody speaking: the background the clips are padded with
 
 
@@ -81,11 +81,24 @@ def runs(utterances: list[Utterance]) -> list[tuple[list[Utterance], str]]:
 
 def label(run: list[Utterance], context: str, name: str, offset: float, duration: float) -> dict[str, object]:
     """The benchmark's label of one clip; `offset` maps recording time to clip time."""
-    segments = [{"start": round(u.start + offset, 4), "end": round(u.end + offset, 4), "text": u.text} for u in run]
-    pauses: list[dict[str, object]] = []
+    # segments are stretches of speech: utterances closer than HOLD_MIN_S are one (each segment ends in a pause)
+    stretches: list[list[Utterance]] = [[run[0]]]
     for a, b in itertools.pairwise(run):
         if b.start - a.end >= HOLD_MIN_S:
-            pauses.append({"start": round(a.end + offset, 4), "end": round(b.start + offset, 4), "kind": "hold"})
+            stretches.append([b])
+        else:
+            stretches[-1].append(b)
+    segments = [
+        {
+            "start": round(st[0].start + offset, 4),
+            "end": round(st[-1].end + offset, 4),
+            "text": " ".join(u.text for u in st),
+        }
+        for st in stretches
+    ]
+    pauses: list[dict[str, object]] = [
+        {"start": a["end"], "end": b["start"], "kind": "hold"} for a, b in itertools.pairwise(segments)
+    ]
     pauses.append({"start": round(run[-1].end + offset, 4), "end": round(duration, 4), "kind": "yield", "cat": "real"})
     text = " ".join(u.text for u in run)
     return {
