@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -508,6 +508,23 @@ def start_stack(store: Path) -> Stack:
     return Stack([serve, tri], f"127.0.0.1:{port}", metrics_url, http_url, own_metrics, env, lines)
 
 
+@contextlib.contextmanager
+def stack_running(prefix: str) -> Iterator[Stack]:
+    """`start_stack` on a throwaway store; the server's last output is printed if the block fails, and every
+    process is stopped after it."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as store:
+        stack = start_stack(Path(store) / "duet.db")
+        try:
+            yield stack
+        except BaseException:
+            print("\n".join(list(stack.lines)[-40:]), file=sys.stderr)
+            raise
+        finally:
+            for p in stack.procs:
+                p.terminate()
+                p.wait(timeout=30)
+
+
 def read_drops(url: str) -> dict[str, float]:
     return drops_by_kind(urllib.request.urlopen(url, timeout=5).read().decode()) if url else {}
 
@@ -690,17 +707,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no conversation files in {DATA / args.split}", file=sys.stderr)
         return 2
     levels = [int(x) for x in args.levels.split(",")]
-    with tempfile.TemporaryDirectory(prefix="duet-load-store-") as store:
-        stack = start_stack(Path(store) / "duet.db")
-        try:
-            rows = asyncio.run(run_levels(stack, args.mix, levels, files, options, args))
-        except BaseException:
-            print("\n".join(list(stack.lines)[-40:]), file=sys.stderr)
-            raise
-        finally:
-            for p in stack.procs:
-                p.terminate()
-                p.wait(timeout=30)
+    with stack_running("duet-load-store-") as stack:
+        rows = asyncio.run(run_levels(stack, args.mix, levels, files, options, args))
     result = {
         "mix": args.mix,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),

@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print_report(json.loads(Path(args.report).read_text()))
         return 0
-    from perf.session_load import DATA, session_options, start_stack
+    from perf.session_load import DATA, session_options, stack_running
 
     try:
         args.session_options = session_options(args.option)
@@ -678,17 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no conversation file {wav}", file=sys.stderr)
         return 2
     label = json.loads(wav.with_suffix(".json").read_text())
-    with tempfile.TemporaryDirectory(prefix="duet-soak-store-") as store:
-        stack = start_stack(Path(store) / "duet.db")
-        try:
-            run = asyncio.run(run_soak(stack, args, wav, label))
-        except BaseException:
-            print("\n".join(list(stack.lines)[-40:]), file=sys.stderr)
-            raise
-        finally:
-            for p in stack.procs:
-                p.terminate()
-                p.wait(timeout=30)
+    with stack_running("duet-soak-store-") as stack:
+        run = asyncio.run(run_soak(stack, args, wav, label))
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(),
