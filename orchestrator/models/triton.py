@@ -263,6 +263,20 @@ class TritonModels:
         url = self.pool.choose(among=self.urls, exclude=tried, prefer=healthy, affinity=affinity)
         return None if url is None else self._by_url[url]
 
+    async def _begin(
+        self, model: str, tried: set[str], affinity: str = ""
+    ) -> tuple[_Endpoint, ModelHealer | None, float, float] | None:
+        """The server a call goes to (None: every one was tried), once `model` is healthy there: the server,
+        its healer, and when the call went out by the healer's clock and by the pool's."""
+        e = self._pick(model, tried, affinity)
+        if e is None:
+            return None
+        healer = e.healer
+        if healer is not None and not healer.healthy(model):
+            await healer.wait_healthy(model, self.heal_wait_s)
+        heal_sent = healer.now() if healer is not None else 0.0
+        return e, healer, heal_sent, self.pool.begin(e.url)
+
     def _in_rotation(self, tried: set[str]) -> bool:
         """Whether a server not yet tried is in rotation."""
         return any(e.url not in tried and self.pool.up(e.url) for e in self._endpoints)
@@ -301,14 +315,9 @@ class TritonModels:
           the new stub too fails."""
         tried: set[str] = set()
         for attempt in (1, 2):
-            e = self._pick(model, tried)
-            if e is None:
+            if (begun := await self._begin(model, tried)) is None:
                 break
-            healer = e.healer
-            if healer is not None and not healer.healthy(model):
-                await healer.wait_healthy(model, self.heal_wait_s)
-            heal_sent = healer.now() if healer is not None else 0.0
-            sent = self.pool.begin(e.url)
+            e, healer, heal_sent, sent = begun
             try:
                 result = await self._infer(e, model, inputs, outputs)
             except EndpointDown as exc:
@@ -512,14 +521,9 @@ class TritonModels:
         dead stub's failure is still reported, and starts the reload the next request finds done."""
         tried: set[str] = set()
         for attempt in (1, 2):
-            e = self._pick(model, tried, affinity)
-            if e is None:
+            if (begun := await self._begin(model, tried, affinity)) is None:
                 break
-            healer = e.healer
-            if healer is not None and not healer.healthy(model):
-                await healer.wait_healthy(model, self.heal_wait_s)
-            heal_sent = healer.now() if healer is not None else 0.0
-            sent = self.pool.begin(e.url)
+            e, healer, heal_sent, sent = begun
             responses = self._stream_once(e, model, inputs, outputs, timeout_s, request_id)
             started = False
             try:
