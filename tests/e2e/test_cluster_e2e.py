@@ -76,6 +76,15 @@ class Receiver:
             None,
         )
 
+    def uttered(self, conversation_id: str, text: str) -> bool:
+        """Whether the `conversation.utterance` webhook for `text` came: the turn is in the store by then."""
+        return any(
+            e["conversation_id"] == conversation_id
+            and e["event_type"] == "conversation.utterance"
+            and e["properties"]["text"] == text
+            for e in self.events
+        )
+
 
 class Live:
     """A joined session kept talking (silence at real time), its events collected."""
@@ -189,6 +198,11 @@ async def test_killing_a_server_ends_only_its_conversations_and_the_survivor_rep
                     return live_a.said("Your order has shipped.")
 
                 await eventually(said_on_a, 60, "A's session to say its line")
+
+                async def stored_on_a() -> bool:  # the live event comes before the store write; wait for it
+                    return receiver.uttered(on_a, "Your order has shipped.")
+
+                await eventually(stored_on_a, 30, "A to record the line")
                 a.proc.kill()  # SIGKILL: no drain, no goodbye; its conversations are orphans now
                 killed = asyncio.get_running_loop().time()
                 a.proc.wait(timeout=15)
