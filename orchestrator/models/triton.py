@@ -144,6 +144,7 @@ class TritonModels:
         self._endpoints = tuple(_Endpoint(u) for u in urls)
         self._by_url = {e.url: e for e in self._endpoints}
         self.pool = EndpointPool(urls, policy, clock)
+        self._ready_problems: dict[str, str | None] = {}  # what `ready` last found wrong with each server
         # How long a request waits for a model being healed before it fails: a reload takes 0.5-3 s on an idle
         # machine, 10 s and more for a large model on a loaded one; waiting beats failing a turn (or, for `vad`
         # and `floor`, the session).
@@ -199,9 +200,12 @@ class TritonModels:
             self._log(self.pool.checked(e.url, problem is None, problem or "", at_once=True))
         if all(p is not None for p in problems):
             raise ModelUnavailable("; ".join(p for p in problems if p))
-        for problem in problems:
-            if problem is not None:
+        for e, problem in zip(self._endpoints, problems, strict=True):
+            # said once per change: readiness probes call this every second, and with the chart's per-pod list
+            # a pod that does not exist yet is not ready on every one of them
+            if problem is not None and self._ready_problems.get(e.url) != problem:
                 log.warning("%s; serving from the other Triton endpoints meanwhile", problem)
+            self._ready_problems[e.url] = problem
 
     async def _not_ready(self, e: _Endpoint, models: tuple[str, ...]) -> str | None:
         try:

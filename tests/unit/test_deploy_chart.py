@@ -1,14 +1,16 @@
 """The Helm chart (deploy/helm/duet): lints clean, renders in each profile, every rendered object validates
 strictly against the Kubernetes schemas, and the parts that matter behave (GPU only in the GPU profile, Triton's
 health probes, the orchestrator's Triton address, secrets only by reference, a real metric behind the HPA,
-disruption budgets, resource requests, drain). Offline: helm-python-sdk renders with Helm's Go SDK in-process,
-kubernetes-validate holds the schemas."""
+disruption budgets, resource requests, drain, Triton as a StatefulSet whose pods the orchestrators dial one by
+one). Offline: helm-python-sdk renders with Helm's Go SDK in-process, kubernetes-validate holds the schemas."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import importlib
+import json
+import re
 import typing
 from pathlib import Path
 from types import ModuleType
@@ -40,7 +42,18 @@ PROFILES: dict[str, dict[str, Any]] = {
             "extraEnv": [{"name": "DUET_LLM__OPENAI_API_KEY_ENV", "value": "OPENAI_API_KEY"}],
         },
     },
+    # Triton's HPA asked for but autoscaling off: no HPA, so `replicas` pods (not maxReplicas); another DNS domain
+    "triton-pods-fixed": {
+        "clusterDomain": "k8s.example.internal",
+        "triton": {"replicas": 3},
+        "autoscaling": {"enabled": False, "triton": {"enabled": True, "maxReplicas": 6}},
+    },
+    "single-triton-address": {"triton": {"replicas": 2, "perPodEndpoints": False}},
 }
+# Triton pods the orchestrators get an address of, in the profiles that give them one per pod: `triton.replicas`,
+# or the Triton HPA's maxReplicas when there is one
+TRITON_PODS = {"default": 1, "cpu-noautoscale-ingress": 1, "scale-triton": 4, "triton-pods-fixed": 3}
+LONG_RELEASE = "customer-support-voice-agents-production-europe-west-1"  # full name prefix of 58 characters
 
 
 def _load(module: str, package: str) -> ModuleType:
@@ -62,10 +75,10 @@ def helm() -> Any:
 
 
 @functools.cache
-def _render(profile: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+def _render(values: str, release: str) -> tuple[tuple[str, dict[str, Any]], ...]:
     h = helm()
     with h.Chart.load(CHART) as chart:
-        out = chart.render(PROFILES[profile], name=RELEASE, namespace=NAMESPACE, is_install=True)
+        out = chart.render(json.loads(values), name=release, namespace=NAMESPACE, is_install=True)
     docs = []
     for path, text in sorted(out.items()):
         if path.endswith("NOTES.txt"):
@@ -76,16 +89,21 @@ def _render(profile: str) -> tuple[tuple[str, dict[str, Any]], ...]:
     return tuple(docs)
 
 
-def render(profile: str) -> list[tuple[str, dict[str, Any]]]:
-    return list(_render(profile))
+def render(profile: str, release: str = RELEASE) -> list[tuple[str, dict[str, Any]]]:
+    return list(_render(json.dumps(PROFILES[profile], sort_keys=True), release))
 
 
-def objects(profile: str, kind: str) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for _, d in render(profile) if d["kind"] == kind}
+def objects(profile: str, kind: str, release: str = RELEASE) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in render(profile, release) if d["kind"] == kind}
+
+
+def workloads(profile: str) -> dict[str, dict[str, Any]]:
+    """The orchestrator Deployment and the Triton StatefulSet, by name."""
+    return {**objects(profile, "Deployment"), **objects(profile, "StatefulSet")}
 
 
 def pod_spec(profile: str, name: str) -> dict[str, Any]:
-    spec: dict[str, Any] = objects(profile, "Deployment")[name]["spec"]["template"]["spec"]
+    spec: dict[str, Any] = workloads(profile)[name]["spec"]["template"]["spec"]
     return spec
 
 
@@ -122,11 +140,9 @@ def test_chart_metadata_follows_the_package() -> None:
 # ---- 2. every rendered object validates strictly ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_rendered_objects_validate_strictly(profile: str) -> None:
+def _invalid(docs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """What fails strict validation against the Kubernetes schemas, one line per object."""
     kv = _load("kubernetes_validate", "kubernetes-validate")
-    docs = render(profile)
-    assert len(docs) >= 6
     errors = []
     for path, doc in docs:
         where = f"{path} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
@@ -136,16 +152,24 @@ def test_rendered_objects_validate_strictly(profile: str) -> None:
             errors.append(f"{where}: {'.'.join(map(str, exc.path)) or '(root)'}: {exc.message}")
         except (kv.SchemaNotFoundError, kv.InvalidSchemaError) as exc:
             errors.append(f"{where}: {exc.message}")
+    return errors
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_rendered_objects_validate_strictly(profile: str) -> None:
+    docs = render(profile)
+    assert len(docs) >= 7
+    errors = _invalid(docs)
     assert not errors, f"{len(errors)} invalid against Kubernetes {K8S_VERSION} (strict):\n" + "\n".join(errors)
 
 
-def test_strict_validation_catches_an_unknown_field() -> None:
+@pytest.mark.parametrize(("kind", "name"), [("Deployment", ORCH), ("StatefulSet", TRITON)])
+def test_strict_validation_catches_an_unknown_field(kind: str, name: str) -> None:
     """The check above is not vacuous: a misspelt field fails it."""
-    kv = _load("kubernetes_validate", "kubernetes-validate")
-    deployment = dict(objects("default", "Deployment")[ORCH])
-    deployment["spec"] = {**deployment["spec"], "replica": 3}
-    with pytest.raises(kv.ValidationError):
-        kv.validate(deployment, K8S_VERSION, strict=True)
+    (path, workload) = next((p, d) for p, d in render("default") if d["kind"] == kind and d["metadata"]["name"] == name)
+    assert not _invalid([(path, workload)])
+    workload = {**workload, "spec": {**workload["spec"], "replica": 3}}
+    assert _invalid([(path, workload)])
 
 
 # ---- 3. behaviour ----------------------------------------------------------------------------------------------
@@ -195,17 +219,113 @@ def test_triton_serves_the_repository_models_strictly() -> None:
     assert env["DUET_TRITON__MODELS"]["value"].split(",") == loaded  # both sides serve/await the same models
 
 
-def test_orchestrator_dials_the_triton_service_grpc_port() -> None:
-    service = objects("default", "Service")[TRITON]
+@pytest.mark.parametrize("profile", ["default", "single-triton-address"])
+def test_the_triton_service_serves_readiness_and_the_single_address(profile: str) -> None:
+    service = objects(profile, "Service")[TRITON]
+    assert service["spec"]["type"] == "ClusterIP" and "clusterIP" not in service["spec"]
     grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
-    triton_ports = {p["name"]: p["containerPort"] for p in container("default", TRITON)["ports"]}
+    triton_ports = {p["name"]: p["containerPort"] for p in container(profile, TRITON)["ports"]}
     assert triton_ports[grpc["targetPort"]] == 8001
-    triton_labels = objects("default", "Deployment")[TRITON]["spec"]["template"]["metadata"]["labels"]
+    triton_labels = objects(profile, "StatefulSet")[TRITON]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= triton_labels.items()
-    url = env_of(container("default", ORCH))["DUET_TRITON__URL"]["value"]
-    assert url == f"{TRITON}.{NAMESPACE}.svc:{grpc['port']}"  # gRPC host:port, no scheme (TritonSettings.url)
-    init = {c["name"]: c for c in pod_spec("default", ORCH)["initContainers"]}["wait-for-triton"]
+    # the orchestrators wait for any Triton pod to be ready through the Service
+    init = {c["name"]: c for c in pod_spec(profile, ORCH)["initContainers"]}["wait-for-triton"]
     assert env_of(init)["TRITON_READY_URL"]["value"] == f"http://{TRITON}.{NAMESPACE}.svc:8000/v2/health/ready"
+    url = env_of(container(profile, ORCH))["DUET_TRITON__URL"]["value"]
+    if profile == "single-triton-address":  # perPodEndpoints false: the Service's one gRPC host:port, no scheme
+        assert url == f"{TRITON}.{NAMESPACE}.svc:{grpc['port']}"
+    else:
+        assert f"{TRITON}.{NAMESPACE}.svc:" not in url
+
+
+# ---- Triton pods, each dialed on its own -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_triton_is_a_statefulset_governed_by_a_headless_service(profile: str) -> None:
+    assert TRITON not in objects(profile, "Deployment")
+    sts = objects(profile, "StatefulSet")[TRITON]
+    assert not _invalid([("triton-statefulset.yaml", sts)])
+    spec = sts["spec"]
+    assert spec["serviceName"] == f"{TRITON}-pods"
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    assert "strategy" not in spec  # a Deployment's field
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    headless = objects(profile, "Service")[spec["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"  # headless: one DNS record per pod
+    assert headless["spec"]["publishNotReadyAddresses"] is True  # names resolve while the models load
+    assert headless["spec"]["selector"].items() <= labels.items()
+    grpc = next(p for p in headless["spec"]["ports"] if p["name"] == "grpc")
+    assert {p["name"]: p["containerPort"] for p in container(profile, TRITON)["ports"]}[grpc["targetPort"]] == 8001
+
+
+def _triton_addresses(profile: str, release: str = RELEASE) -> list[str]:
+    (orchestrator,) = objects(profile, "Deployment", release).values()
+    (c,) = orchestrator["spec"]["template"]["spec"]["containers"]
+    addresses: list[str] = env_of(c)["DUET_TRITON__URL"]["value"].split(",")
+    return addresses
+
+
+@pytest.mark.parametrize(("profile", "pods"), sorted(TRITON_PODS.items()))
+def test_orchestrator_dials_every_triton_pod_on_its_own(profile: str, pods: int) -> None:
+    domain = PROFILES[profile].get("clusterDomain", "cluster.local")
+    expected = [f"{TRITON}-{i}.{TRITON}-pods.{NAMESPACE}.svc.{domain}:8001" for i in range(pods)]
+    assert _triton_addresses(profile) == expected
+    # `duet serve` reads them as that many servers
+    settings = load_settings(env={"DUET_TRITON__URL": ",".join(expected)})
+    assert settings.triton.endpoints() == tuple(expected)
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _assert_addresses_name_statefulset_pods(profile: str, release: str) -> None:
+    """Each address is `<pod>.<headless service>.<namespace>.svc.<domain>:<grpc>` of a pod the StatefulSet makes:
+    the ordinals 0..N-1, N the most pods it can have (its replicas, or its HPA's maxReplicas)."""
+    domain = PROFILES[profile].get("clusterDomain", "cluster.local")
+    services = objects(profile, "Service", release)
+    (sts,) = objects(profile, "StatefulSet", release).values()
+    name, spec = sts["metadata"]["name"], sts["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    hpas = [
+        h
+        for h in objects(profile, "HorizontalPodAutoscaler", release).values()
+        if h["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
+    ]
+    most = hpas[0]["spec"]["maxReplicas"] if hpas else spec["replicas"]
+    # the controller labels each pod `controller-revision-hash: <name>-<hash of up to 10>`: a label value (63)
+    assert len(name) + 11 <= 63, name
+    ordinals = []
+    for address in _triton_addresses(profile, release):
+        host, _, port = address.rpartition(":")
+        pod, service, namespace, svc, *rest = host.split(".")
+        assert (namespace, svc, ".".join(rest)) == (NAMESPACE, "svc", domain), address
+        assert all(_DNS_LABEL.fullmatch(label) for label in host.split(".")), address  # 63 at most each
+        assert service == spec["serviceName"], address
+        headless = services[service]["spec"]
+        assert headless["clusterIP"] == "None" and headless["selector"].items() <= labels.items()
+        ports = {p["port"]: p["targetPort"] for p in headless["ports"]}
+        assert ports.get(int(port)) == "grpc", address
+        match = re.fullmatch(rf"{re.escape(name)}-(0|[1-9][0-9]*)", pod)
+        assert match, f"{pod} is not a pod of StatefulSet {name}"
+        ordinals.append(int(match[1]))
+    assert ordinals == list(range(most)), (ordinals, most)
+
+
+@pytest.mark.parametrize("profile", sorted(TRITON_PODS))
+def test_every_triton_address_names_a_pod_of_the_statefulset(profile: str) -> None:
+    _assert_addresses_name_statefulset_pods(profile, RELEASE)
+
+
+def test_a_long_release_name_keeps_the_pod_names_valid() -> None:
+    """Pod names are DNS labels: the StatefulSet's name is shortened (52 at most) for a long release name."""
+    docs = render("scale-triton", LONG_RELEASE)
+    assert not _invalid(docs)
+    (sts,) = objects("scale-triton", "StatefulSet", LONG_RELEASE)
+    assert sts.endswith("-triton") and len(sts) <= 52, sts
+    _assert_addresses_name_statefulset_pods("scale-triton", LONG_RELEASE)
 
 
 def _settings_fields(cls: Any = Settings, prefix: str = "DUET_") -> set[str]:
@@ -295,7 +415,8 @@ def test_triton_queue_time_scales_triton_when_asked() -> None:
     (rule,) = config["externalRules"]
     assert rule["name"]["as"] == metric["external"]["metric"]["name"]
     assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
-    assert "replicas" not in objects("scale-triton", "Deployment")[TRITON]["spec"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": TRITON}
+    assert "replicas" not in objects("scale-triton", "StatefulSet")[TRITON]["spec"]
 
 
 def test_autoscaling_off_renders_fixed_replicas_and_no_adapter_rules() -> None:
@@ -311,7 +432,7 @@ def test_disruption_budgets() -> None:
     pdbs = objects("scale-triton", "PodDisruptionBudget")
     assert pdbs[TRITON]["spec"]["minAvailable"] == 1
     for name, pdb in pdbs.items():
-        labels = objects("scale-triton", "Deployment")[name]["spec"]["template"]["metadata"]["labels"]
+        labels = workloads("scale-triton")[name]["spec"]["template"]["metadata"]["labels"]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 

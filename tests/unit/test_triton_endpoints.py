@@ -279,6 +279,31 @@ async def test_ready_needs_one_endpoint_and_drops_the_others(fakes: Any) -> None
         await models.ready(("vad",))
 
 
+async def test_ready_says_what_is_wrong_with_a_server_once_per_change(
+    fakes: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readiness probes call `ready` every second; a server that stays away (a pod of the chart's list that does
+    not exist yet) is logged when it goes, when what is wrong changes, and again after it was back."""
+    models, a, _ = fakes
+
+    def said() -> int:
+        return sum("serving from the other Triton endpoints" in r.getMessage() for r in caplog.records)
+
+    a.down = True
+    for _ in range(5):
+        await models.ready(("vad",))
+    assert said() == 1
+    a.down, a.ready = False, False  # reachable now, but not ready: a different problem
+    await models.ready(("vad",))
+    await models.ready(("vad",))
+    assert said() == 2
+    a.ready = True
+    await models.ready(("vad",))
+    a.down = True
+    await models.ready(("vad",))
+    assert said() == 3
+
+
 async def test_a_dead_stub_on_one_server_sends_the_call_to_the_other(fakes: Any) -> None:
     models, a, b = fakes
     healer = ModelHealer(models.at(A))

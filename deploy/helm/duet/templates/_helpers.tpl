@@ -69,12 +69,63 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository (toString .tag) }}
 {{- end }}
 
-{{/* Triton's gRPC address as the orchestrator dials it (host:port, no scheme: `DUET_TRITON__URL`). */}}
+{{/* The Triton ClusterIP Service's gRPC and HTTP addresses (host:port, no scheme). */}}
 {{- define "duet.triton.grpcAddress" -}}
 {{- printf "%s.%s.svc:%v" (include "duet.triton.fullname" .) .Release.Namespace .Values.triton.ports.grpc }}
 {{- end }}
 {{- define "duet.triton.httpAddress" -}}
 {{- printf "%s.%s.svc:%v" (include "duet.triton.fullname" .) .Release.Namespace .Values.triton.ports.http }}
+{{- end }}
+
+{{/* The Triton StatefulSet; its pods are `<this>-0`, `<this>-1`, ... Kept within 52 characters (the triton
+fullname's, unless the release name is long): the controller labels each pod with `<this>-<revision hash>`, and
+that label value, like a pod's host name, has 63 at most. */}}
+{{- define "duet.triton.statefulsetName" -}}
+{{- printf "%s-triton" (include "duet.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The headless Service that governs it: each pod's DNS name is `<pod>.<this>.<namespace>.svc.<clusterDomain>`. */}}
+{{- define "duet.triton.podsServiceName" -}}
+{{- printf "%s-pods" (include "duet.triton.statefulsetName" .) }}
+{{- end }}
+
+{{/* How many Triton pods the orchestrators get addresses of: `triton.replicas`, or the Triton HPA's
+`maxReplicas` when it scales Triton (a pod that does not exist yet is out of the orchestrators' rotation, its
+name unresolved, until it does). */}}
+{{- define "duet.triton.endpointCount" -}}
+{{- if and .Values.autoscaling.enabled .Values.autoscaling.triton.enabled }}
+{{- int .Values.autoscaling.triton.maxReplicas }}
+{{- else }}
+{{- int .Values.triton.replicas }}
+{{- end }}
+{{- end }}
+
+{{/* Every Triton pod's gRPC address, comma-separated (`DUET_TRITON__URL`: the orchestrator sends each call to
+the least loaded server in rotation): `<statefulset>-<i>.<headless service>.<namespace>.svc.<clusterDomain>:<grpc>`
+for i in 0 .. endpointCount-1. */}}
+{{- define "duet.triton.podGrpcAddresses" -}}
+{{- $n := int (include "duet.triton.endpointCount" .) }}
+{{- if lt $n 1 }}
+{{- fail "triton.perPodEndpoints: no Triton pod to address (triton.replicas, or autoscaling.triton.maxReplicas, is below 1)" }}
+{{- end }}
+{{- $domain := required "clusterDomain: the cluster's DNS domain (cluster.local unless yours differs)" .Values.clusterDomain | trimSuffix "." }}
+{{- $sts := include "duet.triton.statefulsetName" . }}
+{{- $svc := include "duet.triton.podsServiceName" . }}
+{{- $addresses := list }}
+{{- range $i := until $n }}
+{{- $addresses = append $addresses (printf "%s-%d.%s.%s.svc.%s:%v" $sts $i $svc $.Release.Namespace $domain $.Values.triton.ports.grpc) }}
+{{- end }}
+{{- join "," $addresses }}
+{{- end }}
+
+{{/* What the orchestrators dial (`DUET_TRITON__URL`): every Triton pod (`triton.perPodEndpoints`), or the
+ClusterIP Service's one address, on which one gRPC channel stays with one pod. */}}
+{{- define "duet.triton.grpcUrl" -}}
+{{- if .Values.triton.perPodEndpoints }}
+{{- include "duet.triton.podGrpcAddresses" . }}
+{{- else }}
+{{- include "duet.triton.grpcAddress" . }}
+{{- end }}
 {{- end }}
 
 {{/* The orchestrators' public URL: the value, else the in-cluster Service address. */}}
