@@ -18,7 +18,7 @@ The hostile streams, in equal shares, each a loop that reconnects whenever the s
 At the end every hostile client stops and the orchestrator's `/metrics` must read zero open sessions; the
 report lists how the hostile sessions ended (refused, paced, ended with which code) and any slot leaked.
 
-    .venv/bin/python perf/bench_isolation.py [--hostile 50] [--call check/001] [--repeats 1] [--out FILE]
+    .venv/bin/python perf/bench_isolation.py [--hostile 50] [--healthy 1] [--call check/001] [--repeats 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ DATA = ROOT / "perf" / "data" / "conversations"
 KINDS = ("flood", "bulk", "garbage", "idle", "churn", "text")
 CHUNK_BYTES = 640  # 20 ms
 AUDIBLE = 300  # |sample| above this is reply speech, not the TTS's leading silence
+STAGGER_S = 0.7  # between the starts of simultaneous healthy calls: their turns do not end in the same instant
 IDLE_TIMEOUT_S = 10.0  # the server's idle timeout in this run (the default is 30 s): idle streams end in the run
 
 
@@ -156,6 +157,18 @@ async def healthy_call(server: str, wav: Path) -> dict[str, Any]:
         wall.append(round(playable - spoken_end, 3))
         clock.append(round(t - turn["end"], 3))
     return {"wall_s": wall, "audio_clock_s": clock, "errors": errors}
+
+
+async def healthy_calls(server: str, wav: Path, n: int) -> dict[str, Any]:
+    """`n` healthy calls at once (each started `STAGGER_S` after the one before, as users join a service), their
+    turns pooled: what one call returns, over all of them."""
+
+    async def one(i: int) -> dict[str, Any]:
+        await asyncio.sleep(i * STAGGER_S)
+        return await healthy_call(server, wav)
+
+    calls = await asyncio.gather(*(one(i) for i in range(n)))
+    return {key: [x for c in calls for x in c[key]] for key in ("wall_s", "audio_clock_s", "errors")}
 
 
 # ---------------------------------------------------------------------------------------------- hostile streams
@@ -347,7 +360,7 @@ async def run(args: argparse.Namespace, server: str, metrics: str) -> dict[str, 
     await healthy_call(server, ROOT / "perf" / "data" / "samples" / "demo_user.wav")  # warm-up (caches, first calls)
     for phase in plan:
         if phase == "alone":
-            results["alone"].append(await healthy_call(server, wav))
+            results["alone"].append(await healthy_calls(server, wav, args.healthy))
             print(f"alone: {results['alone'][-1]}", flush=True)
             continue
         before = scrape(metrics)
@@ -372,7 +385,7 @@ async def run(args: argparse.Namespace, server: str, metrics: str) -> dict[str, 
         await asyncio.sleep(args.warmup)  # the hostile streams are all going before the call starts
         samples: list[float] = []
         sampler = asyncio.create_task(sample_open(metrics, samples), name="open-sessions-sampler")
-        call = await healthy_call(server, wav)
+        call = await healthy_calls(server, wav, args.healthy)
         sampler.cancel()
         assert worker.stdin is not None
         worker.stdin.close()  # the worker's signal to stop
@@ -406,15 +419,16 @@ async def run(args: argparse.Namespace, server: str, metrics: str) -> dict[str, 
     return results
 
 
-def table(res: dict[str, Any], hostile: int) -> str:
+def table(res: dict[str, Any], hostile: int, n: int = 1) -> str:
     a, h = res["alone_summary"]["wall"], res["hostile_summary"]["wall"]
     ac, hc = res["alone_summary"]["audio_clock"], res["hostile_summary"]["audio_clock"]
     ratio = h["median_s"] / a["median_s"] if a.get("median_s") else math.nan
     rows = [
-        "| healthy call | turns answered | wall median s | wall p90 s | wall max s | audio-clock median s |",
+        "| healthy calls | turns answered | wall median s | wall p90 s | wall max s | audio-clock median s |",
         "|---|---|---|---|---|---|",
-        f"| alone | {a['answered']}/{a['turns']} | {a['median_s']} | {a['p90_s']} | {a['max_s']} | {ac['median_s']} |",
-        f"| beside {hostile} hostile streams | {h['answered']}/{h['turns']} | {h['median_s']} | {h['p90_s']} "
+        f"| {n} alone | {a['answered']}/{a['turns']} | {a['median_s']} | {a['p90_s']} | {a['max_s']} "
+        f"| {ac['median_s']} |",
+        f"| {n} beside {hostile} hostile streams | {h['answered']}/{h['turns']} | {h['median_s']} | {h['p90_s']} "
         f"| {h['max_s']} | {hc['median_s']} |",
         "",
         f"median with hostile streams / alone: {ratio:.2f} (target ≤ 1.20); "
@@ -451,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hostile", type=int, default=50)
     ap.add_argument("--call", default="check/001", help="a recorded user under perf/data/conversations")
+    ap.add_argument("--healthy", type=int, default=1, help="healthy calls at once (the same recording)")
     ap.add_argument("--repeats", type=int, default=1, help="alone/hostile pairs (then alone once more)")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of hostile traffic before the call")
     ap.add_argument("--out", default=str(ROOT / "perf" / "out" / "isolation.json"))
@@ -474,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     res["args"] = vars(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
-    print(table(res, args.hostile))
+    print(table(res, args.hostile, args.healthy))
     return 0
 
 
