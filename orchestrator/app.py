@@ -196,6 +196,7 @@ async def running_stack(settings: Settings, drain: Drain | None = None) -> Async
             models.at(u),
             probe=embedded.stubs if embedded else None,
             restart_server=embedded.kill if embedded else None,  # when reloads do not work; `supervise` restarts it
+            kill_stubs=embedded.kill_stubs if embedded else None,  # a hung stub must not outlive its reload
         )
         for u in models.urls
     ]

@@ -119,7 +119,8 @@ async def healthy_call(server: str, wav: Path) -> dict[str, Any]:
     heard: list[tuple[float, float]] = []  # (session time of the first audible sample, wall time it arrived)
     errors: list[str] = []
     t0 = 0.0
-    async with duet.connect(server) as session:
+    # its own connection, as a user's own client has (gRPC would otherwise share one between the calls)
+    async with duet.connect(server, channel_args=[("grpc.use_local_subchannel_pool", 1)]) as session:
 
         async def send() -> None:
             nonlocal t0
@@ -165,7 +166,11 @@ async def healthy_calls(server: str, wav: Path, n: int) -> dict[str, Any]:
 
     async def one(i: int) -> dict[str, Any]:
         await asyncio.sleep(i * STAGGER_S)
-        return await healthy_call(server, wav)
+        try:
+            return await healthy_call(server, wav)
+        except duet.DuetError as err:  # refused (server_busy, rate_limited) or ended: every turn unanswered
+            turns = len(json.loads(wav.with_suffix(".json").read_text())["turns"])
+            return {"wall_s": [None] * turns, "audio_clock_s": [None] * turns, "errors": [f"fatal:{err.code}"]}
 
     calls = await asyncio.gather(*(one(i) for i in range(n)))
     return {key: [x for c in calls for x in c[key]] for key in ("wall_s", "audio_clock_s", "errors")}
@@ -432,7 +437,9 @@ def table(res: dict[str, Any], hostile: int, n: int = 1) -> str:
         f"| {h['max_s']} | {hc['median_s']} |",
         "",
         f"median with hostile streams / alone: {ratio:.2f} (target ≤ 1.20); "
-        f"sessions left open after: {[r['sessions_left_after'] for r in res['hostile']]}",
+        f"sessions left open after: {[r['sessions_left_after'] for r in res['hostile']]}; healthy calls' errors: "
+        f"alone {[e for r in res['alone'] for e in r['errors']]}, "
+        f"beside {[e for r in res['hostile'] for e in r['errors']]}",
     ]
     return "\n".join(rows)
 

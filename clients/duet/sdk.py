@@ -193,8 +193,12 @@ async def connect(
     channels: int = 1,
     sample_width: int = 2,
     connect_timeout: float = 5.0,
+    channel_args: Sequence[tuple[str, Any]] = (),
 ) -> AsyncIterator[Session]:
-    channel = grpc.aio.insecure_channel(server)
+    """One session over a new gRPC channel to `server` (host:port). `channel_args`: gRPC channel options; gRPC
+    shares one connection between a process's channels to the same server unless given
+    `("grpc.use_local_subchannel_pool", 1)`, as a client standing for several users may want."""
+    channel = grpc.aio.insecure_channel(server, options=list(channel_args))
     try:
         try:
             await asyncio.wait_for(channel.channel_ready(), connect_timeout)

@@ -280,6 +280,21 @@ class EmbeddedTriton:
         """PIDs of the Python stubs (children of tritonserver), for crash detection and tests."""
         return [] if self._proc is None else child_pids(self._proc.pid)
 
+    def kill_stubs(self, model: str) -> list[int]:
+        """SIGKILL `model`'s live Python stubs (before a reload): a stub that is hung, not dead (Triton's backend
+        found it "not healthy"), must not wake up later beside its successor. Returns the pids killed."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return []
+        killed = []
+        for pid in child_pids(proc.pid):
+            argv = process_argv(pid)
+            if len(argv) > 1 and (m := self._stub_model.match(argv[1])) and m.group("model") == model:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        return killed
+
     def stubs(self) -> dict[str, frozenset[int]] | None:
         """The live Python stubs of this server by model (model -> pids); None when the server is not running.
 

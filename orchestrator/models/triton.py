@@ -768,6 +768,7 @@ class ModelHealer:
         probe: Callable[[], Mapping[str, frozenset[int]] | None] | None = None,
         policy: HealingPolicy | None = None,
         restart_server: Callable[[], None] | None = None,
+        kill_stubs: Callable[[str], Sequence[int]] | None = None,
         probe_interval_s: float = 0.5,
         reload_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -776,6 +777,7 @@ class ModelHealer:
         self.models = models
         self.probe = probe
         self.restart_server = restart_server  # kills the (embedded) server, for its supervisor to start again
+        self.kill_stubs = kill_stubs  # kills a model's stubs on the (embedded) server before it is reloaded
         self.probe_interval_s = probe_interval_s
         self.reload_timeout_s = reload_timeout_s
         self.now = clock
@@ -876,6 +878,12 @@ class ModelHealer:
         error: str | None = None
         hung = False
         try:
+            if self.kill_stubs is not None:
+                # A stub found "not healthy" may be hung rather than gone: one that woke up after its successor
+                # started took that one down with it (a face_render stub stopped for 3 s did, again and again).
+                killed = await asyncio.to_thread(self.kill_stubs, reload.model)
+                if killed:
+                    log.warning("model %r: killed its stub process %s before reloading", reload.model, killed)
             await self.models.reload(reload.model, self.reload_timeout_s)
         except ModelUnavailable as exc:
             error, hung = exc.message, isinstance(exc, ReloadHung)

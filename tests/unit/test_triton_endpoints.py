@@ -123,6 +123,15 @@ class FakeTriton:
     async def is_model_ready(self, model: str) -> bool:
         return self.ready
 
+    async def get_model_repository_index(self, as_json: bool = False) -> dict[str, Any]:
+        return {"models": []}
+
+    async def unload_model(self, model: str) -> None:
+        self.calls.append(f"unload {model}")
+
+    async def load_model(self, model: str) -> None:
+        self.calls.append(f"load {model}")
+
     async def close(self) -> None:
         pass
 
@@ -316,6 +325,30 @@ async def test_a_dead_stub_on_one_server_sends_the_call_to_the_other(fakes: Any)
     assert models.pool.up(A)  # ... while A stays in rotation for its other models
     await models.vad(WINDOW, STATE)
     assert b.calls == ["vad", "vad"]  # calls to vad go where it is healthy meanwhile
+
+
+async def test_a_stub_found_not_healthy_is_killed_before_its_model_is_reloaded(fakes: Any) -> None:
+    """A stub Triton calls "not healthy" may be hung, not gone: the healer kills it (on a server it runs) before
+    the reload, so it cannot wake up beside its successor."""
+    models, a, _ = fakes
+
+    def kill_stubs(model: str) -> list[int]:
+        a.calls.append(f"kill {model}")  # in A's log of calls: the order shows
+        return [4242]
+
+    healer = ModelHealer(models.at(A), kill_stubs=kill_stubs)
+    task = asyncio.create_task(healer.run(), name="test-healer")
+    try:
+        a.fail_with = InferenceServerException("Stub process 'vad_0_0' is not healthy.", status="StatusCode.INTERNAL")
+        models.pool.begin(B)  # B busier: the call goes to A first
+        await models.vad(WINDOW, STATE)
+        await until(lambda: healer.healthy("vad"))
+        healing = [c for c in a.calls if c.split()[0] in ("kill", "unload", "load")]
+        assert healing == ["kill vad", "unload vad", "load vad"]
+        assert healer.count("reload") == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def until(condition: Any, timeout_s: float = 5.0) -> None:
