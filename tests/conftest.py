@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,24 @@ def metric(url: str, name: str, *, missing_ok: bool = False, **labels: str) -> f
     values = [s.value for s in parse_metrics(text) if s.name == name and labels.items() <= s.labels.items()]
     assert values or missing_ok, f"{url} exports no {name} with {labels}"
     return sum(values)
+
+
+def triton_and_stub(triton_url: str, model_repository: str, model: str) -> tuple[int, int]:
+    """The pids of this process's tritonserver serving gRPC at `triton_url` and of `model`'s Python stub under
+    it (found by their command lines), for tests that stop or kill one."""
+    from orchestrator.models.launcher import child_pids, process_argv
+
+    def cmdline(pid: int) -> str:
+        return " ".join(process_argv(pid))
+
+    port = triton_url.rsplit(":", 1)[1]
+    server = next(
+        pid
+        for pid in child_pids(os.getpid())
+        if f"--grpc-port={port}" in cmdline(pid) and "tritonserver" in cmdline(pid)
+    )
+    model_file = f"{Path(model_repository).resolve()}/{model}/1/model.py"
+    return server, next(p for p in child_pids(server) if model_file in cmdline(p))
 
 
 def read_wav(path: Path) -> npt.NDArray[np.int16]:

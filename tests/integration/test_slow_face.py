@@ -21,7 +21,6 @@ import itertools
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +30,8 @@ from duet.sdk import ReplyAudio, VideoFrame, connect
 from duet.wav import CHUNK_SAMPLES
 from orchestrator.app import running_stack
 from orchestrator.config import Settings
-from orchestrator.models.launcher import child_pids, free_port, process_argv
-from tests.conftest import metric
+from orchestrator.models.launcher import child_pids, free_port
+from tests.conftest import metric, triton_and_stub
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +48,6 @@ STALL_S = 4.0
 STOP_S, RUN_S = 0.3, 0.01  # a thirtieth of its speed: short stops, each well within the backend's health check
 FPS = 25.0
 MAX_LAG_S = 0.5  # FaceSettings.max_lag_s: frames further behind than this are dropped
-
-
-def _cmdline(pid: int) -> str:
-    return " ".join(process_argv(pid))
 
 
 @dataclasses.dataclass
@@ -80,7 +75,6 @@ def run_session(stop_s: float, run_s: float) -> Run:
         server=dataclasses.replace(base.server, port=free_port()),
         api=dataclasses.replace(base.api, enabled=False),
     )
-    model_file = f"{Path(settings.triton.model_repository).resolve()}/face_render/1/model.py"
     silence = np.zeros(CHUNK_SAMPLES, dtype=np.int16).tobytes()
     seen: dict[str, Any] = {}
     audio: list[tuple[float, ReplyAudio]] = []
@@ -91,13 +85,7 @@ def run_session(stop_s: float, run_s: float) -> Run:
         async with running_stack(settings) as running:
             assert running.metrics_url
             url = running.metrics_url
-            grpc_port = running.triton_url.rsplit(":", 1)[1]
-            triton = next(
-                pid
-                for pid in child_pids(os.getpid())
-                if f"--grpc-port={grpc_port}" in _cmdline(pid) and "tritonserver" in _cmdline(pid)
-            )
-            stub = next(p for p in child_pids(triton) if model_file in _cmdline(p))
+            triton, stub = triton_and_stub(running.triton_url, settings.triton.model_repository, "face_render")
             options = {"video": "true", "video.fps": f"{FPS:g}", "video.size": "128x128", "perception": "false"}
 
             async with connect(running.address, options=options) as session:
