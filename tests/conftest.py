@@ -3,11 +3,15 @@ for the assets setup provides."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import json
 import os
+import signal
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -69,6 +73,30 @@ def triton_and_stub(triton_url: str, model_repository: str, model: str) -> tuple
     )
     model_file = f"{Path(model_repository).resolve()}/{model}/1/model.py"
     return server, next(p for p in child_pids(server) if model_file in cmdline(p))
+
+
+async def throttle(
+    pid: int, stop_s: float, run_s: float, for_s: float, while_stopped: Callable[[], None] | None = None
+) -> int:
+    """Make process `pid` slow for `for_s` seconds: SIGSTOP for `stop_s` of every `stop_s + run_s` (one stop of
+    `for_s` when `run_s` is 0: a hung process), calling `while_stopped` at the end of each stop. A process that
+    is gone meanwhile (killed by the healer) is no error. Returns the stops made."""
+    began, stops = time.monotonic(), 0
+    try:
+        while time.monotonic() - began < for_s:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+            await asyncio.sleep(min(stop_s, for_s - (time.monotonic() - began)))
+            if while_stopped is not None:
+                while_stopped()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(run_s)
+            stops += 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    return stops
 
 
 def read_wav(path: Path) -> npt.NDArray[np.int16]:

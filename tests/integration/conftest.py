@@ -112,6 +112,20 @@ def make_settings(store_url: str, faces_dir: Path, **api: Any) -> Settings:
     )
 
 
+def stack_settings(models: tuple[str, ...], **triton: Any) -> Settings:
+    """Settings for the whole service in this process (`running_stack`): `models` (and any other `triton`
+    setting), the session port free, the control plane off."""
+    from orchestrator.models.launcher import free_port
+
+    base = Settings()
+    return dataclasses.replace(
+        base,
+        triton=dataclasses.replace(base.triton, models=models, **triton),
+        server=dataclasses.replace(base.server, port=free_port()),
+        api=dataclasses.replace(base.api, enabled=False),
+    )
+
+
 @pytest.fixture(scope="session")
 def embed_url() -> Iterator[str]:
     """A tritonserver with the `embed` model: documents and memories need it (the control plane alone serves

@@ -120,22 +120,14 @@ async def test_duet_serve_spreads_a_sessions_calls_over_the_configured_servers(
 ) -> None:
     """Wired as `duet serve` wires it (`triton.urls`): a floor session's calls reach both servers, and the
     orchestrator's metrics show each server in rotation with its calls."""
-    import dataclasses
 
     from duet.sdk import stream_file
     from orchestrator.app import running_stack
-    from orchestrator.config import Settings
-    from orchestrator.models.launcher import free_port
     from tests.conftest import SAMPLE, metric
+    from tests.integration.conftest import stack_settings
 
     a, b = servers
-    base = Settings()
-    settings = dataclasses.replace(
-        base,
-        triton=dataclasses.replace(base.triton, urls=(a.grpc_url, b.grpc_url), models=MODELS),
-        server=dataclasses.replace(base.server, port=free_port()),
-        api=dataclasses.replace(base.api, enabled=False),
-    )
+    settings = stack_settings(MODELS, urls=(a.grpc_url, b.grpc_url))
     before = (vad_count(a), vad_count(b))
     async with asyncio.timeout(60), running_stack(settings) as running:
         assert running.triton_url == f"{a.grpc_url},{b.grpc_url}" and running.orchestrator_metrics_url

@@ -15,11 +15,8 @@ fast.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
-import os
-import signal
 import time
 from typing import Any
 
@@ -29,9 +26,9 @@ import pytest
 from duet.sdk import ReplyAudio, VideoFrame, connect
 from duet.wav import CHUNK_SAMPLES
 from orchestrator.app import running_stack
-from orchestrator.config import Settings
-from orchestrator.models.launcher import child_pids, free_port
-from tests.conftest import metric, triton_and_stub
+from orchestrator.models.launcher import child_pids
+from tests.conftest import metric, throttle, triton_and_stub
+from tests.integration.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -68,13 +65,7 @@ class Run:
 def run_session(stop_s: float, run_s: float) -> Run:
     """A conversation session with video while the `face_render` stub is stopped for `stop_s` of every
     `stop_s + run_s` seconds, for STALL_S."""
-    base = Settings()
-    settings = dataclasses.replace(
-        base,
-        triton=dataclasses.replace(base.triton, models=MODELS),
-        server=dataclasses.replace(base.server, port=free_port()),
-        api=dataclasses.replace(base.api, enabled=False),
-    )
+    settings = stack_settings(MODELS)
     silence = np.zeros(CHUNK_SAMPLES, dtype=np.int16).tobytes()
     seen: dict[str, Any] = {}
     audio: list[tuple[float, ReplyAudio]] = []
@@ -107,20 +98,8 @@ def run_session(stop_s: float, run_s: float) -> Run:
                     await speaking.wait()
                     vad_before = metric(url, "nv_inference_count_total", model="vad")
                     began = time.monotonic()
-                    cycles = 0
-                    try:
-                        while time.monotonic() - began < STALL_S:
-                            with contextlib.suppress(ProcessLookupError):  # (killed by the healer)
-                                os.kill(stub, signal.SIGSTOP)
-                            await asyncio.sleep(min(stop_s, STALL_S - (time.monotonic() - began)))
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(stub, signal.SIGCONT)
-                            await asyncio.sleep(run_s)
-                            cycles += 1
-                        seen["vad"] = metric(url, "nv_inference_count_total", model="vad") - vad_before
-                    finally:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(stub, signal.SIGCONT)
+                    cycles = await throttle(stub, stop_s, run_s, STALL_S)  # (a hung stub may be killed meanwhile)
+                    seen["vad"] = metric(url, "nv_inference_count_total", model="vad") - vad_before
                     seen["fault"] = (began, time.monotonic())
                     seen["cycles"] = cycles
                     seen["same_stub"] = stub in child_pids(triton)

@@ -13,9 +13,6 @@ test_slow_face.py.)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +23,9 @@ import pytest
 from duet.sdk import connect
 from duet.wav import CHUNK_SAMPLES
 from orchestrator.app import running_stack
-from orchestrator.config import Settings
-from orchestrator.models.launcher import child_pids, free_port
-from tests.conftest import SAMPLE, SAMPLE_LABEL, metric, read_wav, triton_and_stub
+from orchestrator.models.launcher import child_pids
+from tests.conftest import SAMPLE, SAMPLE_LABEL, metric, read_wav, throttle, triton_and_stub
+from tests.integration.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +38,7 @@ STALL_AT_S = 1.5  # into the stream: the user's first turn is being spoken (and 
 def test_a_slow_asr_holds_one_request_while_the_floor_models_go_on(tmp_path: Path) -> None:
     import json
 
-    base = Settings()
-    settings = dataclasses.replace(
-        base,
-        triton=dataclasses.replace(base.triton, models=FLOOR_MODELS),
-        server=dataclasses.replace(base.server, port=free_port()),
-        api=dataclasses.replace(base.api, enabled=False),
-    )
+    settings = stack_settings(FLOOR_MODELS)
     yields = [p for p in json.loads(SAMPLE_LABEL.read_text())["pauses"] if p["kind"] == "yield"]
     pcm = read_wav(SAMPLE)
     pcm = np.concatenate([pcm, np.zeros(16000, dtype=np.int16)])  # a second of silence: the last turn's end
@@ -64,17 +55,13 @@ def test_a_slow_asr_holds_one_request_while_the_floor_models_go_on(tmp_path: Pat
                 await asyncio.sleep(STALL_AT_S)
                 vad_before = metric(url, "nv_inference_count_total", model="vad")
                 began = time.monotonic()
-                pending = []
-                try:
-                    while time.monotonic() - began < STALL_S:
-                        os.kill(stub, signal.SIGSTOP)
-                        await asyncio.sleep(STOP_S)
-                        pending.append(metric(url, "nv_inference_pending_request_count", model="asr"))
-                        os.kill(stub, signal.SIGCONT)
-                        await asyncio.sleep(RUN_S)
-                    seen["vad"] = metric(url, "nv_inference_count_total", model="vad") - vad_before
-                finally:
-                    os.kill(stub, signal.SIGCONT)
+                pending: list[float] = []
+
+                def sample() -> None:
+                    pending.append(metric(url, "nv_inference_pending_request_count", model="asr"))
+
+                await throttle(stub, STOP_S, RUN_S, STALL_S, while_stopped=sample)
+                seen["vad"] = metric(url, "nv_inference_count_total", model="vad") - vad_before
                 seen["pending_max"] = max(pending)
                 seen["same_stub"] = float(stub in child_pids(server))  # slow, not taken for dead and replaced
                 seen["stalled_s"] = time.monotonic() - began
