@@ -7,7 +7,8 @@ has come, in chunks (`chunk_s` of session time per `face_motion` + `face_render`
 each with its frame number and time. It never renders ahead of the clock (or of `ahead_s` past it, at most the
 playback lead): speech released at `t` is known before any frame at or after `t` is drawn, so lips and audio
 share one clock exactly. (Floor events, the nods, come as they happen: a frame rendered ahead misses those.)
-If rendering falls more than `max_lag_s` behind, the oldest pending frames are dropped (counted), never queued.
+If rendering falls more than `max_lag_s` behind, the oldest pending frames are dropped (counted), never queued;
+so is a frame whose render came back later than that (a renderer that stalled mid-request).
 
 `place_segment` and `trim` are pure and unit-tested; the task is tested against the real models.
 """
@@ -219,9 +220,12 @@ class FaceDriver:
         async for run in self.models.render_frames(self.face, params, self.s.width, self.s.height, self.s.quality):
             for i, jpeg in enumerate(run.jpegs):
                 index = first + run.first + i
+                if self._end is None:  # live: the input clock runs at real time
+                    lag = loop.time() - (self._wall - (self._now - index / self.s.fps))
+                    if lag > self.s.max_lag_s:  # the render itself came late (a stalled renderer): drop, not send
+                        self.stats.dropped += 1
+                        continue
+                    self.stats.lag_ms.append(round(lag * 1000, 1))
                 self.out.video(jpeg, round(index / self.s.fps, 4), index)
                 self.stats.frames += 1
-                if self._end is None:  # live: the input clock runs at real time
-                    due = self._wall - (self._now - index / self.s.fps)
-                    self.stats.lag_ms.append(round((loop.time() - due) * 1000, 1))
         self.stats.render_ms.append((loop.time() - t0) * 1000)
