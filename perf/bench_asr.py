@@ -623,9 +623,7 @@ def stream_turn(
             heard = gate.heard(d.window, _Hyp(text))
             if heard is not None and heard.final:
                 finals.append(heard.text)
-            nxt = gate.settled(d.window)
-            if nxt is not None:
-                queue.append(nxt)
+            gate.settled(d.window)
         if in_flight is None and not queue and (p := gate.poll(now)) is not None:
             queue.append(p)
         start(now)

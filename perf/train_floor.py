@@ -408,12 +408,14 @@ def decode_schedule(
 
     A speech_start opens a new turn when a yield pause began since the last turn opened (the floor commits
     inside yield pauses; a hold pause keeps the turn). Partials start only on a chunk boundary with the
-    decoder idle; a final waits for its audio and for the decode in flight, then starts at once."""
+    decoder idle; a final waits for its audio and for a final in flight (never for a partial: that one is
+    stale once speech ended, and the final runs beside it), then starts at once."""
     d = delay_ms / 1000
     interval = round(interval_ms * SAMPLE_RATE / 1000)
     turns: list[AsrTurn] = []
     speaking = False
     busy_until = -1.0
+    final_busy_until = -1.0  # (a final in flight)
     last_partial = 0
     final_upto: int | None = None
     ev = list(events)
@@ -435,8 +437,8 @@ def decode_schedule(
             continue
         turn = turns[-1]
         if final_upto is not None and final_upto <= c:
-            begin = max(final_upto / SAMPLE_RATE, busy_until)
-            busy_until = begin + d
+            begin = max(final_upto / SAMPLE_RATE, final_busy_until)
+            busy_until = final_busy_until = begin + d
             turn.decodes.append(Decode(turn.start, final_upto, busy_until, True))
             last_partial, final_upto = final_upto, None
         elif speaking and final_upto is None and busy_until <= t + 1e-9 and c - last_partial >= interval:

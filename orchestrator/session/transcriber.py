@@ -80,7 +80,7 @@ class Transcriber:
         return any(not t.done() for t in self._tasks)
 
     async def idle(self) -> None:
-        """Until no decode runs (each may chain the next: a final that waited for a partial)."""
+        """Until no decode runs."""
         while pending := [t for t in self._tasks if not t.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -107,7 +107,5 @@ class Transcriber:
         heard = self.gate.heard(window, result)
         if heard is not None:
             await self.listener.heard(heard)
-        nxt = self.gate.settled(window)
-        if nxt is not None:
-            self.run([nxt])
+        self.gate.settled(window)
         await self.listener.settled()

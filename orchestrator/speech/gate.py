@@ -154,13 +154,12 @@ class TranscriptGate:
         self.turn_text = part.text
         return Heard(part.text, window.final, window.end_s)
 
-    def settled(self, window: DecodeWindow) -> Decode | None:
-        """A decode is over (after `heard`): the final decode that waited for it, if any. Once nothing is in
-        flight, queued floor events may go on."""
-        nxt = self.schedule.decoded(window)
-        if nxt is None and self.schedule.in_flight is None:
+    def settled(self, window: DecodeWindow) -> None:
+        """A decode is over (after `heard`). Once none whose result counts is in flight, queued floor events may
+        go on (a stale decode finishing changes nothing: the final that overtook it is still awaited)."""
+        self.schedule.decoded(window)
+        if self.schedule.in_flight is None:
             self._awaiting_final = False
-        return None if nxt is None else Decode(nxt)
 
     # ---- the schedule -------------------------------------------------------------------------------------
 
@@ -172,5 +171,5 @@ class TranscriptGate:
 
     def _speech_end(self, at: float) -> list[Decode]:
         window = self.schedule.speech_end(at)
-        self._awaiting_final = window is not None or self.schedule.in_flight is not None
+        self._awaiting_final = window is not None
         return [] if window is None else [Decode(window)]

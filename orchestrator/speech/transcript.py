@@ -158,11 +158,15 @@ class DecodeWindow:
 
 
 class PartialSchedule:
-    """When to re-decode the user's turn, and which audio window to send. One decode in flight at a time.
+    """When to re-decode the user's turn, and which audio window to send. One decode's result counts at a time.
 
     The caller reports speech start/end and decode completions with audio times, and asks `poll(now)` as
     audio arrives. Windows start `pad_s` before the turn's first speech (the VAD fires a little late) and are
     capped to the last `max_utterance_s` (Whisper's window).
+
+    A speech end's final decode starts at once, even with a decode in flight: the floor waits for those words,
+    and what was in flight (a partial, or the final of an earlier pause) decoded less of the turn. Its result is
+    stale from then on (`is_current`), and no partial starts until the final is back.
     """
 
     def __init__(self, interval_ms: int, max_utterance_s: float, pad_s: float = 0.2, min_audio_s: float = 0.3):
@@ -173,9 +177,8 @@ class PartialSchedule:
         self._turn = 0
         self._turn_start: float | None = None
         self._speaking = False
-        self._in_flight: DecodeWindow | None = None
+        self._in_flight: DecodeWindow | None = None  # the decode whose result counts
         self._last_end = 0.0  # audio time up to which the last decode reached
-        self._final_pending: float | None = None  # speech end time whose final decode waits for the in-flight one
 
     @property
     def in_flight(self) -> DecodeWindow | None:
@@ -187,15 +190,11 @@ class PartialSchedule:
             self._turn_start = t
             self._last_end = t
         self._speaking = True
-        self._final_pending = None
 
     def speech_end(self, t: float) -> DecodeWindow | None:
-        """User speech ended at `t`: a final decode, now or (if one is in flight) once it completes."""
+        """User speech ended at `t`: the final decode, now (None when no turn is open)."""
         self._speaking = False
         if self._turn_start is None:
-            return None
-        if self._in_flight is not None:
-            self._final_pending = t
             return None
         return self._start(t, final=True)
 
@@ -207,19 +206,15 @@ class PartialSchedule:
             return None
         return self._start(now, final=False)
 
-    def decoded(self, window: DecodeWindow) -> DecodeWindow | None:
-        """A decode finished (or failed); returns the final decode that was waiting on it, if any."""
-        if self._in_flight is None or window != self._in_flight:
-            return None  # stale: from before a reset
-        self._in_flight = None
-        if self._final_pending is not None and self._turn_start is not None:
-            t, self._final_pending = self._final_pending, None
-            return self._start(t, final=True)
-        return None
+    def decoded(self, window: DecodeWindow) -> None:
+        """A decode finished (or failed). A stale one changes nothing."""
+        if window == self._in_flight:
+            self._in_flight = None
 
     def is_current(self, window: DecodeWindow) -> bool:
-        """Whether a decode's result still belongs to the open turn (results of an ended turn are dropped)."""
-        return window.turn == self._turn and self._turn_start is not None
+        """Whether a decode's result counts: the decode in flight of the open turn (results of an ended turn, and
+        of a decode a final overtook, are dropped)."""
+        return window == self._in_flight and window.turn == self._turn and self._turn_start is not None
 
     def end_turn(self) -> None:
         """The user yielded the floor: the next speech starts a new turn; in-flight results become stale."""
@@ -227,7 +222,6 @@ class PartialSchedule:
         self._turn_start = None
         self._speaking = False
         self._in_flight = None
-        self._final_pending = None
         self._last_end = 0.0
 
     def _start(self, end: float, *, final: bool) -> DecodeWindow:

@@ -140,14 +140,14 @@ def test_partials_are_due_every_interval_while_speaking_one_in_flight() -> None:
     w = s.poll(1.48)
     assert w == DecodeWindow(start_s=0.8, end_s=1.48, final=False, turn=0)
     assert s.poll(2.5) is None  # one in flight
-    assert s.decoded(w) is None
+    s.decoded(w)
     w2 = s.poll(2.5)  # more than an interval of audio since the last decode's end: due at once
     assert w2 is not None and w2.end_s == 2.5 and not w2.final
     s.decoded(w2)
     assert s.poll(2.9) is None and s.poll(2.98) is not None
 
 
-def test_speech_end_gives_a_final_decode_now_or_after_the_one_in_flight() -> None:
+def test_speech_end_gives_a_final_decode_at_once_and_what_was_in_flight_goes_stale() -> None:
     s = PartialSchedule(interval_ms=480, max_utterance_s=28.0)
     s.speech_start(0.5)
     f = s.speech_end(0.9)
@@ -156,10 +156,29 @@ def test_speech_end_gives_a_final_decode_now_or_after_the_one_in_flight() -> Non
     assert s.poll(2.0) is None  # not speaking: no partials
     s.speech_start(1.5)  # same turn (a hold pause): window still starts at the turn start
     w = s.poll(2.0)
-    assert w is not None and w.start_s == pytest.approx(0.3)
-    assert s.speech_end(2.1) is None  # a partial is in flight: the final waits
-    f = s.decoded(w)
+    assert w is not None and w.start_s == pytest.approx(0.3) and s.is_current(w)
+    f = s.speech_end(2.1)  # a partial is in flight: the final does not wait for it
     assert f is not None and f.final and f.end_s == 2.1 and f.start_s == pytest.approx(0.3)
+    assert s.in_flight == f and s.is_current(f)
+    assert not s.is_current(w)  # the partial's words are older than the final's: dropped when they come
+    s.decoded(w)  # ... and its end changes nothing
+    assert s.in_flight == f
+    s.speech_start(2.3)
+    assert s.poll(3.0) is None  # no partial while the final is out
+    s.decoded(f)
+    assert s.in_flight is None and s.poll(3.0) is not None
+
+
+def test_a_later_speech_end_overtakes_the_final_of_an_earlier_pause() -> None:
+    s = PartialSchedule(interval_ms=480, max_utterance_s=28.0)
+    s.speech_start(0.5)
+    f1 = s.speech_end(1.2)
+    s.speech_start(1.3)  # a short hold: the user went on before the first final came back
+    f2 = s.speech_end(1.8)
+    assert f1 is not None and f2 is not None and f2.end_s == 1.8 and f2.start_s == f1.start_s
+    assert s.in_flight == f2 and not s.is_current(f1) and s.is_current(f2)
+    s.decoded(f1)
+    assert s.in_flight == f2
 
 
 def test_windows_are_capped_and_turn_end_makes_results_stale() -> None:
@@ -169,13 +188,15 @@ def test_windows_are_capped_and_turn_end_makes_results_stale() -> None:
     assert w is not None and w.start_s == pytest.approx(17.0) and w.end_s - w.start_s == pytest.approx(28.0)
     s.end_turn()
     assert not s.is_current(w)
-    assert s.decoded(w) is None and s.in_flight is None
+    s.decoded(w)
+    assert s.in_flight is None
     s.speech_start(50.0)
     w2 = s.poll(50.5)
     assert w2 is not None and w2.turn == 1 and s.is_current(w2) and w2.start_s == pytest.approx(49.8)
-    assert s.speech_end(50.6) is None  # w2 in flight
-    assert s.decoded(w) is None  # the old one finishing late changes nothing
-    assert s.decoded(w2) is not None
+    s.decoded(w)  # the old one finishing late changes nothing
+    assert s.in_flight == w2
+    f = s.speech_end(50.6)  # w2 in flight: the final overtakes it
+    assert f is not None and f.final and s.in_flight == f and not s.is_current(w2)
 
 
 def test_window_never_starts_before_the_stream() -> None:

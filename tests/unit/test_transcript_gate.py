@@ -65,7 +65,7 @@ def test_a_turn_begun_while_the_last_final_decodes_is_decoded_on_its_own_audio()
     assert g.on_floor("speech_start", 3.0 + START) == []
     assert g.on_floor("speech_end", 4.2) == []  # turn 2's final must wait for turn 1 to close
     g.heard(first.window, Transcript("my bill is wrong"))
-    assert g.settled(first.window) is None
+    g.settled(first.window)
     out: list[Decode] = []
     while (ready := g.ready()) is not None:
         out += g.delivered()
@@ -94,6 +94,23 @@ def test_partials_while_speaking_and_a_stale_result_is_dropped() -> None:
     while g.ready() is not None:
         g.delivered()
     assert g.heard(partial.window, Transcript("late")) is None  # from the closed turn: dropped
+
+
+def test_the_final_does_not_wait_for_a_partial_in_flight_whose_words_are_then_dropped() -> None:
+    g = gate()
+    g.on_floor("speech_start", 0.5 + START)
+    g.delivered()
+    partial = g.poll(1.5)
+    assert partial is not None
+    [final] = g.on_floor("speech_end", 1.7)  # at once, beside the partial
+    assert final.window.final and final.window.end_s == 1.7 + FINAL_PAD_S
+    g.on_floor("eot_commit", 1.9)
+    assert g.heard(partial.window, Transcript("what")) is None  # older words than the final's: dropped
+    g.settled(partial.window)
+    assert g.ready() is None and g.turn_text == ""  # the events still wait for the final
+    assert g.heard(final.window, Transcript("what time is it")) == Heard("what time is it", True, 1.7)
+    g.settled(final.window)
+    assert g.ready() == ("speech_end", 1.7)
 
 
 def test_a_failed_final_decode_releases_the_events_without_words() -> None:
