@@ -158,8 +158,10 @@ def session_problems(events: list[dict[str, Any]]) -> list[str]:
     """What went wrong in a finished session, one sentence each (empty when every user turn was answered).
 
     A model error or a fatal error is a problem; so is a committed user turn that no replica speech followed
-    before the next user turn (an interrupted reply still counts: it was heard); so is a session that heard no
-    user turn at all. `duet talk --check` (and so `make demo`) exits non-zero on any of these.
+    before the next user turn (an interrupted reply still counts: it was heard), unless the user went on
+    before the replica could answer (its reply cancelled `user_continued`: the reply to the next turn answers
+    both, and the last turn must be answered); so is a session that heard no user turn at all. `duet talk
+    --check` (and so `make demo`) exits non-zero on any of these.
     """
     problems = [
         f"t={e.get('t', 0):.2f}s {e.get('code', 'error')}: {e.get('message', '')}"
@@ -170,8 +172,12 @@ def session_problems(events: list[dict[str, Any]]) -> list[str]:
     if not user_turns:
         problems.append("the session committed no user turn")
     for n, i in enumerate(user_turns):
-        end = user_turns[n + 1] if n + 1 < len(user_turns) else len(events)
-        if not any(e.get("type") == "replica_speaking_start" for e in events[i + 1 : end]):
+        last = n + 1 == len(user_turns)
+        after = events[i + 1 : len(events) if last else user_turns[n + 1]]
+        went_on = not last and any(
+            e.get("type") == "reply_cancelled" and e.get("reason") == "user_continued" for e in after
+        )
+        if not went_on and not any(e.get("type") == "replica_speaking_start" for e in after):
             t, text = events[i].get("t", 0), events[i].get("text", "")
             problems.append(f"the user turn at t={t:.2f}s ({text!r}) got no spoken reply")
     return problems

@@ -37,6 +37,17 @@ def test_a_user_turn_with_no_replica_speech_before_the_next_is_a_problem() -> No
     assert "got no spoken reply" in problem
 
 
+def test_a_turn_the_user_went_on_from_before_the_replica_spoke_is_answered_by_the_next_reply() -> None:
+    events = [e for e in _answered() if not (e["type"] == "replica_speaking_start" and e["t"] == 3.1)]
+    events.insert(2, {"type": "reply_cancelled", "t": 3.0, "reply_id": 1, "reason": "user_continued"})
+    assert session_problems(events) == []
+    # ... but not when the reply was dropped for another reason, nor for the last turn
+    events[2] = {**events[2], "reason": "context_changed"}
+    assert "t=2.30s" in session_problems(events)[0]
+    last = [*_answered()[:-2], {"type": "reply_cancelled", "t": 8.9, "reply_id": 2, "reason": "user_continued"}]
+    assert "t=8.20s" in session_problems(last)[0]
+
+
 def test_the_last_turn_unanswered_is_a_problem() -> None:
     events = _answered()[:-2]
     (problem,) = session_problems(events)
