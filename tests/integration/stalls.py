@@ -3,8 +3,8 @@ slow-voice fault tests share.
 
 The whole service runs in this process (`running_stack`, as `duet serve` wires it). A conversation session
 streams silence at real time while the replica says a long line (`echo`, at 1 s). Once the replica is at
-`stall_at_s` (by the session time of what it sent: a video frame with video on, else its voice; None: from
-the session's start), the model's stub is stopped with SIGSTOP for `stop_s` of every `stop_s + run_s`
+`stall_at_s` (by the session time of what it sent: a video frame with video on, else its voice), the model's
+stub is stopped with SIGSTOP for `stop_s` of every `stop_s + run_s`
 seconds, for `stall_s` (`tests.conftest.throttle`). What the client received is kept with its wall-clock
 arrival, with the fault's wall-clock span and the `vad` inferences made meanwhile.
 """
@@ -58,7 +58,12 @@ class Run:
         return self.vad_calls >= 0.5 * (self.ended - self.began) / VAD_WINDOW_S
 
     def spoken_s(self) -> float:
-        return sum(len(a.pcm) / 2 / a.sample_rate for _, a in self.audio)
+        return sum(duration_s(a) for _, a in self.audio)
+
+
+def duration_s(chunk: ReplyAudio) -> float:
+    """Seconds of speech in a chunk of the replica's voice (PCM16 mono)."""
+    return len(chunk.pcm) / 2 / chunk.sample_rate
 
 
 def run_session(
@@ -67,7 +72,7 @@ def run_session(
     run_s: float,
     *,
     stall_s: float,
-    stall_at_s: float | None,
+    stall_at_s: float,
     seconds: float,
     video_fps: float | None = None,
 ) -> Run:
@@ -91,8 +96,7 @@ def run_session(
 
             async with connect(running.address, options=options) as session:
                 into_line = asyncio.Event()  # the replica is well into the line
-                if stall_at_s is None:
-                    into_line.set()
+                clocked = VideoFrame if video_fps is not None else ReplyAudio  # what says how far it is
 
                 async def listen() -> None:
                     async for item in session.items():
@@ -103,8 +107,7 @@ def run_session(
                             frames.append((now, item))
                         else:
                             events.append(item)
-                        clocked = VideoFrame if video_fps is not None else ReplyAudio
-                        if isinstance(item, clocked) and stall_at_s is not None and item.t >= stall_at_s:
+                        if isinstance(item, clocked) and item.t >= stall_at_s:
                             into_line.set()
 
                 async def fault() -> None:
