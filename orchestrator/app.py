@@ -28,6 +28,7 @@ from orchestrator.config import Settings
 from orchestrator.control.conversations import Conversations
 from orchestrator.control.webhooks import WebhookDeliverer
 from orchestrator.errors import BadOption, Draining
+from orchestrator.models.discovery import EndpointDiscovery, Membership, initial_endpoints
 from orchestrator.models.endpoints import PoolPolicy
 from orchestrator.models.launcher import EmbeddedTriton
 from orchestrator.models.ports import LanguageModel
@@ -167,6 +168,56 @@ async def open_control(settings: Settings) -> ControlStack:
     return ControlStack(store, conversations, deliverer, FacePreparer(store, settings), tasks)
 
 
+class HealerTasks:
+    """One `ModelHealer` per Triton server of the set, each running as its own owned task once `start`ed;
+    servers found or dropped by discovery come and go (`add`, `remove`). `counts` keeps what the healers of
+    servers that left did, so the metrics' counters never go back."""
+
+    def __init__(self, make: Callable[[TritonModels], ModelHealer]) -> None:
+        self.make = make
+        self._healers: dict[str, ModelHealer] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._gone: Counter[tuple[str, str]] = Counter()
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._started = False
+
+    def add(self, view: TritonModels) -> None:
+        """A healer for the one server of `view` (`models.at(url)`)."""
+        healer = self._healers[view.url] = self.make(view)
+        if self._started:
+            self._run(view.url, healer)
+
+    def start(self) -> None:
+        self._started = True
+        for url, healer in self._healers.items():
+            self._run(url, healer)
+
+    def _run(self, url: str, healer: ModelHealer) -> None:
+        self._tasks[url] = asyncio.create_task(healer.run(), name=f"model-healer-{url}")
+
+    def remove(self, url: str) -> None:
+        healer = self._healers.pop(url, None)
+        if healer is not None:
+            self._gone += healer.counts
+        if (task := self._tasks.pop(url, None)) is not None:
+            task.cancel()  # (`close` still waits for it if it has not ended by then)
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    def all(self) -> list[ModelHealer]:
+        return list(self._healers.values())
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        return sum((h.counts for h in self._healers.values()), Counter(self._gone))
+
+    async def close(self) -> None:
+        tasks = [*self._tasks.values(), *self._stopping]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+
 @contextlib.asynccontextmanager
 async def running_stack(settings: Settings, drain: Drain | None = None) -> AsyncIterator[Running]:
     """Start Triton if needed, then the store and the control plane, then the session server; stop all on exit.
@@ -181,25 +232,29 @@ async def running_stack(settings: Settings, drain: Drain | None = None) -> Async
             "control plane issues; enable api.enabled (and create a tenant with `duet admin tenant create`)"
         )
     embedded: EmbeddedTriton | None = None
-    url = ",".join(settings.triton.endpoints())  # one Triton, or several that calls are spread over
-    if not url:
+    # one Triton, or several that calls are spread over, or DNS names that stand for several (re-resolved)
+    if entries := settings.triton.endpoints():
+        membership, urls = await initial_endpoints(entries)
+    else:
         embedded = EmbeddedTriton(settings.triton)
         await asyncio.to_thread(embedded.start)
-        url = embedded.grpc_url
+        membership, urls = Membership([embedded.grpc_url]), (embedded.grpc_url,)
+    url = ",".join(entries) or urls[0]  # as configured (a DNS name as written)
     pool = PoolPolicy(check_interval_s=settings.triton.health_interval_s)
-    models = TritonModels(url, timeout_s=settings.triton.request_timeout_s, policy=pool)
+    models = TritonModels(urls, timeout_s=settings.triton.request_timeout_s, policy=pool)
     models.llm_timeout_s = settings.llm.timeout_s
     # a model whose stub died is reloaded (found by a failed request, or by watching the embedded server's stubs),
     # on its own server: each has its healer
-    healers = [
-        ModelHealer(
-            models.at(u),
+    healers = HealerTasks(
+        lambda view: ModelHealer(
+            view,
             probe=embedded.stubs if embedded else None,
             restart_server=embedded.kill if embedded else None,  # when reloads do not work; `supervise` restarts it
             kill_stubs=embedded.kill_stubs if embedded else None,  # a hung stub must not outlive its reload
         )
-        for u in models.urls
-    ]
+    )
+    for u in models.urls:
+        healers.add(models.at(u))
     background: list[asyncio.Task[None]] = []
     server: grpc.aio.Server | None = None
     service: SessionService | None = None
@@ -220,19 +275,27 @@ async def running_stack(settings: Settings, drain: Drain | None = None) -> Async
         if control is not None:
             checks["store"] = store_probe(control.store)
         readiness = Readiness(checks, drain)
-        for healer in healers:
-            background.append(asyncio.create_task(healer.run(), name=f"model-healer-{healer.models.url}"))
+        healers.start()
         # servers that fail leave rotation, and come back when ready
         background.append(asyncio.create_task(models.watch_endpoints(), name="triton-endpoints"))
+        if membership.dynamic:  # servers found by DNS join and leave the set, each with its healer
+            discovery = EndpointDiscovery(
+                models,
+                membership,
+                interval_s=settings.triton.discovery_interval_s,
+                on_added=lambda u: healers.add(models.at(u)),
+                on_retired=healers.remove,
+            )
+            background.append(asyncio.create_task(discovery.run(), name="triton-discovery"))
         if embedded is not None:  # a tritonserver that dies is started again on the same ports
 
             async def restarted() -> None:
-                for healer in healers:
+                for healer in healers.all():
                     healer.server_restarted()
 
             background.append(asyncio.create_task(embedded.supervise(restarted), name="triton-supervisor"))
         restarts = (lambda: embedded.restarts) if embedded is not None else (lambda: 0)
-        telemetry.watch_healing(lambda: sum((h.counts for h in healers), Counter()), restarts)
+        telemetry.watch_healing(healers.counts, restarts)
         telemetry.watch_endpoints(models.endpoint_states)
         limit = settings.server.max_message_bytes
         server = grpc.aio.server(
@@ -289,6 +352,7 @@ async def running_stack(settings: Settings, drain: Drain | None = None) -> Async
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await healers.close()
         await models.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import BadOption
+from orchestrator.models.discovery import parse_dns
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +32,9 @@ class TritonSettings:
     # again (docs/robustness.md). `url` and `urls` together name them all.
     urls: tuple[str, ...] = ()
     health_interval_s: float = 1.0  # each server's readiness is checked this often
+    # An entry `dns:///NAME:PORT` stands for every address NAME resolves to (a Kubernetes headless Service: each
+    # Triton pod), resolved again this often: servers join (once ready) and leave the set as the name changes.
+    discovery_interval_s: float = 5.0
     model_repository: str = str(REPO_ROOT / "model_repository")
     models: tuple[str, ...] = (
         "vad",
@@ -430,9 +434,11 @@ def validate(s: Settings) -> None:
     _in_range("server.bulk_inflight", sv.bulk_inflight, 1, sv.triton_inflight)
     _in_range("metrics.port", s.metrics.port, 0, 65535)
     _in_range("triton.health_interval_s", s.triton.health_interval_s, 0.05, 60.0)
+    _in_range("triton.discovery_interval_s", s.triton.discovery_interval_s, 0.1, 3600.0)
     for url in s.triton.endpoints():
         if url.startswith(("http://", "https://")):  # Triton's HTTP URL where its gRPC endpoint is wanted
             raise BadOption(f"triton.url/urls: {url!r} is an HTTP URL; give Triton's gRPC host:port")
+        parse_dns(url)  # a malformed dns:/// entry
     if s.llm.backend not in ("triton", "openai"):
         raise BadOption(f"llm.backend must be 'triton' or 'openai', not {s.llm.backend!r}")
     if s.llm.backend == "openai" and not s.llm.openai_base_url:

@@ -17,6 +17,11 @@ its last turn) returns to the endpoint it used last while that one is in rotatio
 rotation a call still goes to one (the least loaded of all): with a single Triton, or all of them down, a
 call is tried rather than refused, as with one channel before, and one that succeeds takes its endpoint back.
 
+The set can change while calls run (`orchestrator.models.discovery` re-resolves a DNS name): `add` puts a new
+endpoint out of rotation until its first ready check (a server listed before it is ready must not take
+calls); `retire` takes one out of the choosing and the checks at once, while calls already sent to it finish
+there (`drained` says when the last has, so its channel can be closed).
+
 Stale news is ignored: a failure of a call sent before its endpoint came back says nothing about the server
 that came back, and a success of a call sent before its endpoint was dropped says nothing about the server
 that went down.
@@ -53,6 +58,7 @@ class Restored:
     url: str
     down_s: float
     reason: str
+    first: bool = False  # a new endpoint (`add`) entering rotation for the first time
 
 
 Transition = Dropped | Restored
@@ -81,6 +87,8 @@ class _Endpoint:
     retries: int = 0
     failed_checks: int = 0  # in a row
     checked_at: float = float("-inf")
+    joined: bool = True  # has been in rotation (an endpoint `add`ed later starts out of it)
+    retired: bool = False  # taken out of the set: no new calls, no checks; gone once its calls have ended
 
 
 def affinity_key(request_id: str) -> str:
@@ -118,9 +126,46 @@ class EndpointPool:
         return [u for u in self._order if self._endpoints[u].up]
 
     def states(self) -> list[EndpointState]:
+        """The endpoints of the set (not the retired ones still finishing calls)."""
         return [
-            EndpointState(e.url, e.up, e.outstanding, e.calls, e.drops, e.retries) for e in self._endpoints.values()
+            EndpointState(e.url, e.up, e.outstanding, e.calls, e.drops, e.retries)
+            for e in (self._endpoints[u] for u in self._order)
         ]
+
+    # ---- the set ---------------------------------------------------------------------------------------------
+
+    def add(self, url: str) -> bool:
+        """`url` joins the set, out of rotation until a ready check (or an answered call) takes it in; its check
+        is due at once. False: it is in the set already. One retired but still finishing calls comes back."""
+        e = self._endpoints.get(url)
+        if e is not None and not e.retired:
+            return False
+        if e is None:
+            e = self._endpoints[url] = _Endpoint(url, joined=False)
+        e.retired, e.up, e.since, e.failed_checks, e.checked_at = False, False, self.now(), 0, float("-inf")
+        self._order.append(url)
+        return True
+
+    def retire(self, url: str) -> bool:
+        """`url` leaves the set: no call is sent to it from now on and it is no longer checked; calls already
+        sent finish there. False: not in the set. The last endpoint of the set is never retired (ValueError)."""
+        e = self._endpoints.get(url)
+        if e is None or e.retired:
+            return False
+        if len(self._order) == 1:
+            raise ValueError(f"{url} is the last Triton endpoint: a pool keeps at least one")
+        e.retired, e.up = True, False
+        self._order.remove(url)
+        for key in [k for k, u in self._affinity.items() if u == url]:
+            del self._affinity[key]
+        return True
+
+    def drained(self) -> list[str]:
+        """The retired endpoints whose calls have all ended, forgotten now (their channels can be closed)."""
+        done = [u for u, e in self._endpoints.items() if e.retired and e.outstanding == 0]
+        for u in done:
+            del self._endpoints[u]
+        return done
 
     # ---- choosing --------------------------------------------------------------------------------------------
 
@@ -165,19 +210,23 @@ class EndpointPool:
 
     def begin(self, url: str) -> float:
         """A call is sent to `url` now; returns the time it was sent (for `failed`/`succeeded`)."""
-        e = self._endpoints[url]
-        e.outstanding += 1
-        e.calls += 1
+        e = self._endpoints.get(url)
+        if e is not None:  # (one forgotten after it was retired and drained is not counted)
+            e.outstanding += 1
+            e.calls += 1
         return self.now()
 
     def end(self, url: str) -> None:
         """A call to `url` finished, well or not (a stream: when it closed)."""
-        e = self._endpoints[url]
-        e.outstanding = max(e.outstanding - 1, 0)
+        e = self._endpoints.get(url)
+        if e is not None:
+            e.outstanding = max(e.outstanding - 1, 0)
 
     def failed(self, url: str, sent: float, reason: str, *, retried: bool = False) -> Dropped | None:
         """A call sent to `url` at `sent` failed with a transport error (`retried`: it goes to another one)."""
-        e = self._endpoints[url]
+        e = self._endpoints.get(url)
+        if e is None:
+            return None
         e.retries += retried
         if not e.up or sent < e.since:
             return None  # out of rotation already, or a call to the server before it came back
@@ -185,15 +234,17 @@ class EndpointPool:
 
     def succeeded(self, url: str, sent: float) -> Restored | None:
         """A call sent to `url` at `sent` was answered."""
-        e = self._endpoints[url]
-        if e.up or sent < e.since:
+        e = self._endpoints.get(url)
+        if e is None or e.up or e.retired or sent < e.since:
             return None
         return self._restore(e, "a call was answered")
 
     def checked(self, url: str, ready: bool, reason: str = "", *, at_once: bool = False) -> Transition | None:
         """A health check of `url` found it ready or not (`reason`: what it found instead). `at_once`: the
         failure is certain (the server refused the connection; the first look at start), one drops it."""
-        e = self._endpoints[url]
+        e = self._endpoints.get(url)
+        if e is None or e.retired:
+            return None  # checked while it left the set
         e.checked_at = self.now()
         if ready:
             e.failed_checks = 0
@@ -210,7 +261,7 @@ class EndpointPool:
 
     def next_due(self) -> float:
         """When the next health check is due."""
-        return min(e.checked_at for e in self._endpoints.values()) + self.policy.check_interval_s
+        return min(self._endpoints[u].checked_at for u in self._order) + self.policy.check_interval_s
 
     # ---- transitions -----------------------------------------------------------------------------------------
 
@@ -221,8 +272,9 @@ class EndpointPool:
     def _restore(self, e: _Endpoint, reason: str) -> Restored:
         now = self.now()
         down_s = now - e.since
-        e.up, e.since, e.failed_checks = True, now, 0
-        return Restored(e.url, down_s, reason)
+        first = not e.joined
+        e.up, e.since, e.failed_checks, e.joined = True, now, 0, True
+        return Restored(e.url, down_s, reason, first)
 
 
 __all__ = [

@@ -138,11 +138,13 @@ class TritonModels:
         urls = endpoint_urls(url)
         if not urls:
             raise ValueError("TritonModels needs a Triton gRPC endpoint (host:port)")
-        self.urls = urls
-        self.url = ",".join(urls)
         self.timeout_s = timeout_s
-        self._endpoints = tuple(_Endpoint(u) for u in urls)
-        self._by_url = {e.url: e for e in self._endpoints}
+        # The servers of the set, shared by every view (`with_priority`, `at`): `add_endpoint`/`retire_endpoint`
+        # change it for all of them. `_only`: the one server of an `at` view.
+        self._by_url: dict[str, _Endpoint] = {u: _Endpoint(u) for u in urls}
+        self._only: _Endpoint | None = None
+        self._retiring: dict[str, _Endpoint] = {}  # left the set, calls still running there
+        self._set_changed = asyncio.Event()  # wakes `watch_endpoints` (a new server is checked at once)
         self.pool = EndpointPool(urls, policy, clock)
         self._ready_problems: dict[str, str | None] = {}  # what `ready` last found wrong with each server
         # How long a request waits for a model being healed before it fails: a reload takes 0.5-3 s on an idle
@@ -163,6 +165,19 @@ class TritonModels:
     def healer(self, healer: ModelHealer | None) -> None:
         self._single().healer = healer
 
+    @property
+    def _endpoints(self) -> tuple[_Endpoint, ...]:
+        return (self._only,) if self._only is not None else tuple(self._by_url.values())
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The servers calls go to now (one, for an `at` view)."""
+        return tuple(e.url for e in self._endpoints)
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
     def _single(self) -> _Endpoint:
         if len(self._endpoints) != 1:
             raise ValueError(f"{len(self._endpoints)} Triton endpoints: a healer heals one (use `at(url)`)")
@@ -171,9 +186,41 @@ class TritonModels:
     def at(self, url: str) -> TritonModels:
         """This client (same channels, same pool) sending only to the server at `url`: what its healer uses."""
         view = copy.copy(self)
-        view._endpoints = (self._by_url[url],)
-        view.urls, view.url = (url,), url
+        view._only = self._by_url[url]
         return view
+
+    def add_endpoint(self, url: str) -> bool:
+        """A server joins the set (a new Triton pod): out of rotation until its readiness check, which runs at
+        once (`watch_endpoints`). False: it is in the set already."""
+        if self._only is not None:
+            raise ValueError("an `at` view has one server: add endpoints to the client it came from")
+        if url in self._by_url:
+            return False
+        self._by_url[url] = self._retiring.pop(url) if url in self._retiring else _Endpoint(url)
+        self.pool.add(url)
+        self._set_changed.set()
+        return True
+
+    def retire_endpoint(self, url: str) -> bool:
+        """A server leaves the set (its pod is gone from DNS): no new call goes there; calls already sent finish,
+        then its channel is closed (`watch_endpoints`). Its healer, if any, is for the caller to stop. False: not
+        in the set. The last server of the set stays (ValueError)."""
+        if self._only is not None:
+            raise ValueError("an `at` view has one server: retire endpoints on the client it came from")
+        if url not in self._by_url:
+            return False
+        self.pool.retire(url)  # raises for the last one, before anything changed
+        e = self._retiring[url] = self._by_url.pop(url)
+        e.healer = None  # (its calls in flight keep the one they began with)
+        self._set_changed.set()
+        return True
+
+    async def _close_drained(self) -> None:
+        """Close the channels of retired servers whose calls have all ended."""
+        for url in self.pool.drained():
+            e = self._retiring.pop(url, None)
+            if e is not None:
+                await e.client.close()
 
     def healers(self) -> list[ModelHealer]:
         return [e.healer for e in self._endpoints if e.healer is not None]
@@ -189,8 +236,9 @@ class TritonModels:
         return self.pool.states()
 
     async def close(self) -> None:
-        for e in self._endpoints:
+        for e in (*self._endpoints, *self._retiring.values()):
             await e.client.close()
+        self._retiring.clear()
 
     async def ready(self, models: tuple[str, ...] = ("vad", "floor")) -> None:
         """Raises unless a server is ready with `models`. With several, those not ready leave rotation (logged)
@@ -225,11 +273,15 @@ class TritonModels:
         policy = self.pool.policy
         try:
             while True:
+                self._set_changed.clear()
+                await self._close_drained()
                 due = [self._by_url[u] for u in self.pool.due()]
                 results = await asyncio.gather(*(self._check(e, policy.check_timeout_s) for e in due))
                 for e, (problem, refused) in zip(due, results, strict=True):
                     self._log(self.pool.checked(e.url, problem is None, problem or "", at_once=refused))
-                await asyncio.sleep(max(self.pool.next_due() - self.pool.now(), 0.01))
+                with contextlib.suppress(TimeoutError):  # a server added meanwhile is checked at once
+                    async with asyncio.timeout(max(self.pool.next_due() - self.pool.now(), 0.01)):
+                        await self._set_changed.wait()
         except Exception:  # the rotation must not freeze unnoticed (cancellation is no Exception: it passes)
             log.exception("Triton endpoint health checks stopped")
             raise
@@ -251,7 +303,9 @@ class TritonModels:
     def _log(transition: Transition | None) -> None:
         if transition is None:
             return
-        if isinstance(transition, Restored):
+        if isinstance(transition, Restored) and transition.first:
+            log.warning("Triton at %s joined rotation (%s)", transition.url, transition.reason)
+        elif isinstance(transition, Restored):
             log.warning(
                 "Triton at %s is back in rotation after %.2f s (%s)",
                 transition.url,
@@ -272,12 +326,15 @@ class TritonModels:
     ) -> tuple[_Endpoint, ModelHealer | None, float, float] | None:
         """The server a call goes to (None: every one was tried), once `model` is healthy there: the server,
         its healer, and when the call went out by the healer's clock and by the pool's."""
-        e = self._pick(model, tried, affinity)
-        if e is None:
-            return None
-        healer = e.healer
-        if healer is not None and not healer.healthy(model):
-            await healer.wait_healthy(model, self.heal_wait_s)
+        while True:
+            e = self._pick(model, tried, affinity)
+            if e is None:
+                return None
+            healer = e.healer
+            if healer is not None and not healer.healthy(model):
+                await healer.wait_healthy(model, self.heal_wait_s)
+            if e.url in self._by_url or e is self._only:
+                break  # (else it left the set while the call waited: choose again)
         heal_sent = healer.now() if healer is not None else 0.0
         return e, healer, heal_sent, self.pool.begin(e.url)
 

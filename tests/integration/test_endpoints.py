@@ -142,6 +142,101 @@ async def test_duet_serve_spreads_a_sessions_calls_over_the_configured_servers(
     assert min(calls) > 0 and min(served) > 0
 
 
+async def test_duet_serve_finds_its_server_by_dns_name(servers: tuple[EmbeddedTriton, EmbeddedTriton]) -> None:
+    """`triton.url: dns:///localhost:PORT`, resolved by the system resolver as `duet serve` does: the server
+    behind the name serves a floor session, and the metrics name it by address."""
+    from duet.sdk import stream_file
+    from orchestrator.app import running_stack
+    from tests.conftest import SAMPLE, metric
+    from tests.integration.conftest import stack_settings
+
+    a, _ = servers
+    port = a.grpc_url.rsplit(":", 1)[1]
+    settings = stack_settings(MODELS, urls=(f"dns:///localhost:{port}",))
+    before = vad_count(a)
+    async with asyncio.timeout(60), running_stack(settings) as running:
+        assert running.triton_url == f"dns:///localhost:{port}" and running.orchestrator_metrics_url
+        events = [e async for e in stream_file(SAMPLE, running.address, speed=0, options={"mode": "floor"})]
+        assert any(e.get("type") == "eot_commit" for e in events), events[:5]
+        up = metric(running.orchestrator_metrics_url, "duet_triton_endpoint_up", endpoint=f"127.0.0.1:{port}")
+    assert up == 1.0 and vad_count(a) > before
+
+
+async def test_servers_join_and_leave_as_the_name_resolves_under_load(
+    servers: tuple[EmbeddedTriton, EmbeddedTriton],
+) -> None:
+    """A name that first stands for A, then for A and B (scaled out), then for B alone (A's pod replaced),
+    re-resolved every 0.2 s while four workers call: B takes calls once its ready check passed, A finishes the
+    calls it had and gets no new one, its channel is closed, and no call fails. The answers come from a
+    stand-in resolver (DNS is the outside system; the servers are real)."""
+    from orchestrator.models.discovery import EndpointDiscovery, initial_endpoints
+
+    a, b = servers
+    answer = [a.grpc_url]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        assert (host, port) == ("triton-pods", 8001)
+        return list(answer)
+
+    membership, urls = await initial_endpoints(["dns:///triton-pods:8001"], resolve)
+    models = TritonModels(urls, timeout_s=15.0, policy=PoolPolicy(check_interval_s=0.25))
+    joined: list[tuple[str, float]] = []
+    left: list[tuple[str, float]] = []
+    discovery = EndpointDiscovery(
+        models,
+        membership,
+        interval_s=0.2,
+        resolve=resolve,
+        on_added=lambda u: joined.append((u, time.monotonic())),
+        on_retired=lambda u: left.append((u, time.monotonic())),
+    )
+    calls: list[Call] = []
+    stop = asyncio.Event()
+    async with asyncio.timeout(60):
+        try:
+            await models.ready(("vad", "floor"))
+            tasks = [
+                asyncio.create_task(models.watch_endpoints(), name="test-endpoint-checks"),
+                asyncio.create_task(discovery.run(), name="test-discovery"),
+            ]
+            workers = [asyncio.create_task(load(models, calls, stop, i), name=f"test-load-{i}") for i in range(WORKERS)]
+            try:
+                await asyncio.sleep(1.0)
+                assert models.urls == (a.grpc_url,) and pool_calls(models, a.grpc_url) > 0
+                # scaled out: B found, checked, then served
+                t_out = time.monotonic()
+                answer[:] = [a.grpc_url, b.grpc_url]
+                found_s = await wait_for(lambda: b.grpc_url in models.urls, 5.0)
+                up_s = await wait_for(lambda: models.pool.up(b.grpc_url), 5.0)
+                on_b = vad_count(b)
+                await asyncio.sleep(1.5)
+                assert vad_count(b) > on_b  # B serves
+                # A's pod replaced: A leaves the set, its calls finish, no new one goes there
+                t_in = time.monotonic()
+                answer[:] = [b.grpc_url]
+                gone_s = await wait_for(lambda: models.urls == (b.grpc_url,), 5.0)
+                closed_s = await wait_for(lambda: not models._retiring, 5.0)
+                on_a = vad_count(a)
+                await asyncio.sleep(1.0)
+                assert vad_count(a) == on_a  # no call reached A after it left
+                print(
+                    f"[endpoints] discovery: B found {found_s:.2f} s after the answer changed, in rotation "
+                    f"{up_s:.2f} s after that; A left the set {gone_s:.2f} s after it left the answer, its "
+                    f"channel closed {closed_s:.2f} s later; {len(calls)} calls"
+                )
+                assert [u for u, _ in joined] == [b.grpc_url] and joined[0][1] > t_out
+                assert [u for u, _ in left] == [a.grpc_url] and left[0][1] > t_in
+            finally:
+                stop.set()
+                await asyncio.gather(*workers, return_exceptions=True)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await models.close()
+    assert calls and not [c for c in calls if c.error], [c.error for c in calls if c.error][:3]
+
+
 async def test_calls_survive_a_killed_tritonserver_and_return_to_it(
     servers: tuple[EmbeddedTriton, EmbeddedTriton],
 ) -> None:

@@ -35,7 +35,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ingress": {"enabled": True, "host": "duet.example.internal", "tlsSecretName": "duet-tls"},
     },
     "scale-triton": {
-        "triton": {"replicas": 2},
+        "triton": {"replicas": 2, "endpoints": "perPod"},
         "autoscaling": {"triton": {"enabled": True, "minReplicas": 2, "modelSelector": {"model": "llm"}}},
         "orchestrator": {
             "secretEnv": [{"name": "OPENAI_API_KEY", "secretName": "duet-llm", "key": "api-key"}],
@@ -45,14 +45,15 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Triton's HPA asked for but autoscaling off: no HPA, so `replicas` pods (not maxReplicas); another DNS domain
     "triton-pods-fixed": {
         "clusterDomain": "k8s.example.internal",
-        "triton": {"replicas": 3},
+        "triton": {"replicas": 3, "endpoints": "perPod"},
         "autoscaling": {"enabled": False, "triton": {"enabled": True, "maxReplicas": 6}},
     },
-    "single-triton-address": {"triton": {"replicas": 2, "perPodEndpoints": False}},
+    "single-triton-address": {"triton": {"replicas": 2, "endpoints": "service"}},
 }
-# Triton pods the orchestrators get an address of, in the profiles that give them one per pod: `triton.replicas`,
-# or the Triton HPA's maxReplicas when there is one
-TRITON_PODS = {"default": 1, "cpu-noautoscale-ingress": 1, "scale-triton": 4, "triton-pods-fixed": 3}
+# Triton pods the orchestrators get an address of, in the profiles that give them one per pod (`endpoints: perPod`):
+# `triton.replicas`, or the Triton HPA's maxReplicas when there is one
+TRITON_PODS = {"scale-triton": 4, "triton-pods-fixed": 3}
+DNS_PROFILES = ("default", "cpu-noautoscale-ingress")  # `endpoints: dns`, the default
 LONG_RELEASE = "customer-support-voice-agents-production-europe-west-1"  # full name prefix of 58 characters
 
 
@@ -232,7 +233,7 @@ def test_the_triton_service_serves_readiness_and_the_single_address(profile: str
     init = {c["name"]: c for c in pod_spec(profile, ORCH)["initContainers"]}["wait-for-triton"]
     assert env_of(init)["TRITON_READY_URL"]["value"] == f"http://{TRITON}.{NAMESPACE}.svc:8000/v2/health/ready"
     url = env_of(container(profile, ORCH))["DUET_TRITON__URL"]["value"]
-    if profile == "single-triton-address":  # perPodEndpoints false: the Service's one gRPC host:port, no scheme
+    if profile == "single-triton-address":  # endpoints: service: the Service's one gRPC host:port, no scheme
         assert url == f"{TRITON}.{NAMESPACE}.svc:{grpc['port']}"
     else:
         assert f"{TRITON}.{NAMESPACE}.svc:" not in url
@@ -276,6 +277,35 @@ def test_orchestrator_dials_every_triton_pod_on_its_own(profile: str, pods: int)
     # `duet serve` reads them as that many servers
     settings = load_settings(env={"DUET_TRITON__URL": ",".join(expected)})
     assert settings.triton.endpoints() == tuple(expected)
+
+
+@pytest.mark.parametrize("profile", DNS_PROFILES)
+def test_orchestrator_finds_the_triton_pods_by_the_headless_service_name(profile: str) -> None:
+    """`endpoints: dns`: one `dns:///NAME:PORT` entry, NAME the StatefulSet's governing (headless) Service and PORT
+    its grpc port; `duet serve` reads it as a name to resolve again every `discoveryIntervalSeconds`."""
+    env = env_of(container(profile, ORCH))
+    (url,) = _triton_addresses(profile)
+    sts = objects(profile, "StatefulSet")[TRITON]
+    headless = objects(profile, "Service")[sts["spec"]["serviceName"]]["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    grpc = next(p for p in headless["ports"] if p["name"] == "grpc")
+    assert url == f"dns:///{sts['spec']['serviceName']}.{NAMESPACE}.svc.cluster.local:{grpc['port']}"
+    settings = load_settings(
+        env={
+            "DUET_TRITON__URL": url,
+            "DUET_TRITON__DISCOVERY_INTERVAL_S": env["DUET_TRITON__DISCOVERY_INTERVAL_S"]["value"],
+        }
+    )
+    from orchestrator.models.discovery import Membership
+
+    membership = Membership(settings.triton.endpoints())
+    assert membership.dynamic and not membership.fixed and settings.triton.discovery_interval_s == 5.0
+
+
+def test_an_unknown_endpoints_mode_fails_the_render() -> None:
+    h = helm()
+    with h.Chart.load(CHART) as chart, pytest.raises(h.HelmError, match="not one of dns, perPod, service"):
+        chart.render({"triton": {"endpoints": "roundrobin"}}, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

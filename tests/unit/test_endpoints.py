@@ -205,6 +205,74 @@ def test_randomised_the_rotation_and_counts_stay_consistent() -> None:
             assert p.choose() in p.in_rotation()
 
 
+# ---- the set changing: endpoints added and retired --------------------------------------------------------------
+
+
+def test_an_added_endpoint_takes_no_call_before_its_first_ready_check() -> None:
+    p, clock = pool(A, B)
+    for _ in range(2):
+        p.checked(A, True)
+        p.checked(B, True)
+    assert p.add(C) and not p.add(C)  # (once)
+    assert not p.up(C) and C not in p.in_rotation()
+    assert p.due() == [C]  # its check is due at once, the others' not yet
+    assert {p.choose() for _ in range(6)} == {A, B}
+    clock.t += 0.3
+    restored = p.checked(C, False, "not ready")
+    assert restored is None and not p.up(C)  # not ready: still out
+    restored = p.checked(C, True)
+    assert isinstance(restored, Restored) and restored.first and restored.url == C
+    assert C in {p.choose() for _ in range(6)}
+    p.failed(C, p.now(), "refused")
+    clock.t += 1
+    back = p.checked(C, True)
+    assert isinstance(back, Restored) and not back.first  # coming back later is not a first time
+
+
+def test_a_retired_endpoint_takes_no_new_call_and_is_forgotten_once_its_calls_end() -> None:
+    p, clock = pool(A, B)
+    p.checked(B, True)  # at 100 s; A never checked
+    assert p.choose(affinity="session-2") == A
+    sent = p.begin(A)
+    p.begin(A)
+    assert p.pinned("session-2") == A
+    assert p.retire(A) and not p.retire(A) and not p.retire(C)
+    assert p.urls == (B,) and p.in_rotation() == [B] and [s.url for s in p.states()] == [B]
+    assert {p.choose() for _ in range(4)} == {B}
+    assert p.choose(affinity="session-2") == B  # its pin to A is gone with A
+    assert A not in p.due()
+    clock.t += 5
+    assert p.due() == [B] and p.next_due() == 101.0  # B's next check, not A's (never checked)
+    # news about it changes nothing now
+    assert p.failed(A, sent, "refused") is None and p.succeeded(A, sent) is None and p.checked(A, True) is None
+    p.end(A)
+    assert p.drained() == []  # one call still runs there
+    p.end(A)
+    assert p.drained() == [A] and p.drained() == []
+    p.end(A)  # a late end of a forgotten endpoint is ignored
+    p.begin(A)  # ... and so is a call sent as it was forgotten
+    assert p.urls == (B,)
+
+
+def test_the_last_endpoint_is_never_retired() -> None:
+    p, _ = pool(A, B)
+    p.retire(A)
+    with pytest.raises(ValueError, match="last Triton endpoint"):
+        p.retire(B)
+    assert p.urls == (B,) and p.choose() == B
+
+
+def test_an_endpoint_retired_then_added_again_keeps_its_calls_and_is_checked_again() -> None:
+    p, _ = pool(A, B)
+    p.begin(A)
+    p.retire(A)
+    assert p.add(A)
+    assert p.outstanding(A) == 1 and not p.up(A) and A in p.due()
+    assert p.drained() == []
+    assert isinstance(p.checked(A, True), Restored)
+    assert p.urls == (B, A)
+
+
 # ---- settings and metrics -------------------------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ class FakeTriton:
     hold: asyncio.Event | None = None  # unary calls wait for it (to build up outstanding requests)
     calls: list[str] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
+    checks: int = 0  # ServerReady calls
 
     async def infer(self, model: str, inputs: list[Any], outputs: Any = None, priority: int = 0) -> Result:
         self.calls.append(model)
@@ -116,6 +117,7 @@ class FakeTriton:
         return Stream()
 
     async def is_server_ready(self, client_timeout: float | None = None) -> bool:
+        self.checks += 1
         if self.down:
             raise refused()
         return self.ready
@@ -355,3 +357,76 @@ async def until(condition: Any, timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110 - the pool's state has no event to wait on
             await asyncio.sleep(0.01)
+
+
+# ---- the set changing: servers added and retired (discovery) ----------------------------------------------------
+
+
+def fake_at(models: TritonModels, url: str) -> FakeTriton:
+    """Put a fake in place of the real channel `add_endpoint` made for `url`."""
+    fake = FakeTriton(url)
+    models._by_url[url].client = fake
+    return fake
+
+
+async def test_an_added_server_is_checked_at_once_and_then_takes_calls(fakes: Any) -> None:
+    models, a, b = fakes
+    models.pool.policy = PoolPolicy(check_interval_s=30.0)  # only the added server's check can be due soon
+    view = models.with_priority(1)  # made before: it sees the set change too
+    watch = asyncio.create_task(models.watch_endpoints())
+    try:
+        await asyncio.sleep(0.05)  # the first round of checks is over; the next is 30 s away
+        c = "c:8001"
+        assert models.add_endpoint(c) and not models.add_endpoint(c)
+        fake_c = fake_at(models, c)
+        fake_c.ready = False
+        await asyncio.sleep(0.05)
+        assert fake_c.checks == 1 and a.checks == b.checks == 1  # checked at once, not in 30 s
+        assert not models.pool.up(c)  # not ready: no calls
+        for _ in range(6):
+            await view.vad(WINDOW, STATE)
+        assert fake_c.calls == [] and models.urls == (A, B, c) and view.urls == (A, B, c)
+        fake_c.ready = True
+        await models.ready(("vad",))  # a readiness check of every server (what a probe runs) takes it in
+        assert models.pool.up(c)
+        for _ in range(6):
+            await view.vad(WINDOW, STATE)
+        assert len(fake_c.calls) == 2  # one call in three
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+
+
+async def test_a_retired_server_finishes_its_calls_then_its_channel_is_closed(fakes: Any) -> None:
+    models, a, _ = fakes
+    closed: list[str] = []
+
+    async def close() -> None:
+        closed.append(A)
+
+    a.close = close
+    a.hold = hold = asyncio.Event()
+    running = [asyncio.create_task(models.vad(WINDOW, STATE)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert models.pool.outstanding(A) == 1  # one on each server
+    assert models.retire_endpoint(A) and not models.retire_endpoint(A)
+    with pytest.raises(ValueError, match="last Triton endpoint"):
+        models.retire_endpoint(B)
+    with pytest.raises(ValueError, match="`at` view"):
+        models.at(B).retire_endpoint(B)
+    assert models.urls == (B,)
+    for _ in range(3):
+        await models.vad(WINDOW, STATE)  # new calls: B only
+    assert a.calls == ["vad"]
+    watch = asyncio.create_task(models.watch_endpoints())
+    try:
+        await asyncio.sleep(0.05)
+        assert closed == []  # its call still runs: the channel stays
+        hold.set()
+        assert [p for p, _ in await asyncio.gather(*running)] == [0.5, 0.5]  # it finished there
+        await asyncio.sleep(0.1)
+        assert closed == [A]
+        assert [s.url for s in models.endpoint_states()] == [B]
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)

@@ -106,7 +106,7 @@ for i in 0 .. endpointCount-1. */}}
 {{- define "duet.triton.podGrpcAddresses" -}}
 {{- $n := int (include "duet.triton.endpointCount" .) }}
 {{- if lt $n 1 }}
-{{- fail "triton.perPodEndpoints: no Triton pod to address (triton.replicas, or autoscaling.triton.maxReplicas, is below 1)" }}
+{{- fail "triton.endpoints perPod: no Triton pod to address (triton.replicas, or autoscaling.triton.maxReplicas, is below 1)" }}
 {{- end }}
 {{- $domain := required "clusterDomain: the cluster's DNS domain (cluster.local unless yours differs)" .Values.clusterDomain | trimSuffix "." }}
 {{- $sts := include "duet.triton.statefulsetName" . }}
@@ -118,13 +118,26 @@ for i in 0 .. endpointCount-1. */}}
 {{- join "," $addresses }}
 {{- end }}
 
-{{/* What the orchestrators dial (`DUET_TRITON__URL`): every Triton pod (`triton.perPodEndpoints`), or the
-ClusterIP Service's one address, on which one gRPC channel stays with one pod. */}}
+{{/* The headless Service's name as a DNS target (`dns:///NAME:PORT`): the orchestrators resolve it again and again
+and call every address it gives (each Triton pod). */}}
+{{- define "duet.triton.dnsTarget" -}}
+{{- $domain := required "clusterDomain: the cluster's DNS domain (cluster.local unless yours differs)" .Values.clusterDomain | trimSuffix "." }}
+{{- printf "dns:///%s.%s.svc.%s:%v" (include "duet.triton.podsServiceName" .) .Release.Namespace $domain .Values.triton.ports.grpc }}
+{{- end }}
+
+{{/* What the orchestrators dial (`DUET_TRITON__URL`), by `triton.endpoints`: the headless Service's name, re-resolved
+(`dns`); every Triton pod's own name (`perPod`); or the ClusterIP Service's one address (`service`), on which one
+gRPC channel stays with one pod. */}}
 {{- define "duet.triton.grpcUrl" -}}
-{{- if .Values.triton.perPodEndpoints }}
+{{- $mode := .Values.triton.endpoints }}
+{{- if eq $mode "dns" }}
+{{- include "duet.triton.dnsTarget" . }}
+{{- else if eq $mode "perPod" }}
 {{- include "duet.triton.podGrpcAddresses" . }}
-{{- else }}
+{{- else if eq $mode "service" }}
 {{- include "duet.triton.grpcAddress" . }}
+{{- else }}
+{{- fail (printf "triton.endpoints: %v is not one of dns, perPod, service" $mode) }}
 {{- end }}
 {{- end }}
 
