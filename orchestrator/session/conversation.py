@@ -25,8 +25,9 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
 
@@ -82,6 +83,25 @@ log = logging.getLogger("duet.conversation")
 Clock = Callable[[], float]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _weakly(method: Callable[P, R]) -> Callable[P, R]:
+    """A bound `method` that does not keep its object alive (a part's callback into the session that owns it).
+    Called after the object was freed it raises ReferenceError, as a `weakref.proxy` does."""
+    ref = weakref.WeakMethod(method)
+    name = method.__qualname__
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        bound = ref()
+        if bound is None:
+            raise ReferenceError(f"{name}: its session has been freed")
+        return bound(*args, **kwargs)
+
+    return call
+
+
 class ConversationSession:
     def __init__(
         self,
@@ -112,10 +132,14 @@ class ConversationSession:
         self._closed = False
         self._finishing = False  # the input ended: no later reply needs a warm cache
         history = int((settings.asr.max_utterance_s + 2) * SAMPLE_RATE)
+        # The parts below call back into this session: they hold it weakly, so that an ended session is freed
+        # by reference counting with all its buffers (the echo canceller's rings alone are 6 MiB), not minutes
+        # later by the cycle collector's rare full passes (a soak grew ~7 MiB a session until one came).
+        me = cast("ConversationSession", weakref.proxy(self))
         self.floor = FloorSession(
             models,
             floor or settings.floor,
-            self._on_floor_event,
+            _weakly(self._on_floor_event),
             max_chunk_ms=settings.server.max_audio_chunk_ms,
             clock=clock,
             history=history,
@@ -137,7 +161,7 @@ class ConversationSession:
             models,
             self.gate,
             self.floor.timeline,
-            self,
+            me,
             prompt=lambda: decoder_prompt(persona.vocabulary),  # never the replica's words (Whisper copies them)
             name=name,
             clock=clock,
@@ -148,7 +172,7 @@ class ConversationSession:
             llm,
             models,
             persona,
-            self,
+            me,
             first_clause_min_chars=settings.tts.first_clause_min_chars,
             clause_max_chars=settings.tts.clause_max_chars,
             name=name,
@@ -160,7 +184,7 @@ class ConversationSession:
         self._last_speech_end = 0.0  # the user's last voiced audio, and the commit after it: the floor's share
         self._commit_t = 0.0  # of a reply's latency
         if perception is not None:
-            perception.on_note = self._set_perception_note
+            perception.on_note = _weakly(self._set_perception_note)
         # The conversational flow (`sensitivity`): levels applied to the floor settings the session began with,
         # never to the current ones, so "medium" always restores them exactly.
         self._floor_base = self.floor.machine.s
@@ -170,7 +194,7 @@ class ConversationSession:
         # through the API; None: replies from the dialogue alone.
         self.layer = layer
         if layer is not None:
-            layer.bind(self._layer_event, lambda: self.now)
+            layer.bind(_weakly(self._layer_event), lambda: me.now)
         self._held_events: dict[int, list[Event]] = {}  # a reply's events, sent when it is released
         self._released: set[int] = set()
         # Tool calls waiting for their `tool_result`, by call id (the user turn that asked; the reply layer

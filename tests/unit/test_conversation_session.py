@@ -633,3 +633,38 @@ async def test_a_reply_longer_than_the_echo_horizon_plays_out_at_the_end_of_the_
     sent_s = sum(len(pcm) for pcm, _, _ in out.audio_out) / 2 / SR
     assert sent_s >= 59.0 and not of(out, ErrorEvent)
     await s.close()
+
+
+# ---- an ended session is freed at once ------------------------------------------------------------------------
+
+
+async def test_an_ended_session_is_freed_by_reference_counting_with_its_buffers() -> None:
+    """Every part that calls back into the session (the floor, the transcriber, the reply runner, perception,
+    the face) holds it weakly: once the transport lets go of an ended session, it and its buffers (the echo
+    canceller's rings alone are 6 MiB) are freed at once. A reference cycle would leave them to the cycle
+    collector, whose full passes are minutes apart under load (a 10-minute soak grew ~7 MiB a session)."""
+    import gc
+    import weakref
+
+    models = FakeModels()
+    out, clock = RecordingOutlet(), Clock()
+    face = FaceDriver(models, dataclasses.replace(FaceSettings(), fps=25.0), out, face="a", emotion="neutral", name="t")
+    perception = PerceptionSession(models, out.event, name="t", clock=clock)
+    s = ConversationSession(
+        models, models, Settings(), persona(), out, echo_suppression=True, clock=clock, face=face, perception=perception
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        await s.start()
+        s.video(b"frame", 0.1, clock())
+        await play(s, clock, np.concatenate([silence(0.5), speech(3000, 1.0), silence(2.0), speech(5000, 0.8)]))
+        await play(s, clock, silence(2.0))
+        await s.finish()
+        assert of(out, ReplicaTurn) and s.echo is not None
+        echo = weakref.ref(s.echo)
+        session = weakref.ref(s)
+        del s, face, perception
+        assert session() is None and echo() is None, [type(r).__qualname__ for r in gc.get_referrers(session())]
+    finally:
+        gc.enable()
