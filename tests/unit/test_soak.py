@@ -134,8 +134,8 @@ def test_a_run_that_ends_on_a_window_edge_has_no_partial_window() -> None:
 def test_turns_land_on_the_soak_clock_and_a_failed_session_loses_every_turn() -> None:
     label = {"turns": [{"start": 1.0, "end": 2.0}, {"start": 5.0, "end": 6.0}]}
     events = [{"type": "replica_speaking_start", "t": 2.5}, {"type": "replica_speaking_start", "t": 7.25}]
-    assert turn_results(100.0, label, events, False) == [TurnResult(102.0, 0.5), TurnResult(106.0, 1.25)]
-    assert turn_results(100.0, label, events, True) == [TurnResult(102.0, None), TurnResult(106.0, None)]
+    assert turn_results(100.0, label, events, False) == [TurnResult(102.0, 0.5, {}, 0), TurnResult(106.0, 1.25, {}, 1)]
+    assert turn_results(100.0, label, events, True) == [TurnResult(102.0, None, {}, 0), TurnResult(106.0, None, {}, 1)]
 
 
 def test_each_answered_turn_keeps_the_split_of_the_reply_that_answered_it() -> None:
@@ -144,7 +144,7 @@ def test_each_answered_turn_keeps_the_split_of_the_reply_that_answered_it() -> N
     events = [{"type": "replica_speaking_start", "t": 2.5, "latency": split}]  # the second turn: no reply
     got = turn_results(0.0, label, events, False)
     assert got[0].stages_ms == {"asr_final_ms": 120.0, "llm_first_token_ms": 400.0}
-    assert got[1] == TurnResult(6.0, None, {})
+    assert got[1] == TurnResult(6.0, None, {}, 1)
 
 
 def test_the_triton_tree_is_every_descendant() -> None:
@@ -245,4 +245,32 @@ def test_the_report_prints_every_window_and_names_a_failed_verdict(tmp_path: Any
     out = capsys.readouterr().out
     assert out.count("\n| ") == 4  # the header and three windows
     assert "orchestrator memory growth < 5 %: FAIL" in out and "asyncio tasks back to idle: PASS" in out
-    assert "latency drift (p50, last third vs first) within 20 %: FAIL" in out and "slower" in out
+    assert "latency drift (p50 of each labelled turn, last third vs first) within 20 %: FAIL" in out
+    assert "slower" in out
+
+
+def test_each_labelled_turn_is_compared_with_itself() -> None:
+    """One recording repeated: turn 0 is slow every time (2.2 s), turns 1 and 2 fast. Pooled, the last third's
+    p50 lands on another hump than the first's; turn by turn nothing moved."""
+    lat = [[2.2, 1.0, 1.1], [2.2, 1.0], [2.3, 1.1, 1.0], [1.0, 1.1, 2.2], [1.0, 1.1], [1.1, 1.0, 2.2]]
+    ids = [[0, 1, 2], [0, 1], [0, 1, 2], [1, 2, 0], [1, 2], [1, 2, 0]]
+    rows = _rows([1] * 6, lat)
+    for r, t in zip(rows, ids, strict=True):
+        r["turn_ids"] = t
+    v = drift_verdict(rows)
+    assert v["ok"] is True and abs(v["change"]) < 0.05 and set(v["turn_changes"]) == {"0", "1", "2"}
+    pooled = drift_verdict(_rows([1] * 6, [[2.2, 2.2, 1.1], [2.2], [2.3, 1.1], [1.0, 1.1, 2.2], [1.0], [1.1, 1.0]]))
+    assert pooled["ok"] is False  # the same kind of series without turn ids: the pooled p50 jumps
+    # one turn really slower does not pass
+    for r in rows[3:]:
+        r["latencies_s"] = [x * 1.5 for x in r["latencies_s"]]
+    slower = drift_verdict(rows)
+    assert slower["ok"] is False and "slower" in slower["why"] and "turn 0 +" in slower["why"]
+
+
+def test_a_turn_result_knows_which_labelled_turn_it_is() -> None:
+    label = {"turns": [{"start": 0.5, "end": 2.0}, {"start": 4.0, "end": 6.0}]}
+    results = turn_results(10.0, label, [], failed=True)
+    assert [(r.turn, r.t_end, r.latency_s) for r in results] == [(0, 12.0, None), (1, 16.0, None)]
+    rows = window_rows([_probe(1.0), _probe(20.0)], results, [10.0], 60.0, 30.0)
+    assert rows[0]["turn_ids"] == [0, 1]
