@@ -7,8 +7,9 @@ conversation at real time through the SDK and, when it ends, starts another (a n
 sessions start only before the deadline; the soak ends when the last one has ended.
 
 Every `--probe-s` seconds a probe reads, from /proc and the orchestrator's Prometheus endpoint:
-- the orchestrator's RSS (`VmRSS`) and open file descriptors (`/proc/PID/fd`);
-- the tritonserver's RSS, summed with its Python backend stubs (every descendant of the launcher);
+- the orchestrator's RSS (`VmRSS`), private memory (`RssAnon`) and open file descriptors (`/proc/PID/fd`);
+- the tritonserver's RSS and private memory, summed with its Python backend stubs (every descendant of the
+  launcher);
 - `duet_sessions_open`, `duet_asyncio_tasks` (live tasks on the orchestrator's loop, counted by its loop-lag
   watcher) and the cumulative buckets of `duet_event_loop_lag_seconds`.
 
@@ -19,8 +20,10 @@ that ended in it (as session_load measures it: end of the labelled user turn -> 
 unanswered turn is counted, and left out of the percentiles).
 
 Verdicts:
-- **memory**: RSS growth from the first full window to the last full one under 5 % (orchestrator and
-  tritonserver each);
+- **memory**: growth from the first full window to the last full one under 5 % (orchestrator and
+  tritonserver each), of private memory (`RssAnon`; RSS beside it). RSS also counts the pages of the models'
+  weight files mapped in, which the stubs touch lazily as new tokens and layers come up (the LLM's GGUF files
+  are 1.1 GB): bounded by the files, shared with the page cache and reclaimable, so not a leak;
 - **leaks**: once the last session has ended and `duet_sessions_open` reads 0, tasks and fds return to the
   idle baseline taken after the warm-up (waiting up to `--settle-s` for them);
 - **latency drift**: the p50 of the turns in the last third of the full windows within 20 % of the first
@@ -79,13 +82,16 @@ class Probe:
     sessions_open: int | None
     lag_buckets: dict[str, float]  # le (as text; "+Inf" last) -> cumulative count
     load1: float
+    # Private memory (RssAnon): RSS less the file pages mapped in (the models' weight files, touched lazily)
+    orchestrator_anon_kb: int | None = None
+    triton_anon_kb: int | None = None
 
 
-def rss_kb(pid: int) -> int | None:
-    """VmRSS of a live process (kB), None when it is gone."""
+def rss_kb(pid: int, field: str = "VmRSS") -> int | None:
+    """A live process's VmRSS (or `field`: RssAnon, its private memory) in kB, None when it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
@@ -143,6 +149,7 @@ def take_probe(t: float, orchestrator_pid: int, triton_root: int, metrics_url: s
     """Read the processes and the orchestrator's metrics now (blocking: run it in a thread)."""
     triton = descendants(triton_root, parent_map())
     sizes = [r for r in (rss_kb(p) for p in triton) if r is not None]
+    anon = [r for r in (rss_kb(p, "RssAnon") for p in triton) if r is not None]
     try:
         metrics = metrics_by_key(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
     except OSError:
@@ -157,6 +164,8 @@ def take_probe(t: float, orchestrator_pid: int, triton_root: int, metrics_url: s
         sessions_open=gauge(metrics, "duet_sessions_open"),
         lag_buckets=lag_buckets(metrics),
         load1=round(os.getloadavg()[0], 2),
+        orchestrator_anon_kb=rss_kb(orchestrator_pid, "RssAnon"),
+        triton_anon_kb=sum(anon) if anon else None,
     )
 
 
@@ -253,6 +262,8 @@ def window_rows(
                 "loop_lag_p95_s": None if lag_p95 is None else round(lag_p95, 4),
                 "orchestrator_rss_kb": median(p.orchestrator_rss_kb for p in inside),
                 "triton_rss_kb": median(p.triton_rss_kb for p in inside),
+                "orchestrator_anon_kb": median(p.orchestrator_anon_kb for p in inside),
+                "triton_anon_kb": median(p.triton_anon_kb for p in inside),
                 "tasks": peak(p.tasks for p in inside),
                 "fds": peak(p.fds for p in inside),
                 "sessions_open": None if last is None else last.sessions_open,
@@ -280,6 +291,18 @@ def growth_verdict(rows: Sequence[Mapping[str, Any]], key: str, limit: float = M
         "growth": round(growth, 4),
         "why": f"{first} -> {last} ({growth:+.1%}; limit {limit:.0%})",
     }
+
+
+def memory_verdict(rows: Sequence[Mapping[str, Any]], part: str, limit: float = MEMORY_GROWTH_LIMIT) -> dict[str, Any]:
+    """`part`'s memory growth, judged on its private memory (RssAnon) where the windows have it: RSS also counts
+    the pages of files mapped in, above all the models' weight files (the LLM's GGUF files are 1.1 GB), which a
+    process touches lazily as new tokens and layers come up. Those are bounded by the files and reclaimable;
+    a leak is private memory. The RSS verdict rides along (`rss`); runs saved without RssAnon are judged on RSS."""
+    rss = growth_verdict(rows, f"{part}_rss_kb", limit)
+    private = growth_verdict(rows, f"{part}_anon_kb", limit)
+    if private["ok"] is None:
+        return {**rss, "measure": "rss"}
+    return {**private, "measure": "private", "rss": rss}
 
 
 def leak_verdict(baseline: int | None, after: int | None, tolerance: int = 0) -> dict[str, Any]:
@@ -407,8 +430,8 @@ def stage_split(
 
 def verdicts(rows: Sequence[Mapping[str, Any]], idle: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "orchestrator_memory": growth_verdict(rows, "orchestrator_rss_kb"),
-        "triton_memory": growth_verdict(rows, "triton_rss_kb"),
+        "orchestrator_memory": memory_verdict(rows, "orchestrator"),
+        "triton_memory": memory_verdict(rows, "triton"),
         "tasks": leak_verdict(idle.get("tasks"), after.get("tasks")),
         "fds": leak_verdict(idle.get("fds"), after.get("fds")),
         "latency_drift": drift_verdict(rows),
@@ -542,6 +565,8 @@ async def idle_reading(
             "sessions_open": p.sessions_open,
             "orchestrator_rss_kb": p.orchestrator_rss_kb,
             "triton_rss_kb": p.triton_rss_kb,
+            "orchestrator_anon_kb": p.orchestrator_anon_kb,
+            "triton_anon_kb": p.triton_anon_kb,
         }
         if p.sessions_open == 0:
             if floor is not None:
@@ -639,6 +664,12 @@ def mib(kb: int | None) -> str:
     return "-" if kb is None else f"{kb / 1024:.0f}"
 
 
+def private(row: Mapping[str, Any], part: str) -> str:
+    """ " / <private MiB>" where the row has it."""
+    kb = row.get(f"{part}_anon_kb")
+    return "" if kb is None else f" / {mib(kb)}"
+
+
 def secs(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -651,8 +682,8 @@ def print_report(result: Mapping[str, Any]) -> None:
     )
     print(
         "| window | min | sessions started | turns answered | response p50 (s) | p95 (s) | loop lag p95 (ms) "
-        "| orchestrator RSS (MiB) | tritonserver RSS (MiB) | asyncio tasks (max) | fds (max) | sessions open "
-        "| load (1 min) |"
+        "| orchestrator RSS / private (MiB) | tritonserver RSS / private (MiB) | asyncio tasks (max) | fds (max) "
+        "| sessions open | load (1 min) |"
     )
     print("|---" * 13 + "|")
     for r in result["windows"]:
@@ -660,8 +691,10 @@ def print_report(result: Mapping[str, Any]) -> None:
         span = f"{round(r['from_s'] / 60, 2):g}-{round(r['to_s'] / 60, 2):g}" + ("" if r["full"] else " (partial)")
         print(
             f"| {r['window']} | {span} | {r['sessions_started']} | {r['answered']}/{r['turns']} "
-            f"| {secs(r['response_p50_s'])} | {secs(r['response_p95_s'])} | {lag} | {mib(r['orchestrator_rss_kb'])} "
-            f"| {mib(r['triton_rss_kb'])} | {r['tasks']} | {r['fds']} | {r['sessions_open']} | {r['load1']} |"
+            f"| {secs(r['response_p50_s'])} | {secs(r['response_p95_s'])} | {lag} "
+            f"| {mib(r['orchestrator_rss_kb'])}{private(r, 'orchestrator')} "
+            f"| {mib(r['triton_rss_kb'])}{private(r, 'triton')} | {r['tasks']} | {r['fds']} | {r['sessions_open']} "
+            f"| {r['load1']} |"
         )
     idle, after = result["idle"], result["after"]
     print(
@@ -682,9 +715,11 @@ def print_report(result: Mapping[str, Any]) -> None:
         why = v["why"]
         if key.endswith("_memory") and v["ok"] is not None:
             why = (
-                f"window {v['first_window']} {mib(v['first'])} MiB -> window {v['last_window']} {mib(v['last'])} MiB "
-                f"({v['growth']:+.1%})"
+                f"{'private memory' if v.get('measure') == 'private' else 'RSS'}: window {v['first_window']} "
+                f"{mib(v['first'])} MiB -> window {v['last_window']} {mib(v['last'])} MiB ({v['growth']:+.1%})"
             )
+            if (rss := v.get("rss")) and rss.get("ok") is not None:
+                why += f"; RSS {mib(rss['first'])} -> {mib(rss['last'])} MiB ({rss['growth']:+.1%})"
         print(f"- {name}: {mark} ({why})")
 
 

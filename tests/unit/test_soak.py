@@ -20,6 +20,8 @@ from perf.soak import (
     histogram_quantile,
     lag_buckets,
     leak_verdict,
+    memory_verdict,
+    rss_kb,
     thirds,
     turn_results,
     verdicts,
@@ -274,3 +276,28 @@ def test_a_turn_result_knows_which_labelled_turn_it_is() -> None:
     assert [(r.turn, r.t_end, r.latency_s) for r in results] == [(0, 12.0, None), (1, 16.0, None)]
     rows = window_rows([_probe(1.0), _probe(20.0)], results, [10.0], 60.0, 30.0)
     assert rows[0]["turn_ids"] == [0, 1]
+
+
+def test_memory_is_judged_on_private_memory_with_rss_beside_it() -> None:
+    """RSS grows as the stubs touch more of the mmapped weight files (bounded, reclaimable); private memory is
+    what a leak grows. Runs saved before private memory was read are judged on RSS."""
+    rows = _rows([1000, 1100, 1200])  # RSS +20 %
+    for r, anon in zip(rows, (500, 505, 510), strict=True):
+        r["triton_rss_kb"], r["triton_anon_kb"] = r["orchestrator_rss_kb"], anon
+    v = memory_verdict(rows, "triton")
+    assert v["ok"] is True and v["measure"] == "private" and v["growth"] == 0.02
+    assert v["rss"]["ok"] is False and v["rss"]["growth"] == 0.2
+    old = memory_verdict(_rows([1000, 1100, 1200]), "orchestrator")
+    assert old["ok"] is False and old["measure"] == "rss"
+    leak = _rows([1000, 1000, 1000])
+    for r, anon in zip(leak, (500, 530, 560), strict=True):
+        r["orchestrator_anon_kb"] = anon
+    assert memory_verdict(leak, "orchestrator")["ok"] is False
+
+
+def test_a_probe_reads_rss_and_private_memory_of_a_live_process() -> None:
+    import os
+
+    rss, anon = rss_kb(os.getpid()), rss_kb(os.getpid(), "RssAnon")
+    assert rss is not None and anon is not None and 0 < anon <= rss
+    assert rss_kb(2**22 + 12345) is None  # no such process
