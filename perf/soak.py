@@ -203,7 +203,12 @@ class TurnResult:
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q, method="higher")), 3) if values else None
+    return round(p_higher(values, q), 3) if values else None
+
+
+def p_higher(values: Sequence[float], q: float = 50) -> float:
+    """The `q`th percentile of `values`, one of them (the higher at a tie: numpy's `method="higher"`)."""
+    return float(np.percentile(values, q, method="higher"))
 
 
 def window_rows(
@@ -344,22 +349,21 @@ def drift_verdict(rows: Sequence[Mapping[str, Any]], limit: float = DRIFT_LIMIT)
     span = f"windows {first[0]['window']}-{first[-1]['window']} vs {last[0]['window']}-{last[-1]['window']}"
     if not a or not b:
         return {"ok": False, "why": f"{span}: no answered turn in the {'first' if not a else 'last'} third"}
-    p_a, p_b = float(np.percentile(a, 50, method="higher")), float(np.percentile(b, 50, method="higher"))
-    change = (p_b - p_a) / p_a if p_a > 0 else math.inf
+    p_a, p_b = p_higher(a), p_higher(b)
     per_turn = turn_changes(first, last)
     if per_turn:
         # The same recording, repeated: each labelled turn against itself. Pooled, the thirds' p50 jumps between
         # turns that are slow every time and turns that are fast (a two-humped spread), with no drift at all.
         change = float(statistics.median(per_turn.values()))
-    ok = abs(change) <= limit and a_missed == 0 and b_missed == 0
-    if per_turn:
         why = (
             f"{span}: each labelled turn's p50, median change {change:+.0%} (limit ±{limit:.0%}; "
             + ", ".join(f"turn {k} {v:+.0%}" for k, v in sorted(per_turn.items()))
             + f"); pooled p50 {p_a:.2f} s -> {p_b:.2f} s"
         )
     else:
+        change = (p_b - p_a) / p_a if p_a > 0 else math.inf
         why = f"{span}: p50 {p_a:.2f} s -> {p_b:.2f} s ({change:+.0%}; limit ±{limit:.0%})"
+    ok = abs(change) <= limit and a_missed == 0 and b_missed == 0
     if abs(change) > limit:
         why += f": the replies got {'slower' if change > 0 else 'faster'}"
     if a_missed or b_missed:
@@ -399,10 +403,7 @@ def turn_changes(first: Sequence[Mapping[str, Any]], last: Sequence[Mapping[str,
     a, b = by_turn(first), by_turn(last)
     if a is None or b is None:
         return {}
-    p50 = {
-        k: (float(np.percentile(a[k], 50, method="higher")), float(np.percentile(b[k], 50, method="higher")))
-        for k in a.keys() & b.keys()
-    }
+    p50 = {k: (p_higher(a[k]), p_higher(b[k])) for k in a.keys() & b.keys()}
     return {k: (lb - la) / la for k, (la, lb) in p50.items() if la > 0}
 
 
@@ -421,10 +422,7 @@ def stage_split(
         return out
 
     a, b = pooled(first), pooled(last)
-    both = {
-        k: (float(np.percentile(a[k], 50, method="higher")), float(np.percentile(b[k], 50, method="higher")))
-        for k in a.keys() & b.keys()
-    }
+    both = {k: (p_higher(a[k]), p_higher(b[k])) for k in a.keys() & b.keys()}
     return dict(sorted(both.items(), key=lambda kv: -abs(kv[1][1] - kv[1][0])))
 
 
