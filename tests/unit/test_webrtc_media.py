@@ -1,19 +1,29 @@
 """WebRTC media, pure: the microphone's framing (48 kHz Opus frames → 16 kHz 20 ms chunks), the session clock on
-the wall clock, the replica's voice waiting for its time, and the checks on an offer."""
+the wall clock, the replica's voice waiting for its time, the checks on an offer; and a finished call (over a
+loopback connection to a local aiortc peer) freed at once."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import hashlib
 import hmac
+import weakref
+from collections.abc import AsyncIterator
 from fractions import Fraction
+from typing import Any
 
 import av
+import cv2
 import numpy as np
 import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
+from duet.proto import session_pb2 as pb
 from duet.rtcaudio import PTS_MODULO, RECEIVER_HOLD_FRAMES, Framer, pcm_frame, prompt_audio
-from orchestrator.api.webrtc.calls import check_offer, ice_servers
+from orchestrator.api.webrtc.calls import WebRtcCalls, check_offer, ice_servers
 from orchestrator.api.webrtc.playout import SLOT, Playout, SessionClock
 from orchestrator.api.webrtc.tracks import ReplicaAudio
 from orchestrator.config import Settings, WebRtcSettings, validate
@@ -224,3 +234,60 @@ async def test_the_voice_waits_for_a_late_face_but_only_between_words() -> None:
     now[0] = voice._next = 101.2  # speaking now: the delay holds until the replica is quiet again
     await voice.recv()
     assert voice.delay_s == pytest.approx(0.21)
+
+
+class _ScriptedSession:
+    """The session side of `WebRtcCalls` as `SessionService` shows it to a call (join, then a stream of messages):
+    here it answers `session_started`, sends the replica's voice and face now and then, and ends after `chunks`
+    microphone chunks. What is under test is the call's own lifetime, not a session's."""
+
+    def __init__(self, chunks: int = 75) -> None:
+        self.chunks = chunks
+        self.jpeg = bytes(cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1])
+
+    def check_capacity(self) -> None:
+        pass
+
+    def leave(self, conversation_id: str) -> None:
+        pass
+
+    async def Converse(self, requests: Any, context: Any) -> AsyncIterator[pb.ServerMessage]:
+        it = requests.__aiter__()
+        await anext(it)  # the `start`
+        yield pb.ServerMessage(event=pb.Event(type="session_started", json='{"type": "session_started", "t": 0}'))
+        n = 0
+        async for _ in it:
+            n += 1
+            if n % 25 == 5:
+                yield pb.ServerMessage(audio=pb.AudioOut(pcm=bytes(SLOT * 2 * 10), t=n * 0.02, utterance_id="1"))
+                yield pb.ServerMessage(video=pb.VideoOut(jpeg=self.jpeg, t=n * 0.02))
+            if n >= self.chunks:
+                return
+
+
+async def test_a_finished_call_and_its_connection_are_freed_at_once_without_the_cycle_collector() -> None:
+    # A cancelled task's traceback held its frame and so the call, and aiortc's transports keep a bound method of
+    # their closed connection: each finished call (its connection, buffers, codecs) waited for a full collection.
+    calls = WebRtcCalls(_ScriptedSession(), Settings())  # type: ignore[arg-type]
+    browser = RTCPeerConnection()
+    browser.createDataChannel("events")
+    browser.addTrack(AudioStreamTrack())
+    browser.addTrack(VideoStreamTrack())
+    gc.collect()
+    gc.disable()
+    try:
+        await browser.setLocalDescription(await browser.createOffer())
+        offer = {"sdp": browser.localDescription.sdp, "type": "offer"}
+        answer = await calls.answer("conv_1", "token", offer)
+        await browser.setRemoteDescription(RTCSessionDescription(**answer))
+        (call,) = calls.calls
+        (task,) = calls._tasks
+        async with asyncio.timeout(30):
+            await task
+        assert call.stats.mic_chunks >= 50 and call.stats.camera_frames >= 1 and call.stats.events_sent >= 1
+        refs = [weakref.ref(call), weakref.ref(call.pc), weakref.ref(call.playout), weakref.ref(call.face)]
+        del call, task
+        assert [r() is None for r in refs] == [True] * len(refs)
+    finally:
+        gc.enable()
+        await browser.close()

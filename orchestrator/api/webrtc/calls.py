@@ -85,7 +85,7 @@ def ice_servers(settings: Settings, user: str, now: float | None = None) -> list
 def check_offer(body: Any) -> str:
     """The SDP of an offer body, or `Invalid` naming what is wrong."""
     if not isinstance(body, dict) or body.get("type") != "offer":
-        raise Invalid("the body must be an SDP offer: {\"sdp\": \"...\", \"type\": \"offer\"}", "$.type")
+        raise Invalid('the body must be an SDP offer: {"sdp": "...", "type": "offer"}', "$.type")
     sdp = body.get("sdp")
     if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS:
         raise Invalid(f"$.sdp must be a session description (starting v=0, under {MAX_SDP_CHARS} characters)", "$.sdp")
@@ -367,10 +367,12 @@ class Call:
             await self._play_out()
             await self._drain_channel()
             await self.pc.close()
+            _unhook(self.pc)
             for task in self._tasks:
                 if task is not asyncio.current_task():
                     task.cancel()
             await asyncio.gather(*(t for t in self._tasks if t is not pump), return_exceptions=True)
+            self._tasks.clear()  # (a cancelled task's traceback holds its frame, and the frame this call)
             self.stats.video = {
                 "late_ms_p50": round(_p50(self.face.late_ms), 1),
                 "dropped": float(self.face.dropped),
@@ -400,6 +402,18 @@ class Call:
         while ch.bufferedAmount > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (aiortc has no event for it)
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.1)  # (bufferedAmount counts what SCTP took, not what the peer acknowledged)
+
+
+def _unhook(pc: RTCPeerConnection) -> None:
+    """Drop the listeners a closed connection's transports keep on it. aiortc clears the connection's own
+    listeners at close, not its transports' (each holds a bound method of the connection), so the closed
+    connection, its transports and their buffers would wait for the cycle collector instead of going at once."""
+    transports = [x for t in pc.getTransceivers() for x in (t.receiver.transport, t.sender.transport)]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    for dtls in transports:
+        dtls.remove_all_listeners()
+        dtls.transport.remove_all_listeners()  # (the ICE transport under it)
 
 
 def _reply(utterance_id: str) -> int:
@@ -434,9 +448,7 @@ class WebRtcCalls:
         self.calls: set[Call] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def answer(
-        self, conversation_id: str, token: str, body: Any, peer: str = "webrtc"
-    ) -> dict[str, str]:
+    async def answer(self, conversation_id: str, token: str, body: Any, peer: str = "webrtc") -> dict[str, str]:
         """The SDP answer to a conversation's offer; the call then runs on its own. The token is checked by the
         session's join (a wrong one is `unauthenticated`, a second join `conflict`), after the offer itself."""
         if not self.settings.webrtc.enabled:
@@ -534,4 +546,3 @@ class WebRtcCalls:
 
 def _offered_channels(sdp: str) -> list[str]:
     return [line for line in sdp.splitlines() if line.startswith("m=application")]
-
