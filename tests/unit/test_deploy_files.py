@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 
 from orchestrator.api.session_service import is_loopback
 from orchestrator.config import Settings, TritonSettings, load_settings
+from orchestrator.models.discovery import DnsName, parse_dns
 from orchestrator.telemetry import Telemetry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -271,6 +272,8 @@ def test_triton_service_reserves_the_gpu_and_gets_its_base_image_from_the_operat
     assert "TRITON_IMAGE" in triton["build"]["args"]
     assert ":?" in triton["build"]["args"]["TRITON_IMAGE"], "an unset TRITON_IMAGE must stop compose"
     assert triton["shm_size"], "the Python backend needs more than the default 64 MB of /dev/shm"
+    # `docker compose up --scale triton=N` refuses a fixed container name, and N containers cannot publish one port
+    assert "container_name" not in triton and "ports" not in triton
 
 
 @pytest.mark.parametrize("service", ORCHESTRATORS)
@@ -281,8 +284,9 @@ def test_orchestrator_env_and_ports_are_real_settings(service: str) -> None:
     settings = orchestrator_settings(service)
     serve = load_module(DEPLOY / "triton" / "serve.py")
     spec = compose()["services"][service]
-    # Triton by its compose name on the inference image's gRPC port
-    assert settings.triton.url == f"triton:{serve.GRPC_PORT}"
+    # Triton by its compose name on the inference image's gRPC port: every container of that name (a scaled one)
+    assert settings.triton.url == f"dns:///triton:{serve.GRPC_PORT}"
+    assert parse_dns(settings.triton.url) == DnsName("triton", serve.GRPC_PORT)
     # PostgreSQL by its compose name, from the env file (the password is not in compose.yaml)
     assert settings.store.url.startswith("postgresql://") and "@postgres:5432/" in settings.store.url
     assert settings.store.url.rsplit("/", 1)[1] == compose()["services"]["postgres"]["environment"]["POSTGRES_DB"]
@@ -347,16 +351,31 @@ def test_secrets_live_in_uncommitted_env_files() -> None:
 
 
 def scrape_targets() -> dict[str, set[str]]:
+    """host:port per job, from static targets and from DNS lookups (`dns_sd_configs` of type A: name:port)."""
     config = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())
-    return {
-        job["job_name"]: {t for sc in job["static_configs"] for t in sc["targets"]} for job in config["scrape_configs"]
-    }
+    jobs: dict[str, set[str]] = {}
+    for job in config["scrape_configs"]:
+        targets = jobs.setdefault(job["job_name"], set())
+        targets |= {t for sc in job.get("static_configs", []) for t in sc["targets"]}
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A" and "port" in sd, "an A lookup needs the port; SRV records are not in compose"
+            targets |= {f"{name}:{sd['port']}" for name in sd["names"]}
+    return jobs
+
+
+def yaml_scrape_jobs() -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())[
+        "scrape_configs"
+    ]
+    return jobs
 
 
 def test_prometheus_scrapes_every_orchestrator_and_triton_where_they_listen() -> None:
     jobs = scrape_targets()
     serve = load_module(DEPLOY / "triton" / "serve.py")
     assert jobs["triton"] == {f"triton:{serve.METRICS_PORT}"}
+    # every replica of a scaled Triton, not the one the name happens to give first
+    assert "static_configs" not in next(j for j in yaml_scrape_jobs() if j["job_name"] == "triton")
     assert jobs["duet-orchestrator"] == {f"{s}:{orchestrator_settings(s).metrics.port}" for s in ORCHESTRATORS}
     for s in ORCHESTRATORS:
         assert not is_loopback(orchestrator_settings(s).metrics.host), "a loopback /metrics cannot be scraped"
