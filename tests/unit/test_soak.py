@@ -166,6 +166,20 @@ def test_flat_memory_passes_and_growth_of_5_percent_or_more_fails() -> None:
     assert slow["ok"] is False
 
 
+def test_a_working_set_filled_early_passes_and_growth_after_it_fails_at_its_rate_over_the_run() -> None:
+    # +13 % in the first minutes (the LLM's contexts, onnxruntime's arenas), then flat: the 30-minute soak's shape
+    plateau = [2000 + min(i, 9) * 30 for i in range(30)]
+    v = growth_verdict(_rows(plateau), "orchestrator_rss_kb")
+    assert v["ok"] is True and v["base_window"] == 10 and v["growth"] == 0.0 and v["from_start"] == 0.135
+    assert "from window 1" in v["why"]
+    # flat for ten windows, then growth: +3 % over the last twenty windows is +4.35 % at that rate over 29 (passes)
+    late = [2270] * 10 + [2270 + round(68.1 * i / 20) for i in range(1, 21)]
+    slow = growth_verdict(_rows(late), "orchestrator_rss_kb")
+    assert slow["ok"] is True and slow["growth"] == pytest.approx(0.0435, abs=1e-3)
+    faster = [2270] * 10 + [2270 + round(80 * i / 20) for i in range(1, 21)]  # +3.5 %: +5.1 % over the run
+    assert growth_verdict(_rows(faster), "orchestrator_rss_kb")["ok"] is False
+
+
 def test_memory_compares_full_windows_only_and_needs_two() -> None:
     rows = _rows([1000, 1010, 1020])
     rows.append({"window": 4, "full": False, "orchestrator_rss_kb": 5000, "latencies_s": []})
