@@ -34,7 +34,7 @@ Verdicts:
   compared with itself (the median of their changes): the pooled p50 of one recording repeated jumps between
   its slow and fast turns.
 
-    .venv/bin/python perf/soak.py [--minutes 30] [--sessions 1] [--file dev/001] [--mix audio|full]
+    .venv/bin/python perf/soak.py [--minutes 30] [--sessions 1] [--file dev/001] [--mix audio|full|webrtc]
         [--option KEY=VALUE ...] [--window-s 60] [--probe-s 5] [--out perf/out/soak.json]
     .venv/bin/python perf/soak.py --report perf/out/soak.json   # the table and verdicts again
 """
@@ -507,18 +507,22 @@ def reply_splits(label: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) 
 
 @dataclass
 class Caller:
-    """How a user's sessions are made: `duet talk` naming the default persona (`audio`), or session_load's
-    `full` mix (a conversation from the REST API, camera frames, face video, perception, documents)."""
+    """How a user's sessions are made: `duet talk` naming the default persona (`audio`), session_load's `full`
+    mix (a conversation from the REST API, camera frames, face video, perception, documents), or a browser
+    call (`webrtc`: a conversation from the REST API joined over WebRTC by `duet call`, the face coming back)."""
 
     server: str
     options: dict[str, str]
     tmp: Path
     full: Any = None  # a perf.session_load.Mix, for the full mix
+    browser: Any = None  # (duet.Client, persona id, API URL), for the webrtc mix
 
     async def session(self, i: int, wav: Path, name: str) -> tuple[list[dict[str, Any]], str]:
         """One conversation at real time; returns its events and its failure ("" when none)."""
         workdir = self.tmp / name
         try:
+            if self.browser is not None:
+                return await self.webrtc_call(wav, workdir)
             if self.full is None:
                 from duet.talk import talk
 
@@ -535,6 +539,26 @@ class Caller:
             return log.events, log.failure or ""
         finally:
             shutil.rmtree(workdir, ignore_errors=True)  # a long soak would fill the disk with replies
+
+    async def webrtc_call(self, wav: Path, workdir: Path) -> tuple[list[dict[str, Any]], str]:
+        from duet.call import call
+
+        api, persona_id, api_url = self.browser
+        events: list[dict[str, Any]] = []
+        try:
+            conversation = await api.create_conversation(persona_id)
+            await call(
+                conversation["conversation_id"],
+                conversation["join"]["token"],
+                wav,
+                workdir,
+                api_url=api_url,
+                options=dict(self.options),
+                on_event=events.append,
+            )
+        except Exception as exc:  # a failed call counts against the soak; the others go on
+            return events, f"{type(exc).__name__}: {exc}"
+        return events, ""
 
 
 def wav_seconds(wav: Path) -> float:
@@ -601,6 +625,35 @@ async def idle_reading(
         await asyncio.sleep(1.0)
 
 
+async def plain_persona(stack: Any) -> tuple[str, str]:
+    """A tenant and a persona as the default one (its prompt, voice and limits), for browser calls; returns
+    (api key, persona id)."""
+    import subprocess
+
+    import yaml
+
+    import duet
+
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).parent / "duet"), "admin", "tenant", "create", "soak", "--max-concurrent", "100"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"duet admin tenant create failed: {done.stderr[-2000:]}")
+    key = str(json.loads(done.stdout)["api_key"])
+    base = yaml.safe_load((ROOT / "personas" / "default.yaml").read_text())
+    async with duet.Client(stack.http_url, key) as api:
+        persona = await api.create_persona(
+            name="Soak (default persona)", system_prompt=base["system_prompt"], voice=base["voice"]
+        )
+    return key, str(persona["persona_id"])
+
+
 async def run_soak(stack: Any, args: Any, wav: Path, label: Mapping[str, Any]) -> dict[str, Any]:
     from perf.session_load import Mix
 
@@ -623,6 +676,13 @@ async def run_soak(stack: Any, args: Any, wav: Path, label: Mapping[str, Any]) -
                 return await api.create_conversation(persona_id)
 
             caller.full.new_conversation = new_conversation
+        elif args.mix == "webrtc":
+            import duet
+
+            key, persona_id = await plain_persona(stack)
+            api = duet.Client(stack.http_url, key)
+            await api.__aenter__()
+            caller.browser = (api, persona_id, stack.http_url)
         try:
             before_warmup = await idle_reading(pids, stack.metrics_url, 20.0, None)
             warm = Soak(time.perf_counter(), 0.0)
@@ -755,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--file", default="dev/001", help="the recorded conversation: SPLIT/NAME in perf/data/conversations"
     )
-    ap.add_argument("--mix", choices=("audio", "full"), default="audio")
+    ap.add_argument("--mix", choices=("audio", "full", "webrtc"), default="audio")
     ap.add_argument("--option", action="append", default=[], help="a session option KEY=VALUE (repeatable)")
     ap.add_argument("--window-s", type=float, default=60.0)
     ap.add_argument("--probe-s", type=float, default=5.0)
