@@ -529,18 +529,21 @@ def read_drops(url: str) -> dict[str, float]:
     return drops_by_kind(urllib.request.urlopen(url, timeout=5).read().decode()) if url else {}
 
 
-async def knowledge_persona(stack: Stack) -> tuple[str, str]:
-    """A tenant (as an operator makes one), the knowledge documents, and a persona that answers from them with
-    the default persona's prompt, voice and limits; returns (api key, persona id)."""
-    import yaml
-
-    import duet
-
+async def create_tenant(stack: Stack, name: str, max_concurrent: int) -> str:
+    """A tenant made as an operator makes one (`duet admin tenant create`, on the stack's store); its API key."""
     if not stack.http_url:
         raise RuntimeError("duet serve did not log its control plane's address:\n" + "\n".join(stack.lines))
     done = await asyncio.to_thread(
         subprocess.run,
-        [str(Path(sys.executable).parent / "duet"), "admin", "tenant", "create", "load", "--max-concurrent", "1000"],
+        [
+            str(Path(sys.executable).parent / "duet"),
+            "admin",
+            "tenant",
+            "create",
+            name,
+            "--max-concurrent",
+            str(max_concurrent),
+        ],
         env=stack.env,
         capture_output=True,
         text=True,
@@ -549,7 +552,17 @@ async def knowledge_persona(stack: Stack) -> tuple[str, str]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"duet admin tenant create failed: {done.stderr[-2000:]}")
-    key = str(json.loads(done.stdout)["api_key"])
+    return str(json.loads(done.stdout)["api_key"])
+
+
+async def knowledge_persona(stack: Stack) -> tuple[str, str]:
+    """A tenant (as an operator makes one), the knowledge documents, and a persona that answers from them with
+    the default persona's prompt, voice and limits; returns (api key, persona id)."""
+    import yaml
+
+    import duet
+
+    key = await create_tenant(stack, "load", 1000)
     base = yaml.safe_load((ROOT / "personas" / "default.yaml").read_text())
     async with duet.Client(stack.http_url, key) as api:
         docs = [await api.create_document(path=KNOWLEDGE / name) for name in KNOWLEDGE_FILES]

@@ -628,24 +628,12 @@ async def idle_reading(
 async def plain_persona(stack: Any) -> tuple[str, str]:
     """A tenant and a persona as the default one (its prompt, voice and limits), for browser calls; returns
     (api key, persona id)."""
-    import subprocess
-
     import yaml
 
     import duet
+    from perf.session_load import create_tenant
 
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [str(Path(sys.executable).parent / "duet"), "admin", "tenant", "create", "soak", "--max-concurrent", "100"],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"duet admin tenant create failed: {done.stderr[-2000:]}")
-    key = str(json.loads(done.stdout)["api_key"])
+    key = await create_tenant(stack, "soak", 100)
     base = yaml.safe_load((ROOT / "personas" / "default.yaml").read_text())
     async with duet.Client(stack.http_url, key) as api:
         persona = await api.create_persona(
