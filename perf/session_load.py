@@ -555,34 +555,36 @@ async def create_tenant(stack: Stack, name: str, max_concurrent: int) -> str:
     return str(json.loads(done.stdout)["api_key"])
 
 
-async def knowledge_persona(stack: Stack) -> tuple[str, str]:
-    """A tenant (as an operator makes one), the knowledge documents, and a persona that answers from them with
-    the default persona's prompt, voice and limits; returns (api key, persona id)."""
+async def default_persona(stack: Stack, tenant: str, max_concurrent: int, *, knowledge: bool) -> tuple[str, str]:
+    """A tenant (as an operator makes one) and a persona with the default persona's prompt, voice and limits;
+    with `knowledge`, it also answers from the knowledge documents and perceives. Returns (api key, persona id)."""
     import yaml
 
     import duet
 
-    key = await create_tenant(stack, "load", 1000)
+    key = await create_tenant(stack, tenant, max_concurrent)
     base = yaml.safe_load((ROOT / "personas" / "default.yaml").read_text())
+    body: dict[str, Any] = {
+        "name": "Load test (default persona + knowledge)" if knowledge else "Default persona",
+        "system_prompt": base["system_prompt"],
+        "voice": base["voice"],
+        "layers": {
+            "llm": {
+                "speculation": bool(base.get("speculation", True)),
+                "max_tokens": int(base["max_tokens"]),
+                "max_sentences": int(base["max_sentences"]),
+                "temperature": float(base["temperature"]),
+            }
+        },
+    }
     async with duet.Client(stack.http_url, key) as api:
-        docs = [await api.create_document(path=KNOWLEDGE / name) for name in KNOWLEDGE_FILES]
-        for d in docs:
-            await api.wait_document(d["document_id"])
-        persona = await api.create_persona(
-            name="Load test (default persona + knowledge)",
-            system_prompt=base["system_prompt"],
-            voice=base["voice"],
-            document_ids=[d["document_id"] for d in docs],
-            layers={
-                "llm": {
-                    "speculation": bool(base.get("speculation", True)),
-                    "max_tokens": int(base["max_tokens"]),
-                    "max_sentences": int(base["max_sentences"]),
-                    "temperature": float(base["temperature"]),
-                },
-                "perception": {"enabled": True},
-            },
-        )
+        if knowledge:
+            docs = [await api.create_document(path=KNOWLEDGE / name) for name in KNOWLEDGE_FILES]
+            for d in docs:
+                await api.wait_document(d["document_id"])
+            body["document_ids"] = [d["document_id"] for d in docs]
+            body["layers"]["perception"] = {"enabled": True}
+        persona = await api.create_persona(body)
     return key, persona["persona_id"]
 
 
@@ -599,7 +601,7 @@ async def run_levels(
             mix.options = {"video": "true", "perception": "true", **options}
             longest = max(len(read_pcm16(f)) / 2 / SAMPLE_RATE for f in files)
             mix.camera = await asyncio.to_thread(camera_frames, longest + 1.0, args.camera_fps)
-            key, persona_id = await knowledge_persona(stack)
+            key, persona_id = await default_persona(stack, "load", 1000, knowledge=True)
             api = duet.Client(stack.http_url, key)
             await api.__aenter__()
 

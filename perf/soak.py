@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -506,6 +506,14 @@ def reply_splits(label: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) 
 
 
 @dataclass
+class BrowserCalls:
+    """Where the webrtc mix's calls go: the API's URL, and how a conversation is made for each."""
+
+    api_url: str
+    new_conversation: Callable[[], Awaitable[Any]]
+
+
+@dataclass
 class Caller:
     """How a user's sessions are made: `duet talk` naming the default persona (`audio`), session_load's `full`
     mix (a conversation from the REST API, camera frames, face video, perception, documents), or a browser
@@ -515,7 +523,7 @@ class Caller:
     options: dict[str, str]
     tmp: Path
     full: Any = None  # a perf.session_load.Mix, for the full mix
-    browser: Any = None  # (duet.Client, persona id, API URL), for the webrtc mix
+    browser: BrowserCalls | None = None  # for the webrtc mix
 
     async def session(self, i: int, wav: Path, name: str) -> tuple[list[dict[str, Any]], str]:
         """One conversation at real time; returns its events and its failure ("" when none)."""
@@ -543,16 +551,16 @@ class Caller:
     async def webrtc_call(self, wav: Path, workdir: Path) -> tuple[list[dict[str, Any]], str]:
         from duet.call import call
 
-        api, persona_id, api_url = self.browser
+        assert self.browser is not None
         events: list[dict[str, Any]] = []
         try:
-            conversation = await api.create_conversation(persona_id)
+            conversation = await self.browser.new_conversation()
             await call(
                 conversation["conversation_id"],
                 conversation["join"]["token"],
                 wav,
                 workdir,
-                api_url=api_url,
+                api_url=self.browser.api_url,
                 options=dict(self.options),
                 on_event=events.append,
             )
@@ -625,23 +633,6 @@ async def idle_reading(
         await asyncio.sleep(1.0)
 
 
-async def plain_persona(stack: Any) -> tuple[str, str]:
-    """A tenant and a persona as the default one (its prompt, voice and limits), for browser calls; returns
-    (api key, persona id)."""
-    import yaml
-
-    import duet
-    from perf.session_load import create_tenant
-
-    key = await create_tenant(stack, "soak", 100)
-    base = yaml.safe_load((ROOT / "personas" / "default.yaml").read_text())
-    async with duet.Client(stack.http_url, key) as api:
-        persona = await api.create_persona(
-            name="Soak (default persona)", system_prompt=base["system_prompt"], voice=base["voice"]
-        )
-    return key, str(persona["persona_id"])
-
-
 async def run_soak(stack: Any, args: Any, wav: Path, label: Mapping[str, Any]) -> dict[str, Any]:
     from perf.session_load import Mix
 
@@ -650,27 +641,23 @@ async def run_soak(stack: Any, args: Any, wav: Path, label: Mapping[str, Any]) -
     api: Any = None
     with tempfile.TemporaryDirectory(prefix="duet-soak-") as tmp:
         caller = Caller(stack.server, options, Path(tmp))
-        if args.mix == "full":
+        if args.mix in ("full", "webrtc"):  # a conversation from the REST API for each session
             import duet
-            from perf.session_load import camera_frames, knowledge_persona
+            from perf.session_load import camera_frames, default_persona
 
-            caller.full = Mix("full", stack.server, {"video": "true", "perception": "true", **options})
-            caller.full.camera = await asyncio.to_thread(camera_frames, wav_seconds(wav) + 1.0, 10.0)
-            key, persona_id = await knowledge_persona(stack)
+            key, persona_id = await default_persona(stack, "soak", 1000, knowledge=args.mix == "full")
             api = duet.Client(stack.http_url, key)
             await api.__aenter__()
 
             async def new_conversation() -> Any:
                 return await api.create_conversation(persona_id)
 
-            caller.full.new_conversation = new_conversation
-        elif args.mix == "webrtc":
-            import duet
-
-            key, persona_id = await plain_persona(stack)
-            api = duet.Client(stack.http_url, key)
-            await api.__aenter__()
-            caller.browser = (api, persona_id, stack.http_url)
+            if args.mix == "full":
+                caller.full = Mix("full", stack.server, {"video": "true", "perception": "true", **options})
+                caller.full.camera = await asyncio.to_thread(camera_frames, wav_seconds(wav) + 1.0, 10.0)
+                caller.full.new_conversation = new_conversation
+            else:
+                caller.browser = BrowserCalls(stack.http_url, new_conversation)
         try:
             before_warmup = await idle_reading(pids, stack.metrics_url, 20.0, None)
             warm = Soak(time.perf_counter(), 0.0)
