@@ -123,6 +123,25 @@ def endpoint_urls(url: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(u.strip() for u in items if u.strip()))
 
 
+# How long a stream whose final response has come waits for Triton to close it (the gRPC status) before it is
+# cancelled: on loopback the status follows the final response within a millisecond, a few on a loaded machine.
+STREAM_CLOSE_WAIT_S = 1.0
+
+
+async def _await_close(stream: Any) -> None:
+    """Wait for Triton to close a stream whose request is complete, instead of cancelling it under the server.
+
+    Triton 2.51's gRPC frontend leaks the state of a stream cancelled while it is still finishing a request:
+    ~2 KB (64 px frames) to ~6 KB (512 px) each. Cancelled right after the final response, as every stream
+    once was, a loaded machine hit that race on most streams; the face's 8 streams a second then grew the
+    tritonserver ~3 MiB a minute (docs/robustness.md). Anything still unread past the final response is
+    dropped, and a stream not closed in `STREAM_CLOSE_WAIT_S` is cancelled by the caller's `finally`."""
+    with contextlib.suppress(StopAsyncIteration, TimeoutError, grpc.RpcError):
+        async with asyncio.timeout(STREAM_CLOSE_WAIT_S):
+            while True:
+                await anext(stream)
+
+
 class TritonModels:
     """Async client for every Duet model, over one or several Triton servers. One instance is shared by all
     sessions. `url`: one gRPC `host:port`, or several (a sequence, or comma-separated)."""
@@ -663,6 +682,7 @@ class TritonModels:
                     raise ModelUnavailable(f"model {model!r} failed: {error.message()}")
                 yield result
                 if result.get_response().parameters["triton_final_response"].bool_param:
+                    await _await_close(stream)
                     return
         finally:
             # A no-op once the call has finished; otherwise this is what cancels the request in Triton.

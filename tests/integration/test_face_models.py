@@ -99,6 +99,32 @@ def test_a_cancelled_render_stops_drawing(face_server: EmbeddedTriton) -> None:
     assert 4 + 4 <= drawn <= 4 + 40, drawn
 
 
+def test_a_finished_stream_is_closed_by_triton_not_cancelled(face_server: EmbeddedTriton) -> None:
+    """A stream read to its final response ends with Triton's OK status; only one left early is cancelled.
+    (Cancelling a stream Triton is still finishing leaks its state in the server: docs/robustness.md.)"""
+    calls: list[Any] = []
+
+    async def job(m: TritonModels) -> list[str]:
+        client = m._by_url[face_server.grpc_url].client
+        open_stream = client.stream_infer
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            calls.append(stream := open_stream(*args, **kwargs))
+            return stream
+
+        client.stream_infer = recorded
+        params = np.zeros((6, fp.SIZE), dtype=np.float32)
+        for _ in range(3):
+            assert sum([len(run.jpegs) async for run in m.render_frames("astronaut", params, 96, 96, 80)]) == 6
+        assert [chunk async for chunk in m.synthesize("Hello there. How are you?")]
+        early = m.render_frames("astronaut", np.zeros((200, fp.SIZE), dtype=np.float32), 96, 96, 80)
+        await anext(early)
+        await early.aclose()
+        return [(await c._grpc_call.code()).name for c in calls]
+
+    assert asyncio.run(with_models(face_server.grpc_url, job)) == ["OK"] * 4 + ["CANCELLED"]
+
+
 def test_bad_render_requests_fail_cleanly_and_the_model_goes_on(face_server: EmbeddedTriton) -> None:
     ok = np.zeros((2, fp.SIZE), dtype=np.float32)
 

@@ -102,6 +102,8 @@ class FakeTriton:
                     request = await anext(inputs_iterator)
                     fake.calls.append(request["model_name"])
                     fake.request_ids.append(request["request_id"])
+                if self.sent > len(fake.pieces):  # Triton closes the stream after its final response
+                    raise StopAsyncIteration
                 if fake.down or (fake.cut_after is not None and self.sent >= fake.cut_after):
                     raise StreamCut()
                 if self.sent == len(fake.pieces):
