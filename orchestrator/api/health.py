@@ -1,6 +1,7 @@
 """Is this server ready for new sessions? One answer for every prober: the REST readiness endpoint
 (`GET /v1/health/ready`), the gRPC standard health service (`grpc.health.v1.Health`, Check and Watch, for
-Kubernetes gRPC probes and generic tools) and server reflection beside it.
+Kubernetes gRPC probes and generic tools) and server reflection beside it (`grpc.reflection.v1`, which current
+tools ask first, and `grpc.reflection.v1alpha`).
 
 Ready means: Triton's models that sessions call are ready, the store answers, and the server is not draining.
 Each outside check is answered from its last result for `PROBE_TTL_S` and bounded by `PROBE_TIMEOUT_S`, so probes
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from duet.proto import session_pb2 as pb
 from orchestrator.api.drain import Drain
@@ -195,7 +197,47 @@ class SessionHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # (t
             await self.readiness.wait_changed(self.poll_s)
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _describe_reflection_v1() -> None:
+    """Put `grpc.reflection.v1`'s file in the default descriptor pool, so reflection can describe itself.
+
+    grpcio-reflection ships only v1alpha (to its latest release). v1 is the same protocol under its stable
+    name: the same messages, field for field, so v1alpha's file with the package renamed describes it, and
+    v1alpha's servicer answers it byte for byte."""
+    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
+    with contextlib.suppress(KeyError):
+        pool.FindServiceByName(REFLECTION_V1)
+        return
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name = "grpc/reflection/v1/reflection.proto"
+    file.package = "grpc.reflection.v1"
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name.startswith(".grpc.reflection.v1alpha."):
+                field.type_name = ".grpc.reflection.v1." + field.type_name.rsplit(".", 1)[1]
+    for method in file.service[0].method:
+        method.input_type = method.input_type.replace(".v1alpha.", ".v1.")
+        method.output_type = method.output_type.replace(".v1alpha.", ".v1.")
+    file.options.Clear()
+    pool.Add(file)
+
+
 def add_standard_services(server: grpc.aio.Server, health: SessionHealth) -> None:
-    """The health service, and reflection over the session service, the health service and reflection itself."""
+    """The health service, and reflection (v1 and v1alpha) over the session service, the health service and
+    reflection itself."""
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection((SESSION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    _describe_reflection_v1()
+    names = (SESSION_SERVICE, HEALTH_SERVICE, REFLECTION_V1, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]  # its public asyncio servicer
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )

@@ -9,8 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from orchestrator.api.drain import Drain
 from orchestrator.api.health import (
@@ -198,13 +199,19 @@ async def test_health_watch_sees_the_drain_begin(grpc_server: Any) -> None:
         unknown.cancel()
 
 
-async def test_reflection_lists_the_services_and_describes_the_session(grpc_server: Any) -> None:
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_lists_the_services_and_describes_them(grpc_server: Any, version: str) -> None:
     address = grpc_server[0]
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        # v1's messages are v1alpha's, field for field: only the method's name differs on the wire
+        info = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
 
         async def ask(request: Any) -> Any:
-            call = stub.ServerReflectionInfo()
+            call = info()
             await call.write(request)
             answer = await asyncio.wait_for(call.read(), 5.0)
             await call.done_writing()
@@ -212,6 +219,16 @@ async def test_reflection_lists_the_services_and_describes_the_session(grpc_serv
 
         listed = await ask(reflection_pb2.ServerReflectionRequest(list_services=""))
         names = {s.name for s in listed.list_services_response.service}
-        assert names == {"duet.v1.Session", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
-        described = await ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol="duet.v1.Session"))
-        assert described.file_descriptor_response.file_descriptor_proto  # the session proto, for generic clients
+        assert names == {
+            "duet.v1.Session",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        for service in sorted(names):  # every service listed can be described, for generic clients
+            described = await ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol=service))
+            files = [
+                FileDescriptorProto.FromString(f) for f in described.file_descriptor_response.file_descriptor_proto
+            ]
+            package, _, name = service.rpartition(".")
+            assert any(f.package == package and name in [s.name for s in f.service] for f in files), service
