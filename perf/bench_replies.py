@@ -198,7 +198,17 @@ def load_split(split: str) -> tuple[list[CallSpec], list[JsonTask]]:
 
 # --- scoring (pure) ---
 
-CHECKS = ("missed_point", "no_fact", "forbidden", "narration", "third_person", "repetition", "incomplete", "markup")
+CHECKS = (
+    "missed_point",
+    "no_fact",
+    "forbidden",
+    "narration",
+    "third_person",
+    "repetition",
+    "restated",
+    "incomplete",
+    "markup",
+)
 _SENTENCE = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Talking about the notes themselves ("note" as a noun: "important to note" is no narration).
@@ -246,6 +256,33 @@ def split_sentences(text: str) -> list[str]:
 
 def words(text: str) -> list[str]:
     return _WORD.findall(normalise(text))
+
+
+# The user's words as the replica would say them back ("I need" -> "you need").
+_TO_YOU = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "we": "you", "us": "you",
+    "our": "your", "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "we're": "you're",
+}  # fmt: skip
+RESTATED = 0.6  # share of the first sentence's words that come from the user's turn
+
+
+def _stem(word: str) -> str:
+    """A crude stem, enough to match "moving" with "move" and "refills" with "refill"."""
+    for suffix in ("ing", "ed", "es", "s", "e"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def restates(text: str, user: str) -> bool:
+    """The reply opens by saying the user's turn back to them ("I need a refill." -> "You need a refill."): its
+    first sentence has 3+ words and RESTATED of them (pronouns turned round, crudely stemmed) are the user's."""
+    sentences = split_sentences(text)
+    first = [_stem(w) for w in words(sentences[0])] if sentences else []
+    if len(first) < 3:
+        return False
+    heard = {_stem(_TO_YOU.get(w, w)) for w in words(user)}
+    return sum(w in heard for w in first) / len(first) >= RESTATED
 
 
 def same_sentence(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -312,6 +349,8 @@ def score_reply(text: str, turn: TurnSpec, notes: Sequence[str], earlier: Sequen
     mine = [words(s) for s in sentences]
     if any(same_sentence(m, x) for i, m in enumerate(mine) for x in [*said, *mine[:i]]):
         failures.append("repetition")
+    if restates(text, turn.user):
+        failures.append("restated")
     last = text.rstrip().rstrip("\"')]”’")
     if text.strip() and not last.endswith((".", "!", "?", "…")):
         failures.append("incomplete")
@@ -784,8 +823,8 @@ def tables(runs: list[dict[str, Any]]) -> str:
         groups.setdefault((run["backend"], run["model"], run["threads"]), []).append(summarise(run))
     lines = [
         "| backend | model | text | on point | missed point | fact used | narration | third person | repetition "
-        "| incomplete | markup | forbidden | JSON valid / fenced / correct |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| restated | incomplete | markup | forbidden | JSON valid / fenced / correct |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     seen_quality: set[tuple[str, str]] = set()
     for (backend, model, _threads), ss in groups.items():
@@ -797,7 +836,7 @@ def tables(runs: list[dict[str, Any]]) -> str:
             on = [s[kind]["on_point"] / max(s[kind]["turns"], 1) * 100 for s in ss]
             spread = f" ({min(on):.0f}–{max(on):.0f})" if len(ss) > 1 else ""
             fact = (sum(s[kind]["fact"][0] for s in ss), sum(s[kind]["fact"][1] for s in ss))
-            columns = ("missed_point", "fact", "narration", "third_person", "repetition", "incomplete", "markup")
+            columns = ("missed_point", "fact", *CHECKS[3:])  # narration ... markup
             counts = " | ".join(
                 f"{fact[0]}/{fact[1]}" if c == "fact" else str(sum(s[kind][c] for s in ss))
                 for c in (*columns, "forbidden")

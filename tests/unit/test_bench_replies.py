@@ -132,3 +132,31 @@ def test_check_shares_no_sentence_with_dev() -> None:
     check_lines = {t.user for c in check for t in c.turns} | {t.user for t in check_tasks}
     assert not dev_lines & check_lines
     assert not {c.name for c in dev} & {c.name for c in check} - {"default_front_desk"}
+
+
+@pytest.mark.parametrize(
+    ("user", "reply"),
+    [
+        (
+            "Good morning, I need to refill my blood pressure medication.",
+            "You need to refill your blood pressure medication.",
+        ),
+        ("I'm moving to another city next month.", "You can move to another city next month. Where to?"),
+        ("I have a question about my bill.", "You have a question about your bill? Sure."),
+    ],
+)
+def test_a_reply_that_says_the_users_turn_back_is_restated(user: str, reply: str) -> None:
+    assert "restated" in fails(reply, br.TurnSpec(user))
+
+
+@pytest.mark.parametrize(
+    ("user", "reply"),
+    [
+        ("I need to refill my blood pressure medication.", "Sure, which pharmacy should I send it to?"),
+        ("I'm moving to another city next month.", "Congratulations! Would you like us to update your address?"),
+        ("Can I pay my bill?", "Yes. You can pay it online or by phone."),  # short answers share few words
+        ("Thanks.", "You're welcome."),
+    ],
+)
+def test_a_reply_that_answers_is_not_restated(user: str, reply: str) -> None:
+    assert "restated" not in fails(reply, br.TurnSpec(user))
