@@ -275,13 +275,17 @@ def _stem(word: str) -> str:
 
 
 def restates(text: str, user: str) -> bool:
-    """The reply opens by saying the user's turn back to them ("I need a refill." -> "You need a refill."): its
-    first sentence has 3+ words and RESTATED of them (pronouns turned round, crudely stemmed) are the user's."""
+    """The reply opens by saying the user's turn back to them ("I need a refill." -> "You need a refill."; "Can
+    I set up autopay?" -> "Yes, you can set up autopay."): its first sentence has 3+ words, RESTATED of them
+    (pronouns turned round, crudely stemmed) are the user's, and it brings no number the user did not say
+    ("You can add up to 10 more people." answers)."""
     sentences = split_sentences(text)
     first = [_stem(w) for w in words(sentences[0])] if sentences else []
     if len(first) < 3:
         return False
     heard = {_stem(_TO_YOU.get(w, w)) for w in words(user)}
+    if any(w[0].isdigit() and w not in heard for w in first):
+        return False
     return sum(w in heard for w in first) / len(first) >= RESTATED
 
 

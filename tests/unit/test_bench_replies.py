@@ -143,6 +143,10 @@ def test_check_shares_no_sentence_with_dev() -> None:
         ),
         ("I'm moving to another city next month.", "You can move to another city next month. Where to?"),
         ("I have a question about my bill.", "You have a question about your bill? Sure."),
+        (
+            "Can I set up autopay so this doesn't happen again?",
+            "Yes, you can set up autopay so this doesn't happen again.",
+        ),
     ],
 )
 def test_a_reply_that_says_the_users_turn_back_is_restated(user: str, reply: str) -> None:
@@ -156,6 +160,7 @@ def test_a_reply_that_says_the_users_turn_back_is_restated(user: str, reply: str
         ("I'm moving to another city next month.", "Congratulations! Would you like us to update your address?"),
         ("Can I pay my bill?", "Yes. You can pay it online or by phone."),  # short answers share few words
         ("Thanks.", "You're welcome."),
+        ("How many more people can I add on my plan?", "You can add up to 10 more people on your plan."),
     ],
 )
 def test_a_reply_that_answers_is_not_restated(user: str, reply: str) -> None:
