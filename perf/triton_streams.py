@@ -29,14 +29,15 @@ from orchestrator.config import TritonSettings  # noqa: E402
 from orchestrator.face import params as fp  # noqa: E402
 from orchestrator.models.launcher import EmbeddedTriton  # noqa: E402
 from orchestrator.models.triton import TritonModels  # noqa: E402
+from perf.soak import rss_kb  # noqa: E402
 
 
 def private_mib(pid: int) -> float:
-    """RssAnon of `pid` (MiB): its private memory, what a leak grows."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no RssAnon for pid {pid}")
+    """`pid`'s private memory (RssAnon, MiB): what a leak grows."""
+    kb = rss_kb(pid, "RssAnon")
+    if kb is None:
+        raise RuntimeError(f"tritonserver (pid {pid}) is gone")
+    return kb / 1024
 
 
 def spin(seconds: float) -> None:

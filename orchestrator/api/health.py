@@ -214,13 +214,16 @@ def _describe_reflection_v1() -> None:
     reflection_pb2.DESCRIPTOR.CopyToProto(file)
     file.name = "grpc/reflection/v1/reflection.proto"
     file.package = "grpc.reflection.v1"
+
+    def v1(type_name: str) -> str:  # a reference to one of the file's own messages
+        return type_name.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.")
+
     for message in file.message_type:
         for field in message.field:
-            if field.type_name.startswith(".grpc.reflection.v1alpha."):
-                field.type_name = ".grpc.reflection.v1." + field.type_name.rsplit(".", 1)[1]
+            if field.HasField("type_name"):  # a message field (setting it on a scalar makes it invalid)
+                field.type_name = v1(field.type_name)
     for method in file.service[0].method:
-        method.input_type = method.input_type.replace(".v1alpha.", ".v1.")
-        method.output_type = method.output_type.replace(".v1alpha.", ".v1.")
+        method.input_type, method.output_type = v1(method.input_type), v1(method.output_type)
     file.options.Clear()
     pool.Add(file)
 
