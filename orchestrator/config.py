@@ -139,6 +139,11 @@ class LlmSettings:
     # evaluates only the user's new words (docs/replies.md). Local backend only: an OpenAI-compatible
     # endpoint is never sent such requests.
     warm_history: bool = True
+    # With `warm_history`: also evaluate the user's words while they speak (each partial transcript, then the
+    # pause's final), so a reply evaluates only the words that changed (docs/conversation.md). Not for a
+    # conversation with a reply layer (documents, memories, guardrails, objectives, tools): its grounding goes
+    # before the user's words in the prompt.
+    warm_words: bool = True
     timeout_s: float = 30.0
 
 

@@ -74,6 +74,7 @@ LATENCY_KEYS = ("floor_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_chu
 SYSTEMS: dict[str, tuple[str, ...]] = {
     "duet": (),
     "duet-nospec": ("speculation=false",),
+    "duet-nowords": ("warm_words=false",),  # the user's words not evaluated by the LLM while they speak
     "duet-smollm2": ("llm_model=smollm2-135m",),  # the small LLM that was the default before Qwen 0.5B
     "duet-video": ("video=true",),  # the replica's face streamed too (512x512 at 25 fps by default)
     "duet-video-lite": ("video=true", "video.fps=15", "video.size=384x384"),  # a CPU-sized face stream

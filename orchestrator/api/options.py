@@ -39,6 +39,7 @@ def check_audio_format(fmt: pb.AudioFormat) -> None:
 def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
     """`Start.options`, validated, as a session spec (the persona is the caller's to add). Options: `mode`
     (`orchestrator.session.factory.MODES`), `floor.*` (the floor's settings), `speculation`,
+    `warm_words` (evaluate the user's words in the LLM while they speak; the server's `llm.warm_words`),
     `echo_suppression`, `perception` (conversation: on unless `perception=false`; perceive: on), `video` with
     `video.fps`, `video.size=WxH`, `video.quality`, `video.face`, `video.ahead_ms`, `playback_lead_ms`,
     `llm_model` (a model the `llm` model serves,
@@ -51,6 +52,7 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
     if mode not in MODES:
         raise BadOption(f"option mode must be one of {', '.join(MODES)}; not {mode!r}")
     spec = coerce_bool(rest.pop("speculation"), "speculation") if "speculation" in rest else None
+    words = coerce_bool(rest.pop("warm_words"), "warm_words") if "warm_words" in rest else None
     echo = coerce_bool(rest.pop("echo_suppression"), "echo_suppression") if "echo_suppression" in rest else None
     lead = parse_lead(rest.pop("playback_lead_ms")) if "playback_lead_ms" in rest else None
     if lead is not None:  # (the face may render as far ahead as the session's own lead)
@@ -70,6 +72,7 @@ def parse_options(settings: Settings, options: dict[str, str]) -> SessionSpec:
         floor=floor,
         mode=mode,
         speculation=spec,
+        warm_words=words,
         echo_suppression=echo,
         video=video,
         perception=perceive,

@@ -48,7 +48,7 @@ from orchestrator.events import (
     VideoStarted,
 )
 from orchestrator.face.driver import FaceDriver
-from orchestrator.models.ports import ConversationModels, LanguageModel, LlmRequest
+from orchestrator.models.ports import ChatMessage, ConversationModels, LanguageModel, LlmRequest
 from orchestrator.perception.pipeline import PerceptionSession
 from orchestrator.session.base import Control, Outlet
 from orchestrator.session.dialogue import Dialogue
@@ -120,6 +120,7 @@ class ConversationSession:
         face: FaceDriver | None = None,
         perception: PerceptionSession | None = None,
         layer: ReplyLayer | None = None,
+        warm_words: bool | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -157,6 +158,14 @@ class ConversationSession:
         self.dialogue = Dialogue(persona, history_turns=settings.llm.history_turns, stop=settings.llm.stop)
         self.dialogue.context = persona.context
         self._warm_history = settings.llm.warm_history and settings.llm.backend == "triton"
+        # The user's words, evaluated while they speak (`llm.warm_words`, the `warm_words` option): a prefill of
+        # the next reply's prompt with the latest transcript, one at a time per session, the newest waiting.
+        # Not with a reply layer: its grounding goes in before the user's words, unknown until the reply.
+        words = settings.llm.warm_words if warm_words is None else warm_words
+        self._warm_words = self._warm_history and words and layer is None
+        self._words_task: asyncio.Task[None] | None = None
+        self._words_next = ""  # words heard while a prefill of earlier ones ran
+        self._words_sent: tuple[ChatMessage, ...] = ()  # the prompt last prefilled
         self.transcriber = Transcriber(
             models,
             self.gate,
@@ -235,6 +244,28 @@ class ConversationSession:
             return
         if warm := self.dialogue.warm_request(request_id=f"{self.name}-warm"):
             self.runner.warm(warm)
+
+    def _warm_user_words(self, text: str) -> None:
+        """Prefill the next reply's prompt with the user's words so far (`llm.warm_words`): the reply then
+        evaluates only the words the transcript has changed or added since. One prefill at a time; words heard
+        meanwhile wait for it, and only the newest are sent."""
+        if not self._warm_words or self._finishing or self._closed:
+            return
+        if self._words_task is not None and not self._words_task.done():
+            self._words_next = text
+            return
+        self._words_next = ""
+        request = self.dialogue.words_request(text, request_id=f"{self.name}-words")
+        if request is None or request.messages == self._words_sent:
+            return
+        self._words_sent = request.messages
+        self._words_task = self.runner.warm(request)
+        if self._words_task is not None:
+            self._words_task.add_done_callback(_weakly(self._words_warmed))
+
+    def _words_warmed(self, _: asyncio.Task[None]) -> None:
+        if self._words_next:
+            self._warm_user_words(self._words_next)
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         if self.echo is not None:
@@ -429,6 +460,7 @@ class ConversationSession:
         await self.out.event(TranscriptEvent(round(heard.t, 4), heard.text, heard.final))
         if self.replying:
             await self._apply(self.machine.on_transcript(heard.text, heard.final, self.now))
+            self._warm_user_words(heard.text)
 
     async def settled(self) -> None:
         await self._drain()

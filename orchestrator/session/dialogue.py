@@ -25,6 +25,7 @@ one is never spoken.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -221,6 +222,19 @@ class Dialogue:
             request_id=request_id,
             model=self.persona.llm_model,
         )
+
+    def words_request(self, user_text: str, *, request_id: str = "") -> LlmRequest | None:
+        """The prompt of a reply to the user's words so far (a partial transcript while they speak, or the
+        pause's final one before the floor decides), to evaluate as a prefill (`max_tokens` 0): the reply that
+        follows then starts with those words in the model's cache and evaluates only what they left out.
+        Exactly the reply's prompt (`request`), so it shares every token up to the first word that changed.
+        None while an earlier user turn waits for its reply (the prompt would not be the next reply's), or for
+        no words."""
+        recent = self._window(pending=1)
+        if not user_text.strip() or (recent and recent[-1].role != "assistant"):
+            return None
+        reply = self.request(user_text, request_id=request_id)
+        return dataclasses.replace(reply, max_tokens=0, temperature=0.0, stop=())
 
 
 def _merge_same_role(messages: list[ChatMessage]) -> list[ChatMessage]:

@@ -38,6 +38,7 @@ class SessionSpec:
     mode: str = "conversation"
     persona: Persona | None = None  # none for `acoustic`
     speculation: bool | None = None  # None: the persona's and the server's setting
+    warm_words: bool | None = None  # the `warm_words` option (None: the server's `llm.warm_words`)
     echo_suppression: bool | None = None
     video: FaceSettings | None = None  # `video=true`: stream the replica's face
     perception: bool = False  # hear and see the user
@@ -97,6 +98,7 @@ def build_session(
         outlet,
         floor=spec.floor,
         speculation=spec.speculation,
+        warm_words=spec.warm_words,
         echo_suppression=spec.echo_suppression,
         replies=spec.mode == "conversation",
         name=name,

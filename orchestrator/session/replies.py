@@ -122,18 +122,20 @@ class ReplyRunner:
         self._replies: dict[int, Reply] = {}
         self._warming: set[asyncio.Task[None]] = set()
 
-    def warm(self, request: LlmRequest) -> None:
-        """Send `request` (the history as a prefill: `max_tokens` 0, nothing generated): the model evaluates
-        the prompt now, not when the next reply needs it. Best effort: a failure is logged, never reported
+    def warm(self, request: LlmRequest) -> asyncio.Task[None] | None:
+        """Send `request` (a prefill: `max_tokens` 0, nothing generated; the history, or the history and the
+        user's words so far): the model evaluates the prompt now, not when the next reply needs it. Returns the
+        request's task (None without an LLM). Best effort: a failure is logged, never reported
         (the reply that follows meets the same failure and reports it). A warm-up is never cancelled: it
         cannot stop mid-evaluation anyway, and cancelling the many short requests of sessions opened and
         closed at once crashed tritonserver (a segfault in one CI run of the churn e2e test); `close` waits
         for it instead."""
         if self.llm is None:
-            return
+            return None
         task = asyncio.create_task(self._warm(request), name=f"{self.name}-llm-warm")
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
+        return task
 
     async def _warm(self, request: LlmRequest) -> None:
         assert self.llm is not None

@@ -303,6 +303,42 @@ def test_a_warmed_history_leaves_only_the_users_words_to_evaluate(llm_server: Em
     assert uncached[0] > 40 and all(n <= 24 for n in uncached[1:]), uncached
 
 
+def test_the_users_words_prefilled_while_they_speak_leave_only_the_rest_to_evaluate(llm_server: EmbeddedTriton) -> None:
+    """The session's prefill of the user's words (`Dialogue.words_request`, sent with each partial transcript):
+    the reply to the whole turn then evaluates only the words the partial lacked and the chat template's
+    opener, where without it it evaluates every word of the turn."""
+    from orchestrator.session.dialogue import Dialogue
+    from orchestrator.session.persona import Persona
+
+    turn = "I was charged twice this month for the same visit, and I would like to know why."
+
+    def uncached(before: dict[str, float], after: dict[str, float]) -> float:
+        prompt = after["duet_llm_prompt_tokens_total"] - before["duet_llm_prompt_tokens_total"]
+        return prompt - (after["duet_llm_cached_prompt_tokens_total"] - before["duet_llm_cached_prompt_tokens_total"])
+
+    async def call(models: TritonModels, words: str) -> float:
+        # a receptionist of its own per run: nothing of one run's prompt is in the cache for the other
+        name = "Bea" if words else "Ada"
+        dialogue = Dialogue(Persona(id="t", name="T", system_prompt=f"You are {name}, a receptionist.", max_tokens=4))
+        dialogue.commit_user("Hello?", 0.0)
+        dialogue.commit_replica(f"Hi, this is {name}. How can I help?", 0.5, interrupted=False)
+        warm = dialogue.warm_request()
+        assert warm is not None
+        await collect(models.generate(warm))
+        if words:
+            prefill = dialogue.words_request(words)
+            assert prefill is not None and prefill.max_tokens == 0
+            await collect(models.generate(prefill))
+        before = counters(llm_server)
+        await collect(models.generate(dialogue.request(turn)))
+        return uncached(before, counters(llm_server))
+
+    cold = asyncio.run(with_models(llm_server, lambda m: call(m, "")))
+    warm = asyncio.run(with_models(llm_server, lambda m: call(m, "I was charged twice this month for the same visit")))
+    # the turn is ~20 tokens; with its first words cached only "and I would like to know why." and the opener
+    assert cold >= 20 and warm <= cold - 10, (cold, warm)
+
+
 # --- replies under a JSON schema (JSON_SCHEMA) ---
 
 # The name's length is bounded, as the product's judges bound every free string (objectives, guardrails): an

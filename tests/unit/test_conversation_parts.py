@@ -188,6 +188,24 @@ def test_the_warm_request_is_the_next_prompt_but_its_last_user_turn() -> None:
         d.turns.pop()
 
 
+def test_the_words_request_is_the_reply_prompt_as_a_prefill_while_its_turn_is_the_next() -> None:
+    d = Dialogue(persona(), history_turns=6)
+    d.perception_note = "[perception] The user sounds tense."
+    for i in range(7):
+        words = d.words_request(f"so u{i}", request_id="w")
+        reply = d.request(f"so u{i} and more")
+        assert words is not None and words.max_tokens == 0 and not words.stop and words.request_id == "w"
+        # the reply's own prompt with the words heard so far: the same messages up to the user's words
+        assert words.messages[:-1] == reply.messages[:-1] and reply.messages[-1].content.startswith(
+            words.messages[-1].content
+        )
+        assert words.model == reply.model
+        assert d.words_request("   ") is None  # nothing heard yet
+        d.commit_user(f"so u{i} and more", i)
+        assert d.words_request("and then") is None  # the last turn still waits for its reply
+        d.commit_replica(f"r{i}", i + 0.5, interrupted=False)
+
+
 def test_history_is_bounded() -> None:
     d = Dialogue(persona(), history_turns=4)
     for i in range(10):
@@ -259,8 +277,9 @@ def test_session_options() -> None:
     s = Settings()
     o = parse_options(s, {"mode": "floor", "speculation": "false", "floor.commit_threshold": "0.9"})
     assert o.mode == "floor" and o.speculation is False and o.floor.commit_threshold == 0.9
-    assert parse_options(s, {}).mode == "conversation"
-    for bad in ({"mode": "chat"}, {"speculation": "maybe"}, {"volume": "11"}, {"floor.nope": "1"}):
+    assert parse_options(s, {}).mode == "conversation" and parse_options(s, {}).warm_words is None
+    assert parse_options(s, {"warm_words": "false"}).warm_words is False
+    for bad in ({"mode": "chat"}, {"speculation": "maybe"}, {"warm_words": "2"}, {"volume": "11"}, {"floor.nope": "1"}):
         with pytest.raises(BadOption):
             parse_options(s, bad)
 

@@ -43,6 +43,7 @@ from orchestrator.perception.prosody_features import N_FEATURES
 from orchestrator.session.base import Control
 from orchestrator.session.conversation import ConversationSession
 from orchestrator.session.persona import Persona
+from orchestrator.speech.gate import Heard
 from tests.recording import RecordingOutlet
 
 SR = 16000
@@ -457,7 +458,7 @@ async def test_the_greeting_is_spoken_at_once_and_the_user_is_answered_after_it(
     await play(s, clock, np.concatenate([silence(1.0), speech(3000, 1.0), silence(2.0)]))
     await s.finish()
     first = of(out, ReplicaSpeakingStart)[0]
-    replies = [r for r in models.llm_requests if not r.request_id.endswith("-warm")]
+    replies = [r for r in models.llm_requests if r.max_tokens]  # not a prefill
     assert first.t < 0.2 and len(replies) == 1  # spoken without the LLM, right at the start
     # Each replica turn, once committed, has the model evaluate the history (a prefill, while the user speaks):
     # the reply's prompt then starts with what is already in the model's cache.
@@ -614,6 +615,60 @@ async def test_without_a_greeting_the_system_prompt_is_warmed_at_the_start() -> 
     await asyncio.sleep(0.01)  # the warm-up is a task of its own
     warm = [r for r in models.llm_requests if r.request_id.endswith("-warm")]
     assert len(warm) == 1 and warm[0].max_tokens == 0 and [m.role for m in warm[0].messages] == ["system"]
+    await s.close()
+
+
+@pytest.mark.parametrize("warm_words", [True, False])
+async def test_the_users_words_are_evaluated_while_they_speak_before_the_reply_asks(warm_words: bool) -> None:
+    models = FakeModels()
+    s, out, clock = session(models, warm_words=warm_words)
+    await play(s, clock, np.concatenate([silence(0.5), speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    [started] = of(out, ReplyStarted)
+    ids = [r.request_id for r in models.llm_requests]
+    words = [r for r in models.llm_requests if r.request_id == "t-words"]
+    reply = ids.index(f"t-{started.reply_id}")
+    if not warm_words:
+        assert not words
+    else:
+        # the partial transcript while they spoke, once: the final that followed was the same prompt
+        assert len(words) == 1 and ids.index("t-words") < reply
+        [w] = words
+        assert w.max_tokens == 0 and w.messages[-1].content == "what time is it"
+        assert w.messages == models.llm_requests[reply].messages  # the reply found all of it in the cache
+    await s.close()
+
+
+class SlowPrefill(FakeModels):
+    """A prefill of the user's words takes until `done` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = asyncio.Event()
+
+    async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
+        if request.request_id.endswith("-words"):
+            self.llm_requests.append(request)
+            await self.done.wait()
+            return
+        async for piece in super().generate(request):
+            yield piece
+
+
+async def test_one_prefill_of_the_words_at_a_time_and_the_newest_words_next() -> None:
+    models = SlowPrefill()
+    s, _, _ = session(models)
+    for text in ("so I", "so I was", "so I was charged", "so I was charged twice"):
+        await s.heard(Heard(text, False, 1.0))
+        await asyncio.sleep(0)
+    assert [r.messages[-1].content for r in models.llm_requests] == ["so I"]  # the others wait for it
+    models.done.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [r.messages[-1].content for r in models.llm_requests] == ["so I", "so I was charged twice"]
+    await s.heard(Heard("so I was charged twice", True, 1.2))  # the final: the same prompt, not sent again
+    await asyncio.sleep(0)
+    assert len(models.llm_requests) == 2
     await s.close()
 
 

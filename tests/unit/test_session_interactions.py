@@ -55,7 +55,7 @@ async def test_echo_is_said_verbatim_without_the_llm_and_becomes_the_replicas_tu
     await s.finish()
     [turn] = of(out, ReplicaTurn)
     assert turn.reply_id == started.reply_id and turn.text == "Hello there. This is an announcement."
-    assert not [r for r in models.llm_requests if not r.request_id.endswith("-warm")]  # no LLM reply
+    assert not [r for r in models.llm_requests if r.max_tokens]  # no LLM reply
     assert [(t.role, t.text) for t in s.dialogue.turns] == [("assistant", "Hello there. This is an announcement.")]
 
 
@@ -87,7 +87,7 @@ async def test_respond_commits_the_users_turn_and_answers_it() -> None:
     await play(s, clock, silence(1.5))
     await s.finish()
     assert of(out, ReplicaTurn)[0].text == "Sure, it is noon."
-    [request] = [r for r in models.llm_requests if not r.request_id.endswith("-warm")]
+    [request] = [r for r in models.llm_requests if r.max_tokens]
     assert request.messages[-1].role == "user" and request.messages[-1].content == "What time is it in Oslo?"
     assert [(t.role, t.text) for t in s.dialogue.turns] == [
         ("user", "What time is it in Oslo?"),
