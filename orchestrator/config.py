@@ -141,8 +141,8 @@ class LlmSettings:
     warm_history: bool = True
     # With `warm_history`: also evaluate the user's words while they speak (each partial transcript, then the
     # pause's final), so a reply evaluates only the words that changed (docs/conversation.md). Not for a
-    # conversation with a reply layer (documents, memories, guardrails, objectives, tools): its grounding goes
-    # before the user's words in the prompt.
+    # conversation whose replies are grounded in a context (documents, memories, tools): it goes before the
+    # user's words in the prompt.
     warm_words: bool = True
     timeout_s: float = 30.0
 

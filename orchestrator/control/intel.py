@@ -104,6 +104,11 @@ class Plan:
     def empty(self) -> bool:
         return not (self.documents or self.memory_store or self.guardrails or self.objectives or self.tools)
 
+    @property
+    def grounds_context(self) -> bool:
+        """Whether a reply may carry a context message (retrieved chunks or memories, a tool's hint)."""
+        return bool(self.documents or self.memory_store or self.tools)
+
 
 class Intel:
     """The services, and the factory of each conversation's layer."""
@@ -218,6 +223,10 @@ class ConversationLayer:
         self._opening: list[MemoryRecord] = []
         self._tool_vectors: F32 | None = None  # each tool's name and description, embedded (the prefilter)
         self._judged_turns = 0  # user turns the objectives' judge has seen
+
+    @property
+    def grounds_context(self) -> bool:
+        return self.plan.grounds_context
 
     def bind(self, emit: Emit, now: Callable[[], float]) -> None:
         self._emit, self._now = emit, now

@@ -160,9 +160,10 @@ class ConversationSession:
         self._warm_history = settings.llm.warm_history and settings.llm.backend == "triton"
         # The user's words, evaluated while they speak (`llm.warm_words`, the `warm_words` option): a prefill of
         # the next reply's prompt with the latest transcript, one at a time per session, the newest waiting.
-        # Not with a reply layer: its grounding goes in before the user's words, unknown until the reply.
+        # Not when a reply layer grounds replies in a context: it goes in before the user's words, and is not
+        # known until the reply.
         words = settings.llm.warm_words if warm_words is None else warm_words
-        self._warm_words = self._warm_history and words and layer is None
+        self._warm_words = self._warm_history and words and (layer is None or not layer.grounds_context)
         self._words_task: asyncio.Task[None] | None = None
         self._words_next = ""  # words heard while a prefill of earlier ones ran
         self._words_sent: tuple[ChatMessage, ...] = ()  # the prompt last prefilled

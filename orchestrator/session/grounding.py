@@ -56,6 +56,12 @@ Emit = Callable[[Event], Awaitable[None]]
 
 
 class ReplyLayer(Protocol):
+    @property
+    def grounds_context(self) -> bool:
+        """Whether `ground` may give a reply a context (documents, memories, a tool's hint): it goes in the
+        prompt before the user's words, so the session cannot evaluate those words before the reply asks."""
+        ...
+
     def bind(self, emit: Emit, now: Callable[[], float]) -> None:
         """Where events found in the background go (objective completions), and the session clock."""
         ...

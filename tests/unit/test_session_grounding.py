@@ -50,6 +50,8 @@ class FakeLayer:
         self._calls = 0
         self.choices: list[asyncio.Future[ToolCall | None]] = []
 
+    grounds_context = True  # (its replies carry a context: the user's words are not evaluated early)
+
     def bind(self, emit: Emit, now: Callable[[], float]) -> None:
         self.emit, self.now = emit, now
 
@@ -91,6 +93,23 @@ class FakeLayer:
 
 
 TURN = np.concatenate([silence(0.3), speech(3000, 1.0), silence(2.0)])
+
+
+@pytest.mark.parametrize("grounds_context", [True, False])
+async def test_the_users_words_are_evaluated_early_only_when_no_context_goes_before_them(
+    grounds_context: bool,
+) -> None:
+    """A layer with guardrails and objectives only adds nothing before the user's words: they can be
+    evaluated while the user speaks. One that retrieves documents or memories puts them there."""
+    models, layer = FakeModels(), FakeLayer()
+    layer.grounds_context = grounds_context
+    s, _, clock = session(models, layer=layer)
+    await s.start()
+    await play(s, clock, TURN)
+    await s.finish()
+    words = [r for r in models.llm_requests if r.request_id.endswith("-words")]
+    assert bool(words) is not grounds_context
+    await s.close()
 
 
 async def test_grounding_goes_into_the_request_and_its_events_go_out_with_the_heard_reply() -> None:
