@@ -150,7 +150,11 @@ class OpenAIChat:
         return body
 
     async def generate(self, request: LlmRequest) -> AsyncGenerator[str, None]:
-        """Stream the reply's text pieces; closing the generator early closes the HTTP response."""
+        """Stream the reply's text pieces; closing the generator early closes the HTTP response. A prefill
+        (`max_tokens` 0: the local model's cache warm-up) has no counterpart here: nothing is sent, nothing
+        comes back (a persona's own endpoint is called by sessions of a server whose backend is local)."""
+        if request.max_tokens == 0:
+            return
         if self._session is None:  # created on first use: aiohttp wants a running event loop
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = dict(self._headers)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from orchestrator.config import REPO_ROOT
+from orchestrator.errors import DuetError
 from orchestrator.inference.llm import (
     PRIORITY_DEFAULT,
     PRIORITY_HIGH,
@@ -207,6 +208,23 @@ def test_a_requests_model_overrides_the_configured_openai_model() -> None:
     assert OpenAIChat(settings)._body(LlmRequest(request.messages, model="persona-model"))["model"] == "persona-model"
     unset = OpenAIChat(LlmSettings(backend="openai", openai_base_url="http://127.0.0.1:1/v1"))
     assert "model" not in unset._body(request)  # the endpoint's own default
+
+
+async def test_a_prefill_is_never_sent_to_an_openai_compatible_endpoint() -> None:
+    """The session's warm-ups (`max_tokens` 0) are for the local model's cache; an endpoint (a persona's own,
+    on a server whose backend is local) would read them as a request for an empty reply, and bill it. Nothing
+    listens on the endpoint's port: a request sent would fail."""
+    from orchestrator.config import LlmSettings
+    from orchestrator.models.openai_llm import OpenAIChat
+    from orchestrator.models.ports import ChatMessage, LlmRequest
+
+    chat = OpenAIChat(LlmSettings(backend="openai", openai_base_url="http://127.0.0.1:1/v1"))
+    try:
+        assert [p async for p in chat.generate(LlmRequest((ChatMessage("user", "hi"),), max_tokens=0))] == []
+        with pytest.raises(DuetError):
+            [p async for p in chat.generate(LlmRequest((ChatMessage("user", "hi"),), max_tokens=4))]
+    finally:
+        await chat.close()
 
 
 # --- routing requests to the context that holds their conversation ---
