@@ -262,11 +262,13 @@ class ConversationSession:
         self._words_sent = request.messages
         self._words_task = self.runner.warm(request)
         if self._words_task is not None:
-            self._words_task.add_done_callback(_weakly(self._words_warmed))
+            session = weakref.ref(self)  # (a prefill outliving a freed session must not call into it)
 
-    def _words_warmed(self, _: asyncio.Task[None]) -> None:
-        if self._words_next:
-            self._warm_user_words(self._words_next)
+            def warmed(_: asyncio.Task[None]) -> None:
+                if (s := session()) is not None and s._words_next:
+                    s._warm_user_words(s._words_next)
+
+            self._words_task.add_done_callback(warmed)
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         if self.echo is not None:
