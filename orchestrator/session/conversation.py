@@ -252,6 +252,8 @@ class ConversationSession:
         meanwhile wait for it, and only the newest are sent."""
         if not self._warm_words or self._finishing or self._closed:
             return
+        if self.machine.phase not in (rm.Phase.LISTENING, rm.Phase.SPECULATING):
+            return  # a reply committed or playing: its replica turn will come before these words
         if self._words_task is not None and not self._words_task.done():
             self._words_next = text
             return

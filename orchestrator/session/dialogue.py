@@ -227,11 +227,11 @@ class Dialogue:
         """The prompt of a reply to the user's words so far (a partial transcript while they speak, or the
         pause's final one before the floor decides), to evaluate as a prefill (`max_tokens` 0): the reply that
         follows then starts with those words in the model's cache and evaluates only what they left out.
-        Exactly the reply's prompt (`request`), so it shares every token up to the first word that changed.
-        None while an earlier user turn waits for its reply (the prompt would not be the next reply's), or for
-        no words."""
-        recent = self._window(pending=1)
-        if not user_text.strip() or (recent and recent[-1].role != "assistant"):
+        Exactly the reply's prompt (`request`), so it shares every token up to the first word that changed;
+        after a user turn whose reply never came (cancelled: the user went on), the two turns merged, as the
+        reply will have them. The caller asks only while no reply is committed or playing: the replica's turn,
+        not yet in the history, would otherwise come before these words. None for no words."""
+        if not user_text.strip():
             return None
         reply = self.request(user_text, request_id=request_id)
         return dataclasses.replace(reply, max_tokens=0, temperature=0.0, stop=())

@@ -202,7 +202,10 @@ def test_the_words_request_is_the_reply_prompt_as_a_prefill_while_its_turn_is_th
         assert words.model == reply.model
         assert d.words_request("   ") is None  # nothing heard yet
         d.commit_user(f"so u{i} and more", i)
-        assert d.words_request("and then") is None  # the last turn still waits for its reply
+        # its reply cancelled, the user goes on: the two turns merged, as the next reply will have them
+        went_on = d.words_request("and then")
+        assert went_on is not None and went_on.messages == d.request("and then").messages
+        assert went_on.messages[-1].content == f"so u{i} and more and then"
         d.commit_replica(f"r{i}", i + 0.5, interrupted=False)
 
 

@@ -639,6 +639,22 @@ async def test_the_users_words_are_evaluated_while_they_speak_before_the_reply_a
     await s.close()
 
 
+async def test_no_prefill_of_the_words_while_a_reply_is_committed_or_playing() -> None:
+    """Words heard while the replica speaks come after its turn, which is not in the history yet: a prefill
+    then would not be the next reply's prompt."""
+    from orchestrator.turns.replies import Phase
+
+    models = FakeModels(speech_s=2.0)
+    s, _, clock = session(models)
+    await play(s, clock, np.concatenate([silence(0.3), speech(3000, 1.0), silence(0.6)]))
+    assert s.machine.phase is Phase.SPEAKING
+    before = len(models.llm_requests)
+    await s.heard(Heard("hold on a second", False, s.now))
+    await asyncio.sleep(0)
+    assert [r.request_id for r in models.llm_requests[before:] if r.request_id.endswith("-words")] == []
+    await s.close()
+
+
 class SlowPrefill(FakeModels):
     """A prefill of the user's words takes until `done` is set."""
 
