@@ -347,6 +347,7 @@ class GenerationStats:
     cached_tokens: int = 0  # prompt tokens whose KV entries were reused from the previous request
     generated_tokens: int = 0
     finish_reason: str = ""  # "stop" (end of turn or stop string), "length", "cancelled"
+    evaluated: bool = False  # the prompt is in the context's KV cache (False: cancelled or refused first)
 
 
 class LlamaEngine:
@@ -449,6 +450,7 @@ class LlamaEngine:
         if held < len(tokens):
             self._llama.n_tokens = held  # eval drops the cache past this point, then appends the rest
             self._llama.eval(tokens[held:])
+        stats.evaluated = True
 
     def stream(
         self,
@@ -502,6 +504,7 @@ class LlamaEngine:
         )
         try:
             for token in gen:
+                stats.evaluated = True  # the first token comes after the whole prompt was evaluated
                 if self._is_end_of_turn(token):
                     stats.finish_reason = "stop"
                     break
@@ -542,16 +545,37 @@ def shared_turns(a: Sequence[Message], b: Sequence[Message]) -> int:
     return n
 
 
+def words_held(held: Sequence[Message], messages: Sequence[Message]) -> int:
+    """When `held` is a conversation that `messages` continue but for its last message (a prefill of the user's
+    words so far; the reply's words differ from some point on), the characters that message shares with the one
+    `messages` have in its place: a context holding the longer start of the user's words holds more of the
+    prompt. 0 otherwise (another conversation's history is no such partial)."""
+    n = shared_turns(held, messages)
+    if len(held) != n + 1 or len(messages) <= n or held[n].role != messages[n].role:
+        return 0
+    a, b = held[n].content, messages[n].content
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 def best_engine(
     free: Sequence[tuple[int, Sequence[Message], int]], messages: Sequence[Message], spare: Collection[int] = ()
 ) -> int:
     """Among free engines (index, conversation it served last, when it was last used), the one whose KV cache
-    holds the longest prefix of `messages`; on a tie one that holds no conversation (nothing yet, or only a
-    one-off request's prompt: the indexes in `spare`), then the least recently used, so a new conversation
-    does not evict the cache of the session that spoke last. Requests of one session thus return to the
-    context that already evaluated its history, instead of alternating between contexts as Triton's
-    instances do."""
-    return min(free, key=lambda e: (-shared_turns(e[1], messages), bool(e[1]) and e[0] not in spare, e[2], e[0]))[0]
+    holds the longest prefix of `messages`: most whole turns, then most of the next one's words (`words_held`).
+    On a tie between contexts holding more of it than a system prompt, the one used last: it holds the newest
+    of the conversation (the reply it generated, which no message records yet). On any other tie one that
+    holds no conversation (nothing yet, or only a one-off request's prompt: the indexes in `spare`), then the
+    least recently used, so a new conversation does not evict the cache of the session that spoke last.
+    Requests of one session thus return to the context that already evaluated its history, instead of
+    alternating between contexts as Triton's instances do."""
+
+    def key(e: tuple[int, Sequence[Message], int]) -> tuple[int, int, tuple[int, int], int]:
+        index, held, used = e
+        n = shared_turns(held, messages)
+        tie = (0, -used) if n >= 2 else (int(bool(held) and index not in spare), used)
+        return (-n, -words_held(held, messages), tie, index)
+
+    return min(free, key=key)[0]
 
 
 PRIORITY_HIGH = 1  # a request's PRIORITY, as Triton counts priority levels: 1 is served first
@@ -567,15 +591,31 @@ def parse_priority(raw: int | None) -> int:
     return raw
 
 
+Job = Callable[["LlamaEngine"], "bool | None"]  # runs on a worker; False: it evaluated nothing (cancelled first)
+
+
+@dataclass
+class _Queued:
+    messages: Sequence[Message]
+    job: Job
+    queued_at: float
+    priority: int
+    oneshot: bool
+    prefill: bool
+
+
 class EnginePool:
     """Several engines (llama.cpp contexts) in one process, one worker thread each; llama.cpp releases the
     GIL while it computes, so they run in parallel. Jobs start in order of priority, then of arrival (a
     paying tenant's replies overtake the queue, never a reply being generated), each on the free engine
     that holds the longest prefix of its conversation (`best_engine`).
 
-    A session's next turn often arrives while the engine holding its history is still finishing the last
-    reply (the client saw the final response a moment before the worker is free again). Evaluating the
-    whole history elsewhere costs seconds, so such a job waits up to `affinity_wait_s` for that engine.
+    A session's next request often arrives while the engine holding its history is still busy: finishing the
+    last reply (the client saw the final response a moment before the worker is free again), or evaluating
+    the user's words so far (a prefill, exactly the work the reply needs). Evaluating the whole history
+    elsewhere costs seconds, so such a job waits for that engine: up to `affinity_wait_s` behind a reply, up
+    to `prefill_wait_s` behind a prefill. A waiting job holds up no other: the jobs queued behind it are
+    started meanwhile, in order, on the free engines that suit them.
 
     A one-off job (`oneshot`: a JSON judge or guardrail, whose prompt no later request continues) is routed
     like any other: to the engine holding the longest prefix of its messages (a judge that appends its
@@ -584,17 +624,24 @@ class EnginePool:
     shared no turn with what the engine held before) is `spare`: the next one-off job or new conversation
     takes it before evicting a session's history, so a stream of judges keeps to one context instead of
     walking through every session's cache.
+
+    A job that returns False evaluated nothing (it was cancelled before it started): its engine is known to
+    hold what it held before, not the job's messages.
     """
 
-    def __init__(self, engines: Sequence[LlamaEngine], affinity_wait_s: float = 0.25) -> None:
+    def __init__(
+        self, engines: Sequence[LlamaEngine], affinity_wait_s: float = 0.25, prefill_wait_s: float = 1.5
+    ) -> None:
         self._engines = list(engines)
         self.affinity_wait_s = affinity_wait_s
+        self.prefill_wait_s = prefill_wait_s
         self._history: list[Sequence[Message]] = [() for _ in self._engines]
         self._last_used = [0 for _ in self._engines]
+        self._prefilling = [False for _ in self._engines]  # the engine's current job is a prefill
         self._spare: set[int] = set()  # engines whose cache holds only a one-off job's prompt
         self._served = 0
         self._waiting: set[int] = set()
-        self._jobs: deque[tuple[Sequence[Message], Callable[[LlamaEngine], None], float, int, bool]] = deque()
+        self._jobs: deque[_Queued] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self._threads = [
@@ -607,19 +654,21 @@ class EnginePool:
     def submit(
         self,
         messages: Sequence[Message],
-        job: Callable[[LlamaEngine], None],
+        job: Job,
         priority: int = PRIORITY_DEFAULT,
         oneshot: bool = False,
+        prefill: bool = False,
     ) -> None:
         """Queue `job(engine)` behind the jobs of its priority or a higher one; it runs on a worker thread and
-        must handle its own errors. `oneshot`: no later request continues these messages (a JSON judge)."""
+        must handle its own errors. `oneshot`: no later request continues these messages (a JSON judge);
+        `prefill`: the job only evaluates them (`MAX_TOKENS` 0), so a job waiting for its engine waits longer."""
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine pool is closed")
             at = len(self._jobs)
-            while at > 0 and self._jobs[at - 1][3] > priority:
+            while at > 0 and self._jobs[at - 1].priority > priority:
                 at -= 1
-            self._jobs.insert(at, (tuple(messages), job, time.monotonic(), priority, oneshot))
+            self._jobs.insert(at, _Queued(tuple(messages), job, time.monotonic(), priority, oneshot, prefill))
             self._cv.notify_all()
 
     def close(self) -> None:
@@ -630,40 +679,60 @@ class EnginePool:
         for t in self._threads:
             t.join(timeout=30)
 
-    def _patience(self, messages: Sequence[Message], free_best: int, queued_at: float) -> float:
-        """Seconds to keep the head job waiting for a busy engine that holds much more of its conversation
-        (two or more messages beyond the best free engine: more than a shared system prompt); 0 = run now."""
-        busy = [k for k in range(len(self._engines)) if k not in self._waiting]
-        held = max((shared_turns(self._history[k], messages) for k in busy), default=0)
-        if held < shared_turns(self._history[free_best], messages) + 2:
+    def _patience(self, q: _Queued, free_best: int, claimed: Mapping[int, _Queued], now: float) -> float:
+        """Seconds to keep job `q` waiting for a busy engine (or one an earlier job in the queue is about to take)
+        that holds more of its conversation than the best free engine; 0 = run now. Up to `affinity_wait_s`, or
+        `prefill_wait_s` when either job is a prefill of more than a system prompt: the prefill's work is the
+        reply's, or the prefill is only worth running where its conversation already is."""
+        busy = [(self._history[k], self._prefilling[k]) for k in range(len(self._engines)) if k not in self._waiting]
+        busy += [(c.messages, c.prefill) for c in claimed.values()]
+        if not busy:
             return 0.0
-        return max(0.0, queued_at + self.affinity_wait_s - time.monotonic())
+        holds, prefilling = max(busy, key=lambda b: shared_turns(b[0], q.messages))
+        held = shared_turns(holds, q.messages)
+        if held <= shared_turns(self._history[free_best], q.messages):
+            return 0.0
+        limit = self.prefill_wait_s if held >= 2 and (prefilling or q.prefill) else self.affinity_wait_s
+        return max(0.0, q.queued_at + limit - now)
 
-    def _take(self, i: int) -> tuple[Sequence[Message], Callable[[LlamaEngine], None]] | None:
+    def _take(self, i: int) -> tuple[_Queued, tuple[Sequence[Message], bool]] | None:
+        """The next job for engine `i`: jobs are assigned in queue order to the free engines that suit them; a job
+        waiting for a busy engine is passed over. Returns it with what engine `i` held before (to restore if
+        the job evaluates nothing)."""
         with self._cv:
             self._waiting.add(i)
             try:
                 while not self._closed:
-                    timeout = None
-                    if self._jobs:
-                        messages, job, queued_at, _, oneshot = self._jobs[0]
-                        free = [(k, self._history[k], self._last_used[k]) for k in sorted(self._waiting)]
-                        best = best_engine(free, messages, self._spare)
-                        timeout = self._patience(messages, best, queued_at) or None
-                        if best == i and timeout is None:
-                            self._jobs.popleft()
-                            self._served += 1
-                            self._last_used[i] = self._served
-                            if oneshot and not shared_turns(self._history[i], messages):
-                                self._spare.add(i)  # it evicted nothing worth keeping, or has now
-                            elif not oneshot:
-                                self._spare.discard(i)
-                            self._history[i] = messages  # what this context's KV cache will hold
-                            if self._jobs:
-                                self._cv.notify_all()  # more queued: let the other free engines look
-                            return messages, job
-                        if best != i and timeout is None:
-                            self._cv.notify_all()  # the head job belongs to another free engine: wake it
+                    timeout: float | None = None
+                    claimed: dict[int, _Queued] = {}  # free engines that earlier jobs in the queue will take
+                    now = time.monotonic()
+                    for pos, q in enumerate(self._jobs):
+                        free = [(k, self._history[k], self._last_used[k]) for k in sorted(self._waiting - set(claimed))]
+                        if not free:
+                            break
+                        best = best_engine(free, q.messages, self._spare)
+                        wait = self._patience(q, best, claimed, now)
+                        if wait:
+                            timeout = wait if timeout is None else min(timeout, wait)
+                            continue
+                        if best != i:
+                            claimed[best] = q
+                            continue
+                        del self._jobs[pos]
+                        before = (self._history[i], i in self._spare)
+                        self._served += 1
+                        self._last_used[i] = self._served
+                        self._prefilling[i] = q.prefill
+                        if q.oneshot and not shared_turns(self._history[i], q.messages):
+                            self._spare.add(i)  # it evicted nothing worth keeping, or has now
+                        elif not q.oneshot:
+                            self._spare.discard(i)
+                        self._history[i] = q.messages  # what this context's KV cache will hold
+                        if claimed or self._jobs:
+                            self._cv.notify_all()  # jobs for the other free engines: let them look
+                        return q, before
+                    if claimed:
+                        self._cv.notify_all()  # a job belongs to another free engine: wake it
                     self._cv.wait(timeout)
                 return None
             finally:
@@ -671,10 +740,17 @@ class EnginePool:
 
     def _work(self, i: int) -> None:
         while (taken := self._take(i)) is not None:
+            q, (held, spare) = taken
+            evaluated: bool | None = None
             try:
-                taken[1](self._engines[i])
+                evaluated = q.job(self._engines[i])
             except Exception:  # a job reports its own errors; the worker must outlive any of them
                 logging.getLogger("duet.llm").exception("llm job failed on engine %d", i)
+            if evaluated is False:
+                with self._cv:  # cancelled before it began: the cache holds what it held
+                    self._history[i] = held
+                    if spare:
+                        self._spare.add(i)
 
 
 # --- several models in one Triton model, chosen by name ---
@@ -830,12 +906,13 @@ class ModelPools:
         self,
         name: str,
         messages: Sequence[Message],
-        job: Callable[[LlamaEngine], None],
+        job: Job,
         priority: int = PRIORITY_DEFAULT,
         oneshot: bool = False,
+        prefill: bool = False,
     ) -> None:
         """Queue `job(engine)` on the pool of the model `name` resolves to (see `EnginePool.submit`)."""
-        self._pools[self.resolve(name)].submit(messages, job, priority, oneshot)
+        self._pools[self.resolve(name)].submit(messages, job, priority, oneshot, prefill)
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -141,6 +141,7 @@ def test_the_prompt_only_grows_at_its_end_so_the_cached_prefix_holds() -> None:
     assert same_note[: len(first)] == first  # the earlier turn keeps its note where it was
     assert [m.role for m in same_note[len(first) :]] == ["assistant", "user"]  # an unchanged note is not repeated
     d.perception_note = "[perception] The user smiles."
+    d.request("it was charged twice")  # its reply, asked once the note changed
     d.commit_user("it was charged twice", 3.0)
     assert d.request("it was charged twice").messages[-2].content == "NOTE: They smile."
     d.commit_replica("I see the two charges.", 4.0, interrupted=False)
@@ -384,3 +385,30 @@ def test_a_turn_begun_while_the_last_final_decodes_gets_its_own_transcript() -> 
         "speech_start",
         "speech_end",
     ]
+
+
+def test_a_turn_keeps_the_notes_its_reply_was_built_with_so_the_next_prompt_extends_that_reply() -> None:
+    """Perception's note changes between the speculative reply and the commit: the history shows the note the reply
+    was answered with, so the warm-up after it (and every later prompt) continues the reply's own prompt."""
+    d = Dialogue(persona(), history_turns=40)
+    d.commit_user("my bill is wrong", 1.0)
+    d.commit_replica("Sorry to hear that.", 2.0, interrupted=False)
+    d.perception_note = ""
+    d.words_request("it was", request_id="w")  # a prefill's words are not a reply's
+    reply = d.request("it was charged twice").messages  # speculative: no note yet
+    d.perception_note = "[perception] The user sounds tense."  # arrives before the commit
+    assert d.words_request("it was charged twice") is not None
+    d.commit_user("it was charged twice", 3.0)
+    d.commit_replica("I see two charges.", 4.0, interrupted=False)
+    warm = d.warm_request()
+    assert warm is not None and warm.messages[: len(reply)] == reply
+    assert warm.messages[len(reply) :] == (ChatMessage("assistant", "I see two charges."),)
+    # the next turn, answered after its commit, carries the note in force
+    d.commit_user("and in March", 5.0)
+    assert d.request("and in March").messages[-2] == ChatMessage("system", "NOTE: They sound tense.")
+    # a reply asked for other words than those committed lends the turn nothing
+    d.commit_replica("March too.", 6.0, interrupted=False)
+    d.perception_note = ""
+    d.request("and")
+    d.commit_user("and April", 7.0)
+    assert d.request("and April").messages[-2].role == "assistant"  # no note: the one in force now is none

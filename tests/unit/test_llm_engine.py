@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -27,6 +28,7 @@ from orchestrator.inference.llm import (
     parse_priority,
     parse_stop,
     shared_turns,
+    words_held,
 )
 
 GGUF = REPO_ROOT / "model_repository" / "llm" / "1" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -240,6 +242,23 @@ def test_best_engine_prefers_the_cached_conversation_then_the_least_recently_use
     assert best_engine([(0, (), 0), (1, (), 0)], b1) == 0
 
 
+def test_best_engine_follows_the_users_words_and_the_reply_generated_last() -> None:
+    system = Message("system", "A")
+    older = [system, Message("user", "Hi there, how")]  # a prefill of the user's words so far
+    other = [system, Message("user", "Hi"), Message("assistant", "Hello"), Message("user", "bye")]
+    words = [system, Message("user", "Hi there, how are you?")]
+    assert words_held(older, words) == len("Hi there, how") and words_held(other, words) == 0
+    # the words' own partial wins over an older context and over another conversation's longer history
+    assert best_engine([(0, other, 9), (1, older, 1), (2, [system], 5)], words) == 1
+    # after a reply, the history (ending with it) goes where it was generated: the context used last among
+    # those holding the turn, though both hold the same messages
+    history = [*words, Message("assistant", "Fine, thanks.")]
+    assert best_engine([(0, words, 3), (1, words, 4)], history) == 1
+    assert best_engine([(0, words, 4), (1, words, 3)], history) == 0
+    # a new conversation sharing only the system prompt still takes the least recently used context
+    assert best_engine([(0, other, 3), (1, history, 4)], [system, Message("user", "Yo")]) == 0
+
+
 def test_pool_runs_a_sessions_next_turn_on_the_engine_holding_its_history(engine: LlamaEngine) -> None:
     second = LlamaEngine(GGUF, n_ctx=1024, n_threads=1)
     pool = EnginePool([engine, second])
@@ -319,6 +338,109 @@ def test_next_turn_waits_briefly_for_the_busy_engine_holding_its_history(
         release.set()
         assert done.acquire(timeout=5) and done.acquire(timeout=5)
         assert (ran[1] is ran[0]) == same_engine  # waited for it, or gave up and ran on the other one
+    finally:
+        pool.close()
+
+
+A1 = (Message("system", "You are Ada."), Message("user", "Hi."))
+A2 = (*A1, Message("assistant", "Hello!"), Message("user", "How are you?"))
+B1 = (Message("system", "You are Bo."), Message("user", "Yo."))
+
+
+class _Recorder:
+    """Jobs for a pool of stand-in engines (the pool only hands them to its jobs): each records where it ran."""
+
+    def __init__(self) -> None:
+        self.ran: dict[str, Any] = {}
+        self.done = threading.Semaphore(0)
+
+    def job(self, name: str, hold: threading.Event | None = None, result: bool | None = None) -> Any:
+        def run(engine: Any) -> bool | None:
+            self.ran[name] = engine
+            if hold is not None:
+                hold.wait(5)
+            self.done.release()
+            return result
+
+        return run
+
+    def wait_for(self, name: str, timeout: float = 2.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while name not in self.ran and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return name in self.ran
+
+
+def test_a_job_waiting_for_its_busy_engine_holds_up_no_other_session() -> None:
+    pool = EnginePool(cast(Any, ["e0", "e1"]), affinity_wait_s=1.0)
+    rec, release = _Recorder(), threading.Event()
+    try:
+        pool.submit(A1, rec.job("a1", hold=release))
+        assert rec.wait_for("a1")
+        pool.submit(A2, rec.job("a2"))  # waits for the engine holding A1
+        pool.submit(B1, rec.job("b1"))  # queued behind it: runs at once on the free engine
+        assert rec.wait_for("b1", timeout=0.5) and "a2" not in rec.ran
+        assert rec.ran["b1"] != rec.ran["a1"]
+        release.set()
+        assert rec.wait_for("a2") and rec.ran["a2"] == rec.ran["a1"]
+    finally:
+        release.set()
+        pool.close()
+
+
+@pytest.mark.parametrize(("prefill", "same_engine"), [(True, True), (False, False)])
+def test_behind_a_prefill_of_its_conversation_a_job_waits_longer(prefill: bool, same_engine: bool) -> None:
+    """The user's words being evaluated are the work the reply needs: it waits for them (`prefill_wait_s`), not
+    only `affinity_wait_s` as behind a reply being generated."""
+    pool = EnginePool(cast(Any, ["e0", "e1"]), affinity_wait_s=0.05, prefill_wait_s=5.0)
+    rec, release = _Recorder(), threading.Event()
+    try:
+        pool.submit(A1, rec.job("words", hold=release), prefill=prefill)
+        assert rec.wait_for("words")
+        pool.submit(A2, rec.job("reply"))
+        time.sleep(0.4)
+        release.set()
+        assert rec.wait_for("reply") and (rec.ran["reply"] == rec.ran["words"]) == same_engine
+    finally:
+        release.set()
+        pool.close()
+
+
+def test_a_reply_sent_with_the_words_prefill_follows_it_though_another_engine_is_free() -> None:
+    """The session sends the pause's words (a prefill) and the reply together: both go where the conversation is,
+    the reply behind the prefill, even when both arrive before either engine looks at the queue."""
+    pool = EnginePool(cast(Any, ["e0", "e1"]), affinity_wait_s=0.05, prefill_wait_s=5.0)
+    rec, release = _Recorder(), threading.Event()
+    try:
+        pool.submit(A1, rec.job("a1"))
+        assert rec.done.acquire(timeout=2)
+        pool.submit(B1, rec.job("b1"))
+        assert rec.done.acquire(timeout=2) and rec.ran["b1"] != rec.ran["a1"]
+        words = (*A2[:-1], Message("user", "How are"))
+        pool.submit(words, rec.job("words", hold=release), prefill=True)
+        pool.submit(A2, rec.job("reply"))
+        time.sleep(0.3)
+        assert "reply" not in rec.ran and rec.ran["words"] == rec.ran["a1"]
+        release.set()
+        assert rec.wait_for("reply") and rec.ran["reply"] == rec.ran["a1"]
+    finally:
+        release.set()
+        pool.close()
+
+
+def test_a_job_cancelled_before_it_began_leaves_its_engine_holding_what_it_held() -> None:
+    pool = EnginePool(cast(Any, ["e0", "e1"]))
+    rec = _Recorder()
+    try:
+        pool.submit(A1, rec.job("a1"))
+        assert rec.done.acquire(timeout=2)
+        pool.submit(B1, rec.job("b1"))  # the other engine
+        assert rec.done.acquire(timeout=2) and rec.ran["b1"] != rec.ran["a1"]
+        c1 = (Message("system", "You are Cy."), Message("user", "Hey."))
+        pool.submit(c1, rec.job("c1", result=False))  # least recently used: A1's engine; evaluates nothing
+        assert rec.done.acquire(timeout=2) and rec.ran["c1"] == rec.ran["a1"]
+        pool.submit(A2, rec.job("a2"))  # still held there
+        assert rec.done.acquire(timeout=2) and rec.ran["a2"] == rec.ran["a1"]
     finally:
         pool.close()
 

@@ -148,10 +148,11 @@ class TritonPythonModel:
             job = functools.partial(self._generate, request, sender, messages, options, self.metrics[served])
             # A priority tenant's reply is served first; a JSON request (a judge) is a one-off: the pool keeps it
             # off the contexts holding sessions' histories when it can (EnginePool, `oneshot`).
-            self.pools.submit(served, messages, job, priority, oneshot=bool(schema))
+            self.pools.submit(served, messages, job, priority, oneshot=bool(schema), prefill=max_tokens == 0)
 
     def _generate(self, request, sender, messages, options, metrics, engine):
-        """Runs on a pool worker: stream one reply through the request's sender, FINAL flag last."""
+        """Runs on a pool worker: stream one reply through the request's sender, FINAL flag last. Returns whether
+        the prompt was evaluated (a request cancelled before it started left the context as it was)."""
         stats = GenerationStats()
         counted = 0
         tokens = metrics["duet_llm_generated_tokens_total"]
@@ -177,3 +178,4 @@ class TritonPythonModel:
             self._count(metrics["duet_llm_cached_prompt_tokens_total"], stats.cached_tokens)
             self._count(metrics["duet_llm_cancelled_requests_total"], int(stats.finish_reason == "cancelled"))
             self._send(sender, None, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return stats.evaluated
