@@ -6,6 +6,7 @@ in the same run (the machine is shared and noisy: compare within one run).
     .venv/bin/python perf/bench_intel.py --quick                # 20 questions, 5 memory conversations, no llm rules
     .venv/bin/python perf/bench_intel.py --parts qa --conditions off,all --questions 20   # a latency rerun
     .venv/bin/python perf/bench_intel.py --parts qa --conditions off,docs,docs1 --questions 20   # + top_k 1
+    .venv/bin/python perf/bench_intel.py --parts qa --conditions docs,docs-spoken --questions 20  # words prefilled
     .venv/bin/python perf/bench_intel.py --triton HOST:PORT --metrics URL   # a running tritonserver
     .venv/bin/python perf/bench_intel.py --parts objectives --merge     # one part again, the others kept
     .venv/bin/python perf/bench_intel.py --report perf/out/intel/bench_intel.json          # the tables again
@@ -102,6 +103,12 @@ OUT = ROOT / "perf" / "out" / "intel" / "bench_intel.json"
 DOCUMENTS = ("clinic_policies.md", "telecom_billing.html", "onboarding_handbook.txt")
 PARTS = ("qa", "rails", "objectives", "memories")
 CONDITIONS = ("off", "docs", "all")  # the default run; also "docs1": documents, the best chunk alone
+# and "docs-spoken": documents, the question first heard as a speaking user's partial transcripts (`SPOKEN_*`),
+# the context the words retrieve prefilled with them (`llm.warm_context`)
+EXTRA_CONDITIONS = ("docs1", "docs-spoken")
+SPOKEN_WORDS_PER_S = 2.5  # a user's speaking rate
+SPOKEN_PARTIAL_S = 0.48  # the server's partial decodes (`asr.partial_interval_ms`)
+QA_STAGGER = 3  # questions between one question's conditions when their prompts are the same (`qa_schedule`)
 TARGET_ADDED_MS = 30.0  # what the layer may add to a reply's latency, at p95
 RULE_SETS = ("phrases", "pattern", "deterministic", "semantic", "all")
 RULE_LABELS = {
@@ -526,14 +533,19 @@ async def ask(
         layer = intel.layer(dataclasses.replace(plan, conversation_id=f"conv_bench_{n}"), bench.models)
     llm = RecordingLlm(bench.models)
     out = StampedOutlet()
+    settings = bench.settings
+    if condition.endswith("-spoken"):  # the context prefilled with the words (off by default: `llm.warm_context`)
+        settings = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, warm_context=True))
     session = ConversationSession(
-        bench.models, llm, bench.settings, bench.persona(), out, name=f"q{n}", layer=layer, echo_suppression=False
+        bench.models, llm, settings, bench.persona(), out, name=f"q{n}", layer=layer, echo_suppression=False
     )
     await session.start()
     # the system prompt's prefill, which a real call does while the user says hello
     while session.runner._warming:  # noqa: ASYNC110 (the runner has no event for it)
         await asyncio.sleep(0.02)
     before = counters(bench.metrics_url)
+    if condition.endswith("-spoken"):
+        await speak(session, str(question["question"]))
     await session.interact(Respond(str(question["question"])))
     await session.runner.settle()
     after = counters(bench.metrics_url)
@@ -590,6 +602,40 @@ async def ask(
     }
 
 
+async def speak(session: Any, question: str) -> None:
+    """The question as a speaking user's transcripts reach the session (`heard`, as from the transcriber): a
+    partial every `SPOKEN_PARTIAL_S` with the words said by then (from the second word, at
+    `SPOKEN_WORDS_PER_S`), then the final one. The session prefills the words, with the layer's context, as in
+    a call; the reply (`respond`) follows the final at once, as a reply follows the pause's last words."""
+    from orchestrator.speech.gate import Heard
+
+    words, t = question.split(), 0.0
+    while (said := int((t + SPOKEN_PARTIAL_S) * SPOKEN_WORDS_PER_S)) < len(words):
+        await asyncio.sleep(SPOKEN_PARTIAL_S)
+        t += SPOKEN_PARTIAL_S
+        if said >= 2:
+            await session.heard(Heard(" ".join(words[:said]), False, t))
+    await asyncio.sleep(len(words) / SPOKEN_WORDS_PER_S - t)
+    await session.heard(Heard(question, True, len(words) / SPOKEN_WORDS_PER_S))
+
+
+def qa_schedule(
+    questions: Sequence[Mapping[str, Any]], conditions: Sequence[str]
+) -> list[tuple[int, Mapping[str, Any], str]]:
+    """(index, question, condition) in the order asked: each question under every condition, the conditions'
+    order rotating from one question to the next (the machine's noise hits all). With `docs-spoken`, whose
+    prompts are those of `docs` to the token, the same question's conditions are `QA_STAGGER` questions apart:
+    asked back to back, the second would find the first's prompt in the LLM's cache."""
+    if "docs-spoken" not in conditions:
+        return [
+            (i, q, conditions[(i + k) % len(conditions)])
+            for i, q in enumerate(questions)
+            for k in range(len(conditions))
+        ]
+    slots = [(i + j * QA_STAGGER, j, i) for i in range(len(questions)) for j in range(len(conditions))]
+    return [(i, questions[i], conditions[(j + i) % len(conditions)]) for _, j, i in sorted(slots)]
+
+
 async def run_qa(
     bench: Bench,
     questions: Sequence[Mapping[str, Any]],
@@ -608,6 +654,7 @@ async def run_qa(
     plans = {
         "docs": (docs, bench.intel),
         "all": (dataclasses.replace(base, documents=True, memory_store=store, guardrails=guardrails), bench.intel),
+        "docs-spoken": (docs, bench.intel),
     }
     if "docs1" in conditions:  # the best chunk alone (a what-if: fewer prompt tokens to evaluate)
         one = dataclasses.replace(bench.settings, intel=dataclasses.replace(bench.settings.intel, top_k=1))
@@ -617,23 +664,21 @@ async def run_qa(
     rows: list[dict[str, Any]] = list(done)
     asked = {(r["id"], r["condition"]) for r in rows}
     n = 0
-    for i, q in enumerate(questions):
-        order = [conditions[(i + k) % len(conditions)] for k in range(len(conditions))]  # rotating: noise hits all
-        for condition in order:
-            n += 1
-            if (q["id"], condition) in asked:
-                continue
-            row = await ask(bench, q, condition, plans, n)
-            rows.append(row)
-            if on_row is not None:
-                on_row(rows)
-            mark = "fact" if row["states_fact"] else ("unknown" if row["says_unknown"] else "-")
-            log(
-                f"[qa {i + 1}/{len(questions)}] {row['id']:12} {condition:4} {mark:7} "
-                f"ground {row['grounding_ms']} ms, token {row['llm_first_token_ms']} ms, "
-                f"audio {row['first_audio_ms']} ms, "
-                f"{row['prompt_tokens']:.0f} tok: {row['reply'][:90]!r}"
-            )
+    for i, q, condition in qa_schedule(questions, conditions):
+        n += 1
+        if (q["id"], condition) in asked:
+            continue
+        row = await ask(bench, q, condition, plans, n)
+        rows.append(row)
+        if on_row is not None:
+            on_row(rows)
+        mark = "fact" if row["states_fact"] else ("unknown" if row["says_unknown"] else "-")
+        log(
+            f"[qa {i + 1}/{len(questions)}] {row['id']:12} {condition:4} {mark:7} "
+            f"ground {row['grounding_ms']} ms, token {row['llm_first_token_ms']} ms, "
+            f"audio {row['first_audio_ms']} ms, "
+            f"{row['prompt_tokens']:.0f} tok: {row['reply'][:90]!r}"
+        )
     for _, intel in plans.values():
         if intel is not bench.intel:
             await intel.close()
@@ -1068,6 +1113,7 @@ def qa_table(summary: Mapping[str, Any]) -> str:
         "docs": "with documents",
         "all": "documents + memories + guardrails",
         "docs1": "with documents, best chunk only (top_k 1)",
+        "docs-spoken": "with documents, heard first as partial transcripts, context prefilled",
     }
     lines = [
         "| condition | answerable: fact stated | … loosely | … says it doesn't know | answer in context "
@@ -1297,7 +1343,9 @@ async def run(args: argparse.Namespace, url: str, metrics_url: str, earlier: Map
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default=",".join(PARTS))
-    ap.add_argument("--conditions", default=",".join(CONDITIONS), help="of the qa part: off, docs, all, docs1")
+    ap.add_argument(
+        "--conditions", default=",".join(CONDITIONS), help="of the qa part: off, docs, all, docs1, docs-spoken"
+    )
     ap.add_argument("--questions", type=int, default=0, help="this many questions, spread over the set (0: all)")
     ap.add_argument("--memories", type=int, default=0, help="this many memory conversations (0: all)")
     ap.add_argument("--quick", action="store_true", help="20 questions, 5 memory conversations, no llm rules")
@@ -1316,7 +1364,10 @@ def main() -> int:
         args.questions = args.questions or 20
         args.memories = args.memories or 5
         args.no_llm_rails = True
-    unknown = set(args.parts.split(",")) - set(PARTS) | set(args.conditions.split(",")) - {*CONDITIONS, "docs1"}
+    unknown = set(args.parts.split(",")) - set(PARTS) | set(args.conditions.split(",")) - {
+        *CONDITIONS,
+        *EXTRA_CONDITIONS,
+    }
     if unknown:
         ap.error(f"unknown parts or conditions: {sorted(unknown)}")
     earlier = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).is_file() else {}

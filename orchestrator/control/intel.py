@@ -228,6 +228,22 @@ class ConversationLayer:
     def grounds_context(self) -> bool:
         return self.plan.grounds_context
 
+    async def words_context(self, user_text: str) -> str | None:
+        if not self.plan.grounds_context:
+            return ""
+        vector = await self._embed(user_text)
+        if vector is None and (self.plan.documents or self.plan.memory_store):
+            return None  # (the reply's own embedding may succeed: its context is not known)
+        context, _ = await self._retrieve(user_text, vector, 0.0, quiet=True)
+        return self._with_tool_hint(context, vector)
+
+    def _with_tool_hint(self, context: str, vector: F32 | None) -> str:
+        """The context, and the hint that a tool may answer when the turn may need one (`_may_need_tool`)."""
+        if not (self.plan.tools and self._may_need_tool(vector)):
+            return context
+        names = ", ".join(t.name for t in self.plan.tools)
+        return f"{context}\n\n{TOOL_HINT.format(names=names)}".strip()
+
     def bind(self, emit: Emit, now: Callable[[], float]) -> None:
         self._emit, self._now = emit, now
 
@@ -271,8 +287,7 @@ class ConversationLayer:
         if self.plan.tools and self._may_need_tool(vector):
             # beside the reply, not before it: the choice takes seconds here, and most turns near a tool need none
             tool_choice = asyncio.ensure_future(self._choose_tool(user_text))
-            names = ", ".join(t.name for t in self.plan.tools)
-            context = f"{context}\n\n{TOOL_HINT.format(names=names)}".strip()
+        context = self._with_tool_hint(context, vector)
         return Grounding(context=context, notes=notes, events=events, tool_choice=tool_choice)
 
     async def _embed(self, text: str) -> F32 | None:
@@ -334,8 +349,11 @@ class ConversationLayer:
         self._calls[call.call_id] = call
         return ToolCall(round(self._now(), 4), call.call_id, call.name, dict(call.arguments))
 
-    async def _retrieve(self, text: str, vector: F32 | None, t: float) -> tuple[str, tuple[Event, ...]]:
-        """The context message and the events for a turn: chunks and memories (within the retrieval timeout)."""
+    async def _retrieve(
+        self, text: str, vector: F32 | None, t: float, *, quiet: bool = False
+    ) -> tuple[str, tuple[Event, ...]]:
+        """The context message and the events for a turn: chunks and memories (within the retrieval timeout).
+        `quiet`: the context alone (a prefill's), no event, and the memories shown so far left as they are."""
         p = self.plan
         if not (p.documents or p.memory_store) or vector is None:
             return "", ()
@@ -376,13 +394,14 @@ class ConversationLayer:
             else:
                 parts.append(NO_KNOWLEDGE)
             results = tuple(KnowledgeHit(h.document_id, h.chunk_id, round(h.score, 4)) for h in hits)
-            events.append(KnowledgeEvent(t, text, results, took))
+            if not quiet:
+                events.append(KnowledgeEvent(t, text, results, took))
         pinned = [m for m in self._opening if m.pinned]
         recalled = list({m.id: m for m in [*pinned, *memories]}.values())
         if recalled:
             parts.append("\n".join([MEMORY_HEADING, *(f"- {_about_them(m.text)}" for m in recalled)]))
             new = [m for m in recalled if m.id not in self._shown]
-            if new:
+            if new and not quiet:
                 self._shown |= {m.id for m in new}
                 events.append(MemoryEvent(t, tuple(MemoryItem(m.id, m.text) for m in new)))
         return "\n\n".join(parts), tuple(events)

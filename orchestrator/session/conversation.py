@@ -159,14 +159,17 @@ class ConversationSession:
         self.dialogue.context = persona.context
         self._warm_history = settings.llm.warm_history and settings.llm.backend == "triton"
         # The user's words, evaluated while they speak (`llm.warm_words`, the `warm_words` option): a prefill of
-        # the next reply's prompt with the latest transcript, one at a time per session, the newest waiting.
-        # Not when a reply layer grounds replies in a context: it goes in before the user's words, and is not
-        # known until the reply.
+        # the next reply's prompt with the latest transcript, one at a time per session, the newest waiting. When
+        # the reply layer grounds replies in a context, only with `llm.warm_context`: the prompt then holds the
+        # context the layer would retrieve for those words (`words_context`), before them, and the reply finds it
+        # evaluated when the final words retrieve the same.
         words = settings.llm.warm_words if warm_words is None else warm_words
-        self._warm_words = self._warm_history and words and (layer is None or not layer.grounds_context)
+        grounded = layer is not None and layer.grounds_context
+        self._warm_words = self._warm_history and words and (not grounded or settings.llm.warm_context)
         self._words_task: asyncio.Task[None] | None = None
         self._words_next = ""  # words heard while a prefill of earlier ones ran
         self._words_sent: tuple[ChatMessage, ...] = ()  # the prompt last prefilled
+        self._words_context = ""  # the reply layer's context for the words last heard
         self.transcriber = Transcriber(
             models,
             self.gate,
@@ -248,8 +251,9 @@ class ConversationSession:
 
     def _warm_user_words(self, text: str) -> None:
         """Prefill the next reply's prompt with the user's words so far (`llm.warm_words`): the reply then
-        evaluates only the words the transcript has changed or added since. One prefill at a time; words heard
-        meanwhile wait for it, and only the newest are sent."""
+        evaluates only the words the transcript has changed or added since (and, with a reply layer, only what
+        its context changed). One prefill at a time; words heard meanwhile wait for it, and only the newest are
+        sent."""
         if not self._warm_words or self._finishing or self._closed:
             return
         if self.machine.phase not in (rm.Phase.LISTENING, rm.Phase.SPECULATING):
@@ -258,19 +262,34 @@ class ConversationSession:
             self._words_next = text
             return
         self._words_next = ""
-        request = self.dialogue.words_request(text, request_id=f"{self.name}-words")
+        self._words_task = task = asyncio.create_task(self._prefill_words(text), name=f"{self.name}-llm-words")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        session = weakref.ref(self)  # (a prefill outliving a freed session must not call into it)
+
+        def warmed(_: asyncio.Task[None]) -> None:
+            if (s := session()) is not None and s._words_next:
+                s._warm_user_words(s._words_next)
+
+        task.add_done_callback(warmed)
+
+    async def _prefill_words(self, text: str) -> None:
+        grounded = self.layer is not None and self.layer.grounds_context
+        context = await self.layer.words_context(text) if self.layer is not None and grounded else ""
+        if context is None or self._closed or self._finishing:
+            return  # (the layer could not tell what the reply's context would be: nothing worth evaluating)
+        if context:
+            # A retrieved context costs seconds to evaluate on a CPU, and the first words of a question often
+            # retrieve something else than the whole: only one that two transcripts in a row retrieved is sent.
+            seen, self._words_context = self._words_context, context
+            if context != seen:
+                return
+        request = self.dialogue.words_request(text, request_id=f"{self.name}-words", context=context)
         if request is None or request.messages == self._words_sent:
             return
         self._words_sent = request.messages
-        self._words_task = self.runner.warm(request)
-        if self._words_task is not None:
-            session = weakref.ref(self)  # (a prefill outliving a freed session must not call into it)
-
-            def warmed(_: asyncio.Task[None]) -> None:
-                if (s := session()) is not None and s._words_next:
-                    s._warm_user_words(s._words_next)
-
-            self._words_task.add_done_callback(warmed)
+        if (warm := self.runner.warm(request)) is not None:
+            await asyncio.shield(warm)  # (closing cancels this task, never the prefill: the runner waits for it)
 
     async def audio(self, pcm: bytes, arrival: float | None = None) -> None:
         if self.echo is not None:

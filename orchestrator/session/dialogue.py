@@ -242,17 +242,18 @@ class Dialogue:
             model=self.persona.llm_model,
         )
 
-    def words_request(self, user_text: str, *, request_id: str = "") -> LlmRequest | None:
+    def words_request(self, user_text: str, *, request_id: str = "", context: str = "") -> LlmRequest | None:
         """The prompt of a reply to the user's words so far (a partial transcript while they speak, or the
         pause's final one before the floor decides), to evaluate as a prefill (`max_tokens` 0): the reply that
         follows then starts with those words in the model's cache and evaluates only what they left out.
         Exactly the reply's prompt (`request`), so it shares every token up to the first word that changed;
         after a user turn whose reply never came (cancelled: the user went on), the two turns merged, as the
         reply will have them. The caller asks only while no reply is committed or playing: the replica's turn,
-        not yet in the history, would otherwise come before these words. None for no words."""
+        not yet in the history, would otherwise come before these words. `context`: what the reply layer would
+        retrieve for these words (it goes before them, as in the reply's). None for no words."""
         if not user_text.strip():
             return None
-        reply = self.request(user_text, request_id=request_id, answering=False)
+        reply = self.request(user_text, request_id=request_id, context=context, answering=False)
         return dataclasses.replace(reply, max_tokens=0, temperature=0.0, stop=())
 
 

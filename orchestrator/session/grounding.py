@@ -59,7 +59,13 @@ class ReplyLayer(Protocol):
     @property
     def grounds_context(self) -> bool:
         """Whether `ground` may give a reply a context (documents, memories, a tool's hint): it goes in the
-        prompt before the user's words, so the session cannot evaluate those words before the reply asks."""
+        prompt before the user's words (see `words_context`)."""
+        ...
+
+    async def words_context(self, user_text: str) -> str | None:
+        """The context `ground` would give a reply to `user_text` (documents, memories, a tool's hint; "" for
+        none), found with no side effect: no event, no rail, no tool choice. The session prefills it with the
+        user's words while they speak, since it goes in the prompt before them. None: it cannot tell now."""
         ...
 
     def bind(self, emit: Emit, now: Callable[[], float]) -> None:

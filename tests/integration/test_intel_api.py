@@ -297,8 +297,11 @@ async def test_a_conversations_layer_grounds_replies_and_holds_its_rails(intel_c
             "name": "no-legal", "applies_to": "both", "fallback_text": "No legal talk, sorry.",
             "rule": {"type": "phrases", "phrases": ["lawsuit"]}})  # fmt: skip
         await http("POST", "/v1/memory-stores/u1/memories", json_body={"text": "The user has a dog named Rex."})
-        tool = {"name": "book_appointment", "description": "Book a visit for the caller on a given day.",
-                "parameters": {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]}}
+        tool = {
+            "name": "book_appointment",
+            "description": "Book a visit for the caller on a given day.",
+            "parameters": {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]},
+        }
         persona = {"guardrail_ids": [rail.body["guardrail_id"]], "layers": {"llm": {"tools": [tool]}}}
         conv = await stack.store.create_conversation(
             tenant["tenant_id"], persona_id="per_x", settings={"memory_store": "u1"}, callback_url=None,
@@ -318,8 +321,12 @@ async def test_a_conversations_layer_grounds_replies_and_holds_its_rails(intel_c
     opening = await layer.opening()
     assert isinstance(opening[0], MemoryEvent) and "Rex" in opening[0].memories[0].text
 
-    g = await layer.ground("what do I pay if I skip my visit without calling?", speculative=True)
+    # what a prefill of the user's words gets: the reply's own context, found without a trace
+    question = "what do I pay if I skip my visit without calling?"
+    quiet = await layer.words_context(question)
+    g = await layer.ground(question, speculative=True)
     assert "$40" in g.context and g.script is None
+    assert quiet == g.context and not sent and judge.asked == 0  # no event, no rail, no tool choice
     knowledge = [e for e in g.events if isinstance(e, KnowledgeEvent)]
     assert knowledge and knowledge[0].results
     g = await layer.ground("what is my dog called?", speculative=False)

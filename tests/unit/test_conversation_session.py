@@ -679,11 +679,12 @@ async def test_one_prefill_of_the_words_at_a_time_and_the_newest_words_next() ->
         await asyncio.sleep(0)
     assert [r.messages[-1].content for r in models.llm_requests] == ["so I"]  # the others wait for it
     models.done.set()
-    for _ in range(5):
+    for _ in range(20):
         await asyncio.sleep(0)
     assert [r.messages[-1].content for r in models.llm_requests] == ["so I", "so I was charged twice"]
     await s.heard(Heard("so I was charged twice", True, 1.2))  # the final: the same prompt, not sent again
-    await asyncio.sleep(0)
+    for _ in range(20):
+        await asyncio.sleep(0)
     assert len(models.llm_requests) == 2
     await s.close()
 

@@ -10,12 +10,14 @@ follow-up reply with the result in the LLM's context.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
+from orchestrator.config import Settings
 from orchestrator.errors import UnknownToolCall
 from orchestrator.events import (
     Event,
@@ -32,6 +34,7 @@ from orchestrator.events import (
 )
 from orchestrator.session.grounding import Emit, Grounding, RailHit
 from orchestrator.session.interactions import ToolResult
+from orchestrator.speech.gate import Heard
 from tests.unit.test_conversation_session import FakeModels, of, play, session, silence, speech
 
 
@@ -49,8 +52,14 @@ class FakeLayer:
         self.closed = False
         self._calls = 0
         self.choices: list[asyncio.Future[ToolCall | None]] = []
+        self.asked: list[str] = []  # the words `words_context` was asked about
 
-    grounds_context = True  # (its replies carry a context: the user's words are not evaluated early)
+    grounds_context = True  # (its replies carry a context: the user's words are evaluated early only with it)
+    unsure = False  # `words_context` cannot tell (the prefill of the user's words is skipped)
+
+    async def words_context(self, user_text: str) -> str | None:
+        self.asked.append(user_text)
+        return None if self.unsure else ("DOCS: tools may help." if self.tool else "DOCS: the clinic opens at 8.")
 
     def bind(self, emit: Emit, now: Callable[[], float]) -> None:
         self.emit, self.now = emit, now
@@ -95,12 +104,16 @@ class FakeLayer:
 TURN = np.concatenate([silence(0.3), speech(3000, 1.0), silence(2.0)])
 
 
+WARM_CONTEXT = dataclasses.replace(Settings(), llm=dataclasses.replace(Settings().llm, warm_context=True))
+
+
 @pytest.mark.parametrize("grounds_context", [True, False])
-async def test_the_users_words_are_evaluated_early_only_when_no_context_goes_before_them(
+async def test_by_default_the_users_words_are_evaluated_early_only_when_no_context_goes_before_them(
     grounds_context: bool,
 ) -> None:
     """A layer with guardrails and objectives only adds nothing before the user's words: they can be
-    evaluated while the user speaks. One that retrieves documents or memories puts them there."""
+    evaluated while the user speaks. One that retrieves documents or memories puts them there (`warm_context`
+    is off by default)."""
     models, layer = FakeModels(), FakeLayer()
     layer.grounds_context = grounds_context
     s, _, clock = session(models, layer=layer)
@@ -109,6 +122,54 @@ async def test_the_users_words_are_evaluated_early_only_when_no_context_goes_bef
     await s.finish()
     words = [r for r in models.llm_requests if r.request_id.endswith("-words")]
     assert bool(words) is not grounds_context
+    assert not layer.asked  # (a layer without a context is not asked for one)
+    await s.close()
+
+
+@pytest.mark.parametrize("unsure", [False, True])
+async def test_the_users_words_are_evaluated_early_after_the_context_the_layer_would_give_them(unsure: bool) -> None:
+    """With `warm_context`, the words prefill holds the context the layer would retrieve for the words so far,
+    where the reply's prompt has it: before the user's words. A layer that cannot tell gets no prefill."""
+    models, layer = FakeModels(), FakeLayer()
+    layer.unsure = unsure
+    s, out, clock = session(models, layer=layer, settings=WARM_CONTEXT)
+    await s.start()
+    await play(s, clock, TURN)
+    await s.finish()
+    words = [r for r in models.llm_requests if r.request_id.endswith("-words")]
+    [reply] = [r for r in models.llm_requests if r.max_tokens > 0]
+    assert layer.asked and not of(out, KnowledgeEvent)[1:]  # asked quietly: only the reply's own retrieval reports
+    assert bool(words) is not unsure
+    if words:
+        prefill = words[-1].messages
+        assert prefill[-2] == reply.messages[1] and prefill[-2].content == "DOCS: the clinic opens at 8."
+        assert prefill[:-1] == reply.messages[: len(prefill) - 1]  # the reply's prompt up to the words
+        assert prefill[-1].role == "user" and prefill[-1].content in reply.messages[-1].content
+    await s.close()
+
+
+class ShiftingLayer(FakeLayer):
+    """The context the first words retrieve changes as the question goes on, then settles."""
+
+    async def words_context(self, user_text: str) -> str | None:
+        self.asked.append(user_text)
+        return (
+            "DOCS: the clinic opens at 8." if "open" in user_text else f"DOCS: about {user_text.rsplit(maxsplit=1)[-1]}"
+        )
+
+
+async def test_a_context_is_prefilled_only_once_two_transcripts_in_a_row_retrieve_it() -> None:
+    """Evaluating a context costs seconds on a CPU: one the next words no longer retrieve is not worth it."""
+    models, layer = FakeModels(), ShiftingLayer()
+    s, _, _ = session(models, layer=layer, settings=WARM_CONTEXT)
+    for text in ("when does", "when does the", "when does the clinic open", "when does the clinic open on"):
+        await s.heard(Heard(text, False, 1.0))
+        for _ in range(20):
+            await asyncio.sleep(0)
+    words = [r.messages for r in models.llm_requests if r.request_id.endswith("-words")]
+    assert layer.asked == ["when does", "when does the", "when does the clinic open", "when does the clinic open on"]
+    assert [m[-1].content for m in words] == ["when does the clinic open on"]  # its context, retrieved twice
+    assert words[0][-2].content == "DOCS: the clinic opens at 8."
     await s.close()
 
 
