@@ -193,6 +193,21 @@ def test_two_sessions_stream_concurrently(llm_server: EmbeddedTriton) -> None:
     assert a_first < b_end and b_first < a_end
 
 
+def test_the_wait_for_a_context_is_counted(llm_server: EmbeddedTriton) -> None:
+    """Three replies at once on two contexts: the third waits for one (Triton's own queue metrics do not see
+    this wait: the decoupled model takes every request at once)."""
+
+    async def three(models: TritonModels) -> None:
+        await asyncio.gather(*(collect(models.generate(ask(f"Tell me a story about {x}.", max_tokens=24)))
+                               for x in ("the sea", "a fox", "the moon")))  # fmt: skip
+
+    before = counters(llm_server)
+    asyncio.run(with_models(llm_server, three))
+    after = counters(llm_server)
+    assert after["duet_llm_requests_total"] - before["duet_llm_requests_total"] == 3
+    assert after["duet_llm_context_wait_seconds_total"] - before["duet_llm_context_wait_seconds_total"] > 0.05
+
+
 def test_a_sessions_next_turn_reuses_its_cached_history(llm_server: EmbeddedTriton) -> None:
     """Another session's request in between must not evict this session's KV cache (the pool has 2 contexts)."""
 

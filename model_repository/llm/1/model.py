@@ -17,6 +17,7 @@ labelled with the served model's name (`llm_model`), make that visible from outs
 import functools
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,9 @@ COUNTERS = {
     "duet_llm_prompt_tokens_total": "Prompt tokens of llm requests",
     "duet_llm_cached_prompt_tokens_total": "Prompt tokens whose KV cache was kept from an earlier request",
     "duet_llm_cancelled_requests_total": "llm requests that stopped generating because the client cancelled them",
+    "duet_llm_requests_total": "llm requests taken by a llama.cpp context (replies, prefills, JSON requests)",
+    "duet_llm_context_wait_seconds_total": "Seconds llm requests waited for a context (busy, or holding another "
+    "conversation) before it took them",
 }
 
 
@@ -145,15 +149,18 @@ class TritonPythonModel:
                 self._send(sender, pb_utils.InferenceResponse(error=error))
                 self._send(sender, None, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
-            job = functools.partial(self._generate, request, sender, messages, options, self.metrics[served])
+            queued = time.monotonic()
+            job = functools.partial(self._generate, request, sender, messages, options, self.metrics[served], queued)
             # A priority tenant's reply is served first; a JSON request (a judge) is a one-off: the pool keeps it
             # off the contexts holding sessions' histories when it can (EnginePool, `oneshot`).
             self.pools.submit(served, messages, job, priority, oneshot=bool(schema), prefill=max_tokens == 0)
 
-    def _generate(self, request, sender, messages, options, metrics, engine):
+    def _generate(self, request, sender, messages, options, metrics, queued, engine):
         """Runs on a pool worker: stream one reply through the request's sender, FINAL flag last. Returns whether
         the prompt was evaluated (a request cancelled before it started left the context as it was)."""
         stats = GenerationStats()
+        self._count(metrics["duet_llm_requests_total"], 1)
+        self._count(metrics["duet_llm_context_wait_seconds_total"], time.monotonic() - queued)
         counted = 0
         tokens = metrics["duet_llm_generated_tokens_total"]
         try:
