@@ -214,7 +214,7 @@ class ConversationSession:
         # keeps the call itself).
         self.tool_calls: dict[str, str] = {}
         self._follow_ups: dict[str, str] = {}  # a tool's result, by the user turn its follow-up reply answers
-        self._tasks: set[asyncio.Task[None]] = set()  # tool calls waiting for their choice
+        self._tasks: set[asyncio.Task[None]] = set()  # tool calls waiting for their choice; words prefills
 
     # ---- the Session protocol ---------------------------------------------------------------------------
 
