@@ -278,6 +278,8 @@ class ConversationSession:
         context = await self.layer.words_context(text) if self.layer is not None and grounded else ""
         if context is None or self._closed or self._finishing:
             return  # (the layer could not tell what the reply's context would be: nothing worth evaluating)
+        if self.machine.phase not in (rm.Phase.LISTENING, rm.Phase.SPECULATING):
+            return  # a reply committed meanwhile (while the context was looked up): it does this work itself
         if context:
             # A retrieved context costs seconds to evaluate on a CPU, and the first words of a question often
             # retrieve something else than the whole: only one that two transcripts in a row retrieved is sent.

@@ -33,7 +33,7 @@ from orchestrator.events import (
     ToolCall,
 )
 from orchestrator.session.grounding import Emit, Grounding, RailHit
-from orchestrator.session.interactions import ToolResult
+from orchestrator.session.interactions import Respond, ToolResult
 from orchestrator.speech.gate import Heard
 from tests.unit.test_conversation_session import FakeModels, of, play, session, silence, speech
 
@@ -170,6 +170,33 @@ async def test_a_context_is_prefilled_only_once_two_transcripts_in_a_row_retriev
     assert layer.asked == ["when does", "when does the", "when does the clinic open", "when does the clinic open on"]
     assert [m[-1].content for m in words] == ["when does the clinic open on"]  # its context, retrieved twice
     assert words[0][-2].content == "DOCS: the clinic opens at 8."
+    await s.close()
+
+
+class SlowLayer(FakeLayer):
+    """Its context for the words takes until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def words_context(self, user_text: str) -> str | None:
+        await self.release.wait()
+        return await super().words_context(user_text)
+
+
+async def test_no_words_prefill_once_a_reply_was_committed_while_the_context_was_looked_up() -> None:
+    models, layer = FakeModels(), SlowLayer()
+    s, _, _ = session(models, layer=layer, settings=WARM_CONTEXT)
+    s._words_context = "DOCS: the clinic opens at 8."  # (retrieved for the words before: it would be sent)
+    await s.heard(Heard("when does the clinic open", False, 1.0))
+    await asyncio.sleep(0)
+    await s.interact(Respond("when does the clinic open"))  # the reply's turn is committed meanwhile
+    layer.release.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert layer.asked == ["when does the clinic open"]
+    assert not [r for r in models.llm_requests if r.request_id.endswith("-words")]
     await s.close()
 
 
