@@ -591,7 +591,7 @@ def parse_priority(raw: int | None) -> int:
     return raw
 
 
-Job = Callable[["LlamaEngine"], "bool | None"]  # runs on a worker; False: it evaluated nothing (cancelled first)
+Job = Callable[[LlamaEngine], bool | None]  # runs on a worker; False: it evaluated nothing (cancelled first)
 
 
 @dataclass

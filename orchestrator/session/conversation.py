@@ -164,8 +164,8 @@ class ConversationSession:
         # context the layer would retrieve for those words (`words_context`), before them, and the reply finds it
         # evaluated when the final words retrieve the same.
         words = settings.llm.warm_words if warm_words is None else warm_words
-        grounded = layer is not None and layer.grounds_context
-        self._warm_words = self._warm_history and words and (not grounded or settings.llm.warm_context)
+        self._grounded = layer is not None and layer.grounds_context
+        self._warm_words = self._warm_history and words and (not self._grounded or settings.llm.warm_context)
         self._words_task: asyncio.Task[None] | None = None
         self._words_next = ""  # words heard while a prefill of earlier ones ran
         self._words_sent: tuple[ChatMessage, ...] = ()  # the prompt last prefilled
@@ -254,10 +254,8 @@ class ConversationSession:
         evaluates only the words the transcript has changed or added since (and, with a reply layer, only what
         its context changed). One prefill at a time; words heard meanwhile wait for it, and only the newest are
         sent."""
-        if not self._warm_words or self._finishing or self._closed:
+        if not self._warm_words or self._finishing or self._closed or not self._awaiting_reply:
             return
-        if self.machine.phase not in (rm.Phase.LISTENING, rm.Phase.SPECULATING):
-            return  # a reply committed or playing: its replica turn will come before these words
         if self._words_task is not None and not self._words_task.done():
             self._words_next = text
             return
@@ -273,12 +271,17 @@ class ConversationSession:
 
         task.add_done_callback(warmed)
 
+    @property
+    def _awaiting_reply(self) -> bool:
+        """No reply is committed or playing: the next reply's prompt ends with the user's words (otherwise the
+        replica's turn, not yet in the history, will come before them)."""
+        return self.machine.phase in (rm.Phase.LISTENING, rm.Phase.SPECULATING)
+
     async def _prefill_words(self, text: str) -> None:
-        grounded = self.layer is not None and self.layer.grounds_context
-        context = await self.layer.words_context(text) if self.layer is not None and grounded else ""
+        context = await self.layer.words_context(text) if self.layer is not None and self._grounded else ""
         if context is None or self._closed or self._finishing:
             return  # (the layer could not tell what the reply's context would be: nothing worth evaluating)
-        if self.machine.phase not in (rm.Phase.LISTENING, rm.Phase.SPECULATING):
+        if not self._awaiting_reply:
             return  # a reply committed meanwhile (while the context was looked up): it does this work itself
         if context:
             # A retrieved context costs seconds to evaluate on a CPU, and the first words of a question often
