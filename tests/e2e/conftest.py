@@ -42,16 +42,15 @@ max_tokens: 1000
 max_sentences: 60
 llm_model: smollm2-135m
 """
-# The storyteller's limits with Max's prompt: SmolLM2 answers Sam's prompt in a dozen tokens to some openings
-# ("Hi. I'm calling about my bill." -> 11 tokens), over before a speculation on it is cancelled; Max's prompt
-# gets 40-300 tokens on the same openings.
+# Max's prompt on the default model (Qwen2.5 0.5B), which tells a story when asked (SmolLM2 often answers it in a
+# sentence, over before a speculation on it is cancelled or before the user's next words cut it): ~20 tokens/s on
+# two cores, so a reply is still generating a second or more after it starts, the more so on a loaded machine.
 RACONTEUR = """\
 name: Rae
 system_prompt: >-
   You are Max, a storyteller. Whatever the caller says, answer with a very long, detailed story of many sentences.
-max_tokens: 200
-max_sentences: 12
-llm_model: smollm2-135m
+max_tokens: 160
+max_sentences: 4
 """
 # A persona whose voice the tts model does not have: every reply fails in TTS while the LLM is generating
 # (Max's prompt: Sam's can be answered in a dozen tokens, over before the TTS fails).
