@@ -28,8 +28,9 @@ demo: setup  ## a spoken exchange with the shipped sample user (reply.mp4: the f
 
 test: setup lint typecheck unit integration e2e  ## lint, type-check, unit, integration and e2e tests
 
-lint: setup  ## ruff
+lint: setup  ## ruff (lint and format)
 	@$(VENV)/bin/ruff check orchestrator clients perf tests model_repository scripts
+	@$(VENV)/bin/ruff format --check orchestrator clients perf tests model_repository scripts
 
 typecheck: setup  ## mypy --strict on orchestrator/ and clients/
 	@$(VENV)/bin/mypy --strict orchestrator clients/duet perf/turns_eval.py perf/bench_face.py

@@ -96,9 +96,9 @@ def latencies(reply_env: npt.NDArray[np.float64], turns: Sequence[dict[str, Any]
     return out
 
 
-def server_parts(events: Sequence[dict[str, Any]], turns: Sequence[dict[str, Any]], vad_s: float | None) -> tuple[
-    list[float], float
-]:
+def server_parts(
+    events: Sequence[dict[str, Any]], turns: Sequence[dict[str, Any]], vad_s: float | None
+) -> tuple[list[float], float]:
     """Per labelled turn, the server's own part of the latency: from the turn's end to the session time its reply
     started (`replica_speaking_start.t`), with the session clock placed on the file's by the VAD's `speech_end`
     events (which trail the labelled ends by `vad_s`, as measured on the gRPC run, whose session clock is the
@@ -393,9 +393,7 @@ async def part_latency(stack: Stack, names: Sequence[str], work: Path) -> dict[s
         c_cpu, c_wall = await run_cli(stack, "call", audio, c_out)
         rows["call"] += latencies(rms_windows(read_wav(c_out / "reply.wav")), turns)
         rows["call_server"] += server_parts(events_of(c_out), turns, vad_s)[0]
-        rows["cpu"].append(
-            {"grpc": g_cpu / g_wall, "browser": page["cpu_s"] / page["wall_s"], "call": c_cpu / c_wall}
-        )
+        rows["cpu"].append({"grpc": g_cpu / g_wall, "browser": page["cpu_s"] / page["wall_s"], "call": c_cpu / c_wall})
         brief = {k: v for k, v in ref.items() if k != "curve"}
         log(f"  {name}: sync ref {brief}, page {rows['sync_page'][-1]['lag_ms']} ms, cpu {rows['cpu'][-1]}")
         log(f"  {name}: the server's side of the browser call: {rows['calls_server'][-1]}")
@@ -507,9 +505,7 @@ def report(lat: dict[str, Any], caps: dict[str, list[dict[str, Any]]], size: int
         "",
         "| server CPU, cores per call | gRPC + face | browser + face | duet call + face |",
         "|---|---|---|---|",
-        "| mean | "
-        + " | ".join(f"{np.mean([x[k] for x in cpu]):.2f}" for k in ("grpc", "browser", "call"))
-        + " |",
+        "| mean | " + " | ".join(f"{np.mean([x[k] for x in cpu]):.2f}" for k in ("grpc", "browser", "call")) + " |",
     ]
     for size_key, rows in caps.items():
         lines += [

@@ -693,9 +693,7 @@ def score_weights(
             p = w.predict(rc.score)
             for level in ("low", "medium", "high"):
                 s = flow_floor(settings, level)
-                r = simulate(
-                    points, p, s.commit_threshold, compute_ms, s.max_pause_ms, labels, s.min_commit_pause_ms
-                )
+                r = simulate(points, p, s.commit_threshold, compute_ms, s.max_pause_ms, labels, s.min_commit_pause_ms)
                 rows.append(
                     f"| {path} | {rc.name.split(' (')[0]} | {level} | {r.median:.0f} | {r.p90:.0f} | "
                     f"{r.interruptions} | {r.spurious} | {r.recalled}/{r.yields} |"

@@ -19,9 +19,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = Path(__file__).parent / params.get("onnx_file", "smart-turn-v3.2-cpu.onnx")
         device = ModelDevice.from_triton(params, args, REPO_ROOT)
-        self.turn = SmartTurn(
-            path, threads=int(params.get("intra_op_threads", "1")), providers=onnx_providers(device)
-        )
+        self.turn = SmartTurn(path, threads=int(params.get("intra_op_threads", "1")), providers=onnx_providers(device))
 
     def execute(self, requests):
         audios = [pb_utils.get_input_tensor_by_name(r, "AUDIO").as_numpy() for r in requests]

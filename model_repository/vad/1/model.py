@@ -18,9 +18,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = Path(__file__).parent / params.get("onnx_file", "silero_vad.onnx")
         device = ModelDevice.from_triton(params, args, REPO_ROOT)
-        self.vad = SileroBatch(
-            path, threads=int(params.get("intra_op_threads", "1")), providers=onnx_providers(device)
-        )
+        self.vad = SileroBatch(path, threads=int(params.get("intra_op_threads", "1")), providers=onnx_providers(device))
 
     def execute(self, requests):
         audios, states = [], []

@@ -130,7 +130,6 @@ class ReplicaVideo(MediaStreamTrack):
             frame.time_base = Fraction(1, VIDEO_CLOCK)
             return frame
 
-
     def lateness(self) -> float:
         """How late the face's recent frames typically left (seconds, their median; 0 with too few). A median,
         not a high percentile: the voice holds the wait for a whole utterance, so a burst of late frames must
