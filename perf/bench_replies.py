@@ -549,16 +549,16 @@ class Guard(Protocol):
     def finish(self, tail: str) -> str | None: ...
 
 
-def guard_factory() -> tuple[Callable[[Sequence[str], Sequence[str]], Guard], str]:
-    """The session's reply guard when `orchestrator/speech/guard.py` exists (`ReplyGuard(notes=, said=)`, the
-    keywords it takes), else `PassGuard`; and the line the replica says when the guard lets nothing through."""
+def guard_factory() -> tuple[Callable[[Sequence[str], Sequence[str], Sequence[str]], Guard], str]:
+    """The session's reply guard when `orchestrator/speech/guard.py` exists (`ReplyGuard(notes=, said=, heard=)`,
+    the keywords it takes), else `PassGuard`; and the line the replica says when the guard lets nothing through."""
     try:
         from orchestrator.speech import guard as module
     except ImportError:
-        return (lambda notes, said: PassGuard()), ""
+        return (lambda notes, said, heard: PassGuard()), ""
     cls: Any = getattr(module, "ReplyGuard", None)
     if cls is None:
-        return (lambda notes, said: PassGuard()), ""
+        return (lambda notes, said, heard: PassGuard()), ""
     takes = inspect.signature(cls).parameters
     fallback = "Sorry, could you say that again?"
     with contextlib.suppress(ImportError):
@@ -566,8 +566,8 @@ def guard_factory() -> tuple[Callable[[Sequence[str], Sequence[str]], Guard], st
 
         fallback = str(getattr(replies, "FALLBACK", fallback))
 
-    def make(notes: Sequence[str], said: Sequence[str]) -> Guard:
-        kwargs = {k: v for k, v in (("notes", list(notes)), ("said", list(said))) if k in takes}
+    def make(notes: Sequence[str], said: Sequence[str], heard: Sequence[str]) -> Guard:
+        kwargs = {k: v for k, v in (("notes", list(notes)), ("said", list(said)), ("heard", list(heard))) if k in takes}
         guard: Guard = cls(**kwargs)
         return guard
 
@@ -678,7 +678,7 @@ async def play_call(llm: Backend, call: CallSpec, settings: Any, warm: bool = Fa
             note = turn.note
         dialogue.perception_note = note
         # The notes as given and as the prompt shows them (the scorer looks for both); the guard gets what the
-        # session gives it (the prompt's notes, what the replica said).
+        # session gives it (the prompt's notes, what the replica said, the user's turns).
         shown = dialogue.prompt_notes(turn.user)
         seen_notes = [note, *shown] if note else []
         said = [t.text for t in dialogue.turns if t.role == "assistant" and t.text]
@@ -688,7 +688,7 @@ async def play_call(llm: Backend, call: CallSpec, settings: Any, warm: bool = Fa
         out = await play_turn(
             llm,
             request,
-            make_guard(shown, said),
+            make_guard(shown, said, [*(t.text for t in dialogue.turns if t.role == "user" and t.text), turn.user]),
             persona,
             settings.tts.first_clause_min_chars,
             settings.tts.clause_max_chars,

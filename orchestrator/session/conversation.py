@@ -576,7 +576,7 @@ class ConversationSession:
             reply.user_text = a.snapshot.transcript
         else:
             request = self.dialogue.request(a.snapshot.transcript, request_id=f"{self.name}-{a.reply_id}")
-            guard = ReplyGuard(notes=self.dialogue.prompt_notes(a.snapshot.transcript), said=self.dialogue.said())
+            guard = self.dialogue.guard(a.snapshot.transcript)
             self.runner.start(a.reply_id, request, speculative=a.speculative, asr_final_ms=asr_ms, guard=guard)
         await self.out.event(
             ReplyStarted(
@@ -599,7 +599,7 @@ class ConversationSession:
         else:
             grounding = await self.layer.ground(text, speculative=a.speculative)
         self.dialogue.steer = grounding.notes
-        guard = ReplyGuard(notes=self.dialogue.prompt_notes(text), said=self.dialogue.said())
+        guard = self.dialogue.guard(text)
         if grounding.script is not None:
             return None, grounding, guard
         request = self.dialogue.request(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.models.ports import ChatMessage, LlmRequest
 from orchestrator.session.persona import Persona
+from orchestrator.speech.guard import ReplyGuard
 
 # The house rules of a spoken call, after the persona's own prompt (kept short: every token is evaluated).
 SPEAKING_RULES = (
@@ -195,6 +196,13 @@ class Dialogue:
                 messages.append(ChatMessage("system", context))
             user_turn(*current)
         return _merge_same_role(messages)
+
+    def guard(self, user_text: str) -> ReplyGuard:
+        """The guard of a reply to `user_text`: the notes its prompt shows, what the replica said, and the user
+        turns the prompt shows (the replica must not speak as the user)."""
+        recent, current = self._parts(user_text)
+        heard = [t.text for t in recent if t.role == "user"] + ([current[0]] if current else [])
+        return ReplyGuard(notes=self.prompt_notes(user_text), said=self.said(), heard=heard)
 
     def said(self) -> list[str]:
         """What the replica said so far (the guard keeps it from saying it again)."""

@@ -8,6 +8,10 @@ A small model does not always follow its prompt. Whatever the prompt says, these
   normalising, or nearly: 85 % of the words of a clause of five or more), or a clause of four or more words
   that is, to 85 % of its words, one run of an earlier sentence (however that sentence was split into
   clauses: "If you have any questions," after "Let me know if you have any questions.");
+- **echo**: the replica speaking as the user, a clause of four or more words that is (85 % of its words) one
+  run of a user turn the prompt showed and says "I", "me" or "my" in it ("Hi, I'm calling about my bill."
+  back to the caller who said it). Saying the user's words back in the second person ("you were charged
+  twice"), or reading back what they gave (a name, an email, a number), stays;
 - **markup**: code, markdown, lists, braces or emoji (it is a voice call);
 - **incomplete**: the unfinished end of a reply (generation stopped mid-sentence), once something complete
   has been said.
@@ -39,6 +43,7 @@ NOTE_RUN = 5  # this many consecutive words copied from a note is reading it out
 NEAR_DUPLICATE = 0.85  # share of a clause's words found in an earlier one
 MIN_REPEAT_WORDS = 3  # shorter clauses ("Okay.", "Thank you.") may come back
 RUN_WORDS = 4  # a clause this long or longer that is (NEAR_DUPLICATE of it) a run of an earlier sentence
+FIRST_PERSON = frozenset("i i'm i've i'd i'll me my mine myself".split())  # the user's voice, not the replica's
 # Saying a note's state back to the person: "you sound hesitant", "they might be a bit unsure", "you're upset".
 _ASCRIBE = re.compile(
     r"\b(?:you|they)(?:'re| are| seem| sound| look| appear| feel| might be| may be| must be| could be)"
@@ -70,7 +75,7 @@ def complete(text: str) -> bool:
 class ReplyGuard:
     """One reply's guard: knows the notes the prompt carried and what the replica already said."""
 
-    def __init__(self, *, notes: Iterable[str] = (), said: Iterable[str] = ()) -> None:
+    def __init__(self, *, notes: Iterable[str] = (), said: Iterable[str] = (), heard: Iterable[str] = ()) -> None:
         self._note_runs: set[tuple[str, ...]] = set()
         self._states: set[str] = set()  # what the notes say the person is ("hesitant", "unsure")
         for note in notes:
@@ -82,6 +87,7 @@ class ReplyGuard:
         for text in said:
             self._said += [words(s) for s in re.split(r"(?<=[.!?,;:])\s+", text) if words(s)]
             self._sentences += [w for sentence in re.split(r"(?<=[.!?])\s+", text) if (w := words(sentence))]
+        self._heard = [w for text in heard if len(w := words(text)) >= RUN_WORDS]  # the user's turns, as words
         self._sentence: list[str] = []  # this reply's sentence so far (its clauses' words)
         self.spoken: list[str] = []  # the clauses of this reply that passed
 
@@ -119,9 +125,14 @@ class ReplyGuard:
         if self._states and any(set(words(m.group(1))) & self._states for m in _ASCRIBE.finditer(clause)):
             return "narration"
         if len(w) >= RUN_WORDS:
-            run = max((_longest_run(w, s) for s in self._sentences), default=0)
+            run = max((_longest_run(w, s).size for s in self._sentences), default=0)
             if run >= RUN_WORDS and run >= NEAR_DUPLICATE * len(w):
                 return "repetition"
+            for user in self._heard:
+                m = _longest_run(w, user)
+                copied = w[m.a : m.a + m.size]
+                if m.size >= RUN_WORDS and m.size >= NEAR_DUPLICATE * len(w) and FIRST_PERSON & set(copied):
+                    return "echo"
         if len(w) >= MIN_REPEAT_WORDS:
             for earlier in [*self._said, *self._sentences]:  # clauses, and whole sentences ("You know, Jordan.")
                 if w == earlier:
@@ -134,7 +145,6 @@ class ReplyGuard:
         return None
 
 
-
-def _longest_run(a: list[str], b: list[str]) -> int:
-    """The most consecutive words `a` and `b` have in common."""
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b)).size
+def _longest_run(a: list[str], b: list[str]) -> difflib.Match:
+    """The longest run of consecutive words `a` and `b` have in common (`.a`: where it starts in `a`)."""
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))

@@ -412,3 +412,13 @@ def test_a_turn_keeps_the_notes_its_reply_was_built_with_so_the_next_prompt_exte
     d.request("and")
     d.commit_user("and April", 7.0)
     assert d.request("and April").messages[-2].role == "assistant"  # no note: the one in force now is none
+
+
+def test_the_dialogue_gives_the_guard_the_user_turns_its_prompt_shows() -> None:
+    d = Dialogue(persona())
+    d.commit_user("Hi, I'm calling about my bill.", 1.0)
+    d.commit_replica("Sure, what is the charge?", 2.0, interrupted=False)
+    guard = d.guard("I think I paid it twice.")
+    assert guard.check("Hi, I'm calling about my bill.") == "echo"  # an earlier turn
+    assert guard.check("I think I paid it twice.") == "echo"  # the turn being answered
+    assert guard.check("Sure, what is the charge?") == "repetition"  # what the replica said

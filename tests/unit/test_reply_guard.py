@@ -112,3 +112,36 @@ def test_a_clause_that_is_a_run_of_an_earlier_sentence_repeats_it_however_it_was
     # A stock opening shared with an earlier question is not a repetition of it.
     g = ReplyGuard(said=["Could you please provide more information about your sleep?"])
     assert g.check("Could you please provide more information about your wake-up time?") is None
+
+
+HEARD = [
+    "Hi. I'm calling about my bill. It looks like I was charged twice this month.",
+    "My email is jo at example dot com.",
+]
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "Hi, I'm calling about my bill.",
+        "It looks like I was charged twice this month.",
+        "So I was charged twice this month,",
+    ],
+)
+def test_the_replica_does_not_speak_as_the_user(clause: str) -> None:
+    assert ReplyGuard(heard=HEARD).check(clause) == "echo"
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "You were charged twice this month.",  # the user's words turned round: an answer, not an echo
+        "I see you're calling about your bill.",
+        "Your email is jo at example dot com.",  # a read-back of what they gave
+        "jo at example dot com,",
+        "I was charged too, once.",  # the replica's own "I" in a short run
+        "I'm calling you back tomorrow about the bill and the refund we discussed.",  # a run of 3 in 13 words
+    ],
+)
+def test_answering_with_the_users_words_is_not_an_echo(clause: str) -> None:
+    assert ReplyGuard(heard=HEARD).check(clause) is None
