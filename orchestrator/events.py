@@ -157,7 +157,7 @@ class ReplyClauseDropped(Event):
     type: ClassVar[str] = "reply_clause_dropped"
     t: float
     reply_id: int
-    reason: str  # "narration" | "repetition" | "markup" | "incomplete"
+    reason: str  # "narration" | "repetition" | "echo" | "markup" | "incomplete"
     text: str
 
 

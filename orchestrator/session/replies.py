@@ -1,16 +1,15 @@
 """The reply runner: each reply the reply machine starts runs as one owned task, LLM → clauses → guard → TTS.
 
 The LLM's tokens go through the clause splitter; each clause passes the reply guard (`speech/guard.py`: no
-narration of notes, no repetition, no markup, no unfinished last sentence) and is synthesised as soon as it
-is complete, its audio appended to the reply's `ReplyAudio` (which playback reads once the reply is
-released). A spoken reply is short: generation stops after the persona's `max_sentences` spoken sentences.
-If the guard drops everything, the replica asks the user to say it again rather than stay silent. A scripted
-reply (the greeting) skips the LLM. `warm` has the model evaluate the history while the user speaks, so the
-next reply's prompt is mostly in the model's cache already. The runner reports progress
+narration of notes, no repetition, no speaking as the user, no markup, no unfinished last sentence) and is
+synthesised as soon as it is complete, its audio appended to the reply's `ReplyAudio` (which playback reads
+once the reply is released). A spoken reply is short: generation stops after the persona's `max_sentences`
+spoken sentences. If the guard drops everything, the replica asks the user to say it again rather than stay
+silent. A scripted reply (the greeting) skips the LLM. `warm` has the model evaluate the history while the
+user speaks, so the next reply's prompt is mostly in the model's cache already. The runner reports progress
 (first audio, done, failed) to its owner, which feeds the reply machine. Cancelling a reply cancels its task;
 that closes the model streams, which cancels the requests in Triton (or the HTTP stream of an
-OpenAI-compatible endpoint).
-"""
+OpenAI-compatible endpoint). """
 
 from __future__ import annotations
 
