@@ -9,7 +9,8 @@ silent. A scripted reply (the greeting) skips the LLM. `warm` has the model eval
 user speaks, so the next reply's prompt is mostly in the model's cache already. The runner reports progress
 (first audio, done, failed) to its owner, which feeds the reply machine. Cancelling a reply cancels its task;
 that closes the model streams, which cancels the requests in Triton (or the HTTP stream of an
-OpenAI-compatible endpoint). """
+OpenAI-compatible endpoint).
+"""
 
 from __future__ import annotations
 
