@@ -200,6 +200,7 @@ class ReplicaSpeakingStop(Event):
     reply_id: int
     interrupted: bool
     spoken_text: str
+    stall_ms: float = 0.0  # silence inside the reply while its synthesis caught up with playback
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ runs of audible samples with gaps shorter than ``SPAN_GAP_S`` merged, so pauses 
 * **Duplicate replies**: user turns whose window (turn start to next turn start) holds more than one
   ``replica_speaking_start`` (must be 0).
 * **Overlap**: seconds of replica talk spans inside a user turn, beyond its first ``OVERLAP_GRACE_S``.
+* **Stalls**: silence inside a reply while its synthesis caught up with playback (``replica_speaking_stop``'s
+  ``stall_ms``): the total in seconds, and how many replies had any.
 * **Failed runs**: a ``duet talk`` that exited non-zero, timed out or left outputs that cannot be read is not
   dropped: it is counted (column "failed runs") and every user turn of its file counts as a miss.
 """
@@ -201,6 +203,7 @@ class FileScore:
     pauses: int = 0  # paused + resumed after a blip
     spurious_stops: int = 0
     wasted_tokens: int = 0
+    stalls_ms: list[float] = field(default_factory=list)  # per reply heard with a stall: its silence inside
     failed: str = ""  # why the run failed (non-empty: no outputs to score; every turn is a miss)
 
 
@@ -310,6 +313,8 @@ def score_file(label: Mapping[str, Any], reply: npt.NDArray[Any], events: Sequen
         if i not in explained and not by_user and not by_blip:
             score.spurious_stops += 1
     score.wasted_tokens = sum(int(e.get("tokens") or 0) for e in events if e.get("type") == "reply_cancelled")
+    stalls = (float(e.get("stall_ms") or 0.0) for e in _of_type(events, "replica_speaking_stop"))
+    score.stalls_ms = [x for x in stalls if x > 0.0]
     return score
 
 
@@ -368,6 +373,8 @@ def aggregate(scores: Iterable[FileScore]) -> dict[str, Any]:
         "duplicate_replies": sum(1 for t in turns if t.starts > 1),
         "overlap_s": sum(t.overlap_s for t in turns),
         "turns_with_overlap": sum(1 for t in turns if t.overlap_s > 0.0),
+        "stall_s": sum(x for s in scores for x in s.stalls_ms) / 1000.0,
+        "stalled_replies": sum(len(s.stalls_ms) for s in scores),
     }
 
 
@@ -389,6 +396,7 @@ TABLE_COLUMNS = (
     "spurious stops",
     "duplicates",
     "overlap s (turns)",
+    "stalls s (replies)",
 )
 
 
@@ -416,6 +424,7 @@ def table_row(system: str, agg: Mapping[str, Any]) -> list[str]:
         str(agg["spurious_stops"]),
         str(agg["duplicate_replies"]),
         f"{agg['overlap_s']:.1f} ({agg['turns_with_overlap']})",
+        f"{agg['stall_s']:.1f} ({agg['stalled_replies']})",
     ]
 
 

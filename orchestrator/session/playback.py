@@ -80,6 +80,7 @@ class Playback:
         self._anchor_offset = 0
         self.sent = 0  # reply offset sent to the client so far
         self._starved = False  # the last send stopped short because synthesis had not caught up
+        self.underrun = 0  # samples of silence inside the reply while synthesis caught up (a stall the user hears)
 
     def position(self, offset: int) -> int:
         return self._anchor + (offset - self._anchor_offset)
@@ -91,6 +92,7 @@ class Playback:
         avail = self.reply.samples
         if self._starved and self.sent < avail and self.position(self.sent) < now:
             # Underrun (synthesis was slower than real time): continue from the present, not the past.
+            self.underrun += now - self.position(self.sent)
             self._anchor, self._anchor_offset = now, self.sent
         target = self._anchor_offset + (now + self.lead - self._anchor)
         want = min(avail, target)

@@ -31,6 +31,10 @@ def _t(sample: int) -> float:
     return round(sample / SAMPLE_RATE, 4)
 
 
+def _ms(samples: int) -> float:
+    return round(samples * 1000 / SAMPLE_RATE, 1)
+
+
 class ReplicaVoice:
     def __init__(
         self,
@@ -83,7 +87,7 @@ class ReplicaVoice:
         self.playback = None
         self.floor.replica(False)
         self._silence(reply_id, at)
-        await self.out.event(ReplicaSpeakingStop(_t(at), reply_id, True, spoken))
+        await self.out.event(ReplicaSpeakingStop(_t(at), reply_id, True, spoken, _ms(pb.underrun)))
         return spoken, at / SAMPLE_RATE
 
     async def advance(self, now: int) -> tuple[int, float] | None:
@@ -98,7 +102,7 @@ class ReplicaVoice:
         self.playback = None
         self.floor.replica(False)
         end = pb.end / SAMPLE_RATE
-        await self.out.event(ReplicaSpeakingStop(_t(pb.end), pb.reply.reply_id, False, pb.reply.text))
+        await self.out.event(ReplicaSpeakingStop(_t(pb.end), pb.reply.reply_id, False, pb.reply.text, _ms(pb.underrun)))
         return pb.reply.reply_id, end
 
     async def flush(self) -> tuple[int, float] | None:

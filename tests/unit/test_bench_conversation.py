@@ -172,6 +172,14 @@ def test_two_starts_for_one_turn_is_a_duplicate_reply() -> None:
     assert agg["duplicate_replies"] == 1
 
 
+def test_stalls_inside_replies_are_summed() -> None:
+    stalled = {**stop(7.0, "r1", False), "stall_ms": 240.0}
+    events = [*GOOD_EVENTS, stalled, {**stop(20.0, "r3", False), "stall_ms": 0.0}]
+    agg = aggregate([score_file(LABEL, GOOD_REPLY, events)])
+    assert agg["stall_s"] == pytest.approx(0.24) and agg["stalled_replies"] == 1
+    assert aggregate([score_file(LABEL, GOOD_REPLY, GOOD_EVENTS)])["stall_s"] == 0.0  # older runs: no field
+
+
 def test_start_event_far_from_the_audio_is_not_matched() -> None:
     events = [start(4.5, "r1"), start(12.6, "r2"), start(16.9, "r3"), start(25.7, "r4")]  # r1 0.7 s late
     s = score_file(LABEL, GOOD_REPLY, events)

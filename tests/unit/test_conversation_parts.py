@@ -264,6 +264,10 @@ def test_underrun_continues_from_the_present() -> None:
     r.chunks.append(chunk(800, "b"))
     seg = pb.due(2000)  # the second chunk arrived late: placed now, not in the past
     assert seg[0].start == 2000
+    assert pb.underrun == 2000 - 800  # the silence the user heard inside the reply
+    r.chunks.append(chunk(800, "c"))
+    pb.due(2700)  # in time: no more silence
+    assert pb.underrun == 1200
 
 
 def test_flush_places_the_rest_contiguously() -> None:
