@@ -155,6 +155,9 @@ class LlmSettings:
 class TtsSettings:
     voice: str = "en_US-joe-medium"
     first_clause_min_chars: int = 12  # split the reply at the first clause boundary past this many chars
+    # ... or before a phrase's first word ("by", "with", "because") past this many chars, when the first clause
+    # runs on without punctuation (spoken as a clause that goes on); 0 turns it off (docs/conversation.md)
+    first_phrase_chars: int = 24
     clause_max_chars: int = 160
 
 
@@ -400,6 +403,9 @@ def validate(s: Settings) -> None:
         raise BadOption("floor: min_commit_pause_ms must not exceed max_pause_ms")
     if not 0 < s.server.port < 65536:
         raise BadOption("server.port out of range")
+    _in_range("tts.first_clause_min_chars", s.tts.first_clause_min_chars, 0, 1000)
+    _in_range("tts.first_phrase_chars", s.tts.first_phrase_chars, 0, 1000)
+    _in_range("tts.clause_max_chars", s.tts.clause_max_chars, 1, 10000)
     sv = s.server
     if bool(s.api.tls_cert_file) != bool(s.api.tls_key_file):
         raise BadOption("api.tls_cert_file and api.tls_key_file go together (both or neither)")

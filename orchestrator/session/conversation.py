@@ -188,6 +188,7 @@ class ConversationSession:
             me,
             first_clause_min_chars=settings.tts.first_clause_min_chars,
             clause_max_chars=settings.tts.clause_max_chars,
+            first_phrase_chars=settings.tts.first_phrase_chars or None,
             name=name,
             clock=clock,
         )

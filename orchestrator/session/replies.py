@@ -15,6 +15,7 @@ OpenAI-compatible endpoint).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +28,7 @@ from orchestrator.models.ports import LanguageModel, LlmRequest, SpeechSynthesiz
 from orchestrator.session.grounding import Grounding, RailHit
 from orchestrator.session.persona import Persona
 from orchestrator.session.playback import ReplyAudio
-from orchestrator.speech.clauses import ClauseSplitter
+from orchestrator.speech.clauses import ClauseSplitter, continues
 from orchestrator.speech.guard import ReplyGuard, complete
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class ReplyRunner:
         *,
         first_clause_min_chars: int,
         clause_max_chars: int,
+        first_phrase_chars: int | None = None,
         name: str = "session",
         clock: Clock = time.perf_counter,
     ) -> None:
@@ -118,7 +120,7 @@ class ReplyRunner:
         self.progress = progress
         self.name = name
         self._clock = clock
-        self._clauses = (first_clause_min_chars, clause_max_chars)
+        self._clauses = (first_clause_min_chars, clause_max_chars, first_phrase_chars)
         self._replies: dict[int, Reply] = {}
         self._warming: set[asyncio.Task[None]] = set()
 
@@ -255,7 +257,7 @@ class ReplyRunner:
     ) -> None:
         if self.llm is None:
             raise DuetError("no LLM is configured for replies")
-        splitter = ClauseSplitter(first_clause_min_chars=self._clauses[0], clause_max_chars=self._clauses[1])
+        splitter = ClauseSplitter(*self._clauses)
         reply.generating = True
         dropped = False
         sentences = 0
@@ -312,7 +314,7 @@ class ReplyRunner:
         return reason is None
 
     async def _recite(self, script: str, clauses: asyncio.Queue[str | None]) -> None:
-        splitter = ClauseSplitter(first_clause_min_chars=self._clauses[0], clause_max_chars=self._clauses[1])
+        splitter = ClauseSplitter(*self._clauses)
         try:
             for clause in [*splitter.feed(script), *splitter.flush()]:
                 await clauses.put(clause)
@@ -323,7 +325,12 @@ class ReplyRunner:
         first = True
         while (clause := await clauses.get()) is not None:
             t0 = self._clock()
-            async for chunk in self.tts.synthesize(clause, self.persona.voice):
+            # A segment cut mid-sentence is spoken as a clause that goes on (a level end and a short pause),
+            # not with a sentence's fall; its text stays as the model wrote it.
+            goes_on = continues(clause)
+            async for spoken in self.tts.synthesize(f"{clause}," if goes_on else clause, self.persona.voice):
+                cut = goes_on and spoken.text.endswith(",")
+                chunk = dataclasses.replace(spoken, text=spoken.text[:-1]) if cut else spoken
                 reply.audio.chunks.append(chunk)
                 if first:
                     first = False

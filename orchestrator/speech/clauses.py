@@ -6,6 +6,12 @@ boundary (, ; : – — . ! ? …) once `first_clause_min_chars` are buffered, s
 words instead of a whole sentence; later segments are cut at sentence boundaries, or at a clause boundary once
 the buffer is over `clause_max_chars` (long sentences would delay audio and make big TTS requests).
 
+With `first_phrase_chars`, a first clause that runs on ("You can cancel your gym membership by calling the front
+desk.") is cut earlier still: before a word that opens a phrase (a conjunction, or a preposition that is rarely
+a verb's particle: "by", "with", "because", "and") once the text before it has that many characters. The
+reply's first audio then waits for a phrase, not the whole first sentence; the reply runner has the voice
+speak such a cut as a clause that goes on (see `continues`).
+
 A boundary is a punctuation mark followed by whitespace, so numbers ("3.5", "1,000", "10:30"), emails and URLs
 never split; abbreviations ("Dr.", "e.g.", "U.S.", initials) are recognised before a ".". Bare "and"/"but" are
 not boundaries: piper speaks every segment as a whole utterance, and a cut with no punctuation would put a
@@ -31,6 +37,12 @@ ABBREVIATIONS: Final = frozenset(
     "mr mrs ms dr prof st sr jr vs cf al approx fig vol dept mt ft gen gov sen rep capt lt col sgt ave blvd".split()
 )
 SAFETY_FACTOR: Final = 2  # no boundary at all for this many times clause_max_chars: cut at a word
+# Words a first phrase may be cut before. Left out: "to", "of", "that", "for", "in", "on", "up", "out", "about",
+# and the like, which often belong to the words before them ("have to", "a lot of", "pay for", "log in").
+PHRASE_OPENERS: Final = frozenset(
+    "and but or so because if when while although though unless until since whether which where who whose "
+    "by with at from during through without before after".split()
+)
 
 Boundary = Literal["sentence", "clause", "word"]
 
@@ -86,12 +98,21 @@ def boundary_before_space(text: str, newline: bool) -> Boundary | None:
 class ClauseSplitter:
     """Stateful splitter for one reply. Not thread-safe; create one per reply."""
 
-    def __init__(self, first_clause_min_chars: int | None = 12, clause_max_chars: int = 160) -> None:
-        """`first_clause_min_chars=None` turns off the early first clause (plain sentence splitting)."""
+    def __init__(
+        self,
+        first_clause_min_chars: int | None = 12,
+        clause_max_chars: int = 160,
+        first_phrase_chars: int | None = None,
+    ) -> None:
+        """`first_clause_min_chars=None` turns off the early first clause (plain sentence splitting);
+        `first_phrase_chars=None` (the default) the cut of a first clause at a phrase."""
         if clause_max_chars < 1:
             raise ValueError("clause_max_chars must be positive")
+        if first_phrase_chars is not None and first_phrase_chars < 1:
+            raise ValueError("first_phrase_chars must be positive")
         self.first_clause_min_chars = first_clause_min_chars
         self.clause_max_chars = clause_max_chars
+        self.first_phrase_chars = first_phrase_chars
         self._buf: list[str] = []  # normalised text not yet emitted; a single " " separates words
         self._emitted = 0
         self._newline = False  # the pending whitespace run contains a line break
@@ -134,8 +155,25 @@ class ClauseSplitter:
             out.append(text)
             self._emitted += 1
             self._buf.clear()
-        else:
-            self._buf.append(" ")
+            return
+        if kind is None and (phrase := self._first_phrase(text)) is not None:
+            out.append(phrase)
+            self._emitted += 1
+            del self._buf[: len(phrase) + 1]  # the opening word stays, to start the next segment
+        self._buf.append(" ")
+
+    def _first_phrase(self, text: str) -> str | None:
+        """The first segment, cut before the word just completed when that word opens a phrase and the text
+        before it is long enough (None: no cut here)."""
+        if self._emitted or self.first_phrase_chars is None or " " not in text:
+            return None
+        head, word = text.rsplit(" ", 1)
+        if len(head) < self.first_phrase_chars or not head[-1].isalnum() or word.lower() not in PHRASE_OPENERS:
+            return None
+        before = head.rsplit(" ", 1)[-1]
+        if word.lower() in ("and", "or") and before[0].isupper() and before != "I":
+            return None  # names joined ("a Google or Outlook calendar", "Tuesday and Thursday"): one phrase
+        return head
 
     def _cut(self, text: str, kind: Boundary) -> bool:
         if not any(c.isalnum() for c in text):
@@ -147,6 +185,12 @@ class ClauseSplitter:
         return (
             self._emitted == 0 and self.first_clause_min_chars is not None and len(text) >= self.first_clause_min_chars
         )
+
+
+def continues(segment: str) -> bool:
+    """Whether `segment` stops mid-sentence, with no punctuation (a first phrase, or a word cut of a run-on
+    clause): the voice should speak it as a clause that goes on, not as a sentence's end."""
+    return bool(segment) and segment[-1].isalnum()
 
 
 def split_text(text: str, first_clause_min_chars: int | None = None, clause_max_chars: int = 160) -> list[str]:

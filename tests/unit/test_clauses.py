@@ -8,7 +8,7 @@ import random
 import pytest
 
 from orchestrator.config import TtsSettings
-from orchestrator.speech.clauses import ClauseSplitter, normalize, split_text
+from orchestrator.speech.clauses import ClauseSplitter, continues, normalize, split_text
 
 SETTINGS = TtsSettings()
 
@@ -46,6 +46,49 @@ def test_first_clause_waits_for_the_minimum_length() -> None:
     # "Sure," is under 12 characters: the first cut is the next boundary past it.
     assert by_token("Sure, I can do that for you, no problem.") == ["Sure, I can do that for you,", "no problem."]
     assert by_token("Hi. How are you?") == ["Hi.", "How are you?"]  # sentences always end a segment
+
+
+def phrased(text: str, chars: int | None = SETTINGS.first_phrase_chars) -> list[str]:
+    splitter = ClauseSplitter(SETTINGS.first_clause_min_chars, SETTINGS.clause_max_chars, chars)
+    out: list[str] = []
+    for i, word in enumerate(text.split(" ")):
+        out += splitter.feed(word if i == 0 else " " + word)
+    return out + splitter.flush()
+
+
+def test_a_first_clause_that_runs_on_is_cut_before_a_phrase() -> None:
+    assert phrased("You can cancel your gym membership by calling the front desk. It takes a day.") == [
+        "You can cancel your gym membership",
+        "by calling the front desk.",
+        "It takes a day.",
+    ]
+    # Only the first segment: later sentences are cut at their ends as before.
+    assert phrased("Sure. You can cancel your gym membership by calling the front desk.") == [
+        "Sure.",
+        "You can cancel your gym membership by calling the front desk.",
+    ]
+    # Not before the minimum, nor where punctuation cuts anyway, nor after it is turned off.
+    assert phrased("You can call us with that.") == ["You can call us with that."]
+    assert phrased("Sure, I can do that for you, no problem.") == ["Sure, I can do that for you,", "no problem."]
+    text = "You can cancel your gym membership by calling the front desk."
+    assert phrased(text, None) == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("You know how sometimes you have to pay a late fee for it.", None),  # "to", "for": no cut
+        ("Sure, let's connect a Google or Outlook calendar for you.", None),  # names joined by "or": one phrase
+        ("We are open every Tuesday and Thursday from nine.", "We are open every Tuesday and Thursday"),
+    ],
+)
+def test_no_phrase_cut_inside_what_belongs_together(text: str, first: str | None) -> None:
+    assert phrased(text)[0] == (first or text)
+
+
+def test_a_segment_that_stops_mid_sentence_goes_on() -> None:
+    assert continues("You can cancel your gym membership")
+    assert not any(continues(s) for s in ["Sure,", "It takes a day.", "Really?", 'He said "no."', ""])
 
 
 def test_segment_is_released_as_soon_as_the_next_word_starts() -> None:
@@ -114,7 +157,7 @@ def test_nothing_speakable_gives_nothing() -> None:
 TOKENS = [
     "Well,", "Dr.", "Smith", "said", "3.5", "1,000", "e.g.", "U.S.", "okay.", "really?", "yes!", "no;", "maybe:",
     "a.b@c.com", "https://x.io/p.q", "**bold**", "`code`", "#", "😀", "👍🏽", "—", "and", "then", '"quoted."',
-    "(aside)", "\n", "\n\n", "  ", "etc.", "J.", "10:30", "word", "another", "thing",
+    "(aside)", "\n", "\n\n", "  ", "etc.", "J.", "10:30", "word", "another", "thing", "by", "with", "or", "Google",
 ]  # fmt: skip
 
 
@@ -123,7 +166,11 @@ def test_segments_add_up_to_the_normalised_text_however_it_is_streamed(seed: int
     rng = random.Random(seed)
     text = "".join(rng.choice(TOKENS) + rng.choice([" ", " ", "", "\n", "  "]) for _ in range(rng.randint(1, 60)))
     cuts = [rng.randint(0, len(text)) for _ in range(rng.randint(0, 30))]
-    kwargs = {"first_clause_min_chars": rng.choice([None, 0, 12, 40]), "clause_max_chars": rng.choice([20, 160])}
+    kwargs = {
+        "first_clause_min_chars": rng.choice([None, 0, 12, 40]),
+        "clause_max_chars": rng.choice([20, 160]),
+        "first_phrase_chars": rng.choice([None, 1, 24]),
+    }
     segments = stream(text, cuts, **kwargs)
     assert " ".join(segments) == normalize(text)
     assert all(s == s.strip() and s for s in segments)

@@ -21,6 +21,7 @@ from orchestrator.errors import ModelUnavailable
 from orchestrator.events import (
     ErrorEvent,
     FloorEvent,
+    ReplicaCaption,
     ReplicaSpeakingStart,
     ReplicaSpeakingStop,
     ReplicaTurn,
@@ -497,6 +498,33 @@ async def test_narration_and_repetition_are_never_spoken() -> None:
     ]
     system = models.llm_requests[0].messages
     assert any(m.role == "system" and m.content.startswith("NOTE: They sound hesitant") for m in system)
+
+
+class Speaker(FakeModels):
+    """Records what the voice was asked to say."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.said: list[str] = []
+
+    async def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
+        self.said.append(text)
+        async for chunk in super().synthesize(text, voice):
+            yield chunk
+
+
+async def test_a_first_phrase_is_spoken_as_a_clause_that_goes_on_and_written_as_the_model_wrote_it() -> None:
+    models = Speaker(reply="You can cancel your gym membership by calling the front desk.")
+    s, out, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    assert models.said == ["You can cancel your gym membership,", "by calling the front desk."]
+    [turn] = of(out, ReplicaTurn)
+    assert turn.text == "You can cancel your gym membership by calling the front desk."
+    assert [c.text for c in of(out, ReplicaCaption)] == [
+        "You can cancel your gym membership",
+        "by calling the front desk.",
+    ]
 
 
 class Rambler(FakeModels):
