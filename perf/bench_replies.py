@@ -606,11 +606,10 @@ class TurnResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-async def play_turn(
-    llm: Backend, request: LlmRequest, guard: Guard, persona: Persona, first_clause_min_chars: int, clause_max: int
-) -> dict[str, Any]:
-    """One reply exactly as `orchestrator.session.replies.ReplyRunner` makes it (timed like a session)."""
-    splitter = ClauseSplitter(first_clause_min_chars=first_clause_min_chars, clause_max_chars=clause_max)
+async def play_turn(llm: Backend, request: LlmRequest, guard: Guard, persona: Persona, tts: Any) -> dict[str, Any]:
+    """One reply exactly as `orchestrator.session.replies.ReplyRunner` makes it (timed like a session), split
+    with the `tts` settings."""
+    splitter = ClauseSplitter(tts.first_clause_min_chars, tts.clause_max_chars, tts.first_phrase_chars or None)
     t0 = time.perf_counter()
     ttft = first_clause = None
     last_token = t0
@@ -690,8 +689,7 @@ async def play_call(llm: Backend, call: CallSpec, settings: Any, warm: bool = Fa
             request,
             make_guard(shown, said, [*(t.text for t in dialogue.turns if t.role == "user" and t.text), turn.user]),
             persona,
-            settings.tts.first_clause_min_chars,
-            settings.tts.clause_max_chars,
+            settings.tts,
         )
         spoken = out["spoken"] or (fallback if out["dropped"] else "")
         stats = llm.turn_stats()

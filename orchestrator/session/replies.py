@@ -39,6 +39,8 @@ Clock = Callable[[], float]
 # the TTS (None: it may be spoken).
 Prepare = Callable[[], Awaitable[tuple[LlmRequest | None, Grounding, ReplyGuard]]]
 Rails = Callable[[str, str], Awaitable[RailHit | None]]
+# What the voice is asked to say: a clause, and whether it stops mid-sentence (spoken as a clause that goes on)
+Segment = tuple[str, bool]
 FALLBACK = "Sorry, could you say that again?"  # when the guard let nothing of a reply through
 WARM_CLOSE_WAIT_S = 10.0  # how long closing waits for a warm-up (a prefill) still in the model
 END_OF_STREAM_WAIT_S = 60.0  # at the end of the input, how long a reply still generating may take to finish
@@ -223,7 +225,7 @@ class ReplyRunner:
         rails: Rails | None = None,
     ) -> None:
         rid = reply.reply_id
-        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
+        clauses: asyncio.Queue[Segment | None] = asyncio.Queue(maxsize=64)
         failure: DuetError | None = None
         if prepare is not None:
             t0 = self._clock()
@@ -252,7 +254,7 @@ class ReplyRunner:
         reply: Reply,
         request: LlmRequest,
         guard: ReplyGuard,
-        clauses: asyncio.Queue[str | None],
+        clauses: asyncio.Queue[Segment | None],
         rails: Rails | None = None,
     ) -> None:
         if self.llm is None:
@@ -272,11 +274,11 @@ class ReplyRunner:
             hit = await rails(clause, " ".join(said)) if rails is not None else None
             if hit is not None:
                 await self.progress.reply_event(reply.reply_id, hit.event)
-                await clauses.put(hit.fallback)
+                await clauses.put((hit.fallback, False))
                 return False
             said.append(clause)
             sentences += complete(clause)
-            await clauses.put(clause)
+            await clauses.put((clause, not last and continues(clause)))
             return True
 
         try:
@@ -302,7 +304,7 @@ class ReplyRunner:
                         held = True
                         break
             if dropped and not guard.spoken and not held:  # nothing fit to say: better to ask than stay silent
-                await clauses.put(FALLBACK)
+                await clauses.put((FALLBACK, False))
         finally:
             reply.generating = False
             await clauses.put(None)
@@ -313,21 +315,23 @@ class ReplyRunner:
             await self.progress.clause_dropped(reply.reply_id, reason, clause)
         return reason is None
 
-    async def _recite(self, script: str, clauses: asyncio.Queue[str | None]) -> None:
+    async def _recite(self, script: str, clauses: asyncio.Queue[Segment | None]) -> None:
         splitter = ClauseSplitter(*self._clauses)
         try:
-            for clause in [*splitter.feed(script), *splitter.flush()]:
-                await clauses.put(clause)
+            for clause in splitter.feed(script):
+                await clauses.put((clause, continues(clause)))
+            for clause in splitter.flush():
+                await clauses.put((clause, False))
         finally:
             await clauses.put(None)
 
-    async def _speak(self, reply: Reply, clauses: asyncio.Queue[str | None]) -> None:
+    async def _speak(self, reply: Reply, clauses: asyncio.Queue[Segment | None]) -> None:
         first = True
-        while (clause := await clauses.get()) is not None:
+        while (segment := await clauses.get()) is not None:
+            clause, goes_on = segment
             t0 = self._clock()
             # A segment cut mid-sentence is spoken as a clause that goes on (a level end and a short pause),
             # not with a sentence's fall; its text stays as the model wrote it.
-            goes_on = continues(clause)
             async for spoken in self.tts.synthesize(f"{clause}," if goes_on else clause, self.persona.voice):
                 cut = goes_on and spoken.text.endswith(",")
                 chunk = dataclasses.replace(spoken, text=spoken.text[:-1]) if cut else spoken

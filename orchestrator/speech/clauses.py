@@ -15,7 +15,8 @@ speak such a cut as a clause that goes on (see `continues`).
 A boundary is a punctuation mark followed by whitespace, so numbers ("3.5", "1,000", "10:30"), emails and URLs
 never split; abbreviations ("Dr.", "e.g.", "U.S.", initials) are recognised before a ".". Bare "and"/"but" are
 not boundaries: piper speaks every segment as a whole utterance, and a cut with no punctuation would put a
-sentence-final fall in the middle of a phrase, where a speaker would not pause.
+sentence-final fall in the middle of a phrase, where a speaker would not pause (the one exception, the first
+phrase below, is spoken with a comma added for the voice).
 
 Text is normalised on the way in: markdown symbols (* # `) and emoji are dropped (TTS would read them or
 stumble), whitespace runs become one space. Segments are stripped, and `" ".join(segments) == normalize(text)`

@@ -527,6 +527,14 @@ async def test_a_first_phrase_is_spoken_as_a_clause_that_goes_on_and_written_as_
     ]
 
 
+async def test_the_end_of_a_reply_is_spoken_as_an_end_even_without_punctuation() -> None:
+    models = Speaker(reply="You can cancel your gym membership by calling the front desk")
+    s, _, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
+    await s.finish()
+    assert models.said == ["You can cancel your gym membership,", "by calling the front desk"]
+
+
 class Rambler(FakeModels):
     async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
         self._call("llm")
