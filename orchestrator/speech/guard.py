@@ -90,11 +90,16 @@ class ReplyGuard:
         self._heard = [w for text in heard if len(w := words(text)) >= RUN_WORDS]  # the user's turns, as words
         self._sentence: list[str] = []  # this reply's sentence so far (its clauses' words)
         self.spoken: list[str] = []  # the clauses of this reply that passed
+        self._broken: str | None = None  # why the current sentence's start was dropped (the rest goes too)
 
     def check(self, clause: str) -> str | None:
-        """Why `clause` must not be spoken (None: it may). A clause that passes is remembered as said."""
-        reason = self._reason(clause)
-        if reason is None:
+        """Why `clause` must not be spoken (None: it may). A clause that passes is remembered as said. Once a
+        clause is dropped, the rest of its sentence is too, for the same reason (what follows would be a
+        fragment: "or support team to move next month." without the start it continued)."""
+        reason = self._broken or self._reason(clause)
+        if reason is not None:
+            self._broken = None if complete(clause) else reason
+        else:
             self.spoken.append(clause)
             w = words(clause)
             if w:

@@ -60,7 +60,8 @@ def test_markup_and_code_are_not_spoken(clause: str) -> None:
 def test_a_sentence_said_before_is_not_said_again() -> None:
     g = ReplyGuard(said=["I can help with that. What is your account number?"])
     assert g.check("What is your account number?") == "repetition"
-    assert g.check("what is your Account Number") == "repetition"  # case and punctuation do not matter
+    said = ["I can help with that. What is your account number?"]
+    assert ReplyGuard(said=said).check("what is your Account Number") == "repetition"  # case, punctuation
     assert g.check("Could you tell me your account number?") is None
     assert g.check("Could you tell me your account number?") == "repetition"  # nor within the reply
     assert g.check("Okay.") is None and g.check("Okay.") is None  # short acknowledgements may come back
@@ -106,6 +107,7 @@ def test_using_the_note_without_reciting_it_is_fine(clause: str) -> None:
 def test_a_clause_that_is_a_run_of_an_earlier_sentence_repeats_it_however_it_was_split() -> None:
     g = ReplyGuard(said=["Let me know if you have any questions about it."])
     assert g.check("If you have any questions,") == "repetition"  # split at a comma this time
+    assert g.check("please call.") == "repetition"  # (the rest of the sentence it started)
     assert g.check("If you have a receipt,") is None
     assert g.check("I can check the charge on your account.") is None
     assert g.check("So I can check the charge on your account.") == "repetition"  # within the reply too
@@ -145,3 +147,11 @@ def test_the_replica_does_not_speak_as_the_user(clause: str) -> None:
 )
 def test_answering_with_the_users_words_is_not_an_echo(clause: str) -> None:
     assert ReplyGuard(heard=HEARD).check(clause) is None
+
+
+def test_the_rest_of_a_sentence_whose_start_was_dropped_is_dropped_too() -> None:
+    g = ReplyGuard(said=["You would need to contact the gym's customer service department."])
+    assert g.check("You would need to contact the gym's customer service department") == "repetition"
+    assert g.check("or support team to move to a new city next month.") == "repetition"  # a fragment without it
+    assert g.check("Is there anything else?") is None  # the next sentence is judged on its own
+    assert g.spoken == ["Is there anything else?"]
