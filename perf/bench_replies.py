@@ -720,6 +720,40 @@ async def play_call(llm: Backend, call: CallSpec, settings: Any, warm: bool = Fa
     return results
 
 
+def rescore(runs: Sequence[dict[str, Any]], calls: Sequence[CallSpec], tts: Any) -> dict[str, Any]:
+    """A saved run's raw replies through today's clause splitter (`tts` settings) and reply guard, scored again:
+    how a guard or splitting change moves what is spoken, without running a model. Each call's history is the
+    replies as re-guarded (the raw replies themselves came from the history of their run)."""
+    make_guard, fallback = guard_factory()
+    by_name = {c.name: c for c in calls}
+    turns = on_point = fallbacks = 0
+    drops: dict[str, int] = {}
+    for run in runs:
+        said: dict[str, list[str]] = {}
+        heard: dict[str, list[str]] = {}
+        for t in run["turns"]:
+            call = by_name[t["call"]]
+            notes = [t["note"]] if t["note"] else []
+            heard.setdefault(t["call"], []).append(t["user"])
+            earlier = said.setdefault(t["call"], [])
+            guard = make_guard(notes, list(earlier), heard[t["call"]])
+            splitter = ClauseSplitter(tts.first_clause_min_chars, tts.clause_max_chars, tts.first_phrase_chars or None)
+            segments, tail = splitter.feed(t["raw"]), splitter.flush()
+            kept, dropped = [], []
+            for i, segment in enumerate([*segments, *tail]):
+                last = i == len(segments) + len(tail) - 1 and bool(tail)
+                reason = guard.finish(segment) if last else guard.check(segment)
+                (kept if reason is None else dropped).append(reason or segment)
+            spoken = " ".join(kept) or (fallback if dropped else "")
+            turns += 1
+            on_point += score_reply(spoken, call.turns[t["index"]], notes, earlier).on_point
+            fallbacks += not kept and bool(dropped)
+            for reason in dropped:
+                drops[reason] = drops.get(reason, 0) + 1
+            earlier.append(spoken)
+    return {"turns": turns, "on_point": on_point, "fallbacks": fallbacks, "dropped": dict(sorted(drops.items()))}
+
+
 async def run_json(llm: Backend, task: JsonTask) -> dict[str, Any]:
     request = LlmRequest(
         messages=(ChatMessage("system", task.system), ChatMessage("user", task.user)),
@@ -922,6 +956,12 @@ def main() -> int:
     parser.add_argument("--calls", default="", help="only these calls (file names without .yaml)")
     parser.add_argument("--out", type=Path, default=None, help="JSON of every run (default perf/out/...)")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved run and exit")
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        help="score a saved run's raw replies again through today's splitter and guard (no model) and exit",
+    )
     parser.add_argument("--transcript", action="store_true", help="also print every reply")
     parser.add_argument("--fetch", default="", help="only fetch these candidates and print their paths")
     parser.add_argument(
@@ -940,6 +980,13 @@ def main() -> int:
     if args.fetch:
         for name in args.fetch.split(","):
             print(f"{name}: {gguf_path(name)}")
+        return 0
+    if args.rescore:
+        saved = json.loads(args.rescore.read_text())
+        calls, _ = load_split(saved["meta"]["split"])
+        for run in saved["runs"]:
+            print(run["backend"], run["model"], run["seed"], json.dumps(rescore([run], calls, load_settings().tts)))
+        print("all", json.dumps(rescore(saved["runs"], calls, load_settings().tts)))
         return 0
     if args.report:
         runs = json.loads(args.report.read_text())["runs"]

@@ -129,14 +129,18 @@ class ReplyGuard:
             return "narration"
         if self._states and any(set(words(m.group(1))) & self._states for m in _ASCRIBE.finditer(clause)):
             return "narration"
-        if len(w) >= RUN_WORDS:
-            run = max((_longest_run(w, s).size for s in self._sentences), default=0)
-            if run >= RUN_WORDS and run >= NEAR_DUPLICATE * len(w):
+        # A run of an earlier sentence or of a user turn is judged on the sentence so far: a clause that goes on
+        # one already spoken ("Yes, I should take some cough syrup" | "before I come in.") is dropped only when
+        # the sentence as a whole is the copy (dropping a short tail alone would leave its start a fragment).
+        whole = self._sentence + w
+        if len(whole) >= RUN_WORDS:
+            run = max((_longest_run(whole, s).size for s in self._sentences), default=0)
+            if run >= RUN_WORDS and run >= NEAR_DUPLICATE * len(whole):
                 return "repetition"
             for user in self._heard:
-                m = _longest_run(w, user)
-                copied = w[m.a : m.a + m.size]
-                if m.size >= RUN_WORDS and m.size >= NEAR_DUPLICATE * len(w) and FIRST_PERSON & set(copied):
+                m = _longest_run(whole, user)
+                copied = whole[m.a : m.a + m.size]
+                if m.size >= RUN_WORDS and m.size >= NEAR_DUPLICATE * len(whole) and FIRST_PERSON & set(copied):
                     return "echo"
         if len(w) >= MIN_REPEAT_WORDS:
             for earlier in [*self._said, *self._sentences]:  # clauses, and whole sentences ("You know, Jordan.")

@@ -165,3 +165,16 @@ def test_a_reply_that_says_the_users_turn_back_is_restated(user: str, reply: str
 )
 def test_a_reply_that_answers_is_not_restated(user: str, reply: str) -> None:
     assert "restated" not in fails(reply, br.TurnSpec(user))
+
+
+def test_a_saved_run_is_scored_again_through_todays_splitter_and_guard() -> None:
+    from orchestrator.config import TtsSettings
+
+    call = br.CallSpec(
+        "c", "billing", "", (br.TurnSpec("I was charged twice this month.", expect=(("refund", "dispute"),)),)
+    )
+    raw = ["I was charged twice this month.", "I can open a dispute for the second charge."]
+    runs = [{"turns": [{"call": "c", "index": 0, "user": call.turns[0].user, "note": "", "raw": r}]} for r in raw]
+    score = br.rescore(runs, [call], TtsSettings())
+    # the first reply is the user's own words: asked again instead; the second answers
+    assert score == {"turns": 2, "on_point": 1, "fallbacks": 1, "dropped": {"echo": 1}}

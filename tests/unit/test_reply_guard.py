@@ -155,3 +155,16 @@ def test_the_rest_of_a_sentence_whose_start_was_dropped_is_dropped_too() -> None
     assert g.check("or support team to move to a new city next month.") == "repetition"  # a fragment without it
     assert g.check("Is there anything else?") is None  # the next sentence is judged on its own
     assert g.spoken == ["Is there anything else?"]
+
+
+def test_a_clause_that_goes_on_a_spoken_start_is_judged_with_the_whole_sentence() -> None:
+    heard = ["Should I take some cough syrup before I come in?"]
+    g = ReplyGuard(heard=heard)
+    assert g.check("Yes, you should take some cough syrup") is None
+    assert g.check("before you come in.") is None  # the sentence is an answer, not the user's words
+    g = ReplyGuard(heard=heard)
+    assert g.check("Yes, I should take some cough syrup") is None
+    assert g.check("before I come in.") is None  # 8 of its 11 words copied: under 85 %, its start stays whole
+    g = ReplyGuard(heard=["It is for my left knee. It swells up every time I go running."])
+    assert g.check("It swells up every time") is None  # no "I" in it yet
+    assert g.check("I go running.") == "echo"  # the whole sentence is the user's
