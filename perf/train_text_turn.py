@@ -75,7 +75,7 @@ _TRAIL_FILLERS = ("um", "uh", "um", "er")
 P_CLEAR, P_MID = 0.5, 0.47
 N_NEG = 1.5  # prefixes drawn per turn (more for long turns)
 DRAWS = 3  # draws of prefixes and augmentations per dev turn
-TEMPLATES = 2400  # generated template turns (short answers, phrasal verbs, lists, amounts ...; see template_turns)
+TEMPLATES = 2640  # generated template turns (short answers, phrasal verbs, lists, amounts ...; see template_turns)
 TMPL_WEIGHT = 0.4  # the weight of one, against 1 for a chatterbot turn
 AMBIGUOUS = 0.2  # weight of a hold that ends at a sentence end ("Yes. | And my insurance changed too.")
 
@@ -332,7 +332,7 @@ def build_corpus(seed: int, conversations: bool, templates: int = 0, tmpl_weight
 # ----------------------------------------------------------------------------------------------- templates
 # Generic complete turns of kinds the dialogue corpus has too few of (short answers and acknowledgements,
 # phrasal verbs ending in their particle, lists closed by "and X", amounts / dates / times / digit groups read
-# out in full), each with matching unfinished prefixes. Customer-service / clinic / billing / onboarding words.
+# out in full, a call's closing), each with matching unfinished prefixes. Customer-service / clinic / billing / onboarding words.
 _ANSWERS = (
     "yes",
     "yeah",
@@ -406,6 +406,41 @@ _ANSWER_TAILS = (
     "no problem",
 )
 _ANSWER_OPEN = ("but", "and", "because", "so", "I", "I think", "the", "um", "actually I", "it's", "my", "if")
+# The end of a call: a closing, often after an acknowledgement. Its unfinished prefixes stop inside the closing.
+_CLOSING_LEAD = ("", "", "okay", "alright", "all right", "perfect", "great", "thanks", "thank you", "sounds good", "cool")
+_CLOSINGS = (
+    ("bye", ""),
+    ("goodbye", ""),
+    ("bye for now", "bye for"),
+    ("bye bye", ""),
+    ("have a good day", "have a good"),
+    ("have a nice day", "have a"),
+    ("have a great weekend", "have a great"),
+    ("have a good evening", "have a good"),
+    ("have a good one", "have a"),
+    ("take care", "take"),
+    ("see you then", "see you"),
+    ("see you soon", "see you"),
+    ("talk to you later", "talk to you"),
+    ("talk soon", ""),
+    ("thanks again", "thanks again for"),
+    ("I appreciate it", "I appreciate"),
+    ("I really appreciate your help", "I really appreciate"),
+    ("that's all for now", "that's all for"),
+    ("that's everything", "that's everything I"),
+    ("thanks for your help", "thanks for"),
+    ("thank you for your time", "thank you for your"),
+)
+_CLOSING_CONTEXT = (
+    "",
+    "You're welcome!",
+    "Is there anything else I can help you with?",
+    "Your appointment is booked.",
+    "I've sent you the confirmation.",
+    "Glad I could help.",
+    "The refund is on its way.",
+)
+
 _YN_CONTEXT = (
     "Do you want me to go ahead?",
     "Is that correct?",
@@ -728,7 +763,7 @@ def template_turns(seed: int, n: int) -> list[tuple[str, str, int, str]]:
         out.append((ctx, _cap(full) + end, 1, g))
         out.extend((ctx, _cap(o), 0, g) for o in opens)
 
-    kinds = ("answer", "phrasal", "list", "amount", "answer", "phrasal", "date", "time", "digits", "sub")
+    kinds = ("answer", "phrasal", "list", "amount", "answer", "phrasal", "date", "time", "digits", "sub", "closing")
     for i in range(n):
         kind = kinds[i % len(kinds)]
         if kind == "answer":
@@ -782,6 +817,13 @@ def template_turns(seed: int, n: int) -> list[tuple[str, str, int, str]]:
             short = rng.randint(1, max(1, ln - 2 if ln > 4 else ln - 1))
             opens = [head, f"{head} {_digits(rng, short, spoken)}"]
             put(kind, full, opens)
+        elif kind == "closing":
+            lead = rng.choice(_CLOSING_LEAD)
+            closing, unfinished = rng.choice(_CLOSINGS)
+            joined = f"{lead}{rng.choice((', ', '. ', ' '))}" if lead else ""
+            opens = [f"{joined}{unfinished}"] if unfinished else []
+            opens.append(f"{joined}{closing} {rng.choice(('and', 'but', 'um', 'oh and', 'also'))}")
+            put(kind, f"{joined}{closing}", opens, rng.choice(_CLOSING_CONTEXT))
         else:  # a subordinate clause alone is unfinished; with its main clause it is complete
             s = f"{rng.choice(_SUB_OPEN)} {rng.choice(_SUB_BODY)}"
             main = rng.choice(
