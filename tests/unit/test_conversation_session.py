@@ -513,26 +513,20 @@ class Speaker(FakeModels):
             yield chunk
 
 
-async def test_a_first_phrase_is_spoken_as_a_clause_that_goes_on_and_written_as_the_model_wrote_it() -> None:
-    models = Speaker(reply="You can cancel your gym membership by calling the front desk.")
+@pytest.mark.parametrize("end", [".", ""])
+async def test_a_first_phrase_is_spoken_as_a_clause_that_goes_on_and_written_as_the_model_wrote_it(end: str) -> None:
+    """(A reply's end is spoken as an end, even without punctuation.)"""
+    models = Speaker(reply=f"You can cancel your gym membership by calling the front desk{end}")
     s, out, clock = session(models, speculation=False)
     await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
     await s.finish()
-    assert models.said == ["You can cancel your gym membership,", "by calling the front desk."]
+    assert models.said == ["You can cancel your gym membership,", f"by calling the front desk{end}"]
     [turn] = of(out, ReplicaTurn)
-    assert turn.text == "You can cancel your gym membership by calling the front desk."
+    assert turn.text == f"You can cancel your gym membership by calling the front desk{end}"
     assert [c.text for c in of(out, ReplicaCaption)] == [
         "You can cancel your gym membership",
-        "by calling the front desk.",
+        f"by calling the front desk{end}",
     ]
-
-
-async def test_the_end_of_a_reply_is_spoken_as_an_end_even_without_punctuation() -> None:
-    models = Speaker(reply="You can cancel your gym membership by calling the front desk")
-    s, _, clock = session(models, speculation=False)
-    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
-    await s.finish()
-    assert models.said == ["You can cancel your gym membership,", "by calling the front desk"]
 
 
 class Rambler(FakeModels):
