@@ -332,7 +332,8 @@ def build_corpus(seed: int, conversations: bool, templates: int = 0, tmpl_weight
 # ----------------------------------------------------------------------------------------------- templates
 # Generic complete turns of kinds the dialogue corpus has too few of (short answers and acknowledgements,
 # phrasal verbs ending in their particle, lists closed by "and X", amounts / dates / times / digit groups read
-# out in full, a call's closing), each with matching unfinished prefixes. Customer-service / clinic / billing / onboarding words.
+# out in full, a call's closing), each with matching unfinished prefixes. Customer-service / clinic / billing /
+# onboarding words.
 _ANSWERS = (
     "yes",
     "yeah",
@@ -407,7 +408,10 @@ _ANSWER_TAILS = (
 )
 _ANSWER_OPEN = ("but", "and", "because", "so", "I", "I think", "the", "um", "actually I", "it's", "my", "if")
 # The end of a call: a closing, often after an acknowledgement. Its unfinished prefixes stop inside the closing.
-_CLOSING_LEAD = ("", "", "okay", "alright", "all right", "perfect", "great", "thanks", "thank you", "sounds good", "cool")
+_CLOSING_LEAD = (
+    *("", "", "okay", "alright", "all right", "perfect"),
+    *("great", "thanks", "thank you", "sounds good", "cool"),
+)
 _CLOSINGS = (
     ("bye", ""),
     ("goodbye", ""),
