@@ -11,10 +11,14 @@ A small model does not always follow its prompt. Whatever the prompt says, these
 - **echo**: the replica speaking as the user, a clause of four or more words that is (85 % of its words) one
   run of a user turn the prompt showed and says "I", "me" or "my" in it ("Hi, I'm calling about my bill."
   back to the caller who said it). Saying the user's words back in the second person ("you were charged
-  twice"), or reading back what they gave (a name, an email, a number), stays;
+  twice"), or reading back what they gave (a name, an email, a number), stays. This rule and the run rule of
+  **repetition** judge a clause with the start of its sentence already spoken, so a short tail is not
+  dropped alone;
 - **markup**: code, markdown, lists, braces or emoji (it is a voice call);
 - **incomplete**: the unfinished end of a reply (generation stopped mid-sentence), once something complete
   has been said.
+
+Once a clause is dropped, the rest of its sentence is dropped too, for the same reason: it would be a fragment.
 
 Pure: text in, a reason out. The reply runner (`orchestrator/session/replies.py`) applies it and reports each
 dropped clause as a `reply_clause_dropped` event.
