@@ -48,7 +48,7 @@ def test_first_clause_waits_for_the_minimum_length() -> None:
     assert by_token("Hi. How are you?") == ["Hi.", "How are you?"]  # sentences always end a segment
 
 
-def phrased(text: str, chars: int | None = SETTINGS.first_phrase_chars) -> list[str]:
+def phrased(text: str, chars: int | None = 24) -> list[str]:
     splitter = ClauseSplitter(SETTINGS.first_clause_min_chars, SETTINGS.clause_max_chars, chars)
     out: list[str] = []
     for i, word in enumerate(text.split(" ")):

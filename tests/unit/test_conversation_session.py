@@ -517,7 +517,8 @@ class Speaker(FakeModels):
 async def test_a_first_phrase_is_spoken_as_a_clause_that_goes_on_and_written_as_the_model_wrote_it(end: str) -> None:
     """(A reply's end is spoken as an end, even without punctuation.)"""
     models = Speaker(reply=f"You can cancel your gym membership by calling the front desk{end}")
-    s, out, clock = session(models, speculation=False)
+    settings = Settings(tts=dataclasses.replace(Settings().tts, first_phrase_chars=24))
+    s, out, clock = session(models, speculation=False, settings=settings)
     await play(s, clock, np.concatenate([speech(3000, 1.0), silence(2.0)]))
     await s.finish()
     assert models.said == ["You can cancel your gym membership,", f"by calling the front desk{end}"]
