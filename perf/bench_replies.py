@@ -609,7 +609,7 @@ class TurnResult:
 async def play_turn(llm: Backend, request: LlmRequest, guard: Guard, persona: Persona, tts: Any) -> dict[str, Any]:
     """One reply exactly as `orchestrator.session.replies.ReplyRunner` makes it (timed like a session), split
     with the `tts` settings."""
-    splitter = ClauseSplitter(tts.first_clause_min_chars, tts.clause_max_chars, tts.first_phrase_chars or None)
+    splitter = ClauseSplitter.for_settings(tts)
     t0 = time.perf_counter()
     ttft = first_clause = None
     last_token = t0
@@ -737,7 +737,7 @@ def rescore(runs: Sequence[dict[str, Any]], calls: Sequence[CallSpec], tts: Any)
             heard.setdefault(t["call"], []).append(t["user"])
             earlier = said.setdefault(t["call"], [])
             guard = make_guard(notes, list(earlier), heard[t["call"]])
-            splitter = ClauseSplitter(tts.first_clause_min_chars, tts.clause_max_chars, tts.first_phrase_chars or None)
+            splitter = ClauseSplitter.for_settings(tts)
             segments, tail = splitter.feed(t["raw"]), splitter.flush()
             kept, dropped = [], []
             for i, segment in enumerate([*segments, *tail]):

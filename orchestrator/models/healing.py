@@ -1,12 +1,19 @@
-"""Model healing: when a Triton Python-backend stub dies, reload its model. Pure, with an injected clock.
+"""Model healing: when a Triton Python-backend stub dies or hangs, reload its model. Pure, with an injected clock.
 
 Why it is needed: a stub that dies (a segfault in native code, the OOM killer, a kill) leaves its model READY
 in Triton, and every request to it, and to the ensembles that use it, then fails after ~1 s with
 `Stub process '<instance>' is not healthy.` until the model is unloaded and loaded again through the
 repository API (0.4-0.5 s for a small model). Nothing in Triton does that by itself.
 
+A stub can also hang without dying: blocked inside its model while the backend's health check still passes,
+so Triton keeps it READY and queues every request behind the one it never finishes. Nothing fails; requests
+just get no answer. A model is taken for hung when a request waited its whole timeout and the model answered
+no request at all meanwhile (a model that is only slow answers someone).
+
 `Healer` is the decision half. It takes what was observed, with the time:
 - `failed`: a request failed with this message (the dead-stub text names the instance whose stub died);
+- `answered`: a model answered a request (a response, or a piece of a streamed one);
+- `silent`: a request to a model waited since a time and got nothing before its timeout;
 - `stubs`: a probe found these stub processes alive (model -> pids; only where the server is local);
 - `reloaded`: a reload finished, well or not;
 - `tick`: time passed (a reload that failed is retried after a backoff);
@@ -50,7 +57,7 @@ class Reload:
     model: str
     attempt: int
     reason: str  # what showed the stub was dead
-    source: str  # "request" (a request failed) or "probe" (its stub process is gone)
+    source: str  # "request" (a request failed), "probe" (its stub process is gone) or "silence" (it hung)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class _Model:
     source: str = ""
     healed_at: float = float("-inf")  # when its last reload finished
     pids: frozenset[int] | None = None  # its stubs as last probed (None: not seen since the last reload)
+    answered_at: float = float("-inf")  # when it last answered a request
 
 
 class Healer:
@@ -142,6 +150,23 @@ class Healer:
         if instance == model or instance in self.members.get(model, ()):
             return (instance,)
         return self.members.get(model, ()) or (model,)
+
+    def answered(self, model: str, now: float) -> None:
+        """`model` answered a request at `now` (it is not hung)."""
+        self._model(model).answered_at = now
+
+    def silent(self, model: str, since: float, now: float) -> list[Action]:
+        """A request to `model` waited from `since` to `now` (its timeout) and got nothing.
+
+        The model is hung when it answered no request at all in that time: it is reloaded (its stub killed
+        first, where the healer can). For an ensemble, which member hangs is not known, so all are reloaded.
+        A wait that began before the model's last reload says nothing about the new stub.
+        """
+        if self._model(model).answered_at >= since:
+            return []
+        reason = f"it answered nothing for {now - since:.0f} s while a request waited: taken for hung"
+        targets = self.members.get(model, ()) or (model,)
+        return [a for t in targets for a in self._dead(t, now, since, reason, "silence")]
 
     def stubs(self, alive: Mapping[str, Iterable[int]], now: float) -> list[Action]:
         """A probe found these stubs alive (model -> pids). A model whose stub was seen and is gone now, with

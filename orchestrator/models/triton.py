@@ -75,7 +75,11 @@ log = logging.getLogger("duet.triton")
 
 
 class StubDied(ModelUnavailable):
-    """The model's stub process died while it held this request (the healer is reloading the model)."""
+    """The model's stub process died, or hung, while it held this request (the healer is reloading the model)."""
+
+
+class NoAnswer(ModelUnavailable):
+    """The model sent nothing within the request's timeout (slow, or hung: the healer judges which)."""
 
 
 class ReloadHung(ModelUnavailable):
@@ -384,7 +388,7 @@ class TritonModels:
                 raise EndpointDown(f"model {model!r} is not reachable at {e.url}: {exc.message()}") from exc
             raise ModelUnavailable(f"model {model!r} failed: {exc.message()}") from exc
         except TimeoutError as exc:
-            raise ModelUnavailable(f"model {model!r} did not answer within {self.timeout_s:.0f}s") from exc
+            raise NoAnswer(f"model {model!r} did not answer within {self.timeout_s:.0f}s") from exc
 
     async def _call(self, model: str, inputs: list[Any], outputs: list[str]) -> Any:
         """`_infer` on the least loaded server, sent at most twice (every model called this way is a pure
@@ -411,8 +415,13 @@ class TritonModels:
             except ModelUnavailable as exc:
                 if healer is None:
                     raise
-                # its stub died, or it went to a model being reloaded meanwhile ("unknown model", "not ready")
-                dead = healer.failed(model, exc.message, heal_sent) or not healer.healthy(model)
+                # its stub died or hung, or it went to a model being reloaded meanwhile ("unknown model", "not
+                # ready")
+                dead = (
+                    healer.failed(model, exc.message, heal_sent)
+                    or (isinstance(exc, NoAnswer) and healer.silent(model, heal_sent))
+                    or not healer.healthy(model)
+                )
                 if not dead or attempt == 2:
                     raise  # (a second failure on a dead stub has started another reload: the next call waits)
                 if self._elsewhere(model, {*tried, e.url}):
@@ -422,6 +431,8 @@ class TritonModels:
                 continue
             finally:
                 self.pool.end(e.url)
+            if healer is not None:
+                healer.answered(model)
             self._log(self.pool.succeeded(e.url, sent))
             return result
         raise ModelUnavailable(f"model {model!r}: no Triton endpoint left to try")
@@ -661,6 +672,7 @@ class TritonModels:
         deaths = healer.deaths(model) if healer is not None else 0
         try:
             while True:
+                waited = healer.now() if healer is not None else 0.0
                 try:
                     async with asyncio.timeout(timeout_s) as deadline:
                         # A stub that dies mid-request never answers it: the healer ends this wait when it
@@ -672,12 +684,16 @@ class TritonModels:
                 except TimeoutError as exc:
                     if healer is not None and healer.deaths(model) != deaths:
                         raise StubDied(f"model {model!r} failed: its stub died during the request") from None
-                    raise ModelUnavailable(f"model {model!r} sent nothing for {timeout_s:.0f}s") from exc
+                    if healer is not None and healer.silent(model, waited):
+                        raise StubDied(f"model {model!r} sent nothing for {timeout_s:.0f}s: taken for hung") from None
+                    raise NoAnswer(f"model {model!r} sent nothing for {timeout_s:.0f}s") from exc
                 except grpc.RpcError as exc:
                     message = f"model {model!r} is not reachable at {e.url}: {exc}"
                     if exc.code() == grpc.StatusCode.UNAVAILABLE:
                         raise EndpointDown(message) from exc
                     raise ModelUnavailable(message) from exc
+                if healer is not None:
+                    healer.answered(model)
                 if error is not None:
                     raise ModelUnavailable(f"model {model!r} failed: {error.message()}")
                 yield result
@@ -858,8 +874,8 @@ class ModelHealer:
         self.probe_interval_s = probe_interval_s
         self.reload_timeout_s = reload_timeout_s
         self.now = clock
-        # (what, model): what is "dead_stub_failure", "found_by_request", "found_by_probe", "reload", "healed",
-        # "reload_failed"
+        # (what, model): what is "dead_stub_failure", "silent_timeout", "found_by_request", "found_by_probe",
+        # "found_by_silence", "reload", "healed", "reload_failed"
         self.counts: Counter[tuple[str, str]] = Counter()
         self.heals: list[Healed] = []  # every heal, in order (the last few hundred)
         self._due: list[Reload] = []
@@ -890,6 +906,20 @@ class ModelHealer:
             yield
         finally:
             waits.discard(deadline)
+
+    def answered(self, model: str) -> None:
+        """`model` answered a request just now: it is not hung."""
+        self.healer.answered(model, self.now())
+
+    def silent(self, model: str, since: float) -> bool:
+        """A request to `model` waited from `since` and got nothing within its timeout. True when the model is
+        taken for hung (it answered nobody meanwhile): it is being reloaded, and the request may be sent again
+        once `wait_healthy`."""
+        actions = self.healer.silent(model, since, self.now())
+        if actions:
+            self.counts["silent_timeout", model] += 1
+            self._act(actions)
+        return bool(actions)
 
     def failed(self, model: str, message: str, sent: float) -> bool:
         """A request to `model` sent at `sent` failed with `message`. True when its stub had died: the model
@@ -976,7 +1006,8 @@ class ModelHealer:
                     now = asyncio.get_running_loop().time()
                     for deadline in self._waits.get(a.model, ()):
                         deadline.reschedule(now)  # the requests it held will never be answered
-                log.warning("model %r: its stub died (%s); reloading it (attempt %d)", a.model, a.reason, a.attempt)
+                what = "it hung" if a.source == "silence" else "its stub died"
+                log.warning("model %r: %s (%s); reloading it (attempt %d)", a.model, what, a.reason, a.attempt)
                 self._due.append(a)
                 self._wake.set()
             elif isinstance(a, Healed):

@@ -186,9 +186,7 @@ class ConversationSession:
             models,
             persona,
             me,
-            first_clause_min_chars=settings.tts.first_clause_min_chars,
-            clause_max_chars=settings.tts.clause_max_chars,
-            first_phrase_chars=settings.tts.first_phrase_chars or None,
+            clauses=settings.tts,
             name=name,
             clock=clock,
         )

@@ -28,7 +28,7 @@ from orchestrator.models.ports import LanguageModel, LlmRequest, SpeechSynthesiz
 from orchestrator.session.grounding import Grounding, RailHit
 from orchestrator.session.persona import Persona
 from orchestrator.session.playback import ReplyAudio
-from orchestrator.speech.clauses import ClauseSplitter, continues
+from orchestrator.speech.clauses import ClauseLengths, ClauseSplitter, continues
 from orchestrator.speech.guard import ReplyGuard, complete
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,7 @@ class ReplyRunner:
         persona: Persona,
         progress: ReplyProgress,
         *,
-        first_clause_min_chars: int,
-        clause_max_chars: int,
-        first_phrase_chars: int | None = None,
+        clauses: ClauseLengths,
         name: str = "session",
         clock: Clock = time.perf_counter,
     ) -> None:
@@ -122,7 +120,7 @@ class ReplyRunner:
         self.progress = progress
         self.name = name
         self._clock = clock
-        self._clauses = (first_clause_min_chars, clause_max_chars, first_phrase_chars)
+        self._clauses = clauses
         self._replies: dict[int, Reply] = {}
         self._warming: set[asyncio.Task[None]] = set()
 
@@ -259,7 +257,7 @@ class ReplyRunner:
     ) -> None:
         if self.llm is None:
             raise DuetError("no LLM is configured for replies")
-        splitter = ClauseSplitter(*self._clauses)
+        splitter = ClauseSplitter.for_settings(self._clauses)
         reply.generating = True
         dropped = False
         sentences = 0
@@ -316,7 +314,7 @@ class ReplyRunner:
         return reason is None
 
     async def _recite(self, script: str, clauses: asyncio.Queue[Segment | None]) -> None:
-        splitter = ClauseSplitter(*self._clauses)
+        splitter = ClauseSplitter.for_settings(self._clauses)
         try:
             for clause in splitter.feed(script):
                 await clauses.put((clause, continues(clause)))

@@ -26,7 +26,7 @@ holds for any way the text is cut into pieces.
 from __future__ import annotations
 
 import unicodedata
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 MARKDOWN: Final = frozenset("*#`")
 SENTENCE_END: Final = frozenset(".!?…")
@@ -96,6 +96,17 @@ def boundary_before_space(text: str, newline: bool) -> Boundary | None:
     return None
 
 
+class ClauseLengths(Protocol):
+    """The lengths a reply's splitter is built from: the `tts.*` settings (`orchestrator.config.TtsSettings`)."""
+
+    @property
+    def first_clause_min_chars(self) -> int: ...
+    @property
+    def clause_max_chars(self) -> int: ...
+    @property
+    def first_phrase_chars(self) -> int: ...  # 0: no cut at a phrase
+
+
 class ClauseSplitter:
     """Stateful splitter for one reply. Not thread-safe; create one per reply."""
 
@@ -118,6 +129,11 @@ class ClauseSplitter:
         self._emitted = 0
         self._newline = False  # the pending whitespace run contains a line break
         self._space = False  # whitespace seen after the last kept character, not yet written
+
+    @classmethod
+    def for_settings(cls, lengths: ClauseLengths) -> ClauseSplitter:
+        """The splitter a reply gets under these settings (`settings.tts`)."""
+        return cls(lengths.first_clause_min_chars, lengths.clause_max_chars, lengths.first_phrase_chars or None)
 
     def feed(self, piece: str) -> list[str]:
         """Add the next piece of text; return the segments it completed (possibly none)."""

@@ -49,7 +49,7 @@ def test_clause_splitter_feed_and_flush(benchmark):
     tts = TtsSettings()
 
     def reply():
-        splitter = ClauseSplitter(tts.first_clause_min_chars, tts.clause_max_chars, tts.first_phrase_chars or None)
+        splitter = ClauseSplitter.for_settings(tts)
         out = [seg for piece in PIECES for seg in splitter.feed(piece)]
         return out + splitter.flush()
 

@@ -150,10 +150,11 @@ async def healing(
     body: Callable[[TritonModels, ModelHealer], Awaitable[Any]],
     *,
     probe: bool = True,
+    timeout_s: float = 10.0,
     **healer_options: Any,
 ) -> Any:
     """Run `body` with an adapter and its healer (probing the server's stubs when `probe`) and a supervisor."""
-    models = TritonModels(server.grpc_url, timeout_s=10.0)
+    models = TritonModels(server.grpc_url, timeout_s=timeout_s)
     models.llm_timeout_s = 20.0
     healer = ModelHealer(models, probe=server.stubs if probe else None, **healer_options)
 
@@ -349,3 +350,70 @@ def test_a_reload_that_hangs_restarts_the_server(lone_llm: EmbeddedTriton) -> No
         assert healer.healer.unhealthy() == []
 
     asyncio.run(healing(server, body, restart_server=server.kill, reload_timeout_s=0.001))
+
+
+# The real `tts` model with one fault added: the first request for "<stall>" after `stall-once` appears in its
+# folder blocks inside `execute` for good, as a deadlocked model does. The stub's health thread runs on, so
+# Triton keeps the model READY and queues every later request behind it; nothing fails, nothing is answered.
+STALLING_TTS = """
+import importlib.util
+import threading
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("real_tts", {real!r})
+real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(real)
+ONCE = Path(__file__).parent / "stall-once"
+
+
+class TritonPythonModel(real.TritonPythonModel):
+    def execute(self, requests):
+        if ONCE.exists() and any(real._string(r, "TEXT") == "<stall>" for r in requests):
+            ONCE.unlink()
+            threading.Event().wait()
+        return super().execute(requests)
+"""
+
+
+@pytest.fixture()
+def stalling_tts(tmp_path: Path) -> Iterator[EmbeddedTriton]:
+    real = Path(TritonSettings().model_repository) / "tts"
+    version = tmp_path / "repo" / "tts" / "1"
+    version.mkdir(parents=True)
+    (version.parent / "config.pbtxt").write_text((real / "config.pbtxt").read_text())
+    (version / "model.py").write_text(STALLING_TTS.format(real=str(real / "1" / "model.py")))
+    with EmbeddedTriton(TritonSettings(models=("tts",), model_repository=str(tmp_path / "repo"))) as s:
+        yield s
+
+
+def test_a_hung_tts_stub_is_taken_for_hung_killed_and_reloaded_and_its_requests_answered(
+    stalling_tts: EmbeddedTriton,
+) -> None:
+    """A stub blocked in its model, not dead: Triton never calls it "not healthy". The request that waited its
+    whole timeout while the model answered nobody marks it hung; the stub is killed and the model reloaded; that
+    request and the one queued behind it are sent again and answered."""
+    server = stalling_tts
+    once = Path(server.settings.model_repository) / "tts" / "1" / "stall-once"
+
+    async def speak(models: TritonModels, text: str) -> int:
+        return len([chunk async for chunk in models.synthesize(text)])
+
+    async def body(models: TritonModels, healer: ModelHealer) -> None:
+        assert await speak(models, "Hello there.") == 1
+        pid = stub_pid(server, "tts")
+        once.touch()
+        t0 = time.monotonic()
+        stalled = asyncio.create_task(speak(models, "<stall>"))
+        await asyncio.sleep(0.5)
+        queued = asyncio.create_task(speak(models, "Are you still there?"))
+        answers = await asyncio.gather(stalled, queued)
+        took = time.monotonic() - t0
+        print(f"[healing] tts stub hung: both requests answered {took:.2f} s after the stall began ({healer.counts})")
+        assert answers == [1, 1]
+        assert not once.exists()  # the stall happened
+        assert healer.counts["found_by_silence", "tts"] == 1, healer.counts
+        assert healer.counts["healed", "tts"] == 1, healer.counts
+        assert wait_for_stub(server, "tts") != pid  # killed and replaced, not left to wake up
+        assert await speak(models, "Goodbye.") == 1
+
+    asyncio.run(healing(server, body, timeout_s=3.0, kill_stubs=server.kill_stubs))

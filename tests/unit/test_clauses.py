@@ -176,3 +176,9 @@ def test_segments_add_up_to_the_normalised_text_however_it_is_streamed(seed: int
     assert all(s == s.strip() and s for s in segments)
     # The cut positions never change the result: streaming is the same as splitting the whole text.
     assert segments == stream(text, [], **kwargs)
+
+
+def test_the_settings_build_the_splitter_and_a_zero_first_phrase_turns_the_cut_off() -> None:
+    on = ClauseSplitter.for_settings(TtsSettings(first_clause_min_chars=10, clause_max_chars=90, first_phrase_chars=24))
+    assert (on.first_clause_min_chars, on.clause_max_chars, on.first_phrase_chars) == (10, 90, 24)
+    assert ClauseSplitter.for_settings(TtsSettings(first_phrase_chars=0)).first_phrase_chars is None

@@ -211,3 +211,37 @@ def test_random_observations_never_reload_a_model_twice_at_once() -> None:
                 assert (h.state(m) is State.RELOADING) == (m in in_flight)
             waiting = [m for m in (*models, "prosody") if h.state(m) is State.WAITING]
             assert (h.next_due() is None) == (not waiting)
+
+
+def test_a_model_that_answered_nobody_for_a_whole_timeout_is_reloaded_as_hung() -> None:
+    h = Healer()
+    h.answered("tts", now=1.0)
+    actions = h.silent("tts", since=2.0, now=12.0)
+    assert reloads(actions) == ["tts"]
+    assert isinstance(actions[0], Reload) and actions[0].source == "silence"
+    assert "answered nothing for 10 s" in actions[0].reason
+    # the other requests that waited on it meanwhile share the reload
+    assert h.silent("tts", since=2.5, now=12.5) == []
+    h.reloaded("tts", now=13.0)
+    assert h.healthy("tts")
+
+
+def test_a_slow_model_that_answered_someone_meanwhile_is_not_taken_for_hung() -> None:
+    h = Healer()
+    h.answered("llm", now=5.0)  # another session's reply went on while this request waited
+    assert h.silent("llm", since=2.0, now=12.0) == []
+    assert h.healthy("llm")
+
+
+def test_a_wait_begun_before_the_last_reload_says_nothing_about_the_new_stub() -> None:
+    h = Healer()
+    assert reloads(h.silent("tts", since=0.0, now=10.0)) == ["tts"]
+    h.reloaded("tts", now=11.0)
+    assert h.silent("tts", since=5.0, now=15.0) == []  # sent to the stub that hung, answered by none since
+    assert reloads(h.silent("tts", since=11.5, now=21.5)) == ["tts"]  # the new one hangs too
+
+
+def test_a_silent_ensemble_reloads_every_member() -> None:
+    h = Healer(members=FLOOR)
+    assert reloads(h.silent("floor", since=0.0, now=10.0)) == ["turn", "prosody", "floor_fusion"]
+    assert not h.healthy("floor")
