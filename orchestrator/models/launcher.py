@@ -240,9 +240,17 @@ class EmbeddedTriton:
         )
 
     def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server and remove its working folder. The folder, with the log, stays when the server died
+        and was restarted meanwhile (its path is logged), so the crash can still be read."""
         with self._lock:
             self._closed = True
         self._terminate(timeout)
+        if self.restarts:
+            log.warning(
+                "tritonserver died %d time(s) during this run; its log stays at %s", self.restarts, self.log_path
+            )
+        else:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def _terminate(self, timeout: float = 15.0) -> None:
         with self._lock:

@@ -384,6 +384,8 @@ def stalling_tts(tmp_path: Path) -> Iterator[EmbeddedTriton]:
     (version / "model.py").write_text(STALLING_TTS.format(real=str(real / "1" / "model.py")))
     with EmbeddedTriton(TritonSettings(models=("tts",), model_repository=str(tmp_path / "repo"))) as s:
         yield s
+    if s.restarts == 0:  # a server that never died leaves nothing behind (its folder held the log)
+        assert not s.log_path.parent.exists()
 
 
 def test_a_hung_tts_stub_is_taken_for_hung_killed_and_reloaded_and_its_requests_answered(
