@@ -39,6 +39,10 @@ Rules beyond the obvious ones
   would otherwise leave the turn unanswered. Once the new speech yields words (a non-empty transcript) the
   user really continued: the held reply is cancelled and the new turn gets its own reply. A commit with an
   empty transcript is noise: it writes nothing and lets the held reply go.
+- An acknowledgement is not a turn either. A commit whose whole transcript is "mm-hm", "right", "okay" (and the
+  like), from speech that began within `ack_window_s` of the replica finishing a reply that asked nothing
+  (no "?"), writes nothing and starts no reply, as a `backchannel` over the replica would: the user heard
+  the replica out ("You're welcome!" | "Right."). After a question it is an answer, and is answered.
 - A failed reply is not retried on the same snapshot (the session reports the error); a speculative
   failure still gets one ordinary reply at commit.
 - Generation and playback are separate: a stopped reply may still be generating (it is cancelled with
@@ -93,7 +97,8 @@ class StartReply:
 @dataclass(frozen=True)
 class CancelReply:
     reply_id: int  # stop its LLM+TTS end to end and discard its unplayed audio
-    reason: str  # user_continued | stale_transcript | context_changed | barge_in | superseded | failed | ended
+    # user_continued | stale_transcript | acknowledgement | context_changed | barge_in | superseded | failed | ended
+    reason: str
     t: float
 
 
@@ -175,16 +180,41 @@ class _Reply:
 
 
 RESUME_AFTER_S = 0.3  # quiet needed after a backchannel before the replica resumes
+ACK_WINDOW_S = 1.5  # speech this soon after the replica finished can be an acknowledgement of it
+# Words that only acknowledge what was said. Not "okay", "sure", "yeah", "yes" or "no": after a statement that
+# offers something ("I can send you a reminder.") they accept or refuse it; not "thanks", which is answered.
+ACKNOWLEDGEMENTS = frozenset({"mm-hm", "mm-hmm", "mhm", "mm", "hmm", "uh-huh", "uh huh", "right", "i see", "oh", "ah"})
+
+
+def acknowledges(key: str) -> bool:
+    """Whether a normalised transcript (`normalise`) only acknowledges: "right", "mm-hm", "okay okay", "all right"."""
+    words = key.split()
+    if not 0 < len(words) <= 4:
+        return False
+    i = 0
+    while i < len(words):
+        if i + 1 < len(words) and f"{words[i]} {words[i + 1]}" in ACKNOWLEDGEMENTS:
+            i += 2
+        elif words[i] in ACKNOWLEDGEMENTS:
+            i += 1
+        else:
+            return False
+    return True
 
 
 class ReplyMachine:
     """One session's replies. Feed it in audio-time order; it never looks at a wall clock."""
 
     def __init__(
-        self, speculation: bool = True, resume_after_s: float = RESUME_AFTER_S, pause_on_speech: bool = True
+        self,
+        speculation: bool = True,
+        resume_after_s: float = RESUME_AFTER_S,
+        pause_on_speech: bool = True,
+        ack_window_s: float = ACK_WINDOW_S,
     ) -> None:
         self.speculation = speculation
         self.resume_after_s = resume_after_s
+        self.ack_window_s = ack_window_s
         self.pause_on_speech = pause_on_speech  # hold the replica at the user's onset (see the module's doc)
         self.replies_started = 0
         self.replies_released = 0
@@ -205,6 +235,8 @@ class ReplyMachine:
         self._now = 0.0  # the newest time seen (`tick` and every input)
         self._stopping: dict[int, _Reply] = {}  # StopPlayback sent, waiting for on_playback_stopped
         self._failed: Snapshot | None = None  # a speculation failed on it: do not speculate on it again
+        self._stated_at: float | None = None  # a reply that asked nothing finished playing out then
+        self._onset: float | None = None  # the first speech_start of the turn being spoken
 
     # ---- introspection --------------------------------------------------------------------------------
 
@@ -255,6 +287,7 @@ class ReplyMachine:
             if pending is not None and not pending.committed:
                 out.append(self._cancel(pending, "user_continued", t))
             if event == "speech_start":
+                self._onset = t if self._onset is None else self._onset
                 self._held = pending is not None and pending.committed
                 if self._resume_at is not None:
                     self._resume_at = None  # still paused: the resume simply does not happen
@@ -263,6 +296,7 @@ class ReplyMachine:
                     out.append(PausePlayback(self._playing.id, t))
         elif event == "backchannel":
             out += self._set_transcript("", t)  # "mm-hm" is not a user turn
+            self._onset = None
             out += self._resume(t)
             self._held = False
             out += self._try_release(t)
@@ -379,6 +413,7 @@ class ReplyMachine:
         if reply is None or reply.id != reply_id:
             return []  # (a stopped reply is settled by on_playback_stopped: what was heard)
         self._playing, self._paused, self._resume_at = None, False, None
+        self._stated_at = None if reply.text.rstrip().endswith("?") else t
         return [CommitReplicaTurn(reply.id, reply.text, False, t), *self._try_release(t)]
 
     def on_playback_stopped(self, reply_id: int, spoken_text: str, t: float) -> list[Action]:
@@ -432,10 +467,17 @@ class ReplyMachine:
     def _commit(self, t: float) -> list[Action]:
         self._tentative = False
         snap, pending = self.snapshot, self._pending
+        onset, self._onset = self._onset, None
         out: list[Action] = []
-        if not snap.key:  # noise or a cough: nothing to answer, nothing to write; a held reply may go
+        ack = (
+            self._stated_at is not None
+            and onset is not None
+            and onset - self._stated_at <= self.ack_window_s
+            and acknowledges(snap.key)
+        )
+        if not snap.key or ack:  # noise, a cough, or "right" to what was said: nothing to answer, nothing to write
             if pending is not None and not pending.committed:
-                out.append(self._cancel(pending, "stale_transcript", t))
+                out.append(self._cancel(pending, "acknowledgement" if ack else "stale_transcript", t))
             self._transcript, self._held = "", False
             return out + self._resume(t) + self._try_release(t)
         if self._playing is not None:  # the user took the floor without a barge_in event
@@ -469,6 +511,7 @@ class ReplyMachine:
         if reply is None or not reply.committed or not reply.playable or self._playing is not None or self._held:
             return []
         self._pending, self._playing, self._paused = None, reply, False
+        self._stated_at = None  # the replica speaks again: what follows answers this reply
         self.replies_released += 1
         self.released_from_speculation += reply.speculative
         return [ReleaseReply(reply.id, t)]

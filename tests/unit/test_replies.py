@@ -21,10 +21,20 @@ from orchestrator.turns.replies import (
     Snapshot,
     StartReply,
     StopPlayback,
+    acknowledges,
     normalise,
 )
 
-REASONS = {"user_continued", "stale_transcript", "context_changed", "barge_in", "superseded", "failed", "ended"}
+REASONS = {
+    "user_continued",
+    "stale_transcript",
+    "acknowledgement",
+    "context_changed",
+    "barge_in",
+    "superseded",
+    "failed",
+    "ended",
+}
 
 
 def only(actions: list[Action], kind: type) -> list[Action]:
@@ -288,6 +298,54 @@ def test_reply_without_audio_is_released_when_done() -> None:
     m.on_floor("eot_commit", 1.1)
     assert m.on_reply_done(1, "", 1.5) == [ReleaseReply(1, 1.5)]
     assert m.on_playback_end(1, 1.5) == [CommitReplicaTurn(1, "", False, 1.5)]
+
+
+def played_out(m: ReplyMachine, said: str, t: float = 3.0) -> int:
+    """A user turn answered with `said`, heard to its end at `t`; returns the reply id."""
+    rid = answered(m)
+    m.on_reply_done(rid, said, t - 0.5)
+    assert m.on_playback_end(rid, t) == [CommitReplicaTurn(rid, said, False, t)]
+    return rid
+
+
+@pytest.mark.parametrize("text", ["Right.", "Mm-hm.", "Mhm", "I see.", "Oh, right.", "uh huh", "Right, right."])
+def test_an_acknowledgement_of_what_the_replica_said_is_not_a_turn(text: str) -> None:
+    m = ReplyMachine()
+    played_out(m, "You're welcome!")
+    assert m.on_floor("speech_start", 3.9) == []
+    start = speculate(m, text, 4.4)
+    assert m.on_floor("eot_commit", 4.9) == [CancelReply(start.reply_id, "acknowledgement", 4.9)]
+    assert m.phase is Phase.LISTENING
+    assert m.snapshot.turn == 1  # no user turn was written
+    start = speculate(m, "And one more thing about my bill", 9.0)  # the next real turn is answered as usual
+    assert start.snapshot.turn == 1
+
+
+def test_the_same_words_answer_a_question_or_come_too_late_and_are_answered() -> None:
+    asked = ReplyMachine()
+    played_out(asked, "Is that the right address?")
+    asked.on_floor("speech_start", 3.5)
+    asked.on_transcript("Right.", True, 4.0)
+    assert only(asked.on_floor("eot_commit", 4.4), CommitUserTurn) == [CommitUserTurn(1, "Right.", 4.4)]
+    late = ReplyMachine()
+    played_out(late, "Your appointment is on Friday.")
+    late.on_floor("speech_start", 5.0)  # two seconds after the replica finished: a turn of its own
+    late.on_transcript("Right.", True, 5.5)
+    assert only(late.on_floor("eot_commit", 5.9), CommitUserTurn) == [CommitUserTurn(1, "Right.", 5.9)]
+
+
+def test_words_that_accept_an_offer_or_say_more_are_answered() -> None:
+    for text in ("Okay.", "Sure.", "Yeah.", "Yes.", "No.", "Thanks.", "Right, and my card was charged twice."):
+        m = ReplyMachine()
+        played_out(m, "I can send you a reminder.")
+        m.on_floor("speech_start", 3.4)
+        m.on_transcript(text, True, 3.9)
+        assert only(m.on_floor("eot_commit", 4.2), CommitUserTurn) == [CommitUserTurn(1, text, 4.2)], text
+
+
+def test_acknowledges_whole_transcripts_only() -> None:
+    assert acknowledges("right") and acknowledges("all right") is False and acknowledges("mm-hm mm-hm")
+    assert not acknowledges("") and not acknowledges("right now") and not acknowledges("oh i see what you mean")
 
 
 # ---- playback and interruptions ----------------------------------------------------------------------------
