@@ -30,6 +30,7 @@ from orchestrator.session.persona import Persona
 from orchestrator.session.playback import ReplyAudio
 from orchestrator.speech.clauses import ClauseLengths, ClauseSplitter, continues
 from orchestrator.speech.guard import ReplyGuard, complete
+from orchestrator.speech.onset import GAP_S, KEEP_S, trim_lead
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,9 @@ class ReplyRunner:
             async for spoken in self.tts.synthesize(f"{clause}," if goes_on else clause, self.persona.voice):
                 cut = goes_on and spoken.text.endswith(",")
                 chunk = dataclasses.replace(spoken, text=spoken.text[:-1]) if cut else spoken
-                reply.audio.chunks.append(chunk)
+                # the reply's first sound starts now, not after the voice's leading quiet; later lines keep
+                # the usual quiet before them, not an outlier's
+                reply.audio.chunks.append(trim_lead(chunk, keep_s=KEEP_S if first else GAP_S))
                 if first:
                     first = False
                     reply.tts_first_chunk_ms = round((self._clock() - t0) * 1000, 1)

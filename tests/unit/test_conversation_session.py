@@ -530,6 +530,31 @@ async def test_a_first_phrase_is_spoken_as_a_clause_that_goes_on_and_written_as_
     ]
 
 
+class SlowStarter(FakeModels):
+    """A voice that opens every line with 0.5 s of quiet, as piper's duration model now and then does."""
+
+    async def synthesize(self, text: str, voice: str = "") -> AsyncIterator[SpeechChunk]:
+        self._call("tts")
+        await asyncio.sleep(0)
+        sound = np.full(round(self.speech_s * SR), 900, dtype=np.int16)
+        yield SpeechChunk(pcm=np.concatenate([np.zeros(SR // 2, dtype=np.int16), sound]), text=text.strip())
+
+
+async def test_a_reply_starts_with_its_first_sound_and_later_lines_keep_only_the_usual_quiet() -> None:
+    models = SlowStarter(reply="Sure, it is noon. Anything else?")
+    s, out, clock = session(models, speculation=False)
+    await play(s, clock, np.concatenate([speech(3000, 1.0), silence(3.0)]))
+    await s.finish()
+    [started] = of(out, ReplyStarted)
+    sent = np.concatenate(
+        [np.frombuffer(pcm, dtype=np.int16) for pcm, rid, _ in out.audio_out if rid == started.reply_id]
+    )
+    lines = models.calls["tts"]
+    assert lines >= 2
+    assert int(np.flatnonzero(sent)[0]) == round(0.01 * SR)  # 10 ms before the first sound, not 500
+    assert len(sent) == lines * round(models.speech_s * SR) + round(0.01 * SR) + (lines - 1) * round(0.07 * SR)
+
+
 class Rambler(FakeModels):
     async def generate(self, request: LlmRequest) -> AsyncIterator[str]:
         self._call("llm")
