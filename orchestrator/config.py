@@ -156,9 +156,8 @@ class TtsSettings:
     voice: str = "en_US-joe-medium"
     first_clause_min_chars: int = 12  # split the reply at the first clause boundary past this many chars
     # ... or before a phrase's first word ("by", "with", "because") past this many chars, when the first clause
-    # runs on without punctuation (spoken as a clause that goes on); 0 turns it off. Off by default until the
-    # tts hang of one CI run with it on (24) is understood (docs/conversation.md)
-    first_phrase_chars: int = 0
+    # runs on without punctuation (spoken as a clause that goes on); 0 turns it off
+    first_phrase_chars: int = 24
     clause_max_chars: int = 160
 
 
