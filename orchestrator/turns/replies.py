@@ -39,10 +39,11 @@ Rules beyond the obvious ones
   would otherwise leave the turn unanswered. Once the new speech yields words (a non-empty transcript) the
   user really continued: the held reply is cancelled and the new turn gets its own reply. A commit with an
   empty transcript is noise: it writes nothing and lets the held reply go.
-- An acknowledgement is not a turn either. A commit whose whole transcript is "mm-hm", "right", "okay" (and the
-  like), from speech that began within `ack_window_s` of the replica finishing a reply that asked nothing
-  (no "?"), writes nothing and starts no reply, as a `backchannel` over the replica would: the user heard
-  the replica out ("You're welcome!" | "Right."). After a question it is an answer, and is answered.
+- An acknowledgement is not a turn either. A commit whose whole transcript is "mm-hm", "right", "I see" (and
+  the like: `ACKNOWLEDGEMENTS`), from speech that began within `ack_window_s` of the replica finishing a reply
+  that asked nothing (no "?"), writes nothing and starts no reply, as a `backchannel` over the replica would:
+  the user heard the replica out ("You're welcome!" | "Right."). After a question it is an answer, and is
+  answered.
 - A failed reply is not retried on the same snapshot (the session reports the error); a speculative
   failure still gets one ordinary reply at commit.
 - Generation and playback are separate: a stopped reply may still be generating (it is cancelled with
@@ -187,7 +188,7 @@ ACKNOWLEDGEMENTS = frozenset({"mm-hm", "mm-hmm", "mhm", "mm", "hmm", "uh-huh", "
 
 
 def acknowledges(key: str) -> bool:
-    """Whether a normalised transcript (`normalise`) only acknowledges: "right", "mm-hm", "okay okay", "all right"."""
+    """Whether a normalised transcript (`normalise`) only acknowledges: "right", "mm-hm", "oh i see", "right right"."""
     words = key.split()
     if not 0 < len(words) <= 4:
         return False
