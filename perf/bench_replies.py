@@ -754,6 +754,45 @@ def rescore(runs: Sequence[dict[str, Any]], calls: Sequence[CallSpec], tts: Any)
     return {"turns": turns, "on_point": on_point, "fallbacks": fallbacks, "dropped": dict(sorted(drops.items()))}
 
 
+def onsets(runs: Sequence[dict[str, Any]], tts: Any) -> dict[str, Any]:
+    """Each distinct reply's first segment (today's splitter) spoken by the real voice, as the `tts` model is
+    configured: ms from the start of its audio to its first audible sample (-50 dBFS, as the conversation bench
+    hears it), as the voice made it and as a reply now starts it (`trim_lead`)."""
+    import numpy as np
+
+    from orchestrator.inference.tts import VoiceLibrary
+    from orchestrator.models.ports import SpeechChunk
+    from orchestrator.speech.clauses import continues
+    from orchestrator.speech.onset import trim_lead
+
+    voice = VoiceLibrary(
+        REPO_ROOT / "model_repository" / "tts" / "1" / "voices", tts.voice, threads=1, noise_scale=0.0, noise_w=0.0
+    ).get()
+    firsts = set()
+    for run in runs:
+        for t in run["turns"]:
+            splitter = ClauseSplitter.for_settings(tts)
+            if segments := [*splitter.feed(t["raw"]), *splitter.flush()]:
+                firsts.add(segments[0])
+
+    def audible_ms(pcm: Any) -> float:
+        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) >= 100)
+        return float(loud[0]) / 16 if loud.size else 0.0
+
+    raw, trimmed = [], []
+    for segment in sorted(firsts):
+        spoken = voice.synthesize(f"{segment}," if continues(segment) else segment)
+        chunk = SpeechChunk(pcm=spoken.pcm, text=spoken.text)
+        raw.append(audible_ms(chunk.pcm))
+        trimmed.append(audible_ms(trim_lead(chunk).pcm))
+
+    def summary(ms: list[float]) -> dict[str, float]:
+        ms = sorted(ms)
+        return {"median": round(statistics.median(ms), 1), "p90": round(ms[int(0.9 * (len(ms) - 1))], 1), "max": ms[-1]}
+
+    return {"segments": len(raw), "as_made_ms": summary(raw), "trimmed_ms": summary(trimmed)}
+
+
 async def run_json(llm: Backend, task: JsonTask) -> dict[str, Any]:
     request = LlmRequest(
         messages=(ChatMessage("system", task.system), ChatMessage("user", task.user)),
@@ -962,6 +1001,11 @@ def main() -> int:
         default=None,
         help="score a saved run's raw replies again through today's splitter and guard (no model) and exit",
     )
+    parser.add_argument(
+        "--onset",
+        action="store_true",
+        help="with --rescore: also time the voice's leading quiet before each reply's first segment, raw and trimmed",
+    )
     parser.add_argument("--transcript", action="store_true", help="also print every reply")
     parser.add_argument("--fetch", default="", help="only fetch these candidates and print their paths")
     parser.add_argument(
@@ -987,6 +1031,8 @@ def main() -> int:
         for run in saved["runs"]:
             print(run["backend"], run["model"], run["seed"], json.dumps(rescore([run], calls, load_settings().tts)))
         print("all", json.dumps(rescore(saved["runs"], calls, load_settings().tts)))
+        if args.onset:
+            print("onset", json.dumps(onsets(saved["runs"], load_settings().tts)))
         return 0
     if args.report:
         runs = json.loads(args.report.read_text())["runs"]
