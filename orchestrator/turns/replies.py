@@ -43,7 +43,9 @@ Rules beyond the obvious ones
   the like: `ACKNOWLEDGEMENTS`), from speech that began within `ack_window_s` of the replica finishing a reply
   that asked nothing (no "?"), writes nothing and starts no reply, as a `backchannel` over the replica would:
   the user heard the replica out ("You're welcome!" | "Right."). After a question it is an answer, and is
-  answered.
+  answered. So is, in that same moment, a short sound heard as more words than it can hold (`MAX_WORDS_PER_S`
+  over the speech's span, four words or more): Whisper's invention for an "mm-hm" ("and that may turn.",
+  four words in 0.56 s).
 - A failed reply is not retried on the same snapshot (the session reports the error); a speculative
   failure still gets one ordinary reply at commit.
 - Generation and playback are separate: a stopped reply may still be generating (it is cancelled with
@@ -182,6 +184,7 @@ class _Reply:
 
 RESUME_AFTER_S = 0.3  # quiet needed after a backchannel before the replica resumes
 ACK_WINDOW_S = 1.5  # speech this soon after the replica finished can be an acknowledgement of it
+MAX_WORDS_PER_S = 6.0  # faster than anyone speaks (conversational speech runs ~2.5-3.5 words/s)
 # Words that only acknowledge what was said. Not "okay", "sure", "yeah", "yes" or "no": after a statement that
 # offers something ("I can send you a reminder.") they accept or refuse it; not "thanks", which is answered.
 ACKNOWLEDGEMENTS = frozenset({"mm-hm", "mm-hmm", "mhm", "mm", "hmm", "uh-huh", "uh huh", "right", "i see", "oh", "ah"})
@@ -201,6 +204,13 @@ def acknowledges(key: str) -> bool:
         else:
             return False
     return True
+
+
+def too_fast(key: str, onset: float, until: float | None) -> bool:
+    """Four words or more in speech from `onset` to `until` that could not hold them (`MAX_WORDS_PER_S`): a
+    recogniser's invention on a short sound."""
+    words = len(key.split())
+    return words >= 4 and until is not None and until > onset and words / (until - onset) > MAX_WORDS_PER_S
 
 
 class ReplyMachine:
@@ -238,6 +248,7 @@ class ReplyMachine:
         self._failed: Snapshot | None = None  # a speculation failed on it: do not speculate on it again
         self._stated_at: float | None = None  # a reply that asked nothing finished playing out then
         self._onset: float | None = None  # the first speech_start of the turn being spoken
+        self._spoken_until: float | None = None  # its last speech_end
 
     # ---- introspection --------------------------------------------------------------------------------
 
@@ -295,6 +306,8 @@ class ReplyMachine:
                 elif self._playing is not None and not self._paused and self.pause_on_speech:
                     self._paused = True
                     out.append(PausePlayback(self._playing.id, t))
+        elif event == "speech_end":
+            self._spoken_until = t
         elif event == "backchannel":
             out += self._set_transcript("", t)  # "mm-hm" is not a user turn
             self._onset = None
@@ -469,12 +482,13 @@ class ReplyMachine:
         self._tentative = False
         snap, pending = self.snapshot, self._pending
         onset, self._onset = self._onset, None
+        spoken_until, self._spoken_until = self._spoken_until, None
         out: list[Action] = []
         ack = (
             self._stated_at is not None
             and onset is not None
             and onset - self._stated_at <= self.ack_window_s
-            and acknowledges(snap.key)
+            and (acknowledges(snap.key) or too_fast(snap.key, onset, spoken_until))
         )
         if not snap.key or ack:  # noise, a cough, or "right" to what was said: nothing to answer, nothing to write
             if pending is not None and not pending.committed:

@@ -23,6 +23,7 @@ from orchestrator.turns.replies import (
     StopPlayback,
     acknowledges,
     normalise,
+    too_fast,
 )
 
 REASONS = {
@@ -341,6 +342,33 @@ def test_words_that_accept_an_offer_or_say_more_are_answered() -> None:
         m.on_floor("speech_start", 3.4)
         m.on_transcript(text, True, 3.9)
         assert only(m.on_floor("eot_commit", 4.2), CommitUserTurn) == [CommitUserTurn(1, text, 4.2)], text
+
+
+def test_a_short_sound_heard_as_too_many_words_after_a_statement_is_not_a_turn() -> None:
+    """Whisper's words for an "Mm-hm" of 0.56 s: "and that may turn." (7 words/s)."""
+    m = ReplyMachine()
+    played_out(m, "You have a good day.", t=25.06)
+    m.on_floor("speech_start", 25.6)
+    m.on_floor("speech_end", 26.16)
+    start = speculate(m, "and that may turn.", 26.3)
+    assert m.on_floor("eot_commit", 26.64) == [CancelReply(start.reply_id, "acknowledgement", 26.64)]
+    assert m.snapshot.turn == 1
+
+
+def test_the_same_words_at_a_speaking_pace_are_a_turn() -> None:
+    m = ReplyMachine()
+    played_out(m, "You have a good day.", t=25.06)
+    m.on_floor("speech_start", 25.6)
+    m.on_floor("speech_end", 26.9)  # 1.3 s: 3 words/s
+    m.on_transcript("And you, take care.", True, 27.0)
+    assert only(m.on_floor("eot_commit", 27.3), CommitUserTurn) == [CommitUserTurn(1, "And you, take care.", 27.3)]
+
+
+def test_too_fast_needs_four_words_and_a_known_span() -> None:
+    assert too_fast("and that may turn", 25.6, 26.16)
+    assert not too_fast("and that may turn", 25.6, 27.0)
+    assert not too_fast("yes that works", 25.6, 25.9)  # three words: a quick answer can be that fast
+    assert not too_fast("and that may turn", 25.6, None) and not too_fast("and that may turn", 25.6, 25.5)
 
 
 def test_acknowledges_whole_transcripts_only() -> None:
