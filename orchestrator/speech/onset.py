@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 
 from orchestrator.models.ports import Phoneme, SpeechChunk
+from orchestrator.signal.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 QUIET = 64  # |sample| below this is silence
 KEEP_S = 0.01  # kept before a reply's first sound, so its attack is never clipped
 GAP_S = 0.07  # the most kept before a later line's first sound: the usual quiet, not the outliers
