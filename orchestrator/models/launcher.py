@@ -7,13 +7,16 @@ that cannot load its libraries would otherwise leave the server "loading" foreve
 
 `supervise` restarts a server that died, on the same ports, so clients reconnect to the same address; `stubs`
 lists the live Python stubs by model, the probe the model healer (`orchestrator/models/healing.py`) uses to notice
-a stub that died.
+a stub that died. The server is tethered to this process (`orchestrator/models/tether.py`: it gets SIGTERM when
+the process dies, however it dies), and each start sweeps away what servers whose owner died left behind
+(`sweep_orphans`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from orchestrator.config import REPO_ROOT, TritonSettings
 from orchestrator.errors import TritonStartError
+from orchestrator.models.tether import spawn
 
 log = logging.getLogger("duet.launcher")
 
@@ -88,9 +92,10 @@ class EmbeddedTriton:
         self.http_port = settings.http_port or free_port()
         self.grpc_port = settings.grpc_port or free_port()
         self.metrics_port = settings.metrics_port or free_port()
-        self._workdir = Path(tempfile.mkdtemp(prefix="duet-triton-"))
+        self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.log_path = log_path or self._workdir / "tritonserver.log"
         self._shm_prefix = f"duet_{uuid.uuid4().hex[:8]}_"
+        self._owner: int | None = _claim(self._workdir, self._shm_prefix)  # released when this process dies
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False  # stop() was called: supervise() must not bring it back
         self._lock = threading.Lock()  # start/stop may run in different threads (supervise restarts in one)
@@ -199,6 +204,7 @@ class EmbeddedTriton:
     def start(self) -> EmbeddedTriton:
         with self._lock:
             self._closed = False
+        sweep_orphans(self._workdir.parent)
         try:
             return self._launch(log_mode="wb")
         except _Crashed as exc:
@@ -219,7 +225,8 @@ class EmbeddedTriton:
                 raise TritonStartError("tritonserver was stopped while it was being started")
             logf = open(self.log_path, log_mode)  # noqa: SIM115 - owned by the child for its lifetime
             try:
-                proc = self._proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
+                # tethered: it gets SIGTERM when this process dies, however it dies (a SIGKILL included)
+                proc = self._proc = spawn(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
             finally:
                 logf.close()
         deadline = time.monotonic() + self.settings.startup_timeout_s
@@ -249,8 +256,12 @@ class EmbeddedTriton:
             log.warning(
                 "tritonserver died %d time(s) during this run; its log stays at %s", self.restarts, self.log_path
             )
+            (self._workdir / OWNER_FILE).unlink(missing_ok=True)  # kept on purpose: no sweep takes it
         else:
             shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
     def _terminate(self, timeout: float = 15.0) -> None:
         with self._lock:
@@ -269,16 +280,8 @@ class EmbeddedTriton:
     def _reap_stubs(self) -> None:
         """Kill the Python stubs a dead server of ours left behind. They mostly exit by themselves within ~5 s,
         but one busy in its model can outlive its server for good (seen: an orphaned `turn` stub, 150 MB and
-        its share of CPU, 20 minutes after its tritonserver was killed). Ours are the processes run from this
-        server's own backend folder."""
-        ours = str(self._workdir / "backends") + "/"
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            argv = process_argv(int(entry.name))
-            if argv and argv[0].startswith(ours):
-                with contextlib.suppress(OSError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+        its share of CPU, 20 minutes after its tritonserver was killed)."""
+        _kill_processes_of(self._workdir)
 
     @property
     def running(self) -> bool:
@@ -385,6 +388,67 @@ class EmbeddedTriton:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+WORKDIR_PREFIX = "duet-triton-"
+OWNER_FILE = "owner"  # in a server's working folder: holds its shared-memory prefix, locked by its owner
+
+
+def _claim(workdir: Path, shm_prefix: str) -> int:
+    """Mark `workdir` as this process's: an open file under an exclusive lock, which the kernel releases however
+    the process ends. Written and locked under another name first, so a sweep never sees it unlocked."""
+    tmp = workdir / f".{OWNER_FILE}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, shm_prefix.encode())
+    tmp.rename(workdir / OWNER_FILE)
+    return fd
+
+
+def sweep_orphans(root: Path, shm: Path = Path("/dev/shm")) -> list[Path]:
+    """Remove what embedded servers whose owner died left behind (a SIGKILLed orchestrator runs no cleanup):
+    their working folders, their Python backend's shared memory, and any of their processes still running (a
+    server is tethered to its owner, `orchestrator/models/tether.py`, but its stubs only notice it is gone
+    after a while). A folder whose owner lives stays locked and is left alone; so is one kept on purpose (the
+    log of a server that died: `stop` removes its owner file). Returns the folders removed."""
+    removed = []
+    for owner in root.glob(f"{WORKDIR_PREFIX}*/{OWNER_FILE}"):
+        try:
+            fd = os.open(owner, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its owner is alive
+            prefix = os.read(fd, 64).decode(errors="replace")
+            folder = owner.parent
+            _kill_processes_of(folder)
+            if re.fullmatch(r"duet_[0-9a-f]{8}_", prefix):
+                for region in shm.glob(f"{prefix}*"):
+                    with contextlib.suppress(OSError):
+                        region.unlink()
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    if removed:
+        log.warning("removed %d folder(s) of embedded tritonservers whose owner died", len(removed))
+    return removed
+
+
+def _kill_processes_of(workdir: Path) -> None:
+    """SIGKILL the processes of the server whose working folder is `workdir`: its Python stubs (they run from
+    its backend folder) and the server itself (given that folder as --backend-directory)."""
+    backends = workdir / "backends"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        argv = process_argv(int(entry.name))
+        if argv and (argv[0].startswith(f"{backends}/") or f"--backend-directory={backends}" in argv):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 class _Crashed(TritonStartError):
