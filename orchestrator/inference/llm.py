@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -380,6 +381,7 @@ class LlamaEngine:
             **(gpu if n_gpu_layers else {}),
         )
         self.n_ctx = n_ctx
+        self.threads = n_threads
         template = self._llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{model_path} has no chat template (tokenizer.chat_template)")
@@ -394,6 +396,15 @@ class LlamaEngine:
             )
             for opener in (True, False)
         }
+
+    def set_threads(self, n: int) -> None:
+        """Threads for this context's next evaluations (a prompt's batch, each token); may be called while it
+        computes from another thread (llama.cpp reads the number at each evaluation)."""
+        import llama_cpp
+
+        if n != self.threads:
+            llama_cpp.llama_set_n_threads(self._llama._ctx.ctx, n, n)
+            self.threads = n
 
     def _piece(self, token: int) -> str:
         return self._llama.detokenize([token], special=True).decode("utf-8", errors="replace")
@@ -627,14 +638,30 @@ class EnginePool:
 
     A job that returns False evaluated nothing (it was cancelled before it started): its engine is known to
     hold what it held before, not the job's messages.
+
+    With `threads` (n, most), a reply or a judge runs on `most` threads when it starts as the only job at work
+    and no other context worked in the last `quiet_s` (one conversation on the machine), and drops to `n` as
+    soon as another job starts (to each its `n`: the contexts never over-subscribe the cores they were given).
+    A prefill always runs on `n`: it evaluates words the user is still speaking, beside the recogniser, and
+    nobody waits for it. One call on the machine then gets the speed of `most` threads for its replies; two
+    calls at once, whose other models (recogniser, voice, floor) also want the cores, get `n` (docs/replies.md).
     """
 
     def __init__(
-        self, engines: Sequence[LlamaEngine], affinity_wait_s: float = 0.25, prefill_wait_s: float = 1.5
+        self,
+        engines: Sequence[LlamaEngine],
+        affinity_wait_s: float = 0.25,
+        prefill_wait_s: float = 1.5,
+        threads: tuple[int, int] | None = None,
+        quiet_s: float = 3.0,
     ) -> None:
         self._engines = list(engines)
         self.affinity_wait_s = affinity_wait_s
         self.prefill_wait_s = prefill_wait_s
+        self.threads = threads  # (threads per context, threads for a job alone at work); None: left as built
+        self.quiet_s = quiet_s
+        self._busy: set[int] = set()  # engines running a job
+        self._idle_since = [-math.inf for _ in self._engines]  # when each engine's last job ended
         self._history: list[Sequence[Message]] = [() for _ in self._engines]
         self._last_used = [0 for _ in self._engines]
         self._prefilling = [False for _ in self._engines]  # the engine's current job is a prefill
@@ -728,6 +755,8 @@ class EnginePool:
                         elif not q.oneshot:
                             self._spare.discard(i)
                         self._history[i] = q.messages  # what this context's KV cache will hold
+                        self._busy.add(i)
+                        self._share_threads(starting=i)
                         if claimed or self._jobs:
                             self._cv.notify_all()  # jobs for the other free engines: let them look
                         return q, before
@@ -738,6 +767,20 @@ class EnginePool:
             finally:
                 self._waiting.discard(i)
 
+    def _share_threads(self, starting: int | None = None) -> None:
+        """(Under the lock.) Give the engines at work their threads: `n` each, or `most` to a reply `starting`
+        alone on a quiet pool; a job left alone keeps what it has (the other job's conversation is live)."""
+        if self.threads is None:
+            return
+        n, most = self.threads
+        if len(self._busy) != 1:
+            for k in self._busy:
+                self._engines[k].set_threads(n)
+        elif starting is not None:
+            now = time.monotonic()
+            quiet = all(now - t >= self.quiet_s for k, t in enumerate(self._idle_since) if k != starting)
+            self._engines[starting].set_threads(most if quiet and not self._prefilling[starting] else n)
+
     def _work(self, i: int) -> None:
         while (taken := self._take(i)) is not None:
             q, (held, spare) = taken
@@ -746,8 +789,10 @@ class EnginePool:
                 evaluated = q.job(self._engines[i])
             except Exception:  # a job reports its own errors; the worker must outlive any of them
                 logging.getLogger("duet.llm").exception("llm job failed on engine %d", i)
-            if evaluated is False:
-                with self._cv:  # cancelled before it began: the cache holds what it held
+            with self._cv:
+                self._busy.discard(i)
+                self._idle_since[i] = time.monotonic()
+                if evaluated is False:  # cancelled before it began: the cache holds what it held
                     self._history[i] = held
                     if spare:
                         self._spare.add(i)
@@ -757,7 +802,7 @@ class EnginePool:
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_KEY = "model."  # config parameter `model.<name>` describes one served model
-SPEC_FIELDS = ("file", "engines", "n_threads", "n_ctx")
+SPEC_FIELDS = ("file", "engines", "n_threads", "max_threads", "n_ctx")
 
 
 @dataclass(frozen=True)
@@ -769,10 +814,17 @@ class ModelSpec:
     engines: int = 2  # contexts, each holding one conversation's KV cache
     n_threads: int = 1  # threads per context
     n_ctx: int = 2048
+    # threads for a reply that is the pool's only job at work (`EnginePool`); 0: n_threads
+    max_threads: int = 0
+
+    @property
+    def threads(self) -> tuple[int, int] | None:
+        """The pool's `threads`: None when a context always runs on n_threads."""
+        return (self.n_threads, self.max_threads) if self.max_threads > self.n_threads else None
 
 
 def parse_model_spec(name: str, text: str) -> ModelSpec:
-    """`file=X.gguf engines=2 n_threads=1 n_ctx=2048` (only `file` is required)."""
+    """`file=X.gguf engines=2 n_threads=1 max_threads=2 n_ctx=2048` (only `file` is required)."""
     if not MODEL_NAME.match(name):
         raise ValueError(f"llm model name {name!r} is invalid (letters, digits, '.', '_' and '-'; at most 64)")
     fields: dict[str, str] = {}
@@ -792,6 +844,8 @@ def parse_model_spec(name: str, text: str) -> ModelSpec:
         raise ValueError(f"llm model {name!r}: {exc}") from exc
     if not (1 <= spec.engines <= 8 and 1 <= spec.n_threads <= 64 and 256 <= spec.n_ctx <= 32768):
         raise ValueError(f"llm model {name!r}: need engines 1..8, n_threads 1..64, n_ctx 256..32768")
+    if spec.max_threads and not spec.n_threads <= spec.max_threads <= 64:
+        raise ValueError(f"llm model {name!r}: max_threads must be 0 (off) or n_threads..64")
     return spec
 
 
@@ -887,7 +941,8 @@ class ModelPools:
         pools: dict[str, EnginePool] = {}
         try:
             for spec in specs:
-                pools[spec.name] = EnginePool([make(folder / spec.file, spec) for _ in range(spec.engines)])
+                engines = [make(folder / spec.file, spec) for _ in range(spec.engines)]
+                pools[spec.name] = EnginePool(engines, threads=spec.threads)
         except BaseException:
             for pool in pools.values():
                 pool.close()

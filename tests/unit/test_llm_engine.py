@@ -481,3 +481,79 @@ def test_priority_input_is_checked() -> None:
     assert parse_priority(1) == PRIORITY_HIGH
     with pytest.raises(LlmInputError, match="PRIORITY"):
         parse_priority(7)
+
+
+class _Threads:
+    """A stand-in engine that only keeps the thread count the pool gives it."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.threads = name, 1
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+
+def test_a_reply_alone_on_a_quiet_pool_gets_the_spare_threads_and_gives_them_back_when_another_job_starts() -> None:
+    e0, e1 = _Threads("e0"), _Threads("e1")
+    pool = EnginePool(cast(Any, [e0, e1]), threads=(1, 2), quiet_s=0.3)
+    rec, first, second = _Recorder(), threading.Event(), threading.Event()
+    try:
+        pool.submit(A1, rec.job("a", hold=first))
+        assert rec.wait_for("a")
+        a = rec.ran["a"]
+        assert a.threads == 2  # alone: both threads
+        pool.submit(B1, rec.job("b", hold=second))
+        assert rec.wait_for("b")
+        b = rec.ran["b"]
+        assert b is not a and (a.threads, b.threads) == (1, 1)  # two at work: one each
+        first.set()
+        assert rec.done.acquire(timeout=2)
+        assert b.threads == 1  # the other conversation is live: no more than its share
+        second.set()
+        assert rec.done.acquire(timeout=2)
+        pool.submit(B1, rec.job("b again"))  # right after the other context worked: still its share
+        assert rec.done.acquire(timeout=2) and rec.ran["b again"].threads == 1
+        time.sleep(0.4)  # the other conversation has gone quiet
+        pool.submit(A2, rec.job("a again"))
+        assert rec.done.acquire(timeout=2) and rec.ran["a again"].threads == 2
+    finally:
+        first.set()
+        second.set()
+        pool.close()
+
+
+def test_a_prefill_never_takes_the_spare_threads() -> None:
+    """A prefill evaluates words the user is still speaking, beside the recogniser, and nobody waits for it."""
+    pool = EnginePool(cast(Any, [_Threads("e0"), _Threads("e1")]), threads=(1, 2))
+    rec, hold = _Recorder(), threading.Event()
+    try:
+        pool.submit(A1, rec.job("words", hold=hold), prefill=True)
+        assert rec.wait_for("words") and rec.ran["words"].threads == 1
+    finally:
+        hold.set()
+        pool.close()
+
+
+def test_without_spare_threads_the_pool_leaves_the_engines_as_built() -> None:
+    engines = [_Threads("e0")]
+    pool = EnginePool(cast(Any, engines))
+    rec = _Recorder()
+    try:
+        engines[0].threads = 3
+        pool.submit(A1, rec.job("a"))
+        assert rec.done.acquire(timeout=2) and engines[0].threads == 3
+    finally:
+        pool.close()
+
+
+def test_set_threads_changes_a_real_contexts_speed(engine: LlamaEngine) -> None:
+    """llama.cpp takes the new count at the next evaluation (what `EnginePool` relies on)."""
+    import llama_cpp
+
+    engine.set_threads(2)
+    try:
+        ctx = engine._llama._ctx.ctx
+        assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (2, 2)
+    finally:
+        engine.set_threads(1)
+    assert llama_cpp.llama_n_threads(engine._llama._ctx.ctx) == 1

@@ -209,3 +209,12 @@ def test_a_model_that_fails_to_load_closes_the_pools_already_started(tmp_path: P
         ModelPools.load([ModelSpec("a", "a.gguf"), ModelSpec("b", "b.gguf")], "a", tmp_path, engine)
     started = [t for t in threading.enumerate() if t not in before and t.name.startswith("llm-engine-")]
     assert not started  # a's workers were stopped
+
+
+def test_max_threads_is_parsed_and_checked() -> None:
+    spec = parse_model_spec("q", "file=q.gguf n_threads=1 max_threads=2")
+    assert spec.max_threads == 2 and spec.threads == (1, 2)
+    assert parse_model_spec("q", "file=q.gguf").threads is None  # off by default
+    assert parse_model_spec("q", "file=q.gguf n_threads=2 max_threads=2").threads is None  # nothing spare
+    with pytest.raises(ValueError, match="max_threads"):
+        parse_model_spec("q", "file=q.gguf n_threads=2 max_threads=1")
