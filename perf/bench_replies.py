@@ -765,6 +765,11 @@ def onsets(runs: Sequence[dict[str, Any]], tts: Any) -> dict[str, Any]:
     from orchestrator.speech.clauses import continues
     from orchestrator.speech.onset import trim_lead
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_conversation import THRESHOLD  # what the conversation bench calls audible
+
+    level = THRESHOLD * 32768
+
     voice = VoiceLibrary(
         REPO_ROOT / "model_repository" / "tts" / "1" / "voices", tts.voice, threads=1, noise_scale=0.0, noise_w=0.0
     ).get()
@@ -776,7 +781,7 @@ def onsets(runs: Sequence[dict[str, Any]], tts: Any) -> dict[str, Any]:
                 firsts.add(segments[0])
 
     def audible_ms(pcm: Any) -> float:
-        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) >= 100)
+        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > level)
         return float(loud[0]) / 16 if loud.size else 0.0
 
     raw, trimmed = [], []
