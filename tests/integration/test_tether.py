@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from orchestrator.config import REPO_ROOT
-from orchestrator.models.launcher import OWNER_FILE, WORKDIR_PREFIX, _claim, sweep_orphans
+from orchestrator.models.launcher import OWNER_FILE, WORKDIR_PREFIX, _claim, process_argv, sweep_orphans
 
 
 def gone(pid: int) -> bool:
@@ -130,6 +130,11 @@ def test_a_sweep_removes_what_a_dead_owners_server_left_and_nothing_else(tmp_pat
     stub = dead / "backends" / "python" / "triton_python_backend_stub"  # a "stub" of the dead owner's server
     shutil.copy(sleep, stub)
     orphan = subprocess.Popen([str(stub), "300"])
+    # Popen may return before the kernel has set up the new program's command line (the exec is not over
+    # yet): an empty one would not name the folder. A real orphan has been running for a while.
+    deadline = time.monotonic() + 5
+    while process_argv(orphan.pid)[:1] != [str(stub)] and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.close(fd)  # the owner died: the kernel drops its lock
 
     alive = folder("alive", "duet_000a11ve_")
