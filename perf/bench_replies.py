@@ -758,17 +758,13 @@ def onsets(runs: Sequence[dict[str, Any]], tts: Any) -> dict[str, Any]:
     """Each distinct reply's first segment (today's splitter) spoken by the real voice, as the `tts` model is
     configured: ms from the start of its audio to its first audible sample (-50 dBFS, as the conversation bench
     hears it), as the voice made it and as a reply now starts it (`trim_lead`)."""
-    import numpy as np
-
     from orchestrator.inference.tts import VoiceLibrary
     from orchestrator.models.ports import SpeechChunk
     from orchestrator.speech.clauses import continues
     from orchestrator.speech.onset import trim_lead
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_conversation import THRESHOLD  # what the conversation bench calls audible
-
-    level = THRESHOLD * 32768
+    from bench_conversation import talk_spans  # what the conversation bench calls audible
 
     voice = VoiceLibrary(
         REPO_ROOT / "model_repository" / "tts" / "1" / "voices", tts.voice, threads=1, noise_scale=0.0, noise_w=0.0
@@ -781,8 +777,8 @@ def onsets(runs: Sequence[dict[str, Any]], tts: Any) -> dict[str, Any]:
                 firsts.add(segments[0])
 
     def audible_ms(pcm: Any) -> float:
-        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > level)
-        return float(loud[0]) / 16 if loud.size else 0.0
+        spans = talk_spans(pcm)
+        return spans[0].start * 1000 if spans else 0.0
 
     raw, trimmed = [], []
     for segment in sorted(firsts):
