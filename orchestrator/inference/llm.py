@@ -756,7 +756,7 @@ class EnginePool:
                             self._spare.discard(i)
                         self._history[i] = q.messages  # what this context's KV cache will hold
                         self._busy.add(i)
-                        self._share_threads(starting=i)
+                        self._share_threads(i)
                         if claimed or self._jobs:
                             self._cv.notify_all()  # jobs for the other free engines: let them look
                         return q, before
@@ -767,16 +767,17 @@ class EnginePool:
             finally:
                 self._waiting.discard(i)
 
-    def _share_threads(self, starting: int | None = None) -> None:
-        """(Under the lock.) Give the engines at work their threads: `n` each, or `most` to a reply `starting`
-        alone on a quiet pool; a job left alone keeps what it has (the other job's conversation is live)."""
+    def _share_threads(self, starting: int) -> None:
+        """(Under the lock, as a job starts on engine `starting`.) Give the engines at work their threads: `n`
+        each, or `most` to a reply starting alone on a quiet pool. Nothing changes when a job ends: a job left
+        alone keeps what it has (the other job's conversation is live)."""
         if self.threads is None:
             return
         n, most = self.threads
         if len(self._busy) != 1:
             for k in self._busy:
                 self._engines[k].set_threads(n)
-        elif starting is not None:
+        else:
             now = time.monotonic()
             quiet = all(now - t >= self.quiet_s for k, t in enumerate(self._idle_since) if k != starting)
             self._engines[starting].set_threads(most if quiet and not self._prefilling[starting] else n)
