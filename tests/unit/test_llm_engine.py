@@ -24,6 +24,7 @@ from orchestrator.inference.llm import (
     StopMatcher,
     best_engine,
     generate_text,
+    lookup_draft,
     parse_messages,
     parse_priority,
     parse_stop,
@@ -557,3 +558,100 @@ def test_set_threads_changes_a_real_contexts_speed(engine: LlamaEngine) -> None:
     finally:
         engine.set_threads(1)
     assert llama_cpp.llama_n_threads(engine._llama._ctx.ctx) == 1
+
+
+# --- drafts from the conversation (prompt lookup) ---
+
+
+def test_a_draft_is_what_followed_the_latest_earlier_occurrence_of_the_last_tokens() -> None:
+    assert lookup_draft([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3], 2) == [4, 5]  # the longest match wins
+    assert lookup_draft([9, 2, 3, 7, 8, 4, 2, 3, 6, 1, 2, 3], 2) == [6, 1]  # the latest of two "2 3"
+    assert lookup_draft([1, 2, 3, 4, 5, 6, 1, 2, 3], 3) == [4, 5, 6]  # the three-token match
+    assert lookup_draft([1, 2, 3, 4, 5, 6, 1, 2, 3], 10) == [4, 5, 6, 1, 2, 3]  # at most what follows
+    assert lookup_draft([5, 6, 7, 9, 6, 7], 2) == [9, 6]  # two tokens
+    assert lookup_draft([5, 6, 7, 9, 8, 7], 2) == []  # one token is too weak a cue
+    assert lookup_draft([1, 2, 3, 1, 2, 3], 0) == [] and lookup_draft([], 3) == [] and lookup_draft([1, 2], 3) == []
+
+
+ECHO = [
+    Message("system", "You repeat what the user says, word for word."),
+    Message("user", "Say this back to me: the blue train leaves platform nine at half past seven every morning."),
+]
+
+
+def assert_greedy(plain: LlamaEngine, messages: list[Message], reply: list[int], slack: float = 0.1) -> None:
+    """Each token of `reply` is the greedy choice after the ones before it, evaluated one at a time by `plain`
+    with the engine's repeat penalty (1.1 over the reply so far), within `slack` of the best logit. A batch
+    and one-token evaluation round differently; a near tie (" at" 28.28 against " every" 28.24 after
+    "...platform nine") may go either way, so equality of two greedy texts would test the rounding."""
+    import llama_cpp
+    import numpy as np
+
+    llama = plain._llama
+    llama.n_tokens = 0
+    llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+    llama.eval(plain.prompt_tokens(messages))
+    for i, token in enumerate(reply):
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama._ctx.ctx, -1), shape=(llama.n_vocab(),))
+        logits = logits.copy()
+        for seen in set(reply[max(0, i - 64) : i]):
+            logits[seen] = logits[seen] / 1.1 if logits[seen] > 0 else logits[seen] * 1.1
+        assert logits[token] >= logits.max() - slack, (i, plain._piece(token), plain._piece(int(logits.argmax())))
+        llama.eval([token])
+
+
+@pytest.fixture(scope="module")
+def drafting() -> Iterator[LlamaEngine]:
+    yield LlamaEngine(GGUF, n_ctx=1024, n_threads=1, lookup=4)
+
+
+def test_drafted_replies_are_greedy_and_the_cache_holds_what_was_kept(
+    engine: LlamaEngine, drafting: LlamaEngine
+) -> None:
+    stats = GenerationStats()
+    steps = list(drafting.stream(ECHO, max_tokens=40, temperature=0.0, stats=stats))
+    reply = [s.token for s in steps if s.token >= 0]
+    assert "platform nine" in "".join(s.text for s in steps)
+    assert stats.kept_tokens >= 3 and stats.drafted_tokens >= stats.kept_tokens
+    # The context's record is the prompt and the reply's tokens, up to the last one (sampled, not evaluated):
+    # every draft the samples did not keep is gone from it.
+    llama = drafting._llama
+    evaluated = [*drafting.prompt_tokens(ECHO), *reply]
+    assert list(llama.input_ids[: llama.n_tokens]) == evaluated[: llama.n_tokens]
+    assert llama.n_tokens >= len(evaluated) - 1
+    assert_greedy(engine, ECHO, reply)
+    # The next turn continues from that cache, and is greedy too.
+    follow = [*ECHO, Message("assistant", "".join(s.text for s in steps)), Message("user", "Now say it again.")]
+    again = GenerationStats()
+    steps = list(drafting.stream(follow, max_tokens=40, temperature=0.0, stats=again))
+    assert again.cached_tokens >= len(drafting.prompt_tokens(ECHO))
+    assert_greedy(engine, follow, [s.token for s in steps if s.token >= 0])
+
+
+def test_drafts_the_samples_reject_change_nothing(
+    engine: LlamaEngine, drafting: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bogus = drafting._llama.tokenize(b" zebra zebra zebra zebra", add_bos=False)
+    monkeypatch.setattr("orchestrator.inference.llm.lookup_draft", lambda history, limit: bogus[:limit])
+    stats = GenerationStats()
+    steps = list(drafting.stream(ECHO, max_tokens=30, temperature=0.0, stats=stats))
+    assert stats.drafted_tokens > 20 and stats.kept_tokens == 0
+    llama = drafting._llama
+    assert all(t not in bogus for t in llama.input_ids[len(drafting.prompt_tokens(ECHO)) : llama.n_tokens])
+    assert_greedy(engine, ECHO, [s.token for s in steps if s.token >= 0])
+
+
+def test_drafting_keeps_max_tokens_and_cancellation(drafting: LlamaEngine) -> None:
+    stats = GenerationStats()
+    steps = list(drafting.stream(ECHO, max_tokens=7, temperature=0.0, stats=stats))
+    assert len(steps) == 7 and stats.generated_tokens == 7 and stats.finish_reason == "length"
+    polls = 0
+
+    def cancelled_after_two() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls > 3
+
+    stats = GenerationStats()
+    steps = list(drafting.stream(ECHO, max_tokens=40, temperature=0.0, cancelled=cancelled_after_two, stats=stats))
+    assert len(steps) == 3 and stats.finish_reason == "cancelled"

@@ -218,3 +218,10 @@ def test_max_threads_is_parsed_and_checked() -> None:
     assert parse_model_spec("q", "file=q.gguf n_threads=2 max_threads=2").threads is None  # nothing spare
     with pytest.raises(ValueError, match="max_threads"):
         parse_model_spec("q", "file=q.gguf n_threads=2 max_threads=1")
+
+
+def test_lookup_is_parsed_and_checked_and_the_default_model_drafts() -> None:
+    assert parse_model_spec("q", "file=q.gguf lookup=3").lookup == 3
+    assert parse_model_spec("q", "file=q.gguf").lookup == 0  # off by default
+    with pytest.raises(ValueError, match="lookup"):
+        parse_model_spec("q", "file=q.gguf lookup=17")

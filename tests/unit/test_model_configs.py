@@ -85,6 +85,7 @@ def test_llm_config_lists_its_models_and_setup_provides_each_one() -> None:
     for spec in specs:
         assert f"model_repository/llm/1/{spec.file}" in digests, spec
         assert spec.file in bootstrap, spec
+    assert next(s for s in specs if s.name == default).lookup > 0  # the default model drafts (docs/replies.md)
 
 
 def test_llm_inputs_match_what_the_adapter_sends() -> None:
