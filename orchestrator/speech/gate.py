@@ -78,6 +78,10 @@ class TranscriptGate:
         """Floor events not yet acted on."""
         return len(self._queue)
 
+    def queued(self, *kinds: str) -> bool:
+        """Whether a floor event of one of these kinds waits to be acted on (the one in progress included)."""
+        return any(k in kinds for k, _ in self._queue)
+
     # ---- floor events -------------------------------------------------------------------------------------
 
     def on_floor(self, kind: str, t: float, *, replica_speaking: bool = False) -> list[Decode]:

@@ -745,6 +745,28 @@ async def test_one_prefill_of_the_words_at_a_time_and_the_newest_words_next() ->
     await s.close()
 
 
+async def test_no_prefill_of_a_final_transcript_that_a_floor_decision_waits_for() -> None:
+    """The final transcript of a pause whose `eot_tentative` (or commit) waits in the gate is followed at once by
+    the reply: the reply evaluates the words itself instead of waiting for a prefill of them."""
+    models = SlowPrefill()
+    s, _, _ = session(models)
+    s.gate.on_floor("speech_start", 0.5)
+    s.gate.on_floor("speech_end", 1.5)
+    await s.heard(Heard("so I was charged", True, 1.5))  # only the speech end waits: a prefill is worth it
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [r.messages[-1].content for r in models.llm_requests] == ["so I was charged"]
+    models.done.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    s.gate.on_floor("eot_tentative", 1.6)
+    await s.heard(Heard("so I was charged twice", True, 1.5))  # a reply is due: no prefill
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(models.llm_requests) == 1
+    await s.close()
+
+
 async def test_a_reply_longer_than_the_echo_horizon_plays_out_at_the_end_of_the_input() -> None:
     """At the end of the input the rest of the reply is sent at once; with the echo canceller on, a reply far
     longer than its horizon (20 s) once failed the session there."""

@@ -29,7 +29,9 @@ def test_a_speech_end_holds_everything_until_its_final_transcript() -> None:
     [final] = g.on_floor("speech_end", 2.0)
     assert final.window.final and final.window.end_s == 2.0 + FINAL_PAD_S
     assert final.window.start_s == 1.0 - TURN_PAD_S  # from just before the onset
+    assert not g.queued("eot_tentative", "eot_commit")
     g.on_floor("eot_tentative", 2.1)
+    assert g.queued("eot_commit", "eot_tentative") and not g.queued("eot_commit")
     g.on_floor("eot_commit", 2.3)
     assert g.ready() is None and g.pending == 3  # all wait for the words
     assert g.heard(final.window, Transcript("what time is it")) == Heard("what time is it", True, 2.0 + FINAL_PAD_S)
