@@ -129,12 +129,14 @@ async def test_by_default_the_users_words_are_evaluated_early_only_when_no_conte
 @pytest.mark.parametrize("unsure", [False, True])
 async def test_the_users_words_are_evaluated_early_after_the_context_the_layer_would_give_them(unsure: bool) -> None:
     """With `warm_context`, the words prefill holds the context the layer would retrieve for the words so far,
-    where the reply's prompt has it: before the user's words. A layer that cannot tell gets no prefill."""
+    where the reply's prompt has it: before the user's words. A layer that cannot tell gets no prefill. (A turn
+    long enough for two partials: a context is prefilled once two transcripts in a row retrieve it, and the
+    pause's final is not prefilled when the floor's decision already waits for it.)"""
     models, layer = FakeModels(), FakeLayer()
     layer.unsure = unsure
     s, out, clock = session(models, layer=layer, settings=WARM_CONTEXT)
     await s.start()
-    await play(s, clock, TURN)
+    await play(s, clock, np.concatenate([silence(0.3), speech(3000, 1.8), silence(2.0)]))
     await s.finish()
     words = [r for r in models.llm_requests if r.request_id.endswith("-words")]
     [reply] = [r for r in models.llm_requests if r.max_tokens > 0]
