@@ -17,7 +17,7 @@ Backends: `engine` is the in-process llama.cpp engine the Triton `llm` model run
 conversation's prefix cached, as a session's turn does), with the history evaluated (untimed) once the
 replica's turn is committed, as a session does (`llm.warm_history`, `Dialogue.warm_request`), and with the
 default model's drafts from the conversation (`lookup` on its model line; every candidate gets the same);
-`engine-nolookup` is that engine without the drafts; `engine-nowarm` is the engine without the warm-up;
+`engine-nolookup` is that engine without the drafts; `engine-nowarm` is that engine without the warm-up;
 `openai` is `OpenAIChat` against llama-cpp-python's OpenAI-compatible server on loopback serving the default
 model (a session sends such an endpoint no warm-up). Every (backend, model, seed) runs in a child process of its
 own, so its memory is its own. Candidates that setup
@@ -821,7 +821,9 @@ async def run_child(args: argparse.Namespace) -> dict[str, Any]:
     load = os.getloadavg()[0]
     t0 = time.monotonic()
     llm: Backend = (
-        EngineBackend(path, args.threads, args.seed, args.contexts, args.lookup if args.backend == "engine" else 0)
+        EngineBackend(
+            path, args.threads, args.seed, args.contexts, 0 if args.backend == "engine-nolookup" else args.lookup
+        )
         if args.backend.startswith("engine")
         else ServerBackend(path, args.threads, args.seed)
     )
