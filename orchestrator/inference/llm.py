@@ -560,7 +560,7 @@ class LlamaEngine:
         llama = self._llama
         cached = stats.cached_tokens
         if not llama._ctx.kv_cache_seq_rm(-1, cached, -1):  # (a model whose memory cannot drop a tail)
-            cached = 0
+            cached = stats.cached_tokens = 0  # (the counters must not call a re-evaluated prompt cached)
             llama._ctx.kv_cache_seq_rm(-1, 0, -1)
         llama.n_tokens = cached
         sampler = llama._init_sampler(**sampling)
