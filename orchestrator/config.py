@@ -89,6 +89,8 @@ class ServerSettings:
     triton_inflight: int = 32  # ... and all sessions together; waiting requests are served session by session
     # ... of which sessions running ahead of real time (floor/acoustic fed as fast as possible) hold at most this
     bulk_inflight: int = 2
+    # ... and, while live sessions are about, keep the models busy this share of the time at most, all together
+    bulk_share: float = 0.1
     # On SIGTERM/SIGINT `duet serve` drains: no new sessions, readiness fails, live sessions go on for at most
     # this long, then the rest are ended (shutdown reason `error`); a second signal stops at once (docs/deploy.md).
     drain_timeout_s: float = 30.0
@@ -447,6 +449,7 @@ def validate(s: Settings) -> None:
     _in_range("server.starts_per_connection_per_s", sv.starts_per_connection_per_s, 0.1, 1e6)
     _in_range("server.triton_inflight", sv.triton_inflight, 1, 4096)
     _in_range("server.bulk_inflight", sv.bulk_inflight, 1, sv.triton_inflight)
+    _in_range("server.bulk_share", sv.bulk_share, 0.01, 1.0)
     _in_range("metrics.port", s.metrics.port, 0, 65535)
     _in_range("triton.health_interval_s", s.triton.health_interval_s, 0.05, 60.0)
     _in_range("triton.discovery_interval_s", s.triton.discovery_interval_s, 0.1, 3600.0)

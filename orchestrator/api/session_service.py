@@ -189,12 +189,24 @@ def _peer(context: Any) -> str:
 class _Stream:
     """What the reader knows of one client's stream, for the idle watchdog and the metrics."""
 
-    last_audio: float  # wall time the last audio chunk was read (or the session began)
+    last_audio: float  # wall time the last audio chunk was read or taken into the inbox (or the session began)
+    held: bool = False  # the reader waits for room in the session's inbox
     ended: bool = False  # END or the end of the request stream was read
     left: bool = False  # the user left (a hang-up): nobody hears the rest of a reply (`SessionService.leave`)
     paced: bool = False
+    bulk: bool = False  # its audio once ran ahead of real time: not a live feed; its requests stay in the bulk lane
     refused: int = 0  # inputs refused with a non-fatal error (bad chunks, frames, oversized text)
     audio: AudioClock = dataclasses.field(default_factory=lambda: AudioClock(0.0))  # the audio read so far
+
+    def in_bulk(self, now: float, burst_s: float) -> bool:
+        """Whether this session's model requests go in the bulk lane (`FairGate`). Once its audio ran more than
+        `burst_s` ahead of real time (a floor/acoustic stream fed as fast as it can be), or it was caught sending
+        faster than real time (a flood, paced), it is not a live feed, and it keeps only what live sessions
+        leave for the rest of its life. (Were it to go back to the live lane whenever it fell behind, each such
+        stream would cost what a live user costs.)"""
+        if not self.bulk and (self.paced or self.audio.ahead(now) > burst_s):
+            self.bulk = True
+        return self.bulk
 
 
 @dataclass(frozen=True)
@@ -271,7 +283,7 @@ class SessionService(pb_grpc.SessionServicer):
         self._endpoints: dict[tuple[str, str, str], OpenAIChat] = {}  # personas' OpenAI-compatible LLMs
         self.telemetry = telemetry or Telemetry()
         sv = settings.server
-        self.gate = FairGate(sv.triton_inflight, sv.session_inflight, sv.bulk_inflight)
+        self.gate = FairGate(sv.triton_inflight, sv.session_inflight, sv.bulk_inflight, sv.bulk_share)
         self.active = 0
         self._clock = clock
         self._sessions: set[asyncio.Task[None]] = set()  # owned: every session's task, until it has ended
@@ -506,9 +518,7 @@ class SessionService(pb_grpc.SessionServicer):
         burst = self.settings.server.audio_burst_s
 
         def bulk() -> bool:
-            # Ahead of real time now, or caught sending faster than real time once (a flood): such a session
-            # keeps only what live sessions leave, for the rest of its life.
-            return stream.paced or stream.audio.ahead(self._clock()) > burst
+            return stream.in_bulk(self._clock(), burst)
 
         # a `priority` tenant's session sends its model requests at a higher Triton priority (docs/api.md)
         base = self.models
@@ -542,11 +552,13 @@ class SessionService(pb_grpc.SessionServicer):
                 log.error("session %s did not close within %.0f s", sid, TEARDOWN_S)
 
     async def _watch_idle(self, stream: _Stream, idle_s: float) -> None:
-        """Returns once the client has sent no audio for `idle_s` (never after it ended its stream)."""
+        """Returns once the client has sent no audio for `idle_s` (never after it ended its stream). Time the reader
+        spends held back by a full inbox (the session behind its audio, e.g. a stream in the bulk lane) is the
+        server's, not the client's: it does not count."""
         while True:
             if stream.ended:
                 await asyncio.Event().wait()  # the session ends by itself now
-            quiet = self._clock() - stream.last_audio
+            quiet = 0.0 if stream.held else self._clock() - stream.last_audio
             if quiet >= idle_s:
                 return
             await asyncio.sleep(min(idle_s - quiet, 1.0) + 0.01)
@@ -597,7 +609,13 @@ class SessionService(pb_grpc.SessionServicer):
                     self.telemetry.drops.labels(kind="video_frame").inc()
                     continue
                 item = _Stamped(msg, now)
-                await inbox.put(item, urgent=_urgent(item))
+                stream.held = True  # a full inbox holds the reader back: the server is behind, not the client
+                try:
+                    await inbox.put(item, urgent=_urgent(item))
+                finally:
+                    stream.held = False
+                if kind == "audio":
+                    stream.last_audio = self._clock()
                 if kind == "control" and msg.control.kind == pb.Control.END:
                     break
         except Exception:  # the request stream broke: still finish what has arrived

@@ -14,7 +14,8 @@ from orchestrator.models.ports import F32, I16, FloorEstimate, RenderedFrames, S
 
 T = TypeVar("T")
 
-BULK_PAUSE_S = 0.02
+BULK_MIN_COST_S = 0.002  # the least a bulk request is charged: its overheads in the client and in Triton
+BULK_RECHECK_S = 0.25  # a bulk request waiting for its budget looks again this often (live sessions may leave)
 
 
 class FairGate:
@@ -28,12 +29,21 @@ class FairGate:
     acoustic session fed as fast as possible: `duet turns --speed 0`, or a flood) asks as `bulk`. Bulk requests
     of all sessions together hold at most `bulk_capacity` slots, and live waiters are granted first, so work
     that is ahead of real time only ever uses what live sessions leave.
+
+    While live sessions are about, the bulk lane as a whole also keeps to a budget of time: `bulk_share` of the
+    wall clock, counted in the time its requests take (`bulk_spent`), however many bulk sessions and slots
+    share it. A bulk request waits `bulk_delay` before it asks. Alone, bulk work runs at full speed and is not
+    charged. The gate keeps no clock: callers pass the time in.
     """
 
-    def __init__(self, capacity: int, per_key: int, bulk_capacity: int | None = None) -> None:
+    def __init__(self, capacity: int, per_key: int, bulk_capacity: int | None = None, bulk_share: float = 1.0) -> None:
+        if not 0.0 < bulk_share <= 1.0:
+            raise ValueError(f"bulk_share must be within (0, 1], got {bulk_share}")
         self.capacity = capacity
         self.per_key = per_key
         self.bulk_capacity = capacity if bulk_capacity is None else bulk_capacity
+        self.bulk_share = bulk_share
+        self._bulk_next = float("-inf")  # when the bulk lane's budget lets its next request start
         self.inflight = 0
         self.bulk_inflight = 0
         self.live_at = float("-inf")  # loop time of the last live request (bulk yields while live ones are about)
@@ -89,6 +99,17 @@ class FairGate:
 
     def live_recently(self, now: float, within_s: float = 1.0) -> bool:
         return now - self.live_at < within_s
+
+    def bulk_delay(self, now: float) -> float:
+        """Seconds a bulk request must wait before asking, for the lane to keep to its budget (0: go)."""
+        return max(0.0, self._bulk_next - now)
+
+    def bulk_spent(self, started: float, ended: float) -> None:
+        """Charge the bulk lane for a request that ran from `started` to `ended` (charged at least
+        `BULK_MIN_COST_S`). The lane's next start moves on by the cost over `bulk_share`, from no earlier than
+        this request's start: idle time is not banked, and requests that ran side by side add up."""
+        cost = max(ended - started, BULK_MIN_COST_S)
+        self._bulk_next = max(self._bulk_next, started) + cost / self.bulk_share
 
     def _take(self, key: Hashable, bulk: bool) -> None:
         if not bulk:
@@ -146,17 +167,28 @@ class GatedModels:
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         bulk = self._bulk()
-        async with self._gate.slot(self._key, bulk):
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        gate = self._gate
+        if bulk:
+            await self._bulk_turn(loop)
+        async with gate.slot(self._key, bulk):
             t0 = loop.time()
-            result = await call()
-            if bulk and self._gate.live_recently(loop.time()):
-                # While live sessions are about, a bulk slot is held idle after each request for twice as long as
-                # the request took (at least BULK_PAUSE_S): all bulk work together then keeps a model busy at
-                # most a third of the time per slot, and the CPU in Triton and here goes to the live sessions.
-                # Alone, bulk work runs at full speed.
-                await asyncio.sleep(max(BULK_PAUSE_S, 2 * (loop.time() - t0)))
-            return result
+            try:
+                return await call()
+            finally:
+                if bulk and gate.live_recently(t1 := loop.time()):
+                    gate.bulk_spent(t0, t1)
+
+    async def _bulk_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until the bulk lane's budget lets a request start: while live sessions are about, all bulk work
+        together keeps to `bulk_share` of the wall clock (the CPU in Triton and here goes to the live sessions).
+        Alone, bulk work runs at full speed."""
+        while True:
+            now = loop.time()
+            wait = self._gate.bulk_delay(now) if self._gate.live_recently(now) else 0.0
+            if wait <= 0.0:
+                return
+            await asyncio.sleep(min(wait, BULK_RECHECK_S))
 
     # ---- unary: through the gate ---------------------------------------------------------------------------
 

@@ -13,10 +13,10 @@ from duet.proto import session_pb2 as pb
 from orchestrator.api.inbox import Inbox
 from orchestrator.api.limits import AudioClock, FrameRate, TokenBucket
 from orchestrator.api.outbox import Outbox
-from orchestrator.api.session_service import Inboxed, SessionService
+from orchestrator.api.session_service import Inboxed, SessionService, _Stream
 from orchestrator.config import Settings
 from orchestrator.errors import DuetError, public_message
-from orchestrator.models.fairness import FairGate
+from orchestrator.models.fairness import BULK_MIN_COST_S, FairGate, GatedModels
 from orchestrator.session.floor import MAX_FLOOR_CONTEXT_CHARS, MAX_FLOOR_TEXT_CHARS, bounded_context, bounded_text
 
 
@@ -388,6 +388,89 @@ async def test_fair_gate_bulk_lane_takes_only_what_live_sessions_leave() -> None
     await asyncio.gather(*tasks)
     assert order == ["live", "flood"]  # the live waiter came later and still went first
     assert full.inflight == 0 and full.bulk_inflight == 0 and full.waiting() == 0
+
+
+def test_a_stream_that_ran_ahead_of_real_time_stays_in_the_bulk_lane() -> None:
+    live = _Stream(last_audio=0.0, audio=AudioClock(2.0, start=0.0))
+    live.audio.take(1.0, 0.5)
+    assert not live.in_bulk(0.5, 2.0)  # a live feed: at most its burst ahead
+    live.audio.take(3.0, 10.0)  # late chunks caught up after a stall: behind, not ahead
+    assert not live.in_bulk(10.0, 2.0)
+
+    fast = _Stream(last_audio=0.0, audio=AudioClock(2.0, start=0.0))
+    fast.audio.take(5.0, 1.0)  # 5 s of audio in 1 s
+    assert fast.in_bulk(1.0, 2.0)
+    assert fast.in_bulk(60.0, 2.0)  # fallen behind since (its requests waited): still bulk, for good
+
+    flood = _Stream(last_audio=0.0, paced=True)
+    assert flood.in_bulk(0.0, 2.0)
+
+
+def test_fair_gate_bulk_budget_charges_time_over_the_share_without_banking_idle_time() -> None:
+    gate = FairGate(capacity=10, per_key=4, bulk_capacity=2, bulk_share=0.1)
+    assert gate.bulk_delay(0.0) == 0.0
+    gate.bulk_spent(0.0, 0.05)  # 50 ms of bulk work buys 500 ms of the lane
+    assert gate.bulk_delay(0.1) == pytest.approx(0.4)
+    gate.bulk_spent(0.0, 0.05)  # a second request that ran beside it adds up
+    assert gate.bulk_delay(0.1) == pytest.approx(0.9)
+    gate.bulk_spent(5.0, 5.0)  # long idle: nothing banked; a request is charged its overheads at least
+    assert gate.bulk_delay(5.0) == pytest.approx(BULK_MIN_COST_S / 0.1)
+    with pytest.raises(ValueError, match="bulk_share"):
+        FairGate(capacity=10, per_key=4, bulk_share=0.0)
+
+
+class _SlowVad:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    async def vad(self, audio: Any, state: Any) -> tuple[float, Any]:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        return 0.0, state
+
+
+async def test_gated_bulk_requests_keep_to_their_share_while_live_sessions_are_about() -> None:
+    gate = FairGate(capacity=10, per_key=4, bulk_capacity=2, bulk_share=0.1)
+    models = _SlowVad(0.02)
+    bulk = GatedModels(models, gate, "flood", bulk=lambda: True)  # type: ignore[arg-type]
+    live = GatedModels(models, gate, "live")  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+
+    for _ in range(3):  # alone: full speed, nothing charged
+        await bulk.vad(None, None)
+    assert gate.bulk_delay(loop.time()) == 0.0
+
+    await live.vad(None, None)  # a live session is about
+    t0 = loop.time()
+    for _ in range(3):
+        await bulk.vad(None, None)
+    # each request (>= 20 ms) held the lane >= 200 ms: the third could not start before 400 ms
+    assert loop.time() - t0 >= 0.4
+    assert gate.bulk_delay(loop.time()) > 0.0  # and the next one waits too
+
+
+async def test_a_reader_held_back_by_a_full_inbox_is_not_idle() -> None:
+    svc = service(idle_timeout_s=0.1)
+    stream = _Stream(last_audio=0.0)
+    inbox: Inbox[Inboxed] = Inbox(1)  # nobody drains it: the session is behind its audio
+
+    async def audio() -> AsyncIterator[pb.ClientMessage]:
+        for _ in range(3):
+            yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+        await asyncio.Event().wait()  # then the client goes quiet, its stream open
+
+    reader = asyncio.create_task(svc._read(audio(), inbox, Outbox(), stream), name="reader")
+    watch = asyncio.create_task(svc._watch_idle(stream, 0.1), name="watch")
+    await asyncio.sleep(0.4)  # four idle timeouts, all of them with the reader waiting for room
+    assert stream.held and not watch.done()
+    await inbox.get()  # the session takes a chunk: the reader goes on, and the wait did not count as quiet
+    await asyncio.sleep(0.02)
+    assert not watch.done()
+    await inbox.get()  # the rest; then the client is quiet for real
+    await asyncio.wait_for(watch, 1.0)
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
 
 
 async def test_starts_beyond_the_rate_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
