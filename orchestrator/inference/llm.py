@@ -354,7 +354,9 @@ class GenerationStats:
     cached_tokens: int = 0  # prompt tokens whose KV entries were reused from the previous request
     generated_tokens: int = 0
     finish_reason: str = ""  # "stop" (end of turn or stop string), "length", "cancelled"
-    evaluated: bool = False  # the prompt is in the context's KV cache (False: cancelled or refused first)
+    # The request changed the context's KV cache, which now holds its prompt. False: it was cancelled or refused
+    # first, or it was a prefill of what the cache already held (maybe with more after it, which it keeps).
+    evaluated: bool = False
     drafted_tokens: int = 0  # tokens drafted from the conversation (`lookup_draft`) and checked
     kept_tokens: int = 0  # of those, the ones the model's samples agreed with
 
@@ -464,7 +466,9 @@ class LlamaEngine:
 
     def prefill(self, messages: Sequence[Message], stats: GenerationStats | None = None) -> None:
         """Evaluate the conversation so far into this context's KV cache, generating nothing: a later request
-        that continues it evaluates only what it adds. What the cache already holds is kept."""
+        that continues it evaluates only what it adds. What the cache already holds is kept: when it holds all of
+        the conversation (a new session's system prompt, at the start of another session's history), nothing
+        changes, not even the rest of that history, and `stats.evaluated` stays False."""
         stats = stats if stats is not None else GenerationStats()
         tokens = self._fitting_tokens(messages, opener=False)
         held = self._held_prefix(tokens)
@@ -472,7 +476,7 @@ class LlamaEngine:
         if held < len(tokens):
             self._llama.n_tokens = held  # eval drops the cache past this point, then appends the rest
             self._llama.eval(tokens[held:])
-        stats.evaluated = True
+            stats.evaluated = True
 
     def stream(
         self,
@@ -719,8 +723,10 @@ class EnginePool:
     takes it before evicting a session's history, so a stream of judges keeps to one context instead of
     walking through every session's cache.
 
-    A job that returns False evaluated nothing (it was cancelled before it started): its engine is known to
-    hold what it held before, not the job's messages.
+    A job that returns False left its engine's cache as it was (it was cancelled before it started, or it was a
+    prefill of what the cache held already: a new session's system prompt, at the start of another session's
+    history): the engine is known to hold what it held before, not the job's messages. Sessions opened at a
+    high rate therefore do not make the pool forget where a live conversation is.
 
     With `threads` (n, most), a reply or a judge runs on `most` threads when it starts as the only job at work
     and no other context worked in the last `quiet_s` (one conversation on the machine), and drops to `n` as
@@ -876,7 +882,7 @@ class EnginePool:
             with self._cv:
                 self._busy.discard(i)
                 self._idle_since[i] = time.monotonic()
-                if evaluated is False:  # cancelled before it began: the cache holds what it held
+                if evaluated is False:  # cancelled before it began, or a prefill of what it held: it holds that
                     self._history[i] = held
                     if spare:
                         self._spare.add(i)

@@ -153,9 +153,16 @@ def test_a_prefill_caches_the_conversation_so_far_and_generates_nothing(engine: 
     warm = GenerationStats()
     assert generate_text(engine, history, max_tokens=0, temperature=0.0, stats=warm) == ""
     assert warm.finish_reason == "prefill" and warm.prompt_tokens > 20
+    assert warm.evaluated
     again = GenerationStats()
     engine.prefill(history, again)
     assert again.cached_tokens == again.prompt_tokens == warm.prompt_tokens  # nothing left to evaluate
+    assert not again.evaluated  # and nothing changed
+    held = engine._llama.n_tokens
+    start = GenerationStats()
+    engine.prefill(history[:1], start)  # a new session's system prompt: the start of this history
+    assert not start.evaluated and start.cached_tokens == start.prompt_tokens < held
+    assert engine._llama.n_tokens == held  # the rest of the history is still there
     nxt = GenerationStats()
     text = generate_text(
         engine, [*history, Message("user", "And three animals?")], max_tokens=6, temperature=0.0, stats=nxt

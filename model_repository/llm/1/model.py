@@ -160,7 +160,8 @@ class TritonPythonModel:
 
     def _generate(self, request, sender, messages, options, metrics, queued, engine):
         """Runs on a pool worker: stream one reply through the request's sender, FINAL flag last. Returns whether
-        the prompt was evaluated (a request cancelled before it started left the context as it was)."""
+        the request changed the context's cache (False: cancelled before it started, or a prefill of what the
+        cache held already; either left the context as it was)."""
         stats = GenerationStats()
         self._count(metrics["duet_llm_requests_total"], 1)
         self._count(metrics["duet_llm_context_wait_seconds_total"], time.monotonic() - queued)
