@@ -160,6 +160,9 @@ class PerceptionSession:
         self._t_audio = 0.0  # session time at the end of the audio received
         self._audio_arrival = 0.0
         self._audio_wake = asyncio.Event()
+        # One flush at a time: the voice loop's and a turn end's (`floor_event`) would otherwise both await the
+        # model, and the later audio's rows could come back first (the tracker refuses time going backwards).
+        self._flushing = asyncio.Lock()
         self._frame: tuple[bytes, float, float] | None = None  # newest camera frame waiting: (data, t, arrival)
         self._frame_wake = asyncio.Event()
         self._recent: deque[PerceptionEvent | UtteranceSummary] = deque(maxlen=32)
@@ -226,6 +229,10 @@ class PerceptionSession:
                 return
 
     async def _flush_voice(self) -> None:
+        async with self._flushing:
+            await self._flush_voice_now()
+
+    async def _flush_voice_now(self) -> None:
         if not self._pcm:
             return
         pcm = np.concatenate(self._pcm)

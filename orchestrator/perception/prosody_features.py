@@ -24,6 +24,7 @@ vibrato are seen, cycle-to-cycle perturbation is not), and the spectrum has 31 H
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -123,13 +124,40 @@ def _check_int16(x: object, ndim: int) -> None:
         raise BadVoiceInput(f"expected a {ndim}-D array, got shape {x.shape}")
 
 
-def frame_features(frames: I16) -> F32:
-    """(B, WINDOW) int16 frames (CONTEXT samples of left context + one HOP) -> (B, N_FEATURES) float32."""
+def _check_frames(frames: object) -> None:
     _check_int16(frames, 2)
+    assert isinstance(frames, np.ndarray)
     if frames.shape[1] != WINDOW:
         raise BadVoiceInput(f"each frame must be {WINDOW} samples ({CONTEXT} context + {HOP} new), got {frames.shape}")
     if frames.shape[0] == 0:
         raise BadVoiceInput("empty batch: no frames to analyse")
+
+
+def batch_features(requests: Sequence[object]) -> list[F32 | BadVoiceInput]:
+    """Many requests' (T, WINDOW) frames (from many sessions) in one vectorised `frame_features` call; each
+    request is checked on its own first, so a bad one gets its own error and the others their features (a
+    batch never fails for one request in it)."""
+    out: list[F32 | BadVoiceInput] = []
+    good: list[tuple[int, I16]] = []
+    for i, frames in enumerate(requests):
+        try:
+            _check_frames(frames)
+        except BadVoiceInput as exc:
+            out.append(exc)
+            continue
+        assert isinstance(frames, np.ndarray)
+        good.append((i, frames))
+        out.append(np.empty((0, N_FEATURES), np.float32))  # its features, below
+    if good:
+        feats, pos = frame_features(np.concatenate([f for _, f in good])), 0
+        for i, frames in good:
+            out[i], pos = feats[pos : pos + frames.shape[0]], pos + frames.shape[0]
+    return out
+
+
+def frame_features(frames: I16) -> F32:
+    """(B, WINDOW) int16 frames (CONTEXT samples of left context + one HOP) -> (B, N_FEATURES) float32."""
+    _check_frames(frames)
     x = frames.astype(np.float32) * np.float32(1.0 / 32768.0)
     hop = x[:, CONTEXT:]
     out = np.empty((x.shape[0], N_FEATURES), np.float32)

@@ -58,6 +58,25 @@ def test_voice_features_match_the_pure_function_and_batch(perception_server: Emb
     assert abs(float(np.median(a[5:, 0])) - 180.0) < 3.0  # f0 of the tone
 
 
+def test_a_bad_request_fails_alone_not_the_requests_batched_with_it(perception_server: EmbeddedTriton) -> None:
+    """Triton batches concurrent requests (other sessions') into one call of the model: a bad one must not
+    fail the rest of its batch."""
+    good, _ = frame_pcm((np.random.default_rng(1).normal(0, 3000, 320 * 5)).astype(np.int16))
+    bad = np.zeros((3, 600), np.int16)  # frames of the wrong width
+
+    async def job(m: TritonModels) -> list[Any]:
+        calls = [m.voice_features(good if i % 2 else bad) for i in range(16)]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    results = asyncio.run(with_models(perception_server.grpc_url, job))
+    for i, r in enumerate(results):
+        if i % 2:
+            assert isinstance(r, np.ndarray), r
+            np.testing.assert_allclose(r, frame_features(good), rtol=1e-5, atol=1e-4)
+        else:
+            assert isinstance(r, Exception) and "640 samples" in str(r), r
+
+
 def test_camera_frames_are_analysed_and_bad_ones_refused(perception_server: EmbeddedTriton) -> None:
     face = skimage.data.astronaut()
     two = np.concatenate([face, face], axis=1)

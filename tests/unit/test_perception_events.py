@@ -194,6 +194,8 @@ class FakeModels:
     async def _step(step: object) -> None:
         if step is BLOCK:
             await asyncio.Event().wait()
+        if isinstance(step, asyncio.Event):  # held until the test sets it
+            await step.wait()
         if isinstance(step, Exception):
             raise step
 
@@ -318,3 +320,25 @@ async def test_cancellation_passes_through_the_owned_loops() -> None:
     await s.close()
     assert all(t.cancelled() for t in loops)
     assert sent == []
+
+
+async def test_a_turn_end_flushes_the_voice_after_the_flush_in_flight_not_beside_it() -> None:
+    """The voice loop's request can be slow (a loaded server) when the turn ends: the turn end's flush of the
+    later audio must not overtake it, or the earlier rows arrive after the later ones (time going backwards)."""
+    slow = asyncio.Event()
+    models, sent = FakeModels(voice=[slow, None]), []
+    s = session(models, sent)
+    try:
+        await s.floor_event("speech_start", 0.0)
+        s.audio(SILENCE, 0.06, 0.0)
+        await until(lambda: models.voice_calls == 1)  # the loop's request, held in the model
+        s.audio(SILENCE, 0.12, 0.0)
+        commit = asyncio.create_task(s.floor_event("eot_commit", 0.12), name="commit")
+        await asyncio.sleep(0.01)
+        slow.set()
+        await asyncio.wait_for(commit, 1.0)
+        await until(lambda: models.voice_calls == 2)
+    finally:
+        await s.close()
+    assert errors(sent) == []
+    assert s.tracker.state.t_last == pytest.approx(0.12)

@@ -20,6 +20,7 @@ from orchestrator.perception.prosody_features import (
     WINDOW,
     ZCR,
     BadVoiceInput,
+    batch_features,
     frame_features,
     frame_pcm,
     pcm_from_bytes,
@@ -345,3 +346,21 @@ def test_a_summary_has_what_the_events_are_built_from(speak: Callable[..., I16])
     assert set(summary.voice()) >= {"arousal", "hesitancy", "pitch_hz", "rate_sps"}
     assert all(0.0 <= p <= 1.0 for p in summary.states.emotion.values())
     assert summary.states.text.startswith("The user ") and summary.states.text.endswith(".")
+
+
+def test_a_batch_of_requests_fails_only_the_bad_ones() -> None:
+    """Triton batches many sessions' requests into one call: a bad request must get its own error, never the
+    others' (it failed them all before 2026-12-07)."""
+    rng = np.random.default_rng(3)
+    a, _ = frame_pcm(_to_pcm(0.3 * np.sin(2 * np.pi * 150 * np.arange(3 * HOP) / SR)))
+    b, _ = frame_pcm(rng.integers(-3000, 3000, 2 * HOP).astype(np.int16))
+    wrong_width = np.zeros((2, WINDOW - 1), np.int16)
+    empty = np.zeros((0, WINDOW), np.int16)
+    out = batch_features([a, wrong_width, b, empty, np.zeros((0,), np.int16)])
+    assert isinstance(out[1], BadVoiceInput) and "640 samples" in out[1].message
+    assert isinstance(out[3], BadVoiceInput) and isinstance(out[4], BadVoiceInput)
+    fa, fb = out[0], out[2]
+    assert isinstance(fa, np.ndarray) and isinstance(fb, np.ndarray)
+    np.testing.assert_allclose(fa, frame_features(a), rtol=1e-5, atol=1e-5)  # as if each had been sent alone
+    np.testing.assert_allclose(fb, frame_features(b), rtol=1e-5, atol=1e-5)
+    assert batch_features([]) == []

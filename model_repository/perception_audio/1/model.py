@@ -3,8 +3,7 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from orchestrator.errors import DuetError
-from orchestrator.perception.prosody_features import frame_features
+from orchestrator.perception.prosody_features import BadVoiceInput, batch_features
 
 
 class TritonPythonModel:
@@ -12,23 +11,21 @@ class TritonPythonModel:
         pass
 
     def execute(self, requests):
-        # Every request's frames go through one vectorised call (frames from many sessions at once).
-        arrays, sizes, responses = [], [], [None] * len(requests)
+        # Every request's frames go through one vectorised call (frames from many sessions at once); a bad
+        # request gets its own error, never the others in its batch.
+        arrays = []
         for request in requests:
             frames = pb_utils.get_input_tensor_by_name(request, "FRAMES").as_numpy()
-            arrays.append(frames.reshape(-1, frames.shape[-1]))
-            sizes.append(arrays[-1].shape[0])
-        widths = {a.shape[1] for a in arrays}
-        try:
-            if len(widths) != 1:
-                raise ValueError(f"every request needs the same frame width, got {sorted(widths)}")
-            feats = frame_features(np.concatenate(arrays).astype(np.int16, copy=False))
-        except (DuetError, ValueError) as exc:
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad_audio_chunk: {exc}")) for _ in requests]
-        pos = 0
-        for i, n in enumerate(sizes):
-            responses[i] = pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("FEATURES", feats[pos : pos + n][None].astype(np.float32))]
-            )
-            pos += n
+            try:
+                arrays.append(frames.reshape(-1, frames.shape[-1]))
+            except (ValueError, IndexError):  # (no frames of any width: refused by batch_features as it is)
+                arrays.append(frames)
+        responses = []
+        for result in batch_features(arrays):
+            if isinstance(result, BadVoiceInput):
+                error = pb_utils.TritonError(f"bad_audio_chunk: {result.message}")
+                responses.append(pb_utils.InferenceResponse(error=error))
+            else:
+                out = pb_utils.Tensor("FEATURES", result[None].astype(np.float32, copy=False))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses
