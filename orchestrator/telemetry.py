@@ -56,6 +56,11 @@ class Telemetry:
         self.refusals = Counter("duet_refusals", "Streams refused, by error code", ["reason"], registry=r)
         self.drops = Counter("duet_drops", "Client input dropped by a bound, by kind", ["kind"], registry=r)
         self.paced = Counter("duet_paced_sessions", "Sessions whose audio was read at real time", registry=r)
+        self.evicted = Counter(
+            "duet_evicted_sessions",
+            "Sessions in the bulk lane ended at the session limit to make room for a new one",
+            registry=r,
+        )
         self.pacing_delay = Counter(
             "duet_pacing_delay_seconds", "Total time readers waited to keep audio at real time", registry=r
         )

@@ -38,6 +38,14 @@ class Inbox(Generic[T]):
         (self._urgent if urgent else self._media).append(item)
         self._ready.set()
 
+    def put_nowait(self, item: T, *, urgent: bool = False) -> bool:
+        """`put` without waiting: False (and nothing put) when the lane is full."""
+        if self.full(urgent=urgent):
+            return False
+        (self._urgent if urgent else self._media).append(item)
+        self._ready.set()
+        return True
+
     async def get(self) -> T:
         while True:
             item = self.get_nowait()

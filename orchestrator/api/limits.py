@@ -48,8 +48,10 @@ class AudioClock:
     def __init__(self, burst_s: float, start: float | None = None) -> None:
         self.burst = burst_s
         self.audio_s = 0.0
-        # From the session's start rather than the first chunk read: on a loaded server the first read may be
-        # late, and the chunks queued behind it would look like a client running ahead.
+        # From the stream's `start` (`SessionService.Converse`) rather than the first chunk read: on a loaded
+        # server the session may be admitted and built, and its first chunk read, seconds later, and the chunks
+        # queued behind it would look like a client running ahead (a live call then paced, and kept in the bulk
+        # lane for good).
         self.first: float | None = start
 
     def ahead(self, now: float) -> float:

@@ -294,16 +294,37 @@ class SessionService(pb_grpc.SessionServicer):
         # The sessions running now, by session id (the start's conversation id when it named one): where
         # `interact` delivers. Registered when a session's task starts, removed in its `finally`.
         self._live: dict[str, _Live] = {}
+        self._evicting: set[int] = set()  # the streams (`id`) of sessions being ended to make room (`_make_room`)
 
     def check_capacity(self) -> None:
         """Sessions and renders share one limit: each holds Triton streams and a slice of the machine. A draining
-        server takes none."""
+        server takes none. A session being ended to make room (`_make_room`) no longer counts."""
         if self.drain is not None and self.drain.draining:
             raise Draining(
                 "the server is shutting down: it takes no new sessions (its live ones may finish); connect again"
             )
-        if self.active >= self.settings.server.max_sessions:
+        if self.active - len(self._evicting) >= self.settings.server.max_sessions:
             raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+
+    def _make_room(self) -> None:
+        """At its limit, the server ends a session in the bulk lane for a new one: such a session is not a live
+        feed (it ran ahead of real time, or was caught flooding; `_Stream.in_bulk`), and live calls come first.
+        Its client gets a fatal `server_busy`. Its slot counts as free at once; its teardown releases it."""
+        if self.active - len(self._evicting) < self.settings.server.max_sessions:
+            return
+        for live in self._live.values():
+            stream = live.stream
+            if not stream.bulk or stream.ended or id(stream) in self._evicting:
+                continue
+            busy = ServerBusy(
+                "the server needed this session's slot for a live call: this session was not a live "
+                "feed (its audio ran ahead of real time); send at real time, or when the server is "
+                "less busy"
+            )
+            if live.inbox.put_nowait(_End(busy), urgent=True):
+                self._evicting.add(id(stream))
+                self.telemetry.evicted.inc()
+                return
 
     def _check_start_rate(self, peer: str) -> None:
         """A `start` beyond this connection's rate of new sessions is refused, and so is one beyond the server's
@@ -371,6 +392,9 @@ class SessionService(pb_grpc.SessionServicer):
             # Not `asyncio.wait_for` (on 3.11 it can swallow a cancel that lands with the message).
             async with asyncio.timeout(START_TIMEOUT_S):
                 first = await anext(request_iterator)
+            # The client may stream audio right behind its `start`, before the session is admitted and built
+            # (seconds on a loaded server): its audio is measured against real time from here.
+            opened = self._clock()
         except (StopAsyncIteration, TimeoutError):
             yield self._refuse(ProtocolError("the stream must begin with a `start` message"))
             return
@@ -389,6 +413,7 @@ class SessionService(pb_grpc.SessionServicer):
                 name = first.start.persona or self.settings.conversation.persona
                 spec = dataclasses.replace(spec, persona=self._persona(name))
             self._check_start_rate(_peer(context))
+            self._make_room()
             self.check_capacity()
             if token:  # last: joining makes the conversation active, so nothing may refuse the session after it
                 joined = await self._join(conversation_id, token)
@@ -411,7 +436,7 @@ class SessionService(pb_grpc.SessionServicer):
         sid = first.start.conversation_id or f"s{id(outbox):x}"
         try:
             task = asyncio.create_task(
-                self._session(sid, spec, request_iterator, outbox, joined), name=f"session-{sid}"
+                self._session(sid, spec, request_iterator, outbox, joined, opened), name=f"session-{sid}"
             )
         except BaseException:
             self._release_slot()
@@ -442,9 +467,11 @@ class SessionService(pb_grpc.SessionServicer):
         requests: AsyncIterator[pb.ClientMessage],
         outbox: Outbox,
         joined: Joined | None = None,
+        opened: float | None = None,
     ) -> None:
         """One session from its first event to its slot's release; the slot was taken by the caller. A session
-        that joined a conversation records it (`joined.recorder`) and ends it with a shutdown reason."""
+        that joined a conversation records it (`joined.recorder`) and ends it with a shutdown reason. `opened`:
+        when its `start` arrived (its audio is measured against real time from then; default: now)."""
         reason = "ended"
         tasks: list[asyncio.Task[Any]] = []
         session: Session | None = None
@@ -453,7 +480,8 @@ class SessionService(pb_grpc.SessionServicer):
             self.telemetry.sessions.labels(mode=spec.mode).inc()
             log.info("session %s started (%s)", sid, spec.mode)
             began = self._clock()
-            stream = _Stream(last_audio=began, audio=AudioClock(self.settings.server.audio_burst_s, start=began))
+            origin = began if opened is None else opened
+            stream = _Stream(last_audio=began, audio=AudioClock(self.settings.server.audio_burst_s, start=origin))
             session = self._build(sid, spec, outbox, stream, joined.recorder.event if joined else None)
             if joined is not None:
                 joined.recorder.start()
@@ -500,6 +528,8 @@ class SessionService(pb_grpc.SessionServicer):
             finally:
                 self.telemetry.ended.labels(reason=reason).inc()
                 self._release_slot()
+                if live is not None:
+                    self._evicting.discard(id(live.stream))
                 try:
                     if joined is not None:  # before the stream closes: a client that saw it end finds it ended
                         await joined.recorder.ended(shutdown_reason(self._stopping.pop(sid, None), reason))

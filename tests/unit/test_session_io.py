@@ -304,3 +304,32 @@ async def test_a_conversation_whose_client_reads_nothing_holds_bounded_output(mo
     rest = [m async for m in stream]  # the client reads again: the session goes on and ends normally
     assert kinds(rest)[-1] == "session_ended" and sent == 6 * 125
     assert sum(k == "replica_turn" for k in kinds(rest)) >= 1
+
+
+async def test_audio_sent_while_a_slow_start_admits_the_session_is_not_taken_for_a_flood(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client streams at real time right behind its `start`; on a loaded server the session may be admitted
+    and built seconds later. That audio is not ahead of real time: the session must stay live (not paced,
+    and so not in the bulk lane for good)."""
+    monkeypatch.setattr(service_module, "build_session", lambda *a, **k: Recorder())
+    now = [0.0]
+    server = dataclasses.replace(Settings().server, starts_per_s=1e6, starts_per_connection_per_s=1e6)
+    svc = SessionService(models=FakeModels(), settings=Settings(server=server), llm=FakeModels(), clock=lambda: now[0])
+    check = svc.check_capacity
+
+    def slow_admission() -> None:
+        now[0] += 3.0  # the start took 3 s; meanwhile the client sent 2.5 s of audio (the burst is 2 s)
+        check()
+
+    monkeypatch.setattr(svc, "check_capacity", slow_admission)
+
+    async def client() -> AsyncIterator[pb.ClientMessage]:
+        yield start_message(mode="perceive")  # a live mode: paced beyond the burst
+        for _ in range(125):
+            yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+        yield pb.ClientMessage(control=pb.Control(kind=pb.Control.END))
+
+    out = [m async for m in svc.Converse(client(), Context())]  # type: ignore[arg-type]
+    codes = [m.error.code for m in out if m.WhichOneof("kind") == "error"]
+    assert "audio_too_fast" not in codes and svc.telemetry.paced._value.get() == 0

@@ -292,6 +292,29 @@ async def test_session_limit_and_second_start() -> None:
     assert codes(out) == ["protocol"] and svc.active == 0
 
 
+async def test_at_the_limit_a_session_in_the_bulk_lane_makes_room_for_a_new_one() -> None:
+    svc = service(max_sessions=1, audio_burst_s=0.5)
+
+    async def fast_then_quiet() -> AsyncIterator[pb.ClientMessage]:
+        yield start_message()
+        for _ in range(100):  # 2 s of audio at once: ahead of real time, so in the bulk lane for good
+            yield pb.ClientMessage(audio=pb.AudioChunk(pcm=b"\x00" * 640))
+        await asyncio.Event().wait()
+
+    fast = asyncio.create_task(converse(svc, fast_then_quiet()), name="fast")
+    for _ in range(200):
+        if any(live.stream.bulk for live in svc._live.values()):
+            break
+        await asyncio.sleep(0.01)
+    out = await asyncio.wait_for(converse(svc, one_second_then_end()), 10.0)  # admitted: the bulk one made room
+    assert codes(out) == [] and out[-1].event.type == "session_ended"
+    ended = await asyncio.wait_for(fast, 5.0)
+    assert codes(ended) == ["server_busy"] and [m.error.fatal for m in ended if m.WhichOneof("kind") == "error"] == [
+        True
+    ]
+    assert svc.telemetry.evicted._value.get() == 1 and svc.active == 0 and not svc._evicting
+
+
 async def test_oversized_text_is_refused_and_the_session_goes_on() -> None:
     svc = service(max_text_chars=100)
 
