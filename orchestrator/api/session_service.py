@@ -309,7 +309,10 @@ class SessionService(pb_grpc.SessionServicer):
     def _make_room(self) -> None:
         """At its limit, the server ends a session in the bulk lane for a new one: such a session is not a live
         feed (it ran ahead of real time, or was caught flooding; `_Stream.in_bulk`), and live calls come first.
-        Its client gets a fatal `server_busy`. Its slot counts as free at once; its teardown releases it."""
+        Its client gets a fatal `server_busy`. Its slot counts as free at once; its teardown releases it. A
+        draining server takes no new session, so it ends none for one."""
+        if self.drain is not None and self.drain.draining:
+            return
         if self.active - len(self._evicting) < self.settings.server.max_sessions:
             return
         for live in self._live.values():

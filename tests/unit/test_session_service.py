@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from duet.proto import session_pb2 as pb
+from orchestrator.api.drain import Drain
 from orchestrator.api.inbox import Inbox
 from orchestrator.api.limits import AudioClock, FrameRate, TokenBucket
 from orchestrator.api.outbox import Outbox
@@ -313,6 +314,19 @@ async def test_at_the_limit_a_session_in_the_bulk_lane_makes_room_for_a_new_one(
         True
     ]
     assert svc.telemetry.evicted._value.get() == 1 and svc.active == 0 and not svc._evicting
+
+    # a draining server refuses the new session and ends nothing for it
+    fast = asyncio.create_task(converse(svc, fast_then_quiet()), name="fast-2")
+    for _ in range(200):
+        if any(live.stream.bulk for live in svc._live.values()):
+            break
+        await asyncio.sleep(0.01)
+    svc.drain = Drain(timeout_s=30.0)
+    svc.drain.signal(0.0)
+    assert codes(await asyncio.wait_for(converse(svc, one_second_then_end()), 10.0)) == ["draining"]
+    assert svc.telemetry.evicted._value.get() == 1 and not fast.done()
+    fast.cancel()
+    await asyncio.gather(fast, return_exceptions=True)
 
 
 async def test_oversized_text_is_refused_and_the_session_goes_on() -> None:
