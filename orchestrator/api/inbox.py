@@ -32,11 +32,9 @@ class Inbox(Generic[T]):
         return len(self._urgent) >= self.limits[1] if urgent else len(self._media) >= self.limits[0]
 
     async def put(self, item: T, *, urgent: bool = False) -> None:
-        while self.full(urgent=urgent):
+        while not self.put_nowait(item, urgent=urgent):
             self._room.clear()
             await self._room.wait()
-        (self._urgent if urgent else self._media).append(item)
-        self._ready.set()
 
     def put_nowait(self, item: T, *, urgent: bool = False) -> bool:
         """`put` without waiting: False (and nothing put) when the lane is full."""

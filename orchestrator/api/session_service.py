@@ -299,21 +299,26 @@ class SessionService(pb_grpc.SessionServicer):
     def check_capacity(self) -> None:
         """Sessions and renders share one limit: each holds Triton streams and a slice of the machine. A draining
         server takes none. A session being ended to make room (`_make_room`) no longer counts."""
-        if self.drain is not None and self.drain.draining:
+        if self._draining():
             raise Draining(
                 "the server is shutting down: it takes no new sessions (its live ones may finish); connect again"
             )
-        if self.active - len(self._evicting) >= self.settings.server.max_sessions:
+        if self._at_limit():
             raise ServerBusy(f"server is at its limit of {self.settings.server.max_sessions} sessions")
+
+    def _draining(self) -> bool:
+        return self.drain is not None and self.drain.draining
+
+    def _at_limit(self) -> bool:
+        """Every slot is held, counting those of sessions being ended to make room as free."""
+        return self.active - len(self._evicting) >= self.settings.server.max_sessions
 
     def _make_room(self) -> None:
         """At its limit, the server ends a session in the bulk lane for a new one: such a session is not a live
         feed (it ran ahead of real time, or was caught flooding; `_Stream.in_bulk`), and live calls come first.
         Its client gets a fatal `server_busy`. Its slot counts as free at once; its teardown releases it. A
         draining server takes no new session, so it ends none for one."""
-        if self.drain is not None and self.drain.draining:
-            return
-        if self.active - len(self._evicting) < self.settings.server.max_sessions:
+        if self._draining() or not self._at_limit():
             return
         for live in self._live.values():
             stream = live.stream
